@@ -1,0 +1,58 @@
+# Molam Analytics: the two commands are `make run` (the whole system locally) and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The folder operator/ would shadow the standard library's `operator` if the repo root were on
+# sys.path: never let Python put the current directory there.
+export PYTHONSAFEPATH := 1
+# Sources .stack/env (written by `make stack`) into a recipe's shell.
+WITH_STACK := set -a && . .stack/env && set +a &&
+PYTEST_ARGS ?=
+
+.PHONY: help venv stack stack-down lint typecheck test run bench clean
+
+help:
+	@echo "make run         start the whole system locally (stack, migrate, consumer, API, alerts, operator)"
+	@echo "make test        set everything up from a clean clone and run lint, types and the test suite"
+	@echo "make stack       start (or reuse) PostgreSQL, Redis, Kafka and the control plane; writes .stack/env"
+	@echo "make stack-down  stop what 'make stack' started"
+	@echo "make bench       run the benchmarks in bench/ (not part of the tests)"
+
+$(BIN)/.installed: pyproject.toml setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,local]'
+	mkdir -p $(VENV)/typecheck
+	ln -sfn ../../workloads $(VENV)/typecheck/molam_workloads
+	ln -sfn ../../operator $(VENV)/typecheck/molam_operator
+	touch $@
+
+venv: $(BIN)/.installed
+
+stack: venv
+	$(BIN)/python stack/stack.py up $(if $(filter 0,$(STACK_KUBE)),,--kube)
+
+stack-down:
+	@if [ -x $(BIN)/python ]; then $(BIN)/python stack/stack.py down; fi
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: venv
+	MYPYPATH=$(VENV)/typecheck $(BIN)/mypy -p molam_workloads -p molam_operator
+
+test: venv lint typecheck stack
+	$(WITH_STACK) $(BIN)/pytest $(PYTEST_ARGS)
+
+run: venv
+	STACK_KUBE=$${STACK_KUBE:-auto} $(BIN)/python stack/run.py
+
+bench: venv stack
+	$(WITH_STACK) for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean: stack-down
+	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache

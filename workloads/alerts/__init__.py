@@ -1,0 +1,1 @@
+"""The alerts evaluator: set-based rule evaluation, state machine, webhook notifications."""

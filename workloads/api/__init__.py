@@ -1,0 +1,1 @@
+"""The FastAPI service: KPIs, alert rules and alerts, anomalies, dashboard, health, metrics."""

@@ -1,0 +1,108 @@
+"""PostgreSQL access: the one pool per process, and versioned, concurrency-safe migrations."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import asyncpg
+
+from molam_workloads.core.errors import ServiceUnavailable
+from molam_workloads.core.settings import DatabaseSettings
+
+log = logging.getLogger(__name__)
+
+# Months of txn_hourly_agg partitions kept ready around "now" at every migrate.
+PARTITIONS_BEHIND_MONTHS = 24
+PARTITIONS_AHEAD_MONTHS = 3
+_MIGRATION_LOCK = "molam.migrate"
+_MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+def _redact(dsn: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", dsn)
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise ServiceUnavailable(f"PostgreSQL at {_redact(dsn)} is unreachable: {exc}") from None
+
+
+@asynccontextmanager
+async def create_pool(
+    settings: DatabaseSettings, *, min_size: int = 1, max_size: int | None = None
+) -> AsyncIterator[asyncpg.Pool]:
+    """The process's pool, opened for the lifetime of the ``async with`` and always closed."""
+    try:
+        pool = await asyncpg.create_pool(
+            settings.database_url,
+            min_size=min_size,
+            max_size=max_size or settings.db_pool_max,
+            timeout=10,
+            command_timeout=60,
+        )
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise ServiceUnavailable(
+            f"PostgreSQL at {_redact(settings.database_url)} is unreachable: {exc}"
+        ) from None
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration shipped in the package, in order."""
+    found = []
+    for entry in resources.files("molam_workloads.core.migrations").iterdir():
+        m = _MIGRATION_FILE.match(entry.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(dsn: str) -> list[int]:
+    """Apply pending migrations; returns the versions applied by this call.
+
+    Several pods may run this at once: a session-level advisory lock lets one apply while the
+    others wait, then find nothing left to do.
+    """
+    conn = await connect(dsn)
+    applied: list[int] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock(hashtext($1))", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in migration_files():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        version,
+                        name,
+                    )
+                log.info("applied migration %03d_%s", version, name)
+                applied.append(version)
+            await conn.execute(
+                "SELECT ensure_txn_hourly_partitions("
+                f" now() - interval '{PARTITIONS_BEHIND_MONTHS} months',"
+                f" now() + interval '{PARTITIONS_AHEAD_MONTHS} months')"
+            )
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtext($1))", _MIGRATION_LOCK)
+    finally:
+        await conn.close()
+    return applied

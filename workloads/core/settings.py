@@ -1,0 +1,101 @@
+"""Typed configuration read from the environment (SPEC §3).
+
+Each component composes the pieces it needs into its own settings class; the environment
+variable names are the contract and never change. ``get_settings(cls)`` caches one instance per
+class so tests can override by clearing the cache.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TypeVar
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from molam_workloads.core.currencies import CURRENCIES
+from molam_workloads.core.errors import ConfigError
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+
+class DatabaseSettings(_Base):
+    database_url: str = Field(
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        description="PostgreSQL DSN (postgresql://user:pass@host:port/db or ?host=/socket/dir).",
+    )
+    db_pool_max: int = Field(default=10, ge=1, le=500, description="Max connections per process.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_dsn(cls, v: str) -> str:
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// (e.g. postgresql://user@host:5432/db)")
+        return v
+
+
+class RedisSettings(_Base):
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL.")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_dsn(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis:// (e.g. redis://127.0.0.1:6379/0)")
+        return v
+
+
+class KafkaSettings(_Base):
+    kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092")
+    kafka_topic: str = Field(default="wallet.transactions", min_length=1)
+    kafka_consumer_group: str = Field(default="analytics-consumer-g", min_length=1)
+    anomaly_topic: str = Field(default="analytics.anomaly", min_length=1)
+    dlq_topic: str = Field(default="analytics.dlq", min_length=1)
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _hosts(cls, v: str) -> str:
+        hosts = [h.strip() for h in v.split(",") if h.strip()]
+        if not hosts or any(":" not in h for h in hosts):
+            raise ValueError("must be host:port[,host:port...]")
+        return ",".join(hosts)
+
+
+class ReportingSettings(_Base):
+    reporting_currency: str = Field(default="USD")
+
+    @field_validator("reporting_currency")
+    @classmethod
+    def _iso(cls, v: str) -> str:
+        v = v.upper()
+        if v not in CURRENCIES:
+            raise ValueError(f"{v!r} is not an ISO 4217 currency code")
+        return v
+
+
+class SiraSettings(_Base):
+    sira_enabled: bool = Field(default=True)
+    sira_z_threshold: float = Field(default=3.0, gt=0, le=100)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Build ``cls`` from the environment, turning validation errors into one readable line."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]).upper() or "?"
+            parts.append(f"{name}: {err['msg']}")
+        raise ConfigError("bad configuration: " + "; ".join(parts)) from None
+
+
+@cache
+def get_settings(cls: type[S]) -> S:
+    """One cached settings object per class; ``get_settings.cache_clear()`` in tests."""
+    return load_settings(cls)

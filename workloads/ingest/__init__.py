@@ -1,0 +1,1 @@
+"""The Kafka consumer: exactly-once hourly aggregates, live counters, dead letters, SIRA."""

@@ -1,0 +1,1 @@
+"""Batch jobs and operator tools: migrate, refresh-views, backfill, lag, simulate, fx."""
