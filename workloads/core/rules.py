@@ -1,0 +1,196 @@
+"""Alert rules: the one document shared by the ``AlertRule`` custom resource's ``spec``, the
+API's alert-rule endpoints and the ``analytics_alert_rules`` table (SPEC §6–7).
+
+``AlertRuleSpec`` validates the document (camelCase, as in the CR); ``save_rule`` /
+``delete_rule`` write its typed projection that the evaluator queries set-wise, and
+``rule_status`` reads back what the evaluator decided, for the CR status and the API.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+MAX_WINDOW_MINUTES = 44640  # 31 days: the longest window the minute/hour tables can answer
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+class Metric(StrEnum):
+    tx_count = "tx_count"
+    gross_volume = "gross_volume"
+    success_rate = "success_rate"
+    failure_rate = "failure_rate"
+    refund_rate = "refund_rate"
+    avg_ticket = "avg_ticket"
+    anomaly_count = "anomaly_count"
+
+
+class Comparison(StrEnum):
+    gt = "gt"
+    gte = "gte"
+    lt = "lt"
+    lte = "lte"
+
+
+class Severity(StrEnum):
+    info = "info"
+    warning = "warning"
+    critical = "critical"
+
+
+def parse_duration(text: str) -> int:
+    """``"90s"``, ``"5m"``, ``"1h30m"`` (or a bare number of seconds) -> seconds."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    m = _DURATION.match(text)
+    if not text or not m:
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m or 1h30m")
+    h, mi, s = (int(g or 0) for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Scope(_Doc):
+    merchant_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
+        default=None, alias="merchantId"
+    )
+    country: Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")] | None = None
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
+    channel: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+
+
+class Webhook(_Doc):
+    url: Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2048)]
+    send_resolved: bool = Field(default=True, alias="sendResolved")
+
+
+class Notify(_Doc):
+    webhooks: list[Webhook] = Field(default_factory=list, max_length=20)
+
+
+class AlertRuleSpec(_Doc):
+    metric: Metric
+    comparison: Comparison
+    threshold: Decimal
+    window_minutes: int = Field(alias="windowMinutes", ge=1, le=MAX_WINDOW_MINUTES)
+    for_: str | None = Field(default=None, alias="for")
+    severity: Severity = Severity.warning
+    scope: Scope = Field(default_factory=Scope)
+    notify: Notify = Field(default_factory=Notify)
+    enabled: bool = True
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _exact_threshold(cls, v: Any) -> Any:
+        # CR and JSON numbers arrive as float: go through repr so 0.2 stays 0.2, not 0.2000…01.
+        if isinstance(v, bool):
+            raise ValueError("must be a number")
+        return Decimal(repr(v)) if isinstance(v, float) else v
+
+    @field_validator("for_")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @property
+    def for_seconds(self) -> int:
+        return parse_duration(self.for_) if self.for_ else 0
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document, camelCase, as the CR spec and the API show it."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+async def save_rule(
+    conn: asyncpg.Connection, *, name: str, source: str, spec: AlertRuleSpec
+) -> uuid.UUID:
+    """Create or replace the rule called ``name``; returns its id (stable across updates)."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO analytics_alert_rules AS r (
+            name, source, metric, comparison, threshold, window_minutes, for_seconds, severity,
+            scope_merchant_id, scope_country, scope_currency, scope_channel, webhooks,
+            is_active, spec)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15::jsonb)
+        ON CONFLICT (name) DO UPDATE SET
+            source = excluded.source, metric = excluded.metric,
+            comparison = excluded.comparison, threshold = excluded.threshold,
+            window_minutes = excluded.window_minutes, for_seconds = excluded.for_seconds,
+            severity = excluded.severity, scope_merchant_id = excluded.scope_merchant_id,
+            scope_country = excluded.scope_country, scope_currency = excluded.scope_currency,
+            scope_channel = excluded.scope_channel, webhooks = excluded.webhooks,
+            is_active = excluded.is_active, spec = excluded.spec, updated_at = now()
+        RETURNING id
+        """,
+        name,
+        source,
+        spec.metric.value,
+        spec.comparison.value,
+        spec.threshold,
+        spec.window_minutes,
+        spec.for_seconds,
+        spec.severity.value,
+        spec.scope.merchant_id,
+        spec.scope.country,
+        spec.scope.currency,
+        spec.scope.channel,
+        json.dumps([w.model_dump(mode="json", by_alias=True) for w in spec.notify.webhooks]),
+        spec.enabled,
+        json.dumps(spec.document()),
+    )
+    assert row is not None
+    rule_id: uuid.UUID = row["id"]
+    return rule_id
+
+
+async def delete_rule(conn: asyncpg.Connection, name: str) -> bool:
+    """Remove the rule; its past alerts stay (rule_id becomes NULL). False if it was absent."""
+    result: str = await conn.execute("DELETE FROM analytics_alert_rules WHERE name = $1", name)
+    return result != "DELETE 0"
+
+
+@dataclass(frozen=True)
+class RuleStatus:
+    state: str  # Inactive | Pending | Firing (the CR's spelling)
+    last_value: Decimal | None
+    last_evaluated_at: datetime | None
+    last_fired_at: datetime | None
+    current_alert_id: int | None
+
+
+async def rule_status(conn: asyncpg.Connection, name: str) -> RuleStatus | None:
+    row = await conn.fetchrow(
+        """
+        SELECT r.is_active, s.state, s.last_value, s.last_evaluated_at, s.last_fired_at,
+               s.current_alert_id
+        FROM analytics_alert_rules r
+        LEFT JOIN analytics_alert_rule_state s ON s.rule_id = r.id
+        WHERE r.name = $1
+        """,
+        name,
+    )
+    if row is None:
+        return None
+    state = (row["state"] or "inactive") if row["is_active"] else "inactive"
+    return RuleStatus(
+        state=state.capitalize(),
+        last_value=row["last_value"],
+        last_evaluated_at=row["last_evaluated_at"],
+        last_fired_at=row["last_fired_at"],
+        current_alert_id=row["current_alert_id"],
+    )
