@@ -101,16 +101,17 @@ SELECT (hour AT TIME ZONE 'UTC')::date       AS day,
        sum(fee_local)                        AS fee_local
 FROM txn_hourly_agg
 GROUP BY 1, 2, 3, 4, 5
-WITH NO DATA;
+WITH DATA;  -- populated (empty) at once, so REFRESH ... CONCURRENTLY works from the start
 CREATE UNIQUE INDEX mv_txn_daily_agg_key
     ON mv_txn_daily_agg (day, merchant_id, country, currency, channel) NULLS NOT DISTINCT;
 CREATE INDEX mv_txn_daily_agg_merchant_day_idx ON mv_txn_daily_agg (merchant_id, day);
 
--- When each view was last refreshed (pg_stat_user_tables has no such column).
+-- When each view was last refreshed (pg_stat_user_tables has no such column). Filled by
+-- `refresh-views` (with its duration) and by the event trigger of 004 for manual refreshes.
 CREATE TABLE analytics_view_refreshes (
     view_name     text PRIMARY KEY,
     refreshed_at  timestamptz NOT NULL,
-    duration_ms   integer NOT NULL
+    duration_ms   integer
 );
 
 -- Dated FX rates: 1 unit of `currency` = `rate` units of the reporting currency.
