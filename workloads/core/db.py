@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 PARTITIONS_BEHIND_MONTHS = 24
 PARTITIONS_AHEAD_MONTHS = 3
 _MIGRATION_LOCK = "molam.migrate"
+# Advisory lock between live ingestion (shared, per batch) and backfill (exclusive, per day):
+# a day is rebuilt from wallet_transactions while no stream batch is half-way through it.
+INGEST_LOCK = "molam.ingest"
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 

@@ -46,6 +46,7 @@ DB_POOL_MAX = Gauge("analytics_db_pool_max_connections", "Pool size limit (DB_PO
 
 # SIRA
 ANOMALIES = Counter("analytics_anomalies", "Anomalies detected", ["metric", "direction"])
+SIRA_FAILURES = Counter("analytics_sira_failures", "Detector calls that raised (ingestion went on)")
 
 # Alerts
 ALERT_EVALUATIONS = Counter("analytics_alert_evaluations", "Alert evaluation cycles run")

@@ -1,0 +1,173 @@
+"""The consumer in-process against the real broker, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from molam_workloads.core.events import MAX_EVENT_BYTES, encode_event
+
+from .support import (
+    Stack,
+    assert_live_matches_db,
+    assert_totals_match_source,
+    counted,
+    insert_source,
+    make_events,
+    publish,
+    read_topic,
+    running_consumer,
+    wait_until,
+    with_duplicates,
+)
+
+
+async def _ledger(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM ingested_transactions"))
+
+
+@pytest.mark.parametrize("stack", [3], indirect=True)
+async def test_duplicates_count_once_and_reconcile(
+    stack: Stack, db: asyncpg.Connection, redis: Redis
+) -> None:
+    # Two days of history plus today, 20% published twice.
+    events = make_events(600, span=timedelta(days=2))
+    await insert_source(db, events)
+    values = with_duplicates(events, 0.2)
+    await publish(stack.bootstrap, stack.topic, values)
+
+    async with running_consumer():
+        await wait_until(lambda: _consumed(db, stack.topic, len(values)))
+        # Late duplicates, after their originals were committed: still counted once.
+        await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[:50]])
+        await wait_until(lambda: _consumed(db, stack.topic, len(values) + 50))
+
+    assert await counted(db) == len(events)
+    await assert_totals_match_source(db)
+    await assert_live_matches_db(db, redis)
+    minute = await db.fetchval("SELECT sum(tx_count) FROM txn_minute_agg")
+    assert minute == len(events)  # all within the 48 h minute horizon
+
+
+async def _ledger_is(db: asyncpg.Connection, n: int) -> bool:
+    return await _ledger(db) >= n
+
+
+async def _consumed(db: asyncpg.Connection, topic: str, n: int) -> bool:
+    """True once the stored offsets account for ``n`` records (offsets start at 0)."""
+    total = await db.fetchval(
+        "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1", topic
+    )
+    return bool(total == n)
+
+
+async def test_malformed_and_oversized_go_to_dlq(
+    stack: Stack, db: asyncpg.Connection, redis: Redis
+) -> None:
+    good = make_events(40, seed=7)
+    await insert_source(db, good)
+    base = json.loads(encode_event(good[0]))
+    bad: list[bytes | None] = [
+        b"not json at all",
+        b"\xff\xfe\x00binary",
+        b"[1, 2, 3]",
+        json.dumps({k: v for k, v in base.items() if k != "amount"} | {"txn_id": "X1"}).encode(),
+        json.dumps(base | {"txn_id": "X2", "currency": "ZZZ"}).encode(),
+        json.dumps(base | {"txn_id": "X3", "amount": "-5"}).encode(),
+        json.dumps(base | {"txn_id": "X4", "amount": "0"}).encode(),
+        json.dumps(base | {"txn_id": "X5", "status": "weird"}).encode(),
+        json.dumps(base | {"txn_id": "X6", "pad": "x" * (MAX_EVENT_BYTES + 10)}).encode(),
+        None,
+    ]
+    values: list[bytes | None] = [encode_event(e) for e in good]
+    for i, b in enumerate(bad):
+        values.insert(i * 4 + 1, b)
+    await publish(stack.bootstrap, stack.topic, values)
+
+    async with running_consumer():
+        await wait_until(lambda: _ledger_is(db, len(good)))
+        dead = await read_topic(stack.bootstrap, stack.dlq, len(bad))
+
+    assert await counted(db) == len(good)
+    await assert_totals_match_source(db)
+    await assert_live_matches_db(db, redis)
+    docs = [json.loads(d) for d in dead]
+    reasons = sorted(d["reason"] for d in docs)
+    assert reasons == sorted(
+        ["not_json", "not_json", "not_json", "missing_field", "unknown_currency",
+         "non_positive_amount", "non_positive_amount", "invalid_field", "oversized", "empty"]
+    )  # fmt: skip
+    assert all(d["topic"] == stack.topic and d["offset"] >= 0 and d["detail"] for d in docs)
+    binary = next(d for d in docs if "original_base64" in d)
+    assert binary["reason"] == "not_json"
+    oversized = next(d for d in docs if d["reason"] == "oversized")
+    assert oversized["original_size"] > MAX_EVENT_BYTES and "original_text" in oversized
+
+
+@pytest.mark.parametrize("stack", [4], indirect=True)
+async def test_rebalance_between_two_consumers_keeps_totals_exact(
+    stack: Stack, db: asyncpg.Connection, redis: Redis
+) -> None:
+    events = make_events(1500, seed=11, span=timedelta(hours=3))
+    await insert_source(db, events)
+    values = with_duplicates(events, 0.1, seed=12)
+    half = len(values) // 2
+    await publish(stack.bootstrap, stack.topic, values[:half])
+
+    # Small batches so the first consumer is mid-stream when the second one joins.
+    async with running_consumer(ingest_batch_max_records=50):
+        await wait_until(lambda: _ledger_is(db, 100))
+        async with running_consumer(ingest_batch_max_records=50) as second:
+            await publish(stack.bootstrap, stack.topic, values[half:])
+            await wait_until(lambda: _ledger_is(db, len(events)), 40)
+            await wait_until(lambda: _second_owns_some(second), 10)
+        # The first consumer takes everything back after the second leaves.
+        await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[::7]])
+        await asyncio.sleep(0)
+        await wait_until(lambda: _ledger_is(db, len(events)))
+
+    assert await counted(db) == len(events)
+    await assert_totals_match_source(db)
+    await assert_live_matches_db(db, redis)
+
+
+async def _second_owns_some(second: object) -> bool:
+    return bool(getattr(second, "positions", None))
+
+
+async def test_restart_resumes_from_offsets_in_postgres(
+    stack: Stack, db: asyncpg.Connection, redis: Redis
+) -> None:
+    events = make_events(300, seed=21)
+    await insert_source(db, events)
+    await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[:150]])
+    async with running_consumer():
+        await wait_until(lambda: _ledger_is(db, 150))
+    # The second consumer starts where PostgreSQL says the first one stopped.
+    await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[150:]])
+    async with running_consumer():
+        await wait_until(lambda: _ledger_is(db, 300))
+    assert await counted(db) == 300
+    await assert_totals_match_source(db)
+    await assert_live_matches_db(db, redis)
+    stored = await db.fetchval("SELECT next_offset FROM consumer_offsets")
+    assert stored == 300
+
+
+async def test_old_events_create_their_partition_and_skip_minutes(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    old = make_events(20, seed=31, start=datetime(2003, 5, 17, 12, tzinfo=UTC))
+    await insert_source(db, old)
+    await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in old])
+    async with running_consumer():
+        await wait_until(lambda: _ledger_is(db, 20))
+    assert await db.fetchval("SELECT to_regclass('txn_hourly_agg_2003_05') IS NOT NULL")
+    assert await counted(db) == 20
+    assert await db.fetchval("SELECT count(*) FROM txn_minute_agg") == 0
+    await assert_totals_match_source(db)

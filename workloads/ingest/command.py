@@ -1,0 +1,71 @@
+"""``molam-analytics consume``: run the ingestion consumer until SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any, cast
+
+from molam_workloads.core import metrics
+from molam_workloads.core.cache import create_redis
+from molam_workloads.core.db import create_pool
+from molam_workloads.core.kafka import producer as kafka_producer
+from molam_workloads.core.settings import load_settings
+from molam_workloads.ingest.consumer import Detector, Ingestor
+from molam_workloads.ingest.live_counters import LiveCounters
+from molam_workloads.ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics here (default: METRICS_PORT, 9102; 0 disables)",
+    )
+
+
+def _make_detector(settings: IngestSettings, *clients: object) -> Detector | None:
+    """The SIRA detector when enabled; one that cannot even be built is logged and skipped."""
+    if not settings.sira_enabled:
+        return None
+    from molam_workloads.ingest.sira import AnomalyDetector
+
+    try:
+        # Constructor: (settings, pool, redis, producer) — see ingest/sira.py.
+        return cast(Detector, cast(Any, AnomalyDetector)(settings, *clients))
+    except Exception:
+        log.exception("SIRA detector could not start; ingesting without anomaly detection")
+        metrics.SIRA_FAILURES.inc()
+        return None
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = load_settings(IngestSettings)
+    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    metrics.serve_metrics(port)
+    async with (
+        create_pool(settings, min_size=1, max_size=min(settings.db_pool_max, 4)) as pool,
+        create_redis(settings) as redis,
+        kafka_producer(settings.kafka_bootstrap_servers, linger_ms=5) as producer,
+    ):
+        live = LiveCounters(redis, settings.reporting_currency, settings.live_counter_ttl_seconds)
+        detector = _make_detector(settings, pool, redis, producer)
+        ingestor = Ingestor(settings, pool, producer, live, detector)
+        try:
+            await ingestor.run(stop)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+    log.info("consume: stopped cleanly")
+    return 0

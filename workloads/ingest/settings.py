@@ -1,0 +1,37 @@
+"""Configuration of ``molam-analytics consume``: the shared pieces plus the consumer's knobs."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from molam_workloads.core.settings import (
+    DatabaseSettings,
+    KafkaSettings,
+    RedisSettings,
+    ReportingSettings,
+    SiraSettings,
+)
+
+
+class IngestSettings(
+    DatabaseSettings, RedisSettings, KafkaSettings, ReportingSettings, SiraSettings
+):
+    metrics_port: int = Field(
+        default=9102, ge=0, le=65535, description="Prometheus /metrics port (0: not served)."
+    )
+    ingest_batch_max_records: int = Field(
+        default=5000, ge=1, le=100_000, description="Most records committed in one transaction."
+    )
+    ingest_poll_timeout_ms: int = Field(
+        default=500, ge=1, le=60_000, description="How long getmany() waits for records."
+    )
+    ingest_max_partition_fetch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    # Group liveness. Lower in tests so a killed consumer's partitions move quickly.
+    kafka_session_timeout_ms: int = Field(default=30_000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(default=3000, ge=100)
+    kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    # Minute buckets serve the alerts evaluator's short windows only; events older than this
+    # (a replay, a catching-up consumer) skip them. 0 keeps every minute.
+    minute_agg_horizon_hours: int = Field(default=48, ge=0)
+    # Live counters are per UTC day; two days keeps yesterday's around for late readers.
+    live_counter_ttl_seconds: int = Field(default=2 * 86400, ge=60)

@@ -1,0 +1,142 @@
+"""The exactly-once write of one batch: ledger, aggregates and offsets in ONE transaction.
+
+A crash before COMMIT leaves nothing behind (the batch is re-read from the stored offsets); a
+crash after it leaves everything (the offsets already point past the batch). A transaction that
+arrives again, however late, or that backfill already counted, conflicts in
+``ingested_transactions`` and adds nothing: only the ledger's newly inserted ``txn_id`` values
+are aggregated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from molam_workloads.core.db import INGEST_LOCK
+from molam_workloads.core.events import TransactionEvent
+from molam_workloads.ingest.aggregation import (
+    MEASURES,
+    MONEY_MEASURES,
+    BucketKey,
+    aggregate,
+    columns,
+    months,
+    recent,
+    truncate_hour,
+    truncate_minute,
+)
+
+_LEDGER_SQL = """
+INSERT INTO ingested_transactions (txn_id, event_id, occurred_at, source)
+SELECT t.txn_id, t.event_id, t.occurred_at, 'stream'
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS t (txn_id, event_id, occurred_at)
+ON CONFLICT (txn_id) DO NOTHING
+RETURNING txn_id
+"""
+
+# Offsets only move forward: a consumer that lost its partitions mid-batch must not drag the
+# new owner's progress back (the ledger would still keep the counts exact, but work would repeat).
+_OFFSETS_SQL = """
+INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
+SELECT $1, $2, o.partition, o.next_offset
+FROM unnest($3::int[], $4::bigint[]) AS o (partition, next_offset)
+ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+SET next_offset = EXCLUDED.next_offset, updated_at = now()
+WHERE consumer_offsets.next_offset < EXCLUDED.next_offset
+"""
+
+# A connection of its own or one lent by the pool.
+Conn = asyncpg.Connection | PoolConnectionProxy
+
+
+def _upsert_sql(table: str, time_column: str) -> str:
+    keys = [time_column, "merchant_id", "country", "currency", "channel"]
+    types = ["timestamptz", "text", "text", "text", "text"]
+    types += ["numeric" if m in MONEY_MEASURES else "bigint" for m in MEASURES]
+    params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+    adds = ", ".join(f"{m} = {table}.{m} + EXCLUDED.{m}" for m in MEASURES)
+    return (
+        f"INSERT INTO {table} ({', '.join(keys + list(MEASURES))}) "
+        f"SELECT * FROM unnest({params}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {adds}, updated_at = now()"
+    )
+
+
+_HOURLY_SQL = _upsert_sql("txn_hourly_agg", "hour")
+_MINUTE_SQL = _upsert_sql("txn_minute_agg", "minute")
+
+
+async def load_offsets(
+    conn: Conn, group: str, topic: str, partitions: Sequence[int]
+) -> dict[int, int]:
+    """The stored next offset of each partition that has one."""
+    rows = await conn.fetch(
+        "SELECT partition, next_offset FROM consumer_offsets"
+        " WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3::int[])",
+        group,
+        topic,
+        list(partitions),
+    )
+    return {r["partition"]: r["next_offset"] for r in rows}
+
+
+class BatchWriter:
+    """Writes batches for one consumer group and topic; remembers which partitions exist."""
+
+    def __init__(self, group: str, topic: str) -> None:
+        self.group = group
+        self.topic = topic
+        self._months: set[datetime] = set()
+
+    async def ensure_partitions(self, conn: Conn, events: Sequence[TransactionEvent]) -> None:
+        # Outside the batch transaction: the DDL locks the parent table, which must not stay
+        # locked for a whole batch. Idempotent, so a race with another consumer is harmless.
+        for month in sorted(months(events) - self._months):
+            await conn.execute("SELECT ensure_txn_hourly_partitions($1, $1)", month)
+            self._months.add(month)
+
+    async def write(
+        self,
+        conn: Conn,
+        events: Sequence[TransactionEvent],
+        next_offsets: Mapping[int, int],
+        minute_since: datetime | None,
+    ) -> list[TransactionEvent]:
+        """Commit one batch (``events`` unique by txn_id); returns the newly counted ones."""
+        counted: list[TransactionEvent] = []
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext($1))", INGEST_LOCK)
+            if events:
+                events = sorted(events, key=lambda e: e.txn_id)  # same lock order everywhere
+                new = {
+                    r[0]
+                    for r in await conn.fetch(
+                        _LEDGER_SQL,
+                        [e.txn_id for e in events],
+                        [e.event_id for e in events],
+                        [e.occurred_at for e in events],
+                    )
+                }
+                counted = [e for e in events if e.txn_id in new]
+            if counted:
+                await _upsert(conn, _HOURLY_SQL, aggregate(counted, truncate_hour))
+                minutes = aggregate(recent(counted, minute_since), truncate_minute)
+                if minutes:
+                    await _upsert(conn, _MINUTE_SQL, minutes)
+            if next_offsets:
+                await conn.execute(
+                    _OFFSETS_SQL,
+                    self.group,
+                    self.topic,
+                    list(next_offsets),
+                    list(next_offsets.values()),
+                )
+        return counted
+
+
+async def _upsert(conn: Conn, sql: str, rows: dict[BucketKey, list[Any]]) -> None:
+    await conn.execute(sql, *columns(rows))
