@@ -7,6 +7,7 @@ the end of each partition and OffsetFetch for the group's committed offsets.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from molam_workloads.core.errors import MolamError, ServiceUnavailable
 
 CLIENT_ID = "molam-analytics"
+log = logging.getLogger(__name__)
 
 
 class TopicNotFound(MolamError):
@@ -55,7 +57,11 @@ class GroupLag:
 
 @asynccontextmanager
 async def producer(bootstrap: str, **kwargs: object) -> AsyncIterator[AIOKafkaProducer]:
-    """A started producer, stopped on exit (idempotent: retries never duplicate a record)."""
+    """A started producer, stopped on exit (idempotent: retries never duplicate a record).
+
+    A broker that refuses InitProducerId (Tansu answers UnknownError) gets a plain producer
+    with ``acks="all"`` instead: still durable, but a retry may publish a record twice.
+    """
     prod = AIOKafkaProducer(
         bootstrap_servers=bootstrap, client_id=CLIENT_ID, enable_idempotence=True, **kwargs
     )
@@ -64,6 +70,17 @@ async def producer(bootstrap: str, **kwargs: object) -> AsyncIterator[AIOKafkaPr
     except KafkaConnectionError as exc:
         await prod.stop()
         raise ServiceUnavailable(f"Kafka at {bootstrap} is unreachable: {exc}") from None
+    except KafkaError as exc:
+        await prod.stop()
+        log.warning("broker refused an idempotent producer (%r): using acks=all", exc)
+        prod = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, client_id=CLIENT_ID, acks="all", **kwargs
+        )
+        try:
+            await prod.start()
+        except KafkaError as exc2:
+            await prod.stop()
+            raise ServiceUnavailable(f"Kafka at {bootstrap} is unreachable: {exc2!r}") from None
     try:
         yield prod
     finally:
