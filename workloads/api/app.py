@@ -1,0 +1,186 @@
+"""The FastAPI application: lifespan-owned resources, routers, errors, metrics.
+
+``create_app(settings)`` builds it; the lifespan opens the one asyncpg pool and the Redis client
+of the process and closes them on shutdown. Redis is optional at run time: the cache degrades
+to uncached answers and the live counters to PostgreSQL when it is down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from redis.asyncio import Redis
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from molam_workloads.api.cache import ResponseCache
+from molam_workloads.api.deps import Resources
+from molam_workloads.api.errors import ApiError, error_body
+from molam_workloads.api.middleware import MetricsMiddleware
+from molam_workloads.api.routers import (
+    alert_rules,
+    alerts,
+    anomalies,
+    breakdowns,
+    dashboard,
+    health,
+    kpis,
+    live,
+    me,
+    metrics,
+    timeseries,
+    top_merchants,
+)
+from molam_workloads.api.settings import ApiSettings
+from molam_workloads.core.db import create_pool
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "unavailable",
+}
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: ApiSettings = app.state.settings
+    async with create_pool(settings, min_size=1) as pool:
+        redis = Redis.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+        )
+        try:
+            app.state.resources = Resources(
+                settings=settings,
+                pool=pool,
+                redis=redis,
+                cache=ResponseCache(redis, settings.cache_ttl_seconds),
+            )
+            yield
+        finally:
+            await redis.aclose()
+
+
+def _json(status: int, code: str, message: str, details: Any = None, **kw: Any) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status, **kw)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _json(exc.status_code, exc.code, exc.message, exc.details, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return _json(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": str(e.get("type"))}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return _json(422, "invalid_request", f"{where}: {first['msg']}", details)
+
+    @app.exception_handler(asyncpg.DataError)
+    async def bad_value(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        return _json(422, "invalid_request", f"invalid parameter value: {exc}")
+
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: a dependency is unavailable: %r", request.method, request.url, exc)
+        return _json(503, "unavailable", "a backing service is unavailable; retry shortly")
+
+    for exc_type in (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError):
+        app.add_exception_handler(exc_type, unavailable)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return _json(500, "internal", "internal error")
+
+
+def _openapi(app: FastAPI) -> Any:
+    def build() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        }
+        for path, ops in schema["paths"].items():
+            if path.startswith("/v1/"):
+                for op in ops.values():
+                    op["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    return build
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    app = FastAPI(
+        title="Molam Analytics API",
+        version="1.0.0",
+        description=(
+            "Real-time payments analytics. `/v1` needs a bearer JWT (HS256) with the claims "
+            "`sub`, `role` (admin, ops, analyst, merchant), `merchant_id` and `exp`. A merchant "
+            "token reads its own merchant only: it is scoped to it when it names no merchant, "
+            "and refused (403) when it names another. Amounts are decimal strings in the "
+            "reporting currency."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    _install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    for module in (
+        health,
+        metrics,
+        me,
+        kpis,
+        timeseries,
+        breakdowns,
+        top_merchants,
+        live,
+        alert_rules,
+        alerts,
+        anomalies,
+        dashboard,
+    ):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(packages=[("molam_workloads.api", "static")]), name="static")
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,121 @@
+"""Bearer tokens: HS256 JWTs signed with ``ANALYTICS_JWT_SECRET`` (SPEC §6).
+
+Claims: ``sub`` (who), ``role`` (admin, ops, analyst, merchant), ``merchant_id`` (required for
+the merchant role) and ``exp`` (required). A token that cannot be trusted (missing, malformed,
+wrongly signed, another algorithm, expired) is a 401; a trusted token whose claims grant nothing
+(unknown role, merchant without ``merchant_id``) is a 403. Every refusal is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import jwt
+from starlette.requests import Request
+
+from molam_workloads.api.errors import Forbidden, Unauthorized
+from molam_workloads.core.metrics import AUTH_DENIALS
+
+log = logging.getLogger(__name__)
+ALGORITHM = "HS256"
+
+
+class Role(StrEnum):
+    admin = "admin"
+    ops = "ops"
+    analyst = "analyst"
+    merchant = "merchant"
+
+
+# Roles that read every merchant's data; the merchant role reads only its own.
+ALL_MERCHANT_READERS = frozenset({Role.admin, Role.ops, Role.analyst})
+# Roles that manage alert rules and alerts.
+ALERT_MANAGERS = frozenset({Role.admin, Role.ops})
+
+
+@dataclass(frozen=True)
+class Principal:
+    sub: str
+    role: Role
+    merchant_id: str | None
+
+    @property
+    def reads_all_merchants(self) -> bool:
+        return self.role in ALL_MERCHANT_READERS
+
+    def can_read_merchant(self, merchant_id: str | None) -> bool:
+        """May this principal see data that belongs to ``merchant_id`` (None: platform-wide)?"""
+        return self.reads_all_merchants or (
+            merchant_id is not None and merchant_id == self.merchant_id
+        )
+
+    @property
+    def cache_scope(self) -> str:
+        """The part of a cache key that keeps one role's or merchant's answers apart."""
+        return f"{self.role.value}:{self.merchant_id or '*'}"
+
+
+def deny(request: Request, status: int, reason: str, principal: Principal | None = None) -> None:
+    """Log and count a refusal (never the token itself)."""
+    AUTH_DENIALS.labels(str(status)).inc()
+    log.warning(
+        "denied %s %s: %s (status=%d sub=%s role=%s merchant_id=%s)",
+        request.method,
+        request.url.path,
+        reason,
+        status,
+        principal.sub if principal else "-",
+        principal.role.value if principal else "-",
+        principal.merchant_id if principal else "-",
+    )
+
+
+def _unauthorized(request: Request, reason: str) -> Unauthorized:
+    deny(request, 401, reason)
+    return Unauthorized(reason)
+
+
+def authenticate(request: Request, secret: str) -> Principal:
+    header = request.headers.get("authorization")
+    if not header:
+        raise _unauthorized(request, "missing bearer token")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized(request, "the Authorization header must be 'Bearer <token>'")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["exp", "sub", "role"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise _unauthorized(request, "token expired") from None
+    except jwt.InvalidSignatureError:
+        raise _unauthorized(request, "token signature is invalid") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise _unauthorized(request, f"token lacks the {exc.claim!r} claim") from None
+    except jwt.InvalidAlgorithmError:
+        raise _unauthorized(request, f"token must be signed with {ALGORITHM}") from None
+    except jwt.PyJWTError:
+        raise _unauthorized(request, "token is malformed") from None
+
+    sub, role, merchant_id = claims.get("sub"), claims.get("role"), claims.get("merchant_id")
+    if not isinstance(sub, str) or not sub:
+        raise _unauthorized(request, "token 'sub' claim must be a non-empty string")
+    if merchant_id is not None and (not isinstance(merchant_id, str) or not merchant_id):
+        raise _unauthorized(request, "token 'merchant_id' claim must be a non-empty string")
+    try:
+        parsed_role = Role(str(role))
+    except ValueError:
+        deny(request, 403, f"unknown role {role!r}")
+        raise Forbidden(f"role {role!r} grants no access") from None
+    principal = Principal(sub=sub, role=parsed_role, merchant_id=merchant_id)
+    if parsed_role is Role.merchant and not merchant_id:
+        deny(request, 403, "merchant token without merchant_id", principal)
+        raise Forbidden("a merchant token must carry a merchant_id claim")
+    return principal

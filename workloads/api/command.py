@@ -1,0 +1,33 @@
+"""``molam-analytics api [--port 8082]``: serve the API with uvicorn inside the running loop."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from molam_workloads.api.app import create_app
+from molam_workloads.api.settings import ApiSettings
+from molam_workloads.core.settings import load_settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--port", type=int, default=None, help="port to listen on (default: API_PORT, 8082)"
+    )
+    parser.add_argument("--host", default=None, help="address to bind (default: API_HOST)")
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = load_settings(ApiSettings)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        log_config=None,  # the CLI configured logging
+        access_log=False,  # /metrics counts requests; logs keep denials and errors
+        proxy_headers=True,
+    )
+    server = uvicorn.Server(config)
+    await server.serve()
+    return 0

@@ -1,0 +1,61 @@
+"""FastAPI dependencies: the process's resources and the caller, as ``Annotated`` aliases.
+
+The lifespan (``app.py``) opens the pool, the Redis client and the cache once and keeps them in
+a ``Resources`` on ``app.state``; handlers receive them through these aliases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+
+from molam_workloads.api.auth import Principal, authenticate
+from molam_workloads.api.cache import ResponseCache
+from molam_workloads.api.settings import ApiSettings
+
+
+@dataclass
+class Resources:
+    settings: ApiSettings
+    pool: asyncpg.Pool
+    redis: Redis
+    cache: ResponseCache
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+def get_settings(request: Request) -> ApiSettings:
+    return get_resources(request).settings
+
+
+def get_pool(request: Request) -> asyncpg.Pool:
+    return get_resources(request).pool
+
+
+def get_redis(request: Request) -> Redis:
+    return get_resources(request).redis
+
+
+def get_cache(request: Request) -> ResponseCache:
+    return get_resources(request).cache
+
+
+def get_principal(request: Request) -> Principal:
+    secret = get_resources(request).settings.analytics_jwt_secret.get_secret_value()
+    principal = authenticate(request, secret)
+    request.state.principal = principal
+    return principal
+
+
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+CacheDep = Annotated[ResponseCache, Depends(get_cache)]
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,118 @@
+"""Query parameters shared by the analytics routes, parsed and checked once (422 on error)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+from fastapi import Depends, Query
+
+from molam_workloads.api.deps import SettingsDep
+from molam_workloads.api.errors import InvalidParams
+from molam_workloads.api.permissions import ScopedMerchant
+from molam_workloads.api.queries.aggregates import Filters
+
+DEFAULT_RANGE = timedelta(days=7)
+_MIN = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    start: datetime  # aware, UTC
+    end: datetime
+    tz_name: str
+    tz: ZoneInfo
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"from": self.start.isoformat(), "to": self.end.isoformat(), "tz": self.tz_name}
+
+
+def parse_tz(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except Exception:
+        raise InvalidParams(
+            f"tz {name!r} is not an IANA time zone name (e.g. UTC, Africa/Dakar)",
+            {"param": "tz"},
+        ) from None
+
+
+def _aware(value: datetime, tz: ZoneInfo, param: str) -> datetime:
+    try:
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=tz)
+        result = aware.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidParams(f"{param} is out of range", {"param": param}) from None
+    if not _MIN <= result <= _MAX:
+        raise InvalidParams(f"{param} must be between 1970 and 2200", {"param": param})
+    return result
+
+
+def time_range(
+    settings: SettingsDep,
+    from_: Annotated[
+        datetime | None,
+        Query(
+            alias="from",
+            description="Start (inclusive), ISO 8601 date or date-time; without an offset it "
+            "is read in `tz`. Default: `to` minus 7 days.",
+        ),
+    ] = None,
+    to: Annotated[
+        datetime | None,
+        Query(description="End (exclusive). Default: the start of the next hour."),
+    ] = None,
+    tz: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=64,
+            description="IANA time zone of day boundaries (and of dates given without offset).",
+        ),
+    ] = "UTC",
+) -> TimeRange:
+    zone = parse_tz(tz)
+    if to is None:
+        now = datetime.now(UTC)
+        end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    else:
+        end = _aware(to, zone, "to")
+    start = _aware(from_, zone, "from") if from_ is not None else end - DEFAULT_RANGE
+    if start >= end:
+        raise InvalidParams("'from' must be before 'to'", {"from": str(start), "to": str(end)})
+    if end - start > timedelta(days=settings.api_max_range_days):
+        raise InvalidParams(
+            f"the range may span at most {settings.api_max_range_days} days",
+            {"param": "from"},
+        )
+    return TimeRange(start=start, end=end, tz_name=tz, tz=zone)
+
+
+def filters(
+    merchant_id: ScopedMerchant,
+    country: Annotated[
+        str | None, Query(pattern=r"^[A-Z]{2}$", description="ISO 3166 alpha-2, e.g. SN.")
+    ] = None,
+    channel: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    currency: Annotated[
+        str | None, Query(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. XOF.")
+    ] = None,
+) -> Filters:
+    return Filters(merchant_id=merchant_id, country=country, channel=channel, currency=currency)
+
+
+RangeDep = Annotated[TimeRange, Depends(time_range)]
+FiltersDep = Annotated[Filters, Depends(filters)]
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip.")] = 0,
+) -> tuple[int, int]:
+    return limit, offset
+
+
+PageDep = Annotated[tuple[int, int], Depends(page_params)]

@@ -1,0 +1,258 @@
+"""KPIs, time series, breakdowns and top merchants over the hourly and daily aggregates.
+
+Where rows come from. ``mv_txn_daily_agg`` answers whole UTC days it already holds: the days
+that ended before its last recorded refresh (``analytics_view_refreshes``, minus a safety
+margin for late events); everything else (the partial first and last days of the range, the
+days since the refresh, every range a non-UTC time zone cuts across) comes from
+``txn_hourly_agg``. Both are summed into one set of groups, so the split never changes a total.
+
+Conversion. Rows are grouped first (by the requested keys, the currency and the UTC day that
+picks the FX rate); the distinct (currency, day) pairs are then joined to ``fx_rate_ranges``
+once (``core.fx``), and the money measures multiplied by the rate. A currency without any rate
+is left out of every money total and of the money counts (payments, refunds) and listed in
+``unconverted_currencies``; transaction counts and success rates still include it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+
+from molam_workloads.api.queries import Conn
+from molam_workloads.core.currencies import CURRENCIES
+from molam_workloads.core.fx import rate_expr, rate_join
+
+MV_NAME = "mv_txn_daily_agg"
+# Days that ended less than this before the view's refresh still come from the hourly table,
+# so events that arrived just before midnight's refresh are never missed.
+MV_SAFETY_MARGIN = timedelta(hours=1)
+
+_SUMS = (
+    "tx_count",
+    "succeeded_count",
+    "failed_count",
+    "pending_count",
+    "payment_count",
+    "payment_volume_local",
+    "refund_count",
+    "refund_volume_local",
+    "fee_local",
+)
+
+
+@dataclass(frozen=True)
+class Filters:
+    merchant_id: str | None = None
+    country: str | None = None
+    channel: str | None = None
+    currency: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "merchant_id": self.merchant_id,
+            "country": self.country,
+            "channel": self.channel,
+            "currency": self.currency,
+        }
+
+
+@dataclass(frozen=True)
+class Key:
+    """One grouping key: its output name and its expression over each source."""
+
+    name: str
+    hourly: str
+    daily: str
+
+
+@dataclass(frozen=True)
+class Part:
+    source: str  # "hourly" | "daily"
+    start: Any  # datetime for hourly, date for daily
+    end: Any
+
+
+def utc_midnight(d: date) -> datetime:
+    return datetime.combine(d, time(0), UTC)
+
+
+def plan_parts(
+    start: datetime, end: datetime, refreshed_at: datetime | None, *, mv_allowed: bool
+) -> list[Part]:
+    """Split [start, end) into whole UTC days the view holds and hourly remainders."""
+    if not mv_allowed or refreshed_at is None:
+        return [Part("hourly", start, end)]
+    first = start.astimezone(UTC).date()
+    if utc_midnight(first) < start:
+        first += timedelta(days=1)
+    last = min(end, refreshed_at - MV_SAFETY_MARGIN).astimezone(UTC).date()  # exclusive
+    if last <= first:
+        return [Part("hourly", start, end)]
+    parts = []
+    if start < utc_midnight(first):
+        parts.append(Part("hourly", start, utc_midnight(first)))
+    parts.append(Part("daily", first, last))
+    if utc_midnight(last) < end:
+        parts.append(Part("hourly", utc_midnight(last), end))
+    return parts
+
+
+class _Params:
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+
+    def add(self, value: Any) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}"
+
+
+@dataclass
+class Grouped:
+    """Rows of the converted groups, plus what could not be converted."""
+
+    rows: list[asyncpg.Record]
+    unconverted: list[str] = field(default_factory=list)
+    daily_days: int = 0
+
+
+async def mv_refreshed_at(conn: Conn) -> datetime | None:
+    value: datetime | None = await conn.fetchval(
+        "SELECT refreshed_at FROM analytics_view_refreshes WHERE view_name = $1", MV_NAME
+    )
+    return value
+
+
+async def grouped(
+    conn: Conn,
+    *,
+    start: datetime,
+    end: datetime,
+    filters: Filters,
+    keys: Sequence[Key],
+    reporting_currency: str,
+    mv_allowed: bool = True,
+    extra_params: Sequence[Any] = (),
+    order_limit: str = "",
+) -> Grouped:
+    """Sum the measures over [start, end) by ``keys``, converted to ``reporting_currency``.
+
+    ``extra_params`` are bound first ($1, $2, ...) so key expressions may refer to them (the
+    time zone of day buckets); ``order_limit`` is appended to the outer query.
+    """
+    refreshed_at = await mv_refreshed_at(conn) if mv_allowed else None
+    parts = plan_parts(start, end, refreshed_at, mv_allowed=mv_allowed)
+    p = _Params()
+    for value in extra_params:
+        p.add(value)
+    quote = p.add(reporting_currency)
+    conds = []
+    for column in ("merchant_id", "country", "channel", "currency"):
+        value = getattr(filters, column)
+        if value is not None:
+            conds.append(f"AND {column} = {p.add(value)}")
+    where_filters = " ".join(conds)
+    n_keys = len(keys)
+    group_by = ", ".join(str(i) for i in range(1, n_keys + 3))
+    sums = ", ".join(f"sum({m}) AS {m}" for m in _SUMS)
+    selects = []
+    daily_days = 0
+    for part in parts:
+        if part.source == "hourly":
+            key_sql = "".join(f"{k.hourly} AS {k.name}, " for k in keys)
+            selects.append(
+                f"SELECT {key_sql}currency, (hour AT TIME ZONE 'UTC')::date AS fx_day, {sums} "
+                f"FROM txn_hourly_agg WHERE hour >= {p.add(part.start)} "
+                f"AND hour < {p.add(part.end)} {where_filters} GROUP BY {group_by}"
+            )
+        else:
+            daily_days += (part.end - part.start).days
+            key_sql = "".join(f"{k.daily} AS {k.name}, " for k in keys)
+            selects.append(
+                f"SELECT {key_sql}currency, day AS fx_day, {sums} "
+                f"FROM mv_txn_daily_agg WHERE day >= {p.add(part.start)} "
+                f"AND day < {p.add(part.end)} {where_filters} GROUP BY {group_by}"
+            )
+    key_names = ", ".join(f"g.{k.name}" for k in keys)
+    outer_keys = f"{key_names}, " if keys else ""
+    outer_group = f"GROUP BY {key_names}" if keys else ""
+    union = "\n UNION ALL\n ".join(selects)
+    sql = f"""
+WITH g AS (
+ {union}
+), r AS (
+  SELECT k.currency, k.fx_day, {rate_expr("k", quote)} AS rate
+  FROM (SELECT DISTINCT currency, fx_day FROM g) k
+  {rate_join("k", "(k.fx_day::timestamp AT TIME ZONE 'UTC')", quote)}
+)
+SELECT {outer_keys}
+  coalesce(sum(g.tx_count), 0)::bigint AS tx_count,
+  coalesce(sum(g.succeeded_count), 0)::bigint AS succeeded_count,
+  coalesce(sum(g.failed_count), 0)::bigint AS failed_count,
+  coalesce(sum(g.pending_count), 0)::bigint AS pending_count,
+  coalesce(sum(g.payment_count) FILTER (WHERE r.rate IS NOT NULL), 0)::bigint AS payment_count,
+  coalesce(sum(g.payment_volume_local * r.rate), 0) AS gross_volume,
+  coalesce(sum(g.refund_count) FILTER (WHERE r.rate IS NOT NULL), 0)::bigint AS refund_count,
+  coalesce(sum(g.refund_volume_local * r.rate), 0) AS refund_volume,
+  coalesce(sum(g.fee_local * r.rate), 0) AS fees,
+  array_agg(DISTINCT g.currency::text) FILTER (WHERE r.rate IS NULL) AS unconverted
+FROM g JOIN r ON r.currency = g.currency AND r.fx_day = g.fx_day
+{outer_group}
+{order_limit}
+"""
+    rows = await conn.fetch(sql, *p.values)
+    unconverted = sorted({c for row in rows for c in (row["unconverted"] or [])})
+    return Grouped(rows=rows, unconverted=unconverted, daily_days=daily_days)
+
+
+# --- turning sums into KPIs -------------------------------------------------------------------
+
+
+def money(value: Decimal, currency: str) -> Decimal:
+    exp = Decimal(1).scaleb(-CURRENCIES.get(currency, 2))
+    return value.quantize(exp, rounding=ROUND_HALF_UP)
+
+
+def kpis_of(row: asyncpg.Record | None, currency: str) -> dict[str, Any]:
+    """The KPI document of one group (``row`` None: nothing in range, all zero)."""
+    get = (lambda k: row[k]) if row is not None else (lambda k: 0)
+    gross = Decimal(get("gross_volume"))
+    refunds = Decimal(get("refund_volume"))
+    fees = Decimal(get("fees"))
+    succeeded, failed = int(get("succeeded_count")), int(get("failed_count"))
+    payments = int(get("payment_count"))
+    decided = succeeded + failed
+    return {
+        "tx_count": int(get("tx_count")),
+        "succeeded_count": succeeded,
+        "failed_count": failed,
+        "pending_count": int(get("pending_count")),
+        "payment_count": payments,
+        "gross_volume": money(gross, currency),
+        "refund_count": int(get("refund_count")),
+        "refund_volume": money(refunds, currency),
+        "fees": money(fees, currency),
+        "net_volume": money(gross - refunds - fees, currency),
+        "success_rate": round(succeeded / decided, 6) if decided else None,
+        "avg_ticket": money(gross / payments, currency) if payments else None,
+    }
+
+
+def zone(tz: str) -> ZoneInfo:
+    return ZoneInfo(tz)
+
+
+def utc_aligned(tz: ZoneInfo, start: datetime, end: datetime) -> bool:
+    """True if local days in ``tz`` are UTC days all over [start, end) (the view may be used)."""
+    day = start.astimezone(UTC).date()
+    last = end.astimezone(UTC).date()
+    while day <= last:
+        if tz.utcoffset(utc_midnight(day).replace(tzinfo=None)) != timedelta(0):
+            return False
+        day += timedelta(days=1)
+    return True

@@ -1,0 +1,52 @@
+"""``GET /v1/kpis``: the KPIs of a time range."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from molam_workloads.api.deps import CacheDep, PoolDep, SettingsDep
+from molam_workloads.api.params import FiltersDep, RangeDep
+from molam_workloads.api.permissions import Reader
+from molam_workloads.api.queries.aggregates import grouped, kpis_of
+from molam_workloads.api.routers._summary import cached_answer, echo
+from molam_workloads.api.schemas.analytics import KpiResponse, Kpis
+from molam_workloads.api.schemas.common import READ_ERRORS
+
+router = APIRouter(prefix="/v1", tags=["analytics"])
+
+
+@router.get("/kpis", response_model=KpiResponse, responses=READ_ERRORS)
+async def get_kpis(
+    principal: Reader,
+    rng: RangeDep,
+    filters: FiltersDep,
+    pool: PoolDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+) -> Response:
+    """Counts, gross and net volume, refunds, fees, success rate and average ticket over
+    [from, to), amounts in the reporting currency. A merchant token sees its own merchant."""
+    currency = settings.reporting_currency
+
+    async def compute() -> KpiResponse:
+        async with pool.acquire() as conn:
+            result = await grouped(
+                conn,
+                start=rng.start,
+                end=rng.end,
+                filters=filters,
+                keys=(),
+                reporting_currency=currency,
+            )
+        rng_out, filters_out = echo(rng, filters)
+        return KpiResponse(
+            range=rng_out,
+            currency=currency,
+            filters=filters_out,
+            unconverted_currencies=result.unconverted,
+            kpis=Kpis(**kpis_of(result.rows[0] if result.rows else None, currency)),
+            daily_view_days=result.daily_days,
+        )
+
+    params = {**rng.as_dict(), **filters.as_dict()}
+    return await cached_answer(cache, principal, "kpis", params, compute)

@@ -1,0 +1,72 @@
+"""Live counters for today (UTC): ``GET /v1/live`` and ``GET /v1/merchants/{id}/live``.
+
+Read from the Redis hash the consumer keeps (``live:merchant:<id>:<day>``), or from PostgreSQL
+when the hash is missing or Redis is down (``source`` tells which).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+
+import asyncpg
+from fastapi import APIRouter, Path
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from molam_workloads.api.deps import PoolDep, RedisDep, SettingsDep
+from molam_workloads.api.permissions import Reader, ScopedMerchant
+from molam_workloads.api.queries.live import live_from_db
+from molam_workloads.api.schemas.analytics import LiveResponse
+from molam_workloads.api.schemas.common import READ_ERRORS
+from molam_workloads.api.settings import ApiSettings
+from molam_workloads.core.cache import live_key
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["live"])
+
+
+async def _live(
+    merchant_id: str | None, redis: Redis, pool: asyncpg.Pool, settings: ApiSettings
+) -> LiveResponse:
+    day = datetime.now(UTC).date()
+    try:
+        counters: dict[str, str] = await redis.hgetall(live_key(merchant_id, day))  # type: ignore[misc]
+    except (RedisError, OSError) as exc:
+        log.warning("live counters: Redis unavailable, reading PostgreSQL: %r", exc)
+        counters = {}
+    if counters:
+        source = "redis"
+    else:
+        async with pool.acquire() as conn:
+            counters = await live_from_db(conn, merchant_id, day, settings.reporting_currency)
+        source = "postgresql"
+    return LiveResponse(
+        merchant_id=merchant_id, day=day.isoformat(), source=source, counters=counters
+    )
+
+
+@router.get("/live", response_model=LiveResponse, responses=READ_ERRORS)
+async def get_live(
+    principal: Reader,
+    merchant_id: ScopedMerchant,
+    redis: RedisDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+) -> LiveResponse:
+    """Today's counters of one merchant, or of the whole platform when no merchant is named
+    (staff roles only; a merchant token always gets its own)."""
+    return await _live(merchant_id, redis, pool, settings)
+
+
+@router.get("/merchants/{merchant_id}/live", response_model=LiveResponse, responses=READ_ERRORS)
+async def get_merchant_live(
+    principal: Reader,
+    merchant_id: Annotated[str, Path(min_length=1, max_length=128)],
+    redis: RedisDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+) -> LiveResponse:
+    """Today's counters of the merchant in the path (a merchant token: its own only)."""
+    return await _live(merchant_id, redis, pool, settings)

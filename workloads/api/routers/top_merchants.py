@@ -1,0 +1,77 @@
+"""``GET /v1/top-merchants``: the merchants with the most volume or transactions."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from molam_workloads.api.deps import CacheDep, PoolDep, SettingsDep
+from molam_workloads.api.params import RangeDep
+from molam_workloads.api.permissions import StaffReader
+from molam_workloads.api.queries.aggregates import Filters, Key, grouped, kpis_of
+from molam_workloads.api.routers._summary import cached_answer, echo
+from molam_workloads.api.schemas.analytics import MerchantRow, TopMerchantsResponse
+from molam_workloads.api.schemas.common import READ_ERRORS
+
+router = APIRouter(prefix="/v1", tags=["analytics"])
+
+
+class RankBy(StrEnum):
+    gross_volume = "gross_volume"
+    tx_count = "tx_count"
+
+
+_ORDER = {
+    RankBy.gross_volume: "gross_volume DESC, tx_count DESC",
+    RankBy.tx_count: "tx_count DESC, gross_volume DESC",
+}
+
+
+@router.get("/top-merchants", response_model=TopMerchantsResponse, responses=READ_ERRORS)
+async def get_top_merchants(
+    principal: StaffReader,
+    rng: RangeDep,
+    pool: PoolDep,
+    cache: CacheDep,
+    settings: SettingsDep,
+    country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
+    channel: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
+    by: Annotated[RankBy, Query(description="Ranking measure.")] = RankBy.gross_volume,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> Response:
+    """Ranks every merchant, so it needs a role that reads all merchants (403 for a merchant)."""
+    reporting = settings.reporting_currency
+    filters = Filters(country=country, channel=channel, currency=currency)
+
+    async def compute() -> TopMerchantsResponse:
+        async with pool.acquire() as conn:
+            result = await grouped(
+                conn,
+                start=rng.start,
+                end=rng.end,
+                filters=filters,
+                keys=(Key("merchant_id", "merchant_id", "merchant_id"),),
+                reporting_currency=reporting,
+                order_limit=(
+                    "HAVING g.merchant_id IS NOT NULL "
+                    f"ORDER BY {_ORDER[by]}, g.merchant_id LIMIT {limit:d}"
+                ),
+            )
+        rng_out, filters_out = echo(rng, filters)
+        return TopMerchantsResponse(
+            range=rng_out,
+            currency=reporting,
+            filters=filters_out,
+            unconverted_currencies=result.unconverted,
+            by=by.value,
+            merchants=[
+                MerchantRow(rank=i, merchant_id=r["merchant_id"], **kpis_of(r, reporting))
+                for i, r in enumerate(result.rows, start=1)
+            ],
+        )
+
+    params = {**rng.as_dict(), **filters.as_dict(), "by": by.value, "limit": limit}
+    return await cached_answer(cache, principal, "top-merchants", params, compute)

@@ -1,0 +1,1 @@
+"""Response and request documents of the API (money as decimal strings)."""
