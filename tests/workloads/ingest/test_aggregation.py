@@ -1,0 +1,104 @@
+"""The pure batch arithmetic, without any service."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from molam_workloads.core.events import TransactionEvent
+from molam_workloads.ingest.aggregation import (
+    MEASURES,
+    aggregate,
+    columns,
+    dedupe,
+    horizon,
+    months,
+    recent,
+    truncate_hour,
+    truncate_minute,
+)
+
+T0 = datetime(2025, 7, 1, 10, 15, 30, tzinfo=UTC)
+
+
+def ev(txn: str, **kw: object) -> TransactionEvent:
+    base: dict[str, object] = {
+        "event_id": f"e-{txn}",
+        "txn_id": txn,
+        "merchant_id": "M-1",
+        "occurred_at": T0,
+        "amount": "100.50",
+        "currency": "XOF",
+        "country": "SN",
+        "channel": "mobile_money",
+        "type": "payment",
+        "status": "succeeded",
+        "fee": "1.25",
+    }
+    return TransactionEvent.model_validate(base | kw)
+
+
+def m(row: list[object], name: str) -> object:
+    return row[MEASURES.index(name)]
+
+
+def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_the_splits() -> None:
+    rows = aggregate(
+        [
+            ev("a"),
+            ev("b", status="failed", amount="7"),
+            ev("c", status="pending", amount="3"),
+            ev("d", type="refund", amount="10", fee="0"),
+        ],
+        truncate_hour,
+    )
+    assert len(rows) == 1
+    ((key, row),) = rows.items()
+    assert key == (T0.replace(minute=0, second=0), "M-1", "SN", "XOF", "mobile_money")
+    assert m(row, "tx_count") == 4
+    assert m(row, "gross_volume_local") == Decimal("120.50")
+    assert (m(row, "succeeded_count"), m(row, "failed_count"), m(row, "pending_count")) == (2, 1, 1)
+    assert (m(row, "payment_count"), m(row, "payment_volume_local")) == (1, Decimal("100.50"))
+    assert (m(row, "refund_count"), m(row, "refund_volume_local")) == (1, Decimal("10"))
+    assert m(row, "fee_local") == Decimal("1.25")
+    assert all(isinstance(m(row, x), Decimal) for x in MEASURES if x.endswith("_local"))
+
+
+def test_buckets_split_by_every_dimension_and_time() -> None:
+    events = [
+        ev("a"),
+        ev("b", merchant_id=None, type="transfer"),
+        ev("c", country="CI"),
+        ev("d", currency="GHS", country="GH"),
+        ev("e", channel="card"),
+        ev("f", occurred_at=T0 + timedelta(hours=1)),
+        ev("g", occurred_at=T0 + timedelta(minutes=1)),
+    ]
+    assert len(aggregate(events, truncate_hour)) == 6
+    assert len(aggregate(events, truncate_minute)) == 7
+
+
+def test_dedupe_keeps_the_first_event_of_a_transaction() -> None:
+    out = dedupe([ev("a"), ev("b"), ev("a", amount="999")])
+    assert [e.txn_id for e in out] == ["a", "b"]
+    assert out[0].amount == Decimal("100.50")
+
+
+def test_columns_are_sorted_and_aligned() -> None:
+    rows = aggregate(
+        [ev("a", merchant_id="M-2"), ev("b", merchant_id=None, type="transfer"), ev("c")],
+        truncate_hour,
+    )
+    cols = columns(rows)
+    assert len(cols) == 5 + len(MEASURES)
+    assert cols[1] == ["M-1", "M-2", None]  # NULL merchant last, a stable lock order
+    assert cols[5 + MEASURES.index("tx_count")] == [1, 1, 1]
+
+
+def test_months_and_horizon() -> None:
+    events = [ev("a"), ev("b", occurred_at=datetime(2024, 12, 31, 23, 59, tzinfo=UTC))]
+    assert months(events) == {datetime(2025, 7, 1, tzinfo=UTC), datetime(2024, 12, 1, tzinfo=UTC)}
+    since = horizon(T0, 48)
+    assert since == T0 - timedelta(hours=48)
+    assert [e.txn_id for e in recent(events, since)] == ["a"]
+    assert horizon(T0, 0) is None and len(recent(events, None)) == 2
