@@ -1,0 +1,109 @@
+"""``molam-analytics alerts [--once] [--interval SECONDS]``: the alerts evaluator.
+
+The loop runs three independent tasks on one pool: evaluation cycles every
+``ALERTS_INTERVAL_SECONDS``, the webhook notifier (so a slow receiver never delays a cycle)
+and housekeeping. ``--once`` runs one cycle, sends what it queued (one attempt each; failures
+stay queued for the next run) and exits. Metrics are served on ``METRICS_PORT`` (9103) by the
+loop only, so several ``--once`` runs never fight over the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+
+import asyncpg
+
+from molam_workloads.alerts.evaluator import run_cycle
+from molam_workloads.alerts.housekeeping import housekeep
+from molam_workloads.alerts.notifier import Notifier
+from molam_workloads.alerts.settings import AlertsSettings
+from molam_workloads.core.db import create_pool
+from molam_workloads.core.errors import ConfigError
+from molam_workloads.core.metrics import ALERT_RULE_FAILURES, observe_pool, serve_metrics
+from molam_workloads.core.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--once", action="store_true", help="run one evaluation cycle, send its webhooks, exit"
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between cycles (default: ALERTS_INTERVAL_SECONDS, 60)",
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = load_settings(AlertsSettings)
+    if args.interval is not None:
+        if args.interval <= 0:
+            raise ConfigError("--interval must be a positive number of seconds")
+        settings = settings.model_copy(update={"alerts_interval_seconds": args.interval})
+    if settings.webhook_secret is None:
+        log.warning("ALERT_WEBHOOK_SECRET is not set: webhooks are sent unsigned")
+    async with create_pool(settings, max_size=min(settings.db_pool_max, 4)) as pool:
+        if args.once:
+            report = await run_cycle(pool, settings)
+            notifier = Notifier(pool, settings)
+            try:
+                sent = await notifier.drain_once()
+            finally:
+                await notifier.aclose()
+            print(
+                f"evaluated {report.rules} rule(s): {report.firing} firing, "
+                f"{report.pending} pending, {len(report.fired)} fired, "
+                f"{len(report.resolved)} resolved, {sent} webhook attempt(s)"
+                if report.ran
+                else "another evaluator is running a cycle; nothing done"
+            )
+            return 0
+        serve_metrics(settings.metrics_port)
+        await loop(pool, settings)
+    return 0
+
+
+async def loop(pool: asyncpg.Pool, settings: AlertsSettings) -> None:
+    """Cycles, notifier and housekeeping until cancelled; every task cancelled and awaited."""
+    notifier = Notifier(pool, settings)
+    notify_task = asyncio.create_task(notifier.run(), name="alerts-notifier")
+    house_task = asyncio.create_task(_housekeeping(pool, settings), name="alerts-housekeeping")
+    log.info(
+        "alerts evaluator started: interval=%gs, reporting currency %s",
+        settings.alerts_interval_seconds,
+        settings.reporting_currency,
+    )
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                report = await run_cycle(pool, settings)
+                if report.notifications:
+                    notifier.wake()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                ALERT_RULE_FAILURES.labels("evaluation").inc()
+                log.error("alerts cycle failed: %s", exc)
+            observe_pool(pool)
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(settings.alerts_interval_seconds - elapsed, 0.0))
+    finally:
+        for t in (notify_task, house_task):
+            t.cancel()
+        await asyncio.gather(notify_task, house_task, return_exceptions=True)
+
+
+async def _housekeeping(pool: asyncpg.Pool, settings: AlertsSettings) -> None:
+    while True:
+        try:
+            await housekeep(pool, settings)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            ALERT_RULE_FAILURES.labels("housekeeping").inc()
+            log.error("housekeeping failed: %s", exc)
+        await asyncio.sleep(settings.alerts_housekeeping_interval_seconds)
