@@ -35,6 +35,7 @@ ALL_FEATURES: dict[str, Any] = {
         },
     },
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "podMonitor": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
     "operator": {"env": {"EXTRA_SETTING": "1"}},
 }

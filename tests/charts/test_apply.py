@@ -23,19 +23,17 @@ from .conftest import (
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("crds_installed")]
 
-STANDIN = Path(__file__).with_name("prometheusrule-crd-standin.yaml")
+STANDIN = Path(__file__).with_name("monitoring-crds-standin.yaml")
 
 
 @pytest.fixture(scope="module")
-def prometheus_rule_crd(kubeconfig: str) -> None:
-    if kubectl("get", "crd", "prometheusrules.monitoring.coreos.com", check=False).returncode:
-        kubectl("apply", "-f", str(STANDIN))
-    kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/prometheusrules.monitoring.coreos.com",
-        "--timeout=60s",
-    )
+def monitoring_crds(kubeconfig: str) -> None:
+    """PrometheusRule and PodMonitor CRDs: the stand-ins, unless a cluster has the real ones."""
+    for crd in ("prometheusrules", "podmonitors"):
+        name = f"{crd}.monitoring.coreos.com"
+        if kubectl("get", "crd", name, check=False).returncode:
+            kubectl("apply", "-f", str(STANDIN))
+        kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
 
 
 def _release() -> str:
@@ -53,7 +51,7 @@ def _cleanup_cluster_scoped(release: str) -> None:
     )
 
 
-def test_all_features_apply_for_real(render: Renderer, namespace: str, prometheus_rule_crd):
+def test_all_features_apply_for_real(render: Renderer, namespace: str, monitoring_crds):
     release = _release()
     objs = render(ALL_FEATURES, namespace=namespace, release=release)
     manifest = dump_all(objs)

@@ -44,7 +44,7 @@ def test_default_render_is_operator_only(render: Renderer):
 def test_all_features_render(render: Renderer):
     objs = render(ALL_FEATURES)
     kinds = {o["kind"] for o in objs}
-    assert kinds == DEFAULT_KINDS | {"Secret", "AnalyticsPipeline", "PrometheusRule"}
+    assert kinds == DEFAULT_KINDS | {"Secret", "AnalyticsPipeline", "PrometheusRule", "PodMonitor"}
     pipeline = find(objs, "AnalyticsPipeline", "analytics")
     spec = pipeline["spec"]
     assert spec["image"] == "molam-analytics:0.1.0"
@@ -79,7 +79,12 @@ def test_operator_deployment(render: Renderer):
     assert c["resources"]["requests"]["cpu"] and c["resources"]["requests"]["memory"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"health": 8080, "metrics": 9090}
+    assert ports == {"health": 8080, "metrics": 9104}
+    config = find(render(), "ConfigMap", "ma-molam-analytics-operator")["data"]
+    assert config["OPERATOR_METRICS_PORT"] == "9104"
+    # No fallback database unless a Secret is named.
+    assert config["OPERATOR_DATABASE_FALLBACK"] == "false"
+    assert "DATABASE_URL" not in {e["name"] for e in c["env"]}
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
 
 
@@ -94,6 +99,26 @@ def test_checksum_annotations_roll_the_pod_on_config_change(render: Renderer):
     assert changed["checksum/config"] != base["checksum/config"]
     assert changed["checksum/rbac"] == base["checksum/rbac"]
     assert annotations(None) == base  # stable across renders
+
+
+def test_operator_fallback_database_from_secret(render: Renderer):
+    objs = render({"operator": {"database": {"secretRef": {"name": "op-db", "key": "dsn"}}}})
+    (c,) = find(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["DATABASE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "op-db", "key": "dsn"}}
+    config = find(objs, "ConfigMap", "ma-molam-analytics-operator")["data"]
+    assert config["OPERATOR_DATABASE_FALLBACK"] == "true"
+
+
+def test_pod_monitor_scrapes_operator_and_workloads(render: Renderer):
+    pm = find(render(ALL_FEATURES), "PodMonitor")["spec"]
+    assert pm["namespaceSelector"] == {"any": True}
+    assert {e["port"] for e in pm["podMetricsEndpoints"]} == {"http", "metrics"}
+    pm = find(
+        render({"podMonitor": {"enabled": True}, "operator": {"watchNamespaces": ["x"]}}),
+        "PodMonitor",
+    )
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["x", "molam"]}
 
 
 def test_namespaced_mode_uses_roles(render: Renderer):
