@@ -1,0 +1,168 @@
+"""Backfill: equal to ingestion, idempotent, and never double counting with the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from ingest.support import (
+    Stack,
+    assert_live_matches_db,
+    assert_totals_match_source,
+    counted,
+    insert_source,
+    make_events,
+    publish,
+    running_consumer,
+    wait_until,
+    with_duplicates,
+)
+from redis.asyncio import Redis
+
+from molam_workloads.core.errors import ConfigError
+from molam_workloads.core.events import encode_event
+from molam_workloads.jobs import backfill
+
+CLI = str(Path(sys.executable).with_name("molam-analytics"))
+ROW = (
+    "hour, merchant_id, country, currency, channel, tx_count, succeeded_count, failed_count,"
+    " pending_count, gross_volume_local, payment_count, payment_volume_local, refund_count,"
+    " refund_volume_local, payout_count, payout_volume_local, transfer_count,"
+    " transfer_volume_local, fee_local"
+)
+
+
+async def _snapshot(
+    db: asyncpg.Connection, table: str = "txn_hourly_agg"
+) -> list[tuple[object, ...]]:
+    cols = ROW if table == "txn_hourly_agg" else ROW.replace("hour", "minute", 1)
+    rows = await db.fetch(f"SELECT {cols} FROM {table} ORDER BY {cols}")
+    return [tuple(r) for r in rows]
+
+
+def _days(events: list) -> list[date]:  # type: ignore[type-arg]
+    first = min(e.occurred_at for e in events).date()
+    last = max(e.occurred_at for e in events).date()
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+async def _ledger(db: asyncpg.Connection) -> int:
+    return int(await db.fetchval("SELECT count(*) FROM ingested_transactions"))
+
+
+async def test_backfill_equals_ingestion_and_rerun_is_identical(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    events = make_events(800, seed=51, span=timedelta(days=3))
+    await insert_source(db, events)
+    await publish(stack.bootstrap, stack.topic, with_duplicates(events, 0.1))
+    async with running_consumer():
+        await wait_until(lambda: _at(db, len(events)))
+    streamed = await _snapshot(db)
+    streamed_minutes = await _minutes(db)
+    assert streamed_minutes
+
+    days = _days(events)
+    assert await backfill.backfill(db, days, 48, show=False) == len(events)
+    assert await _snapshot(db) == streamed
+    assert await _minutes(db) == streamed_minutes
+
+    await backfill.backfill(db, days, 48, show=False)
+    assert await _snapshot(db) == streamed
+    assert await counted(db) == len(events)
+    await assert_totals_match_source(db)
+
+
+async def _at(db: asyncpg.Connection, n: int) -> bool:
+    return await _ledger(db) >= n
+
+
+async def test_backfill_then_late_stream_duplicates_are_not_counted(
+    stack: Stack, db: asyncpg.Connection, redis: Redis
+) -> None:
+    events = make_events(500, seed=61, span=timedelta(days=2))
+    await insert_source(db, events)
+    await backfill.backfill(db, _days(events), 48, show=False)
+    assert await counted(db) == len(events)
+    before = await _snapshot(db)
+    sources = await db.fetchval("SELECT array_agg(DISTINCT source) FROM ingested_transactions")
+    assert sources == ["backfill"]
+
+    # The stream now delivers all of them (late), plus a few new transactions.
+    extra = make_events(30, seed=62, prefix="NEW")
+    await insert_source(db, extra)
+    values = [encode_event(e) for e in events] + [encode_event(e) for e in extra]
+    await publish(stack.bootstrap, stack.topic, values)
+    async with running_consumer():
+        await wait_until(lambda: _at(db, len(events) + len(extra)))
+        await wait_until(lambda: _consumed(db, len(values)))
+    assert await counted(db) == len(events) + len(extra)
+    await assert_totals_match_source(db)
+    await assert_live_matches_db(db, redis)
+    assert before != await _snapshot(db)  # the new ones did land
+
+
+async def _consumed(db: asyncpg.Connection, n: int) -> bool:
+    total = await db.fetchval("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets")
+    return bool(total == n)
+
+
+@pytest.mark.parametrize("stack", [2], indirect=True)
+async def test_backfill_while_the_consumer_runs(stack: Stack, db: asyncpg.Connection) -> None:
+    events = make_events(1200, seed=71, span=timedelta(hours=30))
+    await insert_source(db, events)
+    values = with_duplicates(events, 0.1, seed=72)
+    async with running_consumer(ingest_batch_max_records=50):
+        publishing = asyncio.create_task(publish(stack.bootstrap, stack.topic, values))
+        for _ in range(3):
+            await backfill.backfill(db, _days(events), 48, show=False)
+            await asyncio.sleep(0.2)
+        await publishing
+        await wait_until(lambda: _consumed(db, len(values)), 40)
+    assert await counted(db) == len(events)
+    await assert_totals_match_source(db)
+
+
+def test_bad_dates_are_config_errors() -> None:
+    for first, last in [("2025-13-01", "2025-12-31"), ("01/02/2025", "2025-01-03"), ("", "x")]:
+        with pytest.raises(ConfigError):
+            backfill.day_range(first, last)
+    with pytest.raises(ConfigError, match="before"):
+        backfill.day_range("2025-02-01", "2025-01-01")
+    assert backfill.day_range("2024-02-28", "2024-03-01") == [
+        date(2024, 2, 28),
+        date(2024, 2, 29),
+        date(2024, 3, 1),
+    ]
+
+
+async def test_cli_prints_progress_and_a_summary(db: asyncpg.Connection, database_url: str) -> None:
+    events = make_events(
+        50, seed=81, start=datetime(2025, 7, 3, tzinfo=UTC), span=timedelta(days=2)
+    )
+    await insert_source(db, events)
+    env = os.environ | {"PYTHONSAFEPATH": "1", "DATABASE_URL": database_url}
+    proc = await asyncio.create_subprocess_exec(
+        CLI, "backfill", "--from", "2025-07-01", "--to", "2025-07-03", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "backfilled 3 day(s) 2025-07-01..2025-07-03: 50 transactions" in out.decode()
+    assert "3/3" in err.decode() and "#" in err.decode()
+    assert await counted(db) == 50
+
+    proc = await asyncio.create_subprocess_exec(
+        CLI, "backfill", "--from", "2025-07-01", "--to", "July 3rd", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert err.decode().strip() == (
+        "molam-analytics backfill: error: --to 'July 3rd': expected a date as YYYY-MM-DD"
+    )

@@ -1,0 +1,55 @@
+"""``molam-analytics refresh-views``: refresh ``mv_txn_daily_agg`` and record when.
+
+``CONCURRENTLY`` keeps the view readable by the API during the refresh (it needs the view's
+unique index, and a view that has been populated once: the first refresh is a plain one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import asyncpg
+
+from molam_workloads.core import metrics
+from molam_workloads.core.db import connect
+from molam_workloads.core.settings import DatabaseSettings, load_settings
+
+VIEW = "mv_txn_daily_agg"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser  # configuration comes from DATABASE_URL
+
+
+async def refresh(conn: asyncpg.Connection, view: str = VIEW) -> tuple[float, bool]:
+    """Refresh ``view``; returns (seconds taken, whether it ran concurrently)."""
+    populated = await conn.fetchval(
+        "SELECT relispopulated FROM pg_class WHERE oid = $1::regclass", view
+    )
+    started = time.perf_counter()
+    mode = "CONCURRENTLY " if populated else ""
+    await conn.execute(f'REFRESH MATERIALIZED VIEW {mode}"{view}"')
+    seconds = time.perf_counter() - started
+    await conn.execute(
+        "INSERT INTO analytics_view_refreshes (view_name, refreshed_at, duration_ms)"
+        " VALUES ($1, now(), $2) ON CONFLICT (view_name) DO UPDATE"
+        " SET refreshed_at = EXCLUDED.refreshed_at, duration_ms = EXCLUDED.duration_ms",
+        view,
+        round(seconds * 1000),
+    )
+    metrics.VIEW_REFRESH_SECONDS.set(seconds)
+    return seconds, bool(populated)
+
+
+async def run(args: argparse.Namespace) -> int:
+    del args
+    settings = load_settings(DatabaseSettings)
+    conn = await connect(settings.database_url)
+    try:
+        seconds, concurrently = await refresh(conn)
+    finally:
+        await conn.close()
+    how = "concurrently" if concurrently else "first population"
+    print(f"refreshed {VIEW} in {seconds * 1000:.0f} ms ({how})")
+    return 0
