@@ -1,0 +1,135 @@
+"""Fixtures of the API tests: the app with its real lifespan (PostgreSQL, Redis), tokens."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+import httpx
+import jwt
+import pytest
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from molam_workloads.api.app import create_app
+from molam_workloads.api.settings import ApiSettings
+
+SECRET = "test-secret-0123456789abcdef-0123456789"
+
+
+def make_token(
+    role: str | None = "admin",
+    merchant_id: str | None = None,
+    *,
+    sub: str = "tester",
+    exp_in: float | None = 300,
+    secret: str = SECRET,
+    algorithm: str = "HS256",
+    **extra: Any,
+) -> str:
+    claims: dict[str, Any] = {"sub": sub, **extra}
+    if role is not None:
+        claims["role"] = role
+    if merchant_id is not None:
+        claims["merchant_id"] = merchant_id
+    if exp_in is not None:
+        claims["exp"] = int(time.time() + exp_in)
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def auth(role: str = "admin", merchant_id: str | None = None, **kw: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(role, merchant_id, **kw)}"}
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    app: FastAPI
+    settings: ApiSettings
+
+    async def get(
+        self, path: str, role: str = "admin", merchant_id: str | None = None, **kw: Any
+    ) -> httpx.Response:
+        return await self.client.get(path, headers=auth(role, merchant_id), **kw)
+
+
+def api_settings(dsn: str, redis_url: str, **overrides: Any) -> ApiSettings:
+    values: dict[str, Any] = {
+        "database_url": dsn,
+        "redis_url": redis_url,
+        "kafka_bootstrap_servers": os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        "analytics_jwt_secret": SECRET,
+        "cache_ttl_seconds": 30,
+        "reporting_currency": "USD",
+        "db_pool_max": 5,
+    }
+    values.update(overrides)
+    return ApiSettings(**values)
+
+
+@asynccontextmanager
+async def running_api(settings: ApiSettings) -> AsyncIterator[Api]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield Api(client=client, app=app, settings=settings)
+
+
+def with_database(dsn: str, dbname: str) -> str:
+    return urlunparse(urlparse(dsn)._replace(path="/" + dbname))
+
+
+def test_redis_url() -> str:
+    base = os.environ["REDIS_URL"]
+    u = urlparse(base)
+    return urlunparse(u._replace(path="/" + os.environ.get("TEST_REDIS_DB", "9")))
+
+
+@pytest.fixture
+async def api(database_url: str, redis_url: str) -> AsyncIterator[Api]:
+    async with running_api(api_settings(database_url, redis_url)) as a:
+        yield a
+
+
+@pytest.fixture(scope="module")
+async def module_db(admin_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A migrated database shared by the tests of one module (they only read, or write
+    rows of their own)."""
+    name = f"molam_m_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    finally:
+        await conn.close()
+    try:
+        yield with_database(admin_dsn, name)
+    finally:
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def module_redis_url() -> str:
+    url = test_redis_url()
+    client = Redis.from_url(url)
+    await client.flushdb()
+    await client.aclose()
+    return url
+
+
+@pytest.fixture(scope="module")
+async def module_api(module_db: str, module_redis_url: str) -> AsyncIterator[Api]:
+    """One app for a module whose tests do not depend on each other's writes."""
+    async with running_api(api_settings(module_db, module_redis_url)) as a:
+        yield a

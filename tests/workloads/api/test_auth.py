@@ -1,0 +1,117 @@
+"""Bearer token edge cases: 401 for tokens that cannot be trusted, 403 for trusted tokens that
+grant nothing; every refusal logged and counted."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+
+import jwt
+import pytest
+
+from molam_workloads.core.metrics import AUTH_DENIALS
+
+from .conftest import SECRET, Api, make_token
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def _none_alg_token() -> str:
+    claims = {"sub": "x", "role": "admin", "exp": int(time.time()) + 300}
+    return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}."
+
+
+UNAUTHORIZED = {
+    "missing": None,
+    "empty bearer": "Bearer ",
+    "basic scheme": "Basic dXNlcjpwYXNz",
+    "malformed": "Bearer not.a.jwt",
+    "garbage": "Bearer abc",
+    "alg none": f"Bearer {_none_alg_token()}",
+    "HS512": f"Bearer {make_token('admin', algorithm='HS512')}",
+    "wrong signature": f"Bearer {make_token('admin', secret='another-secret-0123456789-abcdefgh')}",
+    "expired": f"Bearer {make_token('admin', exp_in=-10)}",
+    "no exp": f"Bearer {make_token('admin', exp_in=None)}",
+    "no role": f"Bearer {make_token(None)}",
+    "tampered": "Bearer "
+    + make_token("analyst").rsplit(".", 2)[0]
+    + "."
+    + _b64({"sub": "x", "role": "admin", "exp": int(time.time()) + 300})
+    + "."
+    + make_token("analyst").rsplit(".", 1)[1],
+}
+
+
+@pytest.mark.parametrize("header", list(UNAUTHORIZED.values()), ids=list(UNAUTHORIZED))
+async def test_untrusted_tokens_are_401(
+    module_api: Api, header: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = AUTH_DENIALS.labels("401")._value.get()
+    headers = {"Authorization": header} if header is not None else {}
+    with caplog.at_level(logging.WARNING, logger="molam_workloads.api.auth"):
+        r = await module_api.client.get("/v1/kpis", headers=headers)
+    assert r.status_code == 401, r.text
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert r.json()["error"]["code"] == "unauthorized"
+    assert AUTH_DENIALS.labels("401")._value.get() == before + 1
+    assert any("denied GET /v1/kpis" in rec.getMessage() for rec in caplog.records)
+
+
+FORBIDDEN = {
+    "unknown role": make_token("superuser"),
+    "merchant without merchant_id": make_token("merchant"),
+    "merchant with empty merchant_id": jwt.encode(
+        {"sub": "x", "role": "merchant", "merchant_id": "", "exp": int(time.time()) + 300},
+        SECRET,
+        algorithm="HS256",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [
+        (FORBIDDEN["unknown role"], 403),
+        (FORBIDDEN["merchant without merchant_id"], 403),
+        (FORBIDDEN["merchant with empty merchant_id"], 401),  # an ill-typed claim
+    ],
+    ids=list(FORBIDDEN),
+)
+async def test_tokens_that_grant_nothing(module_api: Api, token: str, status: int) -> None:
+    before = AUTH_DENIALS.labels(str(status))._value.get()
+    r = await module_api.client.get("/v1/kpis", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == ("forbidden" if status == 403 else "unauthorized")
+    assert AUTH_DENIALS.labels(str(status))._value.get() == before + 1
+
+
+async def test_merchant_denial_is_logged(module_api: Api, caplog: pytest.LogCaptureFixture) -> None:
+    token = make_token("merchant", "M-1", sub="shop-1")
+    with caplog.at_level(logging.WARNING, logger="molam_workloads.api.auth"):
+        r = await module_api.client.get(
+            "/v1/kpis?merchant_id=M-2", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert r.status_code == 403
+    assert r.json()["error"]["message"] == "a merchant token may only read its own merchant's data"
+    assert any(
+        "sub=shop-1" in rec.getMessage() and "merchant_id=M-1" in rec.getMessage()
+        for rec in caplog.records
+    )
+
+
+async def test_valid_token(module_api: Api) -> None:
+    r = await module_api.client.get(
+        "/v1/me", headers={"Authorization": f"Bearer {make_token('ops', sub='alice')}"}
+    )
+    assert r.status_code == 200
+    assert r.json() == {
+        "sub": "alice",
+        "role": "ops",
+        "merchant_id": None,
+        "reads_all_merchants": True,
+        "reporting_currency": "USD",
+    }

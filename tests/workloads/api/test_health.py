@@ -1,0 +1,72 @@
+"""/health reports each dependency; /metrics exposes the runbook's names; errors keep shape."""
+
+from __future__ import annotations
+
+import pytest
+
+from .conftest import Api, api_settings, auth, running_api
+from .test_cache import closed_port
+
+
+async def test_health_all_up(module_api: Api) -> None:
+    r = await module_api.client.get("/health")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "ok"
+    assert {k: v["status"] for k, v in body["checks"].items()} == {
+        "postgresql": "up",
+        "redis": "up",
+        "kafka": "up",
+    }
+
+
+@pytest.mark.parametrize("down", ["redis", "kafka"])
+async def test_health_with_a_service_down(module_db: str, module_redis_url: str, down: str) -> None:
+    port = closed_port()
+    redis_url = f"redis://127.0.0.1:{port}/0" if down == "redis" else module_redis_url
+    overrides = {"kafka_bootstrap_servers": f"127.0.0.1:{port}"} if down == "kafka" else {}
+    settings = api_settings(module_db, redis_url, **overrides)
+    async with running_api(settings) as api:
+        r = await api.client.get("/health")
+    assert r.status_code == 503, r.text
+    checks = r.json()["checks"]
+    assert checks[down]["status"] == "down" and checks[down]["error"]
+    assert all(v["status"] == "up" for k, v in checks.items() if k != down)
+    assert r.json()["status"] == "degraded"
+
+
+async def test_metrics(module_api: Api) -> None:
+    await module_api.client.get("/v1/alerts/12345", headers=auth("admin"))
+    await module_api.client.get("/no/such/page")
+    text = (await module_api.client.get("/metrics")).text
+    assert (
+        'analytics_api_requests_total{method="GET",route="/v1/alerts/{alert_id}",status="404"}'
+        in text
+    )
+    assert 'route="<unmatched>",status="404"' in text
+    assert "analytics_api_request_duration_seconds_bucket" in text
+    for name in (
+        "analytics_cache_hits_total",
+        "analytics_cache_misses_total",
+        "analytics_ingest_events_total",
+        "analytics_ingest_errors_total",
+    ):
+        assert name in text, name
+
+
+async def test_error_shape(module_api: Api) -> None:
+    r = await module_api.client.get("/no/such/page")
+    assert r.status_code == 404
+    assert set(r.json()["error"]) == {"code", "message", "details"}
+    r = await module_api.client.get("/v1/alerts/abc", headers=auth("admin"))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+    assert r.json()["error"]["details"][0]["loc"] == ["path", "alert_id"]
+    r = await module_api.client.delete("/v1/kpis", headers=auth("admin"))
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_docs_and_openapi(module_api: Api) -> None:
+    assert (await module_api.client.get("/docs")).status_code == 200
+    schema = (await module_api.client.get("/openapi.json")).json()
+    assert "/v1/kpis" in schema["paths"]
+    assert schema["paths"]["/v1/kpis"]["get"]["security"] == [{"bearer": []}]

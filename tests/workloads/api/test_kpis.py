@@ -1,0 +1,242 @@
+"""KPI, time series, breakdown and top-merchant values against sums computed by hand."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from .conftest import Api
+from .seed import hourly, insert_hourly
+
+D1 = datetime(2025, 7, 1, tzinfo=UTC)
+XOF_1 = Decimal("0.00165")  # the seeded rate (2024-01-01 onwards)
+XOF_2 = Decimal("0.0017")  # a newer rate from 2025-07-02
+
+
+async def seed(db: asyncpg.Connection) -> None:
+    await db.execute(
+        "INSERT INTO fx_rates (day, currency, quote, rate) VALUES ('2025-07-02', 'XOF', 'USD', $1)",
+        XOF_2,
+    )
+    h = timedelta(hours=1)
+    await insert_hourly(
+        db,
+        [
+            # M-1, day 1, XOF and USD
+            hourly(
+                D1 + 10 * h,
+                "M-1",
+                tx_count=10,
+                succeeded_count=7,
+                failed_count=2,
+                pending_count=1,
+                gross_volume_local="12345",
+                payment_count=5,
+                payment_volume_local="10000",
+                refund_count=1,
+                refund_volume_local="1000",
+                fee_local="100",
+            ),
+            hourly(
+                D1 + 11 * h,
+                "M-1",
+                currency="USD",
+                channel="card",
+                tx_count=3,
+                succeeded_count=3,
+                gross_volume_local="50.50",
+                payment_count=2,
+                payment_volume_local="50.50",
+                fee_local="1.25",
+            ),
+            # M-1, day 2 (new XOF rate)
+            hourly(
+                D1 + 30 * h,
+                "M-1",
+                tx_count=4,
+                succeeded_count=2,
+                failed_count=2,
+                gross_volume_local="2000",
+                payment_count=2,
+                payment_volume_local="2000",
+            ),
+            # M-2 in CI, day 1; and a currency with no FX rate at all (JPY)
+            hourly(
+                D1 + 12 * h,
+                "M-2",
+                country="CI",
+                tx_count=6,
+                succeeded_count=6,
+                gross_volume_local="6000",
+                payment_count=6,
+                payment_volume_local="6000",
+                fee_local="60",
+            ),
+            hourly(
+                D1 + 12 * h,
+                "M-2",
+                country="CI",
+                currency="JPY",
+                channel="card",
+                tx_count=1,
+                succeeded_count=1,
+                gross_volume_local="900",
+                payment_count=1,
+                payment_volume_local="900",
+            ),
+            # outside the range [2025-07-01, 2025-07-03)
+            hourly(
+                D1 + 48 * h,
+                "M-1",
+                tx_count=99,
+                succeeded_count=99,
+                payment_count=99,
+                payment_volume_local="99999",
+            ),
+        ],
+    )
+
+
+RANGE = "from=2025-07-01&to=2025-07-03"
+
+
+async def test_kpis_match_hand_computed_sums(api: Api, db: asyncpg.Connection) -> None:
+    await seed(db)
+    body = (await api.get(f"/v1/kpis?{RANGE}&merchant_id=M-1")).json()
+    k = body["kpis"]
+    gross = Decimal("10000") * XOF_1 + Decimal("50.50") + Decimal("2000") * XOF_2  # 16.5+50.5+3.4
+    refunds = Decimal("1000") * XOF_1  # 1.65
+    fees = Decimal("100") * XOF_1 + Decimal("1.25")  # 0.165 + 1.25
+    assert k["tx_count"] == 17
+    assert (k["succeeded_count"], k["failed_count"], k["pending_count"]) == (12, 4, 1)
+    assert k["payment_count"] == 9
+    assert Decimal(k["gross_volume"]) == gross.quantize(Decimal("0.01")) == Decimal("70.40")
+    assert Decimal(k["refund_volume"]) == Decimal("1.65") and k["refund_count"] == 1
+    assert Decimal(k["fees"]) == Decimal("1.42")  # 1.415 rounded half up
+    assert Decimal(k["net_volume"]) == (gross - refunds - fees).quantize(Decimal("0.01"))
+    assert k["success_rate"] == pytest.approx(12 / 16)
+    assert Decimal(k["avg_ticket"]) == (gross / 9).quantize(Decimal("0.01"))
+    assert isinstance(k["gross_volume"], str)  # amounts are decimal strings
+    assert body["unconverted_currencies"] == []
+    assert body["currency"] == "USD"
+
+
+async def test_currency_without_rate_is_listed_not_summed(api: Api, db: asyncpg.Connection) -> None:
+    await seed(db)
+    body = (await api.get(f"/v1/kpis?{RANGE}&merchant_id=M-2")).json()
+    assert body["unconverted_currencies"] == ["JPY"]
+    k = body["kpis"]
+    assert k["tx_count"] == 7  # counts keep every transaction
+    assert k["payment_count"] == 6  # money counts only what converts
+    assert Decimal(k["gross_volume"]) == Decimal("9.90")  # 6000 XOF * 0.00165
+
+
+async def test_filters(api: Api, db: asyncpg.Connection) -> None:
+    await seed(db)
+    card = (await api.get(f"/v1/kpis?{RANGE}&channel=card")).json()["kpis"]
+    assert card["tx_count"] == 4
+    ci = (await api.get(f"/v1/kpis?{RANGE}&country=CI&currency=XOF")).json()["kpis"]
+    assert ci["tx_count"] == 6 and Decimal(ci["fees"]) == Decimal("0.10")  # 0.099
+
+
+async def test_timeseries_by_day_in_a_time_zone(api: Api, db: asyncpg.Connection) -> None:
+    await seed(db)
+    # 2025-07-02 02:00Z is still 2025-07-01 (22:00) in New York (UTC-4 in July)
+    await insert_hourly(db, [hourly(D1 + timedelta(hours=26), "M-9", tx_count=1)])
+    utc = (await api.get(f"/v1/timeseries?{RANGE}&granularity=day")).json()
+    assert [p["tx_count"] for p in utc["points"]] == [20, 5]
+    assert utc["points"][0]["bucket"] == "2025-07-01T00:00:00Z"
+    # from/to without offset are local: [07-01 04:00Z, 07-02 04:00Z)
+    ny = (
+        await api.get(
+            "/v1/timeseries?from=2025-07-01&to=2025-07-02&granularity=day&tz=America/New_York"
+        )
+    ).json()
+    assert [p["bucket"] for p in ny["points"]] == ["2025-07-01T00:00:00-04:00"]
+    assert ny["points"][0]["tx_count"] == 21
+    ny2 = (
+        await api.get(
+            "/v1/timeseries?from=2025-07-01T00:00:00Z&to=2025-07-03T00:00:00Z"
+            "&granularity=day&tz=America/New_York"
+        )
+    ).json()
+    # local days 06-30 (20:00-24:00 local: nothing), 07-01 (20 + the 02:00Z one), 07-02
+    assert [p["tx_count"] for p in ny2["points"]] == [0, 21, 4]
+
+
+async def test_timeseries_by_hour_fills_gaps(api: Api, db: asyncpg.Connection) -> None:
+    await seed(db)
+    body = (
+        await api.get("/v1/timeseries?from=2025-07-01T09:00Z&to=2025-07-01T13:00Z&granularity=hour")
+    ).json()
+    assert [p["tx_count"] for p in body["points"]] == [0, 10, 3, 7]
+    assert Decimal(body["points"][1]["gross_volume"]) == Decimal("16.50")
+
+
+async def test_breakdowns_and_top_merchants(api: Api, db: asyncpg.Connection) -> None:
+    await seed(db)
+    by_country = (await api.get(f"/v1/breakdowns/country?{RANGE}")).json()
+    assert {r["key"]: r["tx_count"] for r in by_country["rows"]} == {"SN": 17, "CI": 7}
+    by_cur = (await api.get(f"/v1/breakdowns/currency?{RANGE}")).json()
+    assert {r["key"]: r["gross_volume"] for r in by_cur["rows"]} == {
+        "USD": "50.50",
+        "XOF": "29.80",  # 16.5 + 3.4 + 9.9
+        "JPY": "0.00",
+    }
+    assert by_cur["unconverted_currencies"] == ["JPY"]
+    top = (await api.get(f"/v1/top-merchants?{RANGE}")).json()
+    assert [(m["merchant_id"], m["gross_volume"]) for m in top["merchants"]] == [
+        ("M-1", "70.40"),
+        ("M-2", "9.90"),
+    ]
+    by_count = (await api.get(f"/v1/top-merchants?{RANGE}&by=tx_count&limit=1")).json()
+    assert [m["merchant_id"] for m in by_count["merchants"]] == ["M-1"]
+
+
+async def test_daily_view_and_hourly_agree(api: Api, db: asyncpg.Connection, redis: Redis) -> None:
+    """Whole UTC days come from mv_txn_daily_agg once refreshed; partial days from hourly."""
+    await seed(db)
+    url = "/v1/kpis?from=2025-06-30T22:00Z&to=2025-07-02T11:00Z&merchant_id=M-1"
+    before = (await api.get(url)).json()
+    assert before["daily_view_days"] == 0
+    await db.execute("REFRESH MATERIALIZED VIEW mv_txn_daily_agg")
+    await db.execute(
+        "INSERT INTO analytics_view_refreshes (view_name, refreshed_at) "
+        "VALUES ('mv_txn_daily_agg', now()) ON CONFLICT (view_name) DO UPDATE "
+        "SET refreshed_at = now()"
+    )
+    await redis.flushdb()  # the cached answer would hide the change of source
+    after = (await api.get(url)).json()
+    assert after["daily_view_days"] == 1  # 2025-07-01 whole; 06-30 22:00.. and 07-02 ..11:00
+    assert after["kpis"] == before["kpis"]
+    # the partial tail of 07-02 ends at 11:00, so the 07-02 06:00 row counts: 17 tx
+    assert after["kpis"]["tx_count"] == 17
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "from=2025-07-03&to=2025-07-01",
+        "from=not-a-date",
+        "tz=Mars/Olympus",
+        "tz=../../etc/passwd",
+        "country=sn",
+        "currency=EURO",
+        "from=2000-01-01&to=2025-01-01",
+        "from=0001-01-01T00:00:00%2B14:00",
+        "to=9999-12-31T23:59:59-14:00",
+    ],
+)
+async def test_invalid_params_are_422(api: Api, query: str) -> None:
+    r = await api.get(f"/v1/kpis?{query}")
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_request"
+
+
+async def test_too_many_hourly_points_is_422(api: Api) -> None:
+    r = await api.get("/v1/timeseries?from=2024-01-01&to=2025-01-01&granularity=hour")
+    assert r.status_code == 422
