@@ -25,7 +25,7 @@ from ingest.support import (
 from redis.asyncio import Redis
 
 from molam_workloads.core.errors import ConfigError
-from molam_workloads.core.events import encode_event
+from molam_workloads.core.events import TransactionEvent, encode_event
 from molam_workloads.jobs import backfill
 
 CLI = str(Path(sys.executable).with_name("molam-analytics"))
@@ -37,15 +37,22 @@ ROW = (
 )
 
 
-async def _snapshot(
-    db: asyncpg.Connection, table: str = "txn_hourly_agg"
-) -> list[tuple[object, ...]]:
-    cols = ROW if table == "txn_hourly_agg" else ROW.replace("hour", "minute", 1)
-    rows = await db.fetch(f"SELECT {cols} FROM {table} ORDER BY {cols}")
+async def _snapshot(db: asyncpg.Connection) -> list[tuple[object, ...]]:
+    rows = await db.fetch(f"SELECT {ROW} FROM txn_hourly_agg ORDER BY {ROW}")
     return [tuple(r) for r in rows]
 
 
-def _days(events: list) -> list[date]:  # type: ignore[type-arg]
+async def _minutes(db: asyncpg.Connection) -> list[tuple[object, ...]]:
+    # Away from the 48 h horizon, whose edge moves between the stream's and backfill's "now".
+    cols = ROW.replace("hour", "minute", 1)
+    rows = await db.fetch(
+        f"SELECT {cols} FROM txn_minute_agg WHERE minute >= now() - interval '47 hours'"
+        f" ORDER BY {cols}"
+    )
+    return [tuple(r) for r in rows]
+
+
+def _days(events: list[TransactionEvent]) -> list[date]:
     first = min(e.occurred_at for e in events).date()
     last = max(e.occurred_at for e in events).date()
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
