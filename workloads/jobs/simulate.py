@@ -180,7 +180,31 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        tally, elapsed = await _publish(args, market, spike, topic, kafka, rnd, now, stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    total = tally.published + tally.duplicates
+    print(
+        f"published {total} events to {topic}: {tally.transactions} transactions "
+        f"({tally.spiked} in the anomaly spike), {tally.duplicates} duplicates, "
+        f"in {elapsed:.1f}s ({total / max(elapsed, 1e-9):.0f}/s)"
+        + (", rows written to wallet_transactions" if args.write_source else "")
+    )
+    return 0
 
+
+async def _publish(
+    args: argparse.Namespace,
+    market: Market,
+    spike: Spike | None,
+    topic: str,
+    kafka: KafkaSettings,
+    rnd: random.Random,
+    now: datetime,
+    stop: asyncio.Event,
+) -> tuple[Tally, float]:
     tally = Tally()
     started = time.monotonic()
     chunk_size = max(1, min(CHUNK, int(args.rate / 4))) if args.rate else CHUNK
@@ -224,15 +248,7 @@ async def run(args: argparse.Namespace) -> int:
             await prod.send(topic, value, key=key)
             tally.duplicates += 1
         await prod.flush()
-    elapsed = time.monotonic() - started
-    total = tally.published + tally.duplicates
-    print(
-        f"published {total} events to {topic}: {tally.transactions} transactions "
-        f"({tally.spiked} in the anomaly spike), {tally.duplicates} duplicates, "
-        f"in {elapsed:.1f}s ({total / max(elapsed, 1e-9):.0f}/s)"
-        + (", rows written to wallet_transactions" if args.write_source else ""),
-    )
-    return 0
+    return tally, time.monotonic() - started
 
 
 def _take(

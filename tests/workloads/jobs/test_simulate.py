@@ -1,0 +1,75 @@
+"""simulate -> consume -> refresh-views: the runbook's reconciliation holds end to end."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from ingest.support import Stack, assert_live_matches_db, running_consumer, wait_until
+from redis.asyncio import Redis
+
+from molam_workloads.jobs import simulate
+from molam_workloads.jobs.refresh_views import refresh
+
+from .test_refresh_views import assert_runbook_reconciles
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    simulate.add_arguments(parser)
+    args = parser.parse_args([])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+@pytest.mark.parametrize("stack", [2], indirect=True)
+async def test_history_with_duplicates_and_an_anomaly_reconciles(
+    stack: Stack, db: asyncpg.Connection, redis: Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _args(
+        rate=0, count=1500, merchants=8, duplicate_rate=0.2, days_back=2, seed=5,
+        write_source=True, anomaly="M-0002", anomaly_factor=8, anomaly_seconds=3600,
+    )  # fmt: skip
+    assert await simulate.run(args) == 0
+    out = capsys.readouterr().out
+    assert "1500 transactions" in out and "duplicates" in out
+    published = int(out.split("published ")[1].split()[0])
+    assert published > 1500 * 1.1
+
+    async with running_consumer():
+        await wait_until(lambda: _consumed(db, published), 30)
+    assert await db.fetchval("SELECT count(*) FROM wallet_transactions") == 1500
+    assert await db.fetchval("SELECT sum(tx_count) FROM txn_hourly_agg") == 1500
+    await refresh(db)
+    await assert_runbook_reconciles(db)
+    await assert_live_matches_db(db, redis)
+
+    # The spiking merchant's rate in its last hour is far above its own usual hourly rate.
+    now = datetime.now(UTC)
+    spike_hour, usual = await db.fetchrow(
+        "SELECT count(*) FILTER (WHERE occurred_at >= $2),"
+        "       count(*) FILTER (WHERE occurred_at < $2) / 47.0"
+        " FROM wallet_transactions WHERE merchant_id = $1",
+        "M-0002",
+        now - timedelta(hours=1),
+    )
+    assert spike_hour > 3 * usual
+
+
+async def _consumed(db: asyncpg.Connection, n: int) -> bool:
+    total = await db.fetchval("SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets")
+    return bool(total == n)
+
+
+async def test_real_time_mode_paces_and_stops_at_count(stack: Stack) -> None:
+    started = datetime.now(UTC)
+    assert await simulate.run(_args(rate=200, count=100, merchants=3, duplicate_rate=0)) == 0
+    assert datetime.now(UTC) - started >= timedelta(seconds=0.4)
+
+
+async def test_bad_options() -> None:
+    with pytest.raises(simulate.ConfigError, match="--count"):
+        await simulate.run(_args(days_back=2, count=0))
