@@ -93,6 +93,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI: a body that is not JSON; invalid input is a 422
+            return _json(422, "invalid_request", str(exc.detail))
         code = _HTTP_CODES.get(exc.status_code, "error")
         return _json(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
