@@ -1,0 +1,257 @@
+"""AlertRule: synced into ``analytics_alert_rules`` as "<namespace>/<name>" (source 'crd'), and
+the evaluator's state mirrored back into the status.
+
+Which database: the one of the AnalyticsPipeline in the rule's namespace (its
+``spec.database.secretRef``; with several pipelines there, the rule's
+``analytics.molam.io/pipeline`` label names one), else the operator's own DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import asyncpg
+import kopf
+from pydantic import ValidationError
+
+from molam_operator import metrics
+from molam_operator.conditions import iso, set_condition
+from molam_operator.context import OperatorContext
+from molam_operator.settings import LABEL_RULE_PIPELINE
+from molam_workloads.core.errors import ServiceUnavailable
+from molam_workloads.core.rules import AlertRuleSpec, delete_rule, rule_status, save_rule
+
+KIND = "AlertRule"
+SOURCE = "crd"
+RETRY_DELAY = 5.0
+
+
+@dataclass(frozen=True)
+class PipelineDatabase:
+    """One AnalyticsPipeline's database reference (what the pipelines index keeps)."""
+
+    pipeline: str
+    secret: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Target:
+    dsn: str
+    where: str  # "pipeline/<name>" or "operator": shown in the status, never the DSN
+
+
+def rule_name(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line naming each wrong field the way the CR spells it: ``spec.windowMinutes: ...``."""
+    parts = []
+    for err in exc.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        parts.append(f"spec{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def choose_pipeline(
+    refs: Iterable[PipelineDatabase], labels: Mapping[str, str]
+) -> PipelineDatabase | None:
+    """The pipeline whose database holds the rule; raises PermanentError when ambiguous."""
+    refs = sorted(refs, key=lambda r: r.pipeline)
+    wanted = labels.get(LABEL_RULE_PIPELINE)
+    if wanted:
+        for ref in refs:
+            if ref.pipeline == wanted:
+                return ref
+        raise kopf.TemporaryError(
+            f"label {LABEL_RULE_PIPELINE}={wanted}: no such AnalyticsPipeline here", delay=10
+        )
+    if len(refs) > 1:
+        names = ", ".join(r.pipeline for r in refs)
+        raise kopf.PermanentError(
+            f"several AnalyticsPipelines in the namespace ({names}): "
+            f"label the rule {LABEL_RULE_PIPELINE}=<pipeline>"
+        )
+    return refs[0] if refs else None
+
+
+async def target(
+    ctx: OperatorContext,
+    namespace: str,
+    labels: Mapping[str, str],
+    pipelines: Iterable[PipelineDatabase],
+) -> Target | None:
+    ref = choose_pipeline(pipelines, labels)
+    if ref is not None:
+        dsn = await ctx.secret_value(namespace, ref.secret, ref.key)
+        if not dsn:
+            raise kopf.TemporaryError(
+                f"secret {ref.secret!r} (key {ref.key!r}) of pipeline {ref.pipeline!r} is missing",
+                delay=RETRY_DELAY,
+            )
+        return Target(dsn, f"pipeline/{ref.pipeline}")
+    if ctx.settings.operator_database_fallback:
+        return Target(ctx.settings.database_url, "operator")
+    return None
+
+
+async def _connection_error(ctx: OperatorContext, t: Target, exc: Exception) -> kopf.TemporaryError:
+    metrics.RECONCILE_ERRORS.labels(KIND, type(exc).__name__).inc()
+    if isinstance(exc, asyncpg.InterfaceError | OSError):
+        await ctx.drop_pool(t.dsn)  # a stale pool: make a fresh one next time
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        return kopf.TemporaryError(
+            f"database of {t.where} has no analytics_alert_rules table: run "
+            "'molam-analytics migrate'",
+            delay=RETRY_DELAY * 2,
+        )
+    return kopf.TemporaryError(f"database of {t.where}: {exc}", delay=RETRY_DELAY)
+
+
+_DB_ERRORS = (
+    ServiceUnavailable,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+async def sync(
+    ctx: OperatorContext,
+    *,
+    namespace: str,
+    name: str,
+    spec: Mapping[str, Any],
+    labels: Mapping[str, str],
+    generation: int | None,
+    status: Mapping[str, Any],
+    pipelines: Iterable[PipelineDatabase],
+    patch: kopf.Patch,
+) -> None:
+    """Create or update the rule's row (a disabled rule stays, with is_active = false)."""
+    started = time.monotonic()
+    conditions = list(status.get("conditions") or [])
+
+    def synced(ok: bool, reason: str, message: str) -> None:
+        patch.status["conditions"] = set_condition(
+            conditions, "Synced", ok, reason, message, generation=generation
+        )
+
+    try:
+        rule = AlertRuleSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        message = validation_message(exc)
+        synced(False, "InvalidSpec", message)
+        metrics.RECONCILE_ERRORS.labels(KIND, "InvalidSpec").inc()
+        raise kopf.PermanentError(message) from None
+    try:
+        t = await target(ctx, namespace, labels, pipelines)
+    except (kopf.TemporaryError, kopf.PermanentError) as exc:
+        synced(False, "NoDatabase", str(exc))
+        raise
+    if t is None:
+        synced(False, "NoDatabase", "no AnalyticsPipeline in the namespace")
+        raise kopf.TemporaryError("no AnalyticsPipeline in the namespace", delay=30)
+    try:
+        pool = await ctx.pool(t.dsn)
+        async with pool.acquire() as conn:
+            rule_id = await save_rule(
+                cast(asyncpg.Connection, conn),
+                name=rule_name(namespace, name),
+                source=SOURCE,
+                spec=rule,
+            )
+    except _DB_ERRORS as exc:
+        err = await _connection_error(ctx, t, exc)
+        synced(False, "DatabaseUnavailable", str(err))
+        raise err from None
+    patch.status["ruleId"] = str(rule_id)
+    patch.status["database"] = t.where
+    patch.status["observedGeneration"] = generation
+    if "state" not in status:
+        patch.status["state"] = "Inactive"
+    synced(
+        True,
+        "Synced" if rule.enabled else "Disabled",
+        f"rule {rule_name(namespace, name)} is in the database of {t.where}"
+        + ("" if rule.enabled else " (disabled: is_active = false)"),
+    )
+    metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+
+
+async def remove(
+    ctx: OperatorContext,
+    *,
+    namespace: str,
+    name: str,
+    labels: Mapping[str, str],
+    pipelines: Iterable[PipelineDatabase],
+    logger: logging.Logger | kopf.Logger,
+) -> None:
+    """Delete the rule's row (its past alerts stay). Runs before Kopf drops the finalizer."""
+    try:
+        t = await target(ctx, namespace, labels, pipelines)
+    except kopf.PermanentError as exc:
+        logger.warning(f"not removing the rule from any database: {exc}")
+        return
+    except kopf.TemporaryError as exc:
+        # The pipeline's Secret is gone (namespace being deleted): nothing left to clean.
+        logger.warning(f"not removing the rule from the database: {exc}")
+        return
+    if t is None:
+        return
+    try:
+        pool = await ctx.pool(t.dsn)
+        async with pool.acquire() as conn:
+            await delete_rule(cast(asyncpg.Connection, conn), rule_name(namespace, name))
+    except asyncpg.UndefinedTableError:
+        return
+    except _DB_ERRORS as exc:
+        raise await _connection_error(ctx, t, exc) from None
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+async def mirror_status(
+    ctx: OperatorContext,
+    *,
+    namespace: str,
+    name: str,
+    labels: Mapping[str, str],
+    status: Mapping[str, Any],
+    pipelines: Iterable[PipelineDatabase],
+    patch: kopf.Patch,
+) -> None:
+    """Copy the evaluator's state of the rule into the status (only what changed)."""
+    try:
+        t = await target(ctx, namespace, labels, pipelines)
+    except (kopf.TemporaryError, kopf.PermanentError):
+        return  # the Synced condition already says why
+    if t is None:
+        return
+    try:
+        pool = await ctx.pool(t.dsn)
+        async with pool.acquire() as conn:
+            st = await rule_status(cast(asyncpg.Connection, conn), rule_name(namespace, name))
+    except _DB_ERRORS as exc:
+        raise await _connection_error(ctx, t, exc) from None
+    if st is None:
+        return
+    wanted = {
+        "state": st.state,
+        "lastValue": _number(st.last_value),
+        "lastEvaluated": iso(st.last_evaluated_at),
+        "lastFired": iso(st.last_fired_at),
+        "currentAlertId": st.current_alert_id,
+    }
+    for key, value in wanted.items():
+        if status.get(key) != value:
+            patch.status[key] = value  # None removes the field (merge patch)

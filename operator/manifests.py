@@ -1,0 +1,506 @@
+"""Pure builders of an AnalyticsPipeline's children: spec mapping in, manifest dicts out.
+
+No I/O here: everything is unit-tested without a cluster. Owner references and namespaces are
+added by ``kopf.adopt`` in pipeline.py. Defaults repeat the CRD's, so a spec stored before a
+field existed (the API server only defaults on write) still builds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from molam_operator.settings import (
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+)
+
+API_PORT = 8082
+CONSUMER_METRICS_PORT = 9102
+ALERTS_METRICS_PORT = 9103
+RUN_AS = 10001  # the image's non-root user
+CHECKSUM_ANNOTATION = "analytics.molam.io/config-checksum"
+# Last spec.api.replicas written to the API Deployment: replicas are applied when the spec's
+# value changes, so a `kubectl scale deployment NAME-api` (runbook) holds until then.
+API_REPLICAS_ANNOTATION = "analytics.molam.io/spec-replicas"
+# Last replica count the scaler wrote to the consumer: a different live value was set by hand.
+SCALED_REPLICAS_ANNOTATION = "analytics.molam.io/scaled-replicas"
+
+Component = Literal["api", "consumer", "alerts"]
+COMPONENTS: tuple[Component, ...] = ("api", "consumer", "alerts")
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "100m", "memory": "128Mi"},
+    "limits": {"memory": "512Mi"},
+}
+
+
+class InvalidSpec(ValueError):
+    """The spec passed the CRD's schema but still cannot work (a cross-field rule)."""
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ConsumerScaling:
+    min_replicas: int = 1
+    max_replicas: int = 8
+    lag_threshold: int = 5000
+    poll_seconds: int = 15
+    scale_down_stabilization_seconds: int = 300
+    target_drain_seconds: int | None = None
+    paused: bool = False
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """An AnalyticsPipeline spec with defaults applied and cross-field rules checked."""
+
+    image: str
+    image_pull_policy: str
+    service_account: str
+    log_level: str
+    reporting_currency: str
+    bootstrap_servers: str
+    topic: str
+    consumer_group: str
+    anomaly_topic: str
+    dlq_topic: str
+    database: SecretKey
+    db_pool_max: int
+    redis: SecretKey
+    jwt_secret: SecretKey | None
+    api_replicas: int
+    cache_ttl_seconds: int
+    alerts_interval_seconds: int
+    refresh_schedule: str
+    refresh_suspend: bool
+    sira_enabled: bool
+    sira_z_threshold: float
+    scaling: ConsumerScaling
+    resources: Mapping[str, Any] = field(default_factory=dict)  # component -> resources
+
+
+def _secret(ref: Mapping[str, Any] | None, default_key: str) -> SecretKey | None:
+    if not ref or not ref.get("secretRef"):
+        return None
+    sr = ref["secretRef"]
+    return SecretKey(name=str(sr["name"]), key=str(sr.get("key") or default_key))
+
+
+def parse_spec(spec: Mapping[str, Any]) -> PipelineConfig:
+    """The spec, defaulted and checked; ``InvalidSpec`` names the field that is wrong."""
+
+    def sect(name: str) -> Mapping[str, Any]:
+        return spec.get(name) or {}
+
+    kafka, consumer, api = sect("kafka"), sect("consumer"), sect("api")
+    if not spec.get("image"):
+        raise InvalidSpec("spec.image: required")
+    if not kafka.get("bootstrapServers"):
+        raise InvalidSpec("spec.kafka.bootstrapServers: required")
+    database, redis = _secret(sect("database"), "url"), _secret(sect("redis"), "url")
+    if database is None:
+        raise InvalidSpec("spec.database.secretRef: required")
+    if redis is None:
+        raise InvalidSpec("spec.redis.secretRef: required")
+    target = consumer.get("targetDrainSeconds")
+    scaling = ConsumerScaling(
+        min_replicas=int(consumer.get("minReplicas", 1)),
+        max_replicas=int(consumer.get("maxReplicas", 8)),
+        lag_threshold=int(consumer.get("lagThreshold", 5000)),
+        poll_seconds=int(consumer.get("pollSeconds", 15)),
+        scale_down_stabilization_seconds=int(consumer.get("scaleDownStabilizationSeconds", 300)),
+        target_drain_seconds=int(target) if target is not None else None,
+        paused=bool(consumer.get("paused", False)),
+    )
+    if scaling.min_replicas > scaling.max_replicas:
+        raise InvalidSpec(
+            f"spec.consumer.minReplicas ({scaling.min_replicas}) must not exceed "
+            f"spec.consumer.maxReplicas ({scaling.max_replicas})"
+        )
+    if scaling.lag_threshold < 1 or scaling.poll_seconds < 1:
+        raise InvalidSpec("spec.consumer.lagThreshold and pollSeconds must be at least 1")
+    return PipelineConfig(
+        image=str(spec["image"]),
+        image_pull_policy=str(spec.get("imagePullPolicy", "IfNotPresent")),
+        service_account=str(spec.get("serviceAccountName", "default")),
+        log_level=str(spec.get("logLevel", "INFO")),
+        reporting_currency=str(spec.get("reportingCurrency", "USD")),
+        bootstrap_servers=str(kafka["bootstrapServers"]),
+        topic=str(kafka.get("topic", "wallet.transactions")),
+        consumer_group=str(kafka.get("consumerGroup", "analytics-consumer-g")),
+        anomaly_topic=str(kafka.get("anomalyTopic", "analytics.anomaly")),
+        dlq_topic=str(kafka.get("dlqTopic", "analytics.dlq")),
+        database=database,
+        db_pool_max=int(sect("database").get("poolMax", 10)),
+        redis=redis,
+        jwt_secret=_secret(sect("jwtSecret"), "secret"),
+        api_replicas=int(api.get("replicas", 2)),
+        cache_ttl_seconds=int(api.get("cacheTtlSeconds", 30)),
+        alerts_interval_seconds=int(sect("alerts").get("intervalSeconds", 60)),
+        refresh_schedule=str(sect("views").get("refreshSchedule", "*/10 * * * *")),
+        refresh_suspend=bool(sect("views").get("suspend", False)),
+        sira_enabled=bool(sect("sira").get("enabled", True)),
+        sira_z_threshold=float(sect("sira").get("zThreshold", 3)),
+        scaling=scaling,
+        resources={
+            c: dict(sect(s).get("resources") or DEFAULT_RESOURCES)
+            for c, s in (
+                ("api", "api"),
+                ("consumer", "consumer"),
+                ("alerts", "alerts"),
+                ("refresh-views", "views"),
+            )
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------ names
+
+
+def child_name(pipeline: str, component: str) -> str:
+    return f"{pipeline}-{component}"
+
+
+def config_map_name(pipeline: str) -> str:
+    return f"{pipeline}-config"
+
+
+def selector_labels(pipeline: str, component: str) -> dict[str, str]:
+    """The (immutable) Deployment selector: never add to it."""
+    return {
+        LABEL_NAME: "molam-analytics",
+        LABEL_INSTANCE: pipeline,
+        LABEL_COMPONENT: component,
+    }
+
+
+def labels(pipeline: str, component: str) -> dict[str, str]:
+    return {**selector_labels(pipeline, component), LABEL_MANAGED_BY: MANAGED_BY}
+
+
+def api_selector(pipeline: str) -> str:
+    """The API pods' selector as a string (the scale subresource's labelSelectorPath)."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(pipeline, "api").items())
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+def build_config_map(pipeline: str, cfg: PipelineConfig) -> dict[str, Any]:
+    """The non-secret environment shared by every workload (SPEC §3 names)."""
+    data = {
+        "KAFKA_BOOTSTRAP_SERVERS": cfg.bootstrap_servers,
+        "KAFKA_TOPIC": cfg.topic,
+        "KAFKA_CONSUMER_GROUP": cfg.consumer_group,
+        "ANOMALY_TOPIC": cfg.anomaly_topic,
+        "DLQ_TOPIC": cfg.dlq_topic,
+        "SIRA_ENABLED": "true" if cfg.sira_enabled else "false",
+        "SIRA_Z_THRESHOLD": _num(cfg.sira_z_threshold),
+        "API_PORT": str(API_PORT),
+        "CACHE_TTL_SECONDS": str(cfg.cache_ttl_seconds),
+        "REPORTING_CURRENCY": cfg.reporting_currency,
+        "DB_POOL_MAX": str(cfg.db_pool_max),
+        "ALERTS_INTERVAL_SECONDS": str(cfg.alerts_interval_seconds),
+        "LOG_LEVEL": cfg.log_level,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": config_map_name(pipeline), "labels": labels(pipeline, "config")},
+        "data": data,
+    }
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def config_checksum(config_map: Mapping[str, Any], cfg: PipelineConfig) -> str:
+    """Changes whenever the pods' environment would: it rolls them (pod template annotation).
+
+    Covers the ConfigMap's data and which Secret keys are referenced (not the secrets' values,
+    which the operator does not read for workloads).
+    """
+    refs = [cfg.database, cfg.redis, cfg.jwt_secret]
+    doc = {
+        "data": config_map.get("data", {}),
+        "secrets": [[r.name, r.key] if r else None for r in refs],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _secret_env(var: str, ref: SecretKey) -> dict[str, Any]:
+    return {"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def _env(cfg: PipelineConfig, component: str) -> list[dict[str, Any]]:
+    env = [_secret_env("DATABASE_URL", cfg.database)]
+    if component in ("api", "consumer"):
+        env.append(_secret_env("REDIS_URL", cfg.redis))
+    if component == "api" and cfg.jwt_secret is not None:
+        env.append(_secret_env("ANALYTICS_JWT_SECRET", cfg.jwt_secret))
+    if component == "consumer":
+        env.append({"name": "METRICS_PORT", "value": str(CONSUMER_METRICS_PORT)})
+    if component == "alerts":
+        env.append({"name": "METRICS_PORT", "value": str(ALERTS_METRICS_PORT)})
+    return env
+
+
+# ---------------------------------------------------------------------------------- workloads
+
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+_ARGS: dict[str, list[str]] = {
+    "api": ["api", "--port", str(API_PORT)],
+    "consumer": ["consume"],
+    "alerts": ["alerts"],
+    "refresh-views": ["refresh-views"],
+}
+
+
+def _http_probe(path: str, port: int | str, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+        "successThreshold": 1,
+    }
+
+
+def _probes(component: str) -> dict[str, Any]:
+    if component == "api":
+        return {
+            # /health answers 503 while PostgreSQL, Redis or Kafka is down: take the pod out of
+            # the Service then, but do not restart it for someone else's outage.
+            "readinessProbe": _http_probe("/health", "http", period=10, failures=3),
+            "livenessProbe": {
+                "tcpSocket": {"port": "http"},
+                "initialDelaySeconds": 10,
+                "periodSeconds": 20,
+                "timeoutSeconds": 3,
+                "failureThreshold": 3,
+                "successThreshold": 1,
+            },
+        }
+    # consumer, alerts: the metrics endpoint answers while the process's loop is alive.
+    probe = _http_probe("/metrics", "metrics", period=20, failures=3)
+    return {"readinessProbe": dict(probe), "livenessProbe": {**probe, "initialDelaySeconds": 15}}
+
+
+def _container(cfg: PipelineConfig, pipeline: str, component: str) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": component,
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["molam-analytics"],
+        "args": list(_ARGS[component]),
+        "envFrom": [{"configMapRef": {"name": config_map_name(pipeline)}}],
+        "env": _env(cfg, component),
+        "resources": _resources(cfg.resources.get(component)),
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if component == "api":
+        container["ports"] = [{"name": "http", "containerPort": API_PORT, "protocol": "TCP"}]
+    elif component in ("consumer", "alerts"):
+        port = CONSUMER_METRICS_PORT if component == "consumer" else ALERTS_METRICS_PORT
+        container["ports"] = [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    if component != "refresh-views":
+        container.update(_probes(component))
+    return container
+
+
+def _resources(res: Mapping[str, Any] | None) -> dict[str, Any]:
+    res = res or DEFAULT_RESOURCES
+    return {k: {q: str(v) for q, v in res[k].items()} for k in ("requests", "limits") if k in res}
+
+
+def _pod_spec(cfg: PipelineConfig, pipeline: str, component: str) -> dict[str, Any]:
+    return {
+        "serviceAccountName": cfg.service_account,
+        "automountServiceAccountToken": False,  # the workloads never call the Kubernetes API
+        "securityContext": POD_SECURITY,
+        "terminationGracePeriodSeconds": 30,
+        "containers": [_container(cfg, pipeline, component)],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+    }
+
+
+def build_deployment(
+    pipeline: str,
+    component: Component,
+    cfg: PipelineConfig,
+    *,
+    checksum: str,
+    replicas: int | None,
+) -> dict[str, Any]:
+    """``<pipeline>-<component>``; ``replicas=None`` leaves the live count alone (patches)."""
+    meta_annotations: dict[str, str] = {}
+    if component == "api":
+        meta_annotations[API_REPLICAS_ANNOTATION] = str(cfg.api_replicas)
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(pipeline, component)},
+        "revisionHistoryLimit": 5,
+        "strategy": (
+            {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+            if component == "api"
+            # One evaluator at a time; consumers rebalance the group either way.
+            else {"type": "Recreate"}
+            if component == "alerts"
+            else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 1}}
+        ),
+        "template": {
+            "metadata": {
+                "labels": labels(pipeline, component),
+                "annotations": {CHECKSUM_ANNOTATION: checksum},
+            },
+            "spec": _pod_spec(cfg, pipeline, component),
+        },
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": child_name(pipeline, component),
+            "labels": labels(pipeline, component),
+            "annotations": meta_annotations,
+        },
+        "spec": spec,
+    }
+
+
+def build_service(pipeline: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": child_name(pipeline, "api"), "labels": labels(pipeline, "api")},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(pipeline, "api"),
+            "ports": [{"name": "http", "port": API_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_cron_job(
+    pipeline: str, cfg: PipelineConfig, *, checksum: str, api_version: str
+) -> dict[str, Any]:
+    """``<pipeline>-refresh-views``; ``api_version`` is batch/v1 or batch/v1beta1 (same shape)."""
+    pod = _pod_spec(cfg, pipeline, "refresh-views")
+    pod["restartPolicy"] = "OnFailure"
+    return {
+        "apiVersion": api_version,
+        "kind": "CronJob",
+        "metadata": {
+            "name": child_name(pipeline, "refresh-views"),
+            "labels": labels(pipeline, "refresh-views"),
+        },
+        "spec": {
+            "schedule": cfg.refresh_schedule,
+            "suspend": cfg.refresh_suspend,
+            # REFRESH ... CONCURRENTLY takes an exclusive lock against itself: never overlap.
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 300,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": {"labels": labels(pipeline, "refresh-views")},
+                "spec": {
+                    "backoffLimit": 2,
+                    "activeDeadlineSeconds": 1800,
+                    "template": {
+                        "metadata": {
+                            "labels": labels(pipeline, "refresh-views"),
+                            "annotations": {CHECKSUM_ANNOTATION: checksum},
+                        },
+                        "spec": pod,
+                    },
+                },
+            },
+        },
+    }
+
+
+def initial_consumer_replicas(scaling: ConsumerScaling) -> int:
+    return 0 if scaling.paused else scaling.min_replicas
+
+
+def build_children(
+    pipeline: str,
+    cfg: PipelineConfig,
+    *,
+    cron_job_api_version: str,
+) -> list[dict[str, Any]]:
+    """Every child, in creation order (config first, so pods never start without it).
+
+    Replicas: the API's from the spec, the consumer's initial count (its later replicas belong
+    to the scaler, see pipeline.py).
+    """
+    cm = build_config_map(pipeline, cfg)
+    checksum = config_checksum(cm, cfg)
+    return [
+        cm,
+        build_deployment(pipeline, "api", cfg, checksum=checksum, replicas=cfg.api_replicas),
+        build_deployment(
+            pipeline,
+            "consumer",
+            cfg,
+            checksum=checksum,
+            replicas=initial_consumer_replicas(cfg.scaling),
+        ),
+        build_deployment(pipeline, "alerts", cfg, checksum=checksum, replicas=1),
+        build_service(pipeline),
+        build_cron_job(pipeline, cfg, checksum=checksum, api_version=cron_job_api_version),
+    ]
+
+
+# --------------------------------------------------------------------------------- drift
+
+
+def drifted(desired: Any, actual: Any) -> bool:
+    """True when ``actual`` lacks or differs in something ``desired`` sets.
+
+    Fields the server adds (defaults, status) are ignored; lists of named items are matched by
+    name, other lists by position and length.
+    """
+    if isinstance(desired, Mapping):
+        if not isinstance(actual, Mapping):
+            return True
+        return any(drifted(v, actual.get(k)) for k, v in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(actual) != len(desired):
+            return True
+        if all(isinstance(d, Mapping) and "name" in d for d in desired):
+            by_name = {a.get("name"): a for a in actual if isinstance(a, Mapping)}
+            return any(drifted(d, by_name.get(d["name"])) for d in desired)
+        return any(drifted(d, a) for d, a in zip(desired, actual, strict=True))
+    if isinstance(desired, bool) or isinstance(actual, bool):
+        return desired is not actual
+    if isinstance(desired, int | float) and isinstance(actual, int | float):
+        return float(desired) != float(actual)
+    return bool(desired != actual)

@@ -1,0 +1,409 @@
+"""AnalyticsPipeline: its children kept in shape, its consumer scaled on lag, its status.
+
+Three entry points, all serialised per pipeline by ``PipelineRuntime.lock``:
+
+* :func:`reconcile` — build every child from the spec (manifests.py) and create or patch it
+  (called from the create/update/resume handlers and when a child drifts);
+* :func:`run` — the per-pipeline daemon: polls the lag every ``pollSeconds`` (read from the live
+  spec, so a change applies at the next poll), scales, writes the status, and re-checks the
+  children as soon as a child watch kicks it;
+* :func:`scale_once` — one poll: probe, decide (scaling.py, pure), apply, report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+import kopf
+
+from molam_operator import lagprobe, manifests, metrics
+from molam_operator.conditions import iso, now_iso, set_condition
+from molam_operator.context import OperatorContext, PipelineRuntime
+from molam_operator.kube import STRATEGIC, KubeError, object_path, path
+from molam_operator.manifests import InvalidSpec, PipelineConfig
+from molam_operator.scaling import Decision, LagObservation, Reason, decide
+from molam_operator.settings import GROUP, VERSION
+from molam_workloads.core.errors import ServiceUnavailable
+
+KIND = "AnalyticsPipeline"
+PLURAL = "analyticspipelines"
+API_VERSION = f"{GROUP}/{VERSION}"
+REFRESHED_VIEW = "mv_txn_daily_agg"
+
+
+def config_or_permanent(spec: Mapping[str, Any]) -> PipelineConfig:
+    try:
+        return manifests.parse_spec(spec)
+    except InvalidSpec as exc:
+        raise kopf.PermanentError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------- children
+
+
+def _strip_for_patch(desired: dict[str, Any], live: Mapping[str, Any]) -> dict[str, Any]:
+    """What to patch onto an existing child: the desired object minus fields owned elsewhere.
+
+    * the consumer's replicas belong to the scaler;
+    * the API's replicas are re-applied only when spec.api.replicas changed (tracked in an
+      annotation), so a `kubectl scale deployment <name>-api` from the runbook holds meanwhile.
+    """
+    out = copy.deepcopy(desired)
+    if out["kind"] != "Deployment":
+        return out
+    component = out["metadata"]["labels"].get("app.kubernetes.io/component")
+    live_ann = (live.get("metadata") or {}).get("annotations") or {}
+    if component == "consumer":
+        out["spec"].pop("replicas", None)
+        # The scaler's own bookkeeping annotation is not the spec's to set.
+        out["metadata"].get("annotations", {}).pop(manifests.SCALED_REPLICAS_ANNOTATION, None)
+    elif component == "api":
+        want = out["metadata"]["annotations"].get(manifests.API_REPLICAS_ANNOTATION)
+        if live_ann.get(manifests.API_REPLICAS_ANNOTATION) == want:
+            out["spec"].pop("replicas", None)
+    return out
+
+
+async def ensure_child(ctx: OperatorContext, desired: dict[str, Any]) -> str:
+    """Create the child or patch it back into shape: 'created', 'patched' or 'unchanged'."""
+    url = object_path(desired)
+    live = await ctx.kube.get(url)
+    if live is None:
+        try:
+            await ctx.kube.create(desired)
+            return "created"
+        except KubeError as exc:
+            if exc.status != 409:  # 409: created meanwhile (e.g. by a previous operator run)
+                raise
+            live = await ctx.kube.get(url)
+            if live is None:
+                raise
+    patch = _strip_for_patch(desired, live)
+    if not manifests.drifted(patch, live):
+        return "unchanged"
+    await ctx.kube.patch(url, patch, content_type=STRATEGIC)
+    return "patched"
+
+
+def build(ctx: OperatorContext, body: kopf.Body, cfg: PipelineConfig) -> list[dict[str, Any]]:
+    children = manifests.build_children(
+        body.meta["name"], cfg, cron_job_api_version=ctx.cron_job_api_version
+    )
+    # Owner reference (garbage collection when the pipeline goes), namespace, owner's labels.
+    kopf.adopt(children, owner=body)
+    for child in children:
+        if child["kind"] == "Deployment" and "consumer" in child["metadata"]["name"]:
+            replicas = str(child["spec"].get("replicas", 0))
+            child["metadata"]["annotations"][manifests.SCALED_REPLICAS_ANNOTATION] = replicas
+    return children
+
+
+async def reconcile(
+    ctx: OperatorContext,
+    body: kopf.Body,
+    *,
+    logger: logging.Logger | kopf.Logger,
+    cause: str,
+) -> dict[str, str]:
+    """Bring every child in shape; returns {child name: outcome}. Retries on API errors."""
+    namespace, name = body.meta["namespace"], body.meta["name"]
+    rt = ctx.runtime(namespace, name)
+    cfg = config_or_permanent(body.spec)
+    started = time.monotonic()
+    async with rt.lock:
+        outcomes: dict[str, str] = {}
+        try:
+            for child in build(ctx, body, cfg):
+                key = f"{child['kind']}/{child['metadata']['name']}"
+                outcomes[key] = await ensure_child(ctx, child)
+        except KubeError as exc:
+            metrics.RECONCILE_ERRORS.labels(KIND, exc.reason or str(exc.status)).inc()
+            await _set_ready(ctx, body, rt, False, "ChildrenFailed", str(exc))
+            if exc.status in (400, 403, 422):
+                raise kopf.PermanentError(f"cannot write a child: {exc}") from None
+            raise kopf.TemporaryError(f"cannot write a child: {exc}", delay=5) from None
+        rt.last_resync = time.monotonic()
+        rt.observed_generation = body.meta.get("generation")
+        changed = {k: v for k, v in outcomes.items() if v != "unchanged"}
+        if changed:
+            logger.info(f"{cause}: {changed}")
+            if cause == "drift":
+                for key in changed:
+                    metrics.CHILDREN_RESTORED.labels(key.split("/")[0]).inc()
+                kopf.event(
+                    body,
+                    type="Normal",
+                    reason="ChildrenRestored",
+                    message=", ".join(f"{k} {v}" for k, v in sorted(changed.items())),
+                )
+        await _set_ready(ctx, body, rt, True, "ChildrenReady", "all children are in shape")
+    metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+    return outcomes
+
+
+async def _set_ready(
+    ctx: OperatorContext,
+    body: kopf.Body,
+    rt: PipelineRuntime,
+    ok: bool,
+    reason: str,
+    message: str,
+) -> None:
+    name = body.meta["name"]
+    status: dict[str, Any] = {
+        "apiSelector": manifests.api_selector(name),
+        "cronJobApiVersion": ctx.cron_job_api_version,
+    }
+    if ok and rt.observed_generation is not None:
+        status["observedGeneration"] = rt.observed_generation
+    api = await ctx.kube.get(path("apps/v1", "Deployment", body.meta["namespace"], f"{name}-api"))
+    if api is not None:
+        status["apiReplicas"] = int((api.get("spec") or {}).get("replicas", 0))
+    await write_status(
+        ctx, body, rt, status, conditions=[("Ready", ok, reason, message)], phase=None
+    )
+
+
+# -------------------------------------------------------------------------------- status
+
+
+def _conditions(rt: PipelineRuntime, body: kopf.Body) -> list[dict[str, Any]]:
+    if rt.conditions is None:
+        rt.conditions = [dict(c) for c in body.status.get("conditions") or []]
+    return rt.conditions
+
+
+def _phase(conditions: list[dict[str, Any]], paused: bool) -> str:
+    by_type = {c["type"]: c for c in conditions}
+    ready = by_type.get("Ready")
+    if ready is None:
+        return "Pending"
+    if ready["status"] != "True":
+        return "Degraded"
+    if paused:
+        return "Paused"
+    probe = by_type.get("LagProbe")
+    if probe is not None and probe["status"] == "False":
+        return "Degraded"
+    return "Running"
+
+
+async def write_status(
+    ctx: OperatorContext,
+    body: kopf.Body,
+    rt: PipelineRuntime,
+    fields: dict[str, Any],
+    *,
+    conditions: Sequence[tuple[str, bool | None, str, str]] = (),
+    phase: str | None = None,
+) -> None:
+    """Merge-patch the status subresource (only what changed since the last write)."""
+    conds = _conditions(rt, body)
+    generation = body.meta.get("generation")
+    for type_, ok, reason, message in conditions:
+        conds = set_condition(conds, type_, ok, reason, message, generation=generation)
+    rt.conditions = conds
+    paused = bool((body.spec.get("consumer") or {}).get("paused")) or any(
+        c["type"] == "Scaling" and c["reason"] in (Reason.paused, Reason.paused_by_hand)
+        for c in conds
+    )
+    status = {**fields, "conditions": conds, "phase": phase or _phase(conds, paused)}
+    delta = {k: v for k, v in status.items() if rt.last_status.get(k) != v}
+    if not delta:
+        return
+    url = path(API_VERSION, PLURAL, body.meta["namespace"], body.meta["name"], "status")
+    try:
+        await ctx.kube.patch(url, {"status": delta})
+    except KubeError as exc:
+        if exc.status == 404:  # being deleted
+            return
+        raise
+    rt.last_status.update(delta)
+
+
+# -------------------------------------------------------------------------------- scaling
+
+
+async def _consumer(ctx: OperatorContext, namespace: str, name: str) -> dict[str, Any] | None:
+    return await ctx.kube.get(path("apps/v1", "Deployment", namespace, f"{name}-consumer"))
+
+
+async def last_refresh(
+    ctx: OperatorContext, namespace: str, name: str, cfg: PipelineConfig
+) -> str | None:
+    """When the view was last refreshed: from the database, else the CronJob's last run."""
+    dsn = await ctx.secret_value(namespace, cfg.database.name, cfg.database.key)
+    if dsn:
+        try:
+            pool = await ctx.pool(dsn)
+            at = await pool.fetchval(
+                "SELECT refreshed_at FROM analytics_view_refreshes WHERE view_name = $1",
+                REFRESHED_VIEW,
+            )
+            if at is not None:
+                return iso(at)
+        except (ServiceUnavailable, asyncpg.PostgresError, OSError, TimeoutError):
+            pass
+    cron = await ctx.kube.get(
+        path(ctx.cron_job_api_version, "CronJob", namespace, f"{name}-refresh-views")
+    )
+    value = ((cron or {}).get("status") or {}).get("lastScheduleTime")
+    return str(value) if value else None
+
+
+async def scale_once(
+    ctx: OperatorContext,
+    body: kopf.Body,
+    cfg: PipelineConfig,
+    rt: PipelineRuntime,
+    *,
+    logger: logging.Logger | kopf.Logger,
+) -> Decision | None:
+    """One poll: measure the lag, decide, set the consumer's replicas, report."""
+    namespace, name = body.meta["namespace"], body.meta["name"]
+    labels = (namespace, name)
+    observation, probe_message = await lagprobe.probe(
+        cfg.bootstrap_servers,
+        cfg.consumer_group,
+        cfg.topic,
+        timeout=ctx.settings.operator_kafka_timeout_seconds,
+    )
+    consumer = await _consumer(ctx, namespace, name)
+    if consumer is None:  # being (re)created: the next kick or poll handles it
+        rt.kick.set()
+        return None
+    current = int((consumer.get("spec") or {}).get("replicas", 1))
+    scaled = ((consumer.get("metadata") or {}).get("annotations") or {}).get(
+        manifests.SCALED_REPLICAS_ANNOTATION
+    )
+    paused_by_hand = (
+        current == 0 and not cfg.scaling.paused and scaled is not None and scaled != "0"
+    )
+    decision = decide(
+        cfg.scaling,
+        current=current,
+        observation=observation,
+        now=time.monotonic(),
+        memory=rt.scaler,
+        paused_by_hand=paused_by_hand,
+    )
+    rt.scaler = decision.memory
+    if decision.desired != current:
+        url = path("apps/v1", "Deployment", namespace, f"{name}-consumer")
+        await ctx.kube.patch(
+            url,
+            {
+                "metadata": {
+                    "annotations": {manifests.SCALED_REPLICAS_ANNOTATION: str(decision.desired)}
+                },
+                "spec": {"replicas": decision.desired},
+            },
+        )
+        direction = "up" if decision.desired > current else "down"
+        metrics.SCALE_EVENTS.labels(*labels, direction).inc()
+        rt.last_scale_time = now_iso()
+        rt.last_scale_reason = f"{decision.reason}: {decision.message}"
+        kopf.event(
+            body,
+            type="Normal",
+            reason=f"Consumer{decision.reason}",
+            message=f"{name}-consumer {current} -> {decision.desired}: {decision.message}",
+        )
+        logger.info(f"consumer {current} -> {decision.desired}: {decision.message}")
+        current = decision.desired
+
+    fields: dict[str, Any] = {
+        "currentReplicas": current,
+        "desiredReplicas": decision.desired,
+        "lastPollTime": now_iso(),
+    }
+    conditions: list[tuple[str, bool | None, str, str]] = []
+    if isinstance(observation, LagObservation):
+        fields.update(lag=observation.lag, partitions=observation.partitions)
+        metrics.CONSUMER_LAG.labels(*labels).set(observation.lag)
+        conditions.append(("LagProbe", True, "LagMeasured", probe_message))
+    else:
+        metrics.LAG_PROBE_ERRORS.labels(*labels, observation.value).inc()
+        conditions.append(("LagProbe", False, observation.value, probe_message))
+    active = decision.reason not in (Reason.paused, Reason.paused_by_hand, Reason.holding)
+    conditions.append(("Scaling", active, decision.reason.value, decision.message))
+    if rt.scaler.arrival_rate is not None:
+        fields["arrivalRate"] = round(rt.scaler.arrival_rate, 3)
+    if rt.scaler.replica_rate is not None:
+        fields["consumeRatePerReplica"] = round(rt.scaler.replica_rate, 3)
+    if rt.last_scale_time:
+        fields["lastScaleTime"] = rt.last_scale_time
+        fields["lastScaleReason"] = rt.last_scale_reason
+    refreshed = await last_refresh(ctx, namespace, name, cfg)
+    if refreshed:
+        fields["lastRefreshTime"] = refreshed
+    metrics.DESIRED_REPLICAS.labels(*labels).set(decision.desired)
+    metrics.CURRENT_REPLICAS.labels(*labels).set(current)
+    await write_status(ctx, body, rt, fields, conditions=conditions)
+    return decision
+
+
+# --------------------------------------------------------------------------------- daemon
+
+
+async def _nap(rt: PipelineRuntime, stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """Sleep up to ``seconds``; wake early when kicked or when the daemon is asked to stop."""
+    deadline = time.monotonic() + seconds
+    while not stopped and not rt.kick.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rt.kick.wait(), timeout=min(left, 0.5))
+
+
+async def run(
+    ctx: OperatorContext,
+    body: kopf.Body,
+    *,
+    stopped: kopf.DaemonStopped,
+    logger: logging.Logger | kopf.Logger,
+) -> None:
+    """The pipeline's daemon: poll and scale every pollSeconds, repair children when kicked."""
+    namespace, name = body.meta["namespace"], body.meta["name"]
+    rt = ctx.runtime(namespace, name)
+    next_poll = 0.0
+    try:
+        while not stopped:
+            try:
+                cfg = manifests.parse_spec(body.spec)  # the live spec: changes apply at once
+            except InvalidSpec:
+                await _nap(rt, stopped, 5)
+                continue
+            now = time.monotonic()
+            resync = now - rt.last_resync >= ctx.settings.operator_resync_seconds
+            if rt.kick.is_set() or resync:
+                rt.kick.clear()
+                # Changes found by a kick or a resync after the first pass are hand edits.
+                cause = "drift" if rt.last_resync else "startup"
+                try:
+                    await reconcile(ctx, body, logger=logger, cause=cause)
+                except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                    logger.warning(f"children not in shape: {exc}")
+            if rt.poll_now or time.monotonic() >= next_poll:
+                rt.poll_now = False
+                next_poll = time.monotonic() + cfg.scaling.poll_seconds
+                try:
+                    async with rt.lock:
+                        await scale_once(ctx, body, cfg, rt, logger=logger)
+                except KubeError as exc:
+                    metrics.RECONCILE_ERRORS.labels(KIND, "scale").inc()
+                    logger.warning(f"scaling poll failed: {exc}")
+            await _nap(rt, stopped, max(0.0, next_poll - time.monotonic()))
+    finally:
+        if stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in (
+            stopped.reason
+        ):
+            ctx.forget(namespace, name)

@@ -1,0 +1,239 @@
+"""The pure manifest builders: no cluster, just dicts."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from molam_operator import manifests
+from molam_operator.manifests import InvalidSpec, build_children, drifted, parse_spec
+
+SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
+
+
+def sample_spec() -> dict[str, Any]:
+    doc = yaml.safe_load((SAMPLES / "analyticspipeline.yaml").read_text())
+    return dict(doc["spec"])
+
+
+def children(spec: dict[str, Any] | None = None, api: str = "batch/v1") -> dict[str, Any]:
+    cfg = parse_spec(spec or sample_spec())
+    return {
+        f"{c['kind']}/{c['metadata']['name']}": c
+        for c in build_children("analytics", cfg, cron_job_api_version=api)
+    }
+
+
+def container(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj["spec"]
+    if obj["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+def test_children_have_the_runbook_names() -> None:
+    assert sorted(children()) == [
+        "ConfigMap/analytics-config",
+        "CronJob/analytics-refresh-views",
+        "Deployment/analytics-alerts",
+        "Deployment/analytics-api",
+        "Deployment/analytics-consumer",
+        "Service/analytics-api",
+    ]
+
+
+def test_config_map_carries_the_spec_environment() -> None:
+    data = children()["ConfigMap/analytics-config"]["data"]
+    assert data["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert data["KAFKA_TOPIC"] == "wallet.transactions"
+    assert data["KAFKA_CONSUMER_GROUP"] == "analytics-consumer-g"
+    assert data["SIRA_ENABLED"] == "true"
+    assert data["SIRA_Z_THRESHOLD"] == "3"
+    assert data["API_PORT"] == "8082"
+    assert data["ALERTS_INTERVAL_SECONDS"] == "60"
+    assert all(isinstance(v, str) for v in data.values())
+
+
+@pytest.mark.parametrize(
+    ("component", "args", "secrets"),
+    [
+        ("api", ["api", "--port", "8082"], {"DATABASE_URL", "REDIS_URL"}),
+        ("consumer", ["consume"], {"DATABASE_URL", "REDIS_URL"}),
+        ("alerts", ["alerts"], {"DATABASE_URL"}),
+    ],
+)
+def test_deployment_container(component: str, args: list[str], secrets: set[str]) -> None:
+    dep = children()[f"Deployment/analytics-{component}"]
+    c = container(dep)
+    assert c["image"] == "molam-analytics:latest"
+    assert c["command"] == ["molam-analytics"]
+    assert c["args"] == args
+    env = env_of(c)
+    assert {k for k, v in env.items() if isinstance(v, dict)} == secrets
+    assert env["DATABASE_URL"] == {"secretKeyRef": {"name": "analytics-db", "key": "url"}}
+    assert c["envFrom"] == [{"configMapRef": {"name": "analytics-config"}}]
+    assert c["readinessProbe"] and c["livenessProbe"]
+    assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    # The selector is a subset of the pod labels, and never includes mutable labels.
+    sel = dep["spec"]["selector"]["matchLabels"]
+    assert sel.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert "app.kubernetes.io/managed-by" not in sel
+
+
+def test_api_probes_health_and_service_port() -> None:
+    ch = children()
+    c = container(ch["Deployment/analytics-api"])
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert c["ports"] == [{"name": "http", "containerPort": 8082, "protocol": "TCP"}]
+    svc = ch["Service/analytics-api"]
+    assert svc["spec"]["ports"][0]["port"] == 8082
+    assert (
+        svc["spec"]["selector"] == ch["Deployment/analytics-api"]["spec"]["selector"]["matchLabels"]
+    )
+
+
+def test_consumer_and_alerts_probe_their_metrics_port() -> None:
+    ch = children()
+    for comp, port in (("consumer", 9102), ("alerts", 9103)):
+        c = container(ch[f"Deployment/analytics-{comp}"])
+        assert c["livenessProbe"]["httpGet"]["port"] == "metrics"
+        assert c["ports"][0]["containerPort"] == port
+        assert env_of(c)["METRICS_PORT"] == str(port)
+
+
+def test_replicas() -> None:
+    ch = children()
+    assert ch["Deployment/analytics-api"]["spec"]["replicas"] == 2
+    assert ch["Deployment/analytics-alerts"]["spec"]["replicas"] == 1
+    assert ch["Deployment/analytics-consumer"]["spec"]["replicas"] == 1
+    spec = sample_spec()
+    spec["consumer"] = {**spec["consumer"], "paused": True}
+    assert children(spec)["Deployment/analytics-consumer"]["spec"]["replicas"] == 0
+
+
+@pytest.mark.parametrize("api", ["batch/v1", "batch/v1beta1"])
+def test_cron_job(api: str) -> None:
+    cj = children(api=api)["CronJob/analytics-refresh-views"]
+    assert cj["apiVersion"] == api
+    assert cj["spec"]["schedule"] == "*/10 * * * *"
+    assert cj["spec"]["concurrencyPolicy"] == "Forbid"
+    c = container(cj)
+    assert c["args"] == ["refresh-views"]
+    assert "livenessProbe" not in c
+    assert cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+
+
+def test_config_change_changes_the_checksum_on_every_pod_template() -> None:
+    def checksums(spec: dict[str, Any]) -> set[str]:
+        out = set()
+        for obj in children(spec).values():
+            if obj["kind"] == "Deployment":
+                out.add(
+                    obj["spec"]["template"]["metadata"]["annotations"][
+                        manifests.CHECKSUM_ANNOTATION
+                    ]
+                )
+        return out
+
+    before = checksums(sample_spec())
+    assert len(before) == 1
+    changed = sample_spec()
+    changed["sira"] = {"enabled": True, "zThreshold": 4}
+    after = checksums(changed)
+    assert len(after) == 1 and after != before
+    # Replicas are not configuration: no roll.
+    scaled = sample_spec()
+    scaled["api"] = {"replicas": 5}
+    assert checksums(scaled) == before
+
+
+def test_builders_are_pure() -> None:
+    spec = sample_spec()
+    frozen = copy.deepcopy(spec)
+    assert children(spec) == children(spec)
+    assert spec == frozen
+
+
+def test_jwt_secret_only_for_the_api() -> None:
+    spec = sample_spec()
+    spec["jwtSecret"] = {"secretRef": {"name": "jwt"}}
+    ch = children(spec)
+    assert env_of(container(ch["Deployment/analytics-api"]))["ANALYTICS_JWT_SECRET"] == {
+        "secretKeyRef": {"name": "jwt", "key": "secret"}
+    }
+    assert "ANALYTICS_JWT_SECRET" not in env_of(container(ch["Deployment/analytics-consumer"]))
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"consumer": {"minReplicas": 5, "maxReplicas": 2}}, "spec.consumer.minReplicas"),
+        ({"image": ""}, "spec.image"),
+        ({"kafka": {}}, "spec.kafka.bootstrapServers"),
+        ({"database": {}}, "spec.database.secretRef"),
+    ],
+)
+def test_invalid_specs_name_the_field(patch: dict[str, Any], field: str) -> None:
+    spec = {**sample_spec(), **patch}
+    with pytest.raises(InvalidSpec, match=field.replace(".", r"\.")):
+        parse_spec(spec)
+
+
+def test_defaults_match_the_crd_when_fields_are_missing() -> None:
+    cfg = parse_spec(
+        {
+            "image": "x",
+            "kafka": {"bootstrapServers": "k:9092"},
+            "database": {"secretRef": {"name": "db"}},
+            "redis": {"secretRef": {"name": "r"}},
+        }
+    )
+    s = cfg.scaling
+    assert (s.min_replicas, s.max_replicas, s.lag_threshold, s.poll_seconds) == (1, 8, 5000, 15)
+    assert s.scale_down_stabilization_seconds == 300 and not s.paused
+    assert cfg.database.key == "url" and cfg.topic == "wallet.transactions"
+    assert cfg.refresh_schedule == "*/10 * * * *"
+
+
+# ------------------------------------------------------------------------------ drift
+
+
+def test_drift_ignores_server_defaults_and_status() -> None:
+    desired = children()["Deployment/analytics-api"]
+    live = copy.deepcopy(desired)
+    live["spec"]["progressDeadlineSeconds"] = 600
+    live["status"] = {"replicas": 2}
+    container(live)["terminationMessagePath"] = "/dev/termination-log"
+    assert not drifted(desired, live)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c.update(image="evil:1"),
+        lambda c: c["env"][0].update(valueFrom={"secretKeyRef": {"name": "x", "key": "y"}}),
+        lambda c: c["env"].pop(),
+        lambda c: c["securityContext"].update(readOnlyRootFilesystem=False),
+        lambda c: c.update(args=["consume"]),
+    ],
+)
+def test_drift_detects_hand_edits(edit: Any) -> None:
+    desired = children()["Deployment/analytics-api"]
+    live = copy.deepcopy(desired)
+    edit(container(live))
+    assert drifted(desired, live)
