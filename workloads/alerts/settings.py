@@ -37,6 +37,17 @@ class AlertsSettings(DatabaseSettings, ReportingSettings):
         default="http://analytics-api:8082",
         description="Base URL put in payloads (externalURL, generatorURL).",
     )
+    alerts_hourly_split_minutes: int = Field(
+        default=180,
+        ge=60,
+        description=(
+            "Windows at least this long read their whole hours from txn_hourly_agg and only "
+            "their ragged ends from txn_minute_agg (same sums, far fewer rows)."
+        ),
+    )
+    alerts_work_mem_mb: int = Field(
+        default=64, ge=4, le=4096, description="work_mem of the evaluation transaction."
+    )
     alerts_receiver: str = Field(default="molam-analytics", min_length=1)
     # Housekeeping.
     minute_agg_retention_hours: int = Field(

@@ -109,6 +109,30 @@ async def test_long_windows_read_hourly_aggregates(
     assert (await _values(db))["tx-3d"] == 3 * 72
 
 
+async def test_long_minute_windows_read_whole_hours_from_hourly(
+    db: asyncpg.Connection, pool: asyncpg.Pool, settings: AlertsSettings
+) -> None:
+    hour = timedelta(hours=1)
+    # Different sums in the two tables show which one each part of the window reads.
+    await add_minutes(db, T0 - 5 * hour, 6 * 60, succeeded=1)
+    await add_minutes(db, T0 - 5 * hour, 6, succeeded=100, table="txn_hourly_agg", step=hour)
+    await add_rule(db, "tx-4h", metric="tx_count", comparison="gt", threshold=0, windowMinutes=240)
+    await add_rule(
+        db,
+        "tx-2h",
+        metric="tx_count",
+        comparison="gt",
+        threshold=0,
+        windowMinutes=120,
+        scope={"merchantId": "M-1"},
+    )
+    await run_cycle(pool, settings, now=T0 + 30 * M)
+    v = await _values(db)
+    # 08:30-09:00 minutes + 09:00-12:00 hours + 12:00-12:30 minutes.
+    assert v["tx-4h"] == 30 + 3 * 100 + 30
+    assert v["tx-2h"] == 120  # shorter than ALERTS_HOURLY_SPLIT_MINUTES: minutes only
+
+
 async def test_missing_fx_rate_is_no_data(
     db: asyncpg.Connection, pool: asyncpg.Pool, settings: AlertsSettings
 ) -> None:

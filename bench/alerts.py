@@ -1,0 +1,372 @@
+"""Benchmark: one alerts evaluation cycle for 10, 1,000 and 10,000 active rules.
+
+Builds a throw-away database next to DATABASE_URL's, fills it with a realistic dataset
+generated in SQL (default: 500 merchants, 48 h of minute buckets on two channels, about half
+of the merchant-minutes active, plus 7 days of hourly buckets and a few hundred anomalies),
+creates 10,000 varied rules (70 % merchant-scoped, 20 % scoped by country and/or channel,
+10 % platform-wide; every metric; windows from 5 min to 3 days, a few beyond the minute
+retention so they read hourly data), then for each rule count:
+
+- ``set-based``: ``run_cycle`` (evaluation + state machine + every write), first cycle
+  (opens alerts, queues webhooks) and the median of the following steady-state cycles;
+- ``per-rule``: the naive design measured in the same run — one query per rule computing the
+  same value (scope conditions only where set, so indexes apply; values only, no writes).
+  Above ``--baseline-budget`` seconds it stops and extrapolates from the rules it ran.
+
+Usage: ``python bench/alerts.py [--merchants 500] [--hours 48] [--cycles 5]`` with
+``DATABASE_URL`` set (``make bench`` does it). Target: a 10,000-rule cycle under 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+
+from molam_workloads.alerts.evaluator import run_cycle
+from molam_workloads.alerts.settings import AlertsSettings
+from molam_workloads.core import fx
+from molam_workloads.core.db import migrate
+
+COUNTRIES = [
+    ("SN", "XOF"),
+    ("CI", "XOF"),
+    ("ML", "XOF"),
+    ("NG", "NGN"),
+    ("GH", "GHS"),
+    ("KE", "KES"),
+    ("MA", "MAD"),
+    ("FR", "EUR"),
+]
+CHANNELS = ["mobile_money", "card"]
+METRICS = [
+    "tx_count",
+    "gross_volume",
+    "success_rate",
+    "failure_rate",
+    "refund_rate",
+    "avg_ticket",
+    "anomaly_count",
+]
+WINDOWS = [5] * 20 + [10] * 15 + [15] * 25 + [30] * 15 + [60] * 15 + [240] * 6 + [1440] * 3 + [4320]
+
+
+def _db_url(dsn: str, name: str) -> str:
+    return urlunparse(urlparse(dsn)._replace(path="/" + name))
+
+
+GEN_MINUTES = """
+INSERT INTO txn_minute_agg (minute, merchant_id, country, currency, channel, tx_count,
+    succeeded_count, failed_count, pending_count, gross_volume_local, payment_count,
+    payment_volume_local, refund_count, refund_volume_local, fee_local)
+SELECT m, 'M-' || lpad(i::text, 4, '0'), c.country, c.currency, ch,
+       v.ok + v.ko + v.pe, v.ok, v.ko, v.pe, v.vol, v.pay, v.vol, v.ref, v.ref * 900, v.vol / 100
+FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 minute') m
+CROSS JOIN generate_series(1, $3::int) i
+CROSS JOIN unnest(ARRAY['mobile_money', 'card']) ch
+CROSS JOIN LATERAL (SELECT (($4::text[])[1 + i % $5::int]) AS country,
+                           (($6::text[])[1 + i % $5::int]) AS currency) c
+CROSS JOIN LATERAL (
+    SELECT ok, ko, pe, (ok * 0.9)::bigint AS pay, (ok * 0.9)::bigint * (1000 + i) AS vol,
+           (ok / 12)::bigint AS ref
+    FROM (SELECT 1 + floor(random() * (5 + i % 20))::bigint AS ok,
+                 floor(random() * 3)::bigint AS ko, floor(random() * 2)::bigint AS pe
+          WHERE random() < 0.5 + 0 * i + 0 * extract(epoch FROM m)) r
+) v
+"""
+
+GEN_HOURS = """
+INSERT INTO txn_hourly_agg (hour, merchant_id, country, currency, channel, tx_count,
+    succeeded_count, failed_count, pending_count, gross_volume_local, payment_count,
+    payment_volume_local, refund_count, fee_local)
+SELECT h, 'M-' || lpad(i::text, 4, '0'), c.country, c.currency, ch,
+       v.ok + v.ko, v.ok, v.ko, 0, v.vol, v.pay, v.vol, v.ok / 12, v.vol / 100
+FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 hour') h
+CROSS JOIN generate_series(1, $3::int) i
+CROSS JOIN unnest(ARRAY['mobile_money', 'card']) ch
+CROSS JOIN LATERAL (SELECT (($4::text[])[1 + i % $5::int]) AS country,
+                           (($6::text[])[1 + i % $5::int]) AS currency) c
+CROSS JOIN LATERAL (
+    SELECT ok, ko, (ok * 0.9)::bigint AS pay, (ok * 0.9)::bigint * (1000 + i) AS vol
+    FROM (SELECT 30 + floor(random() * 300 + 0 * i + 0 * extract(epoch FROM h))::bigint AS ok,
+                 floor(random() * 30)::bigint AS ko) r
+) v
+"""
+
+
+def make_rules(n: int, merchants: int, seed: int = 42) -> list[tuple[object, ...]]:
+    rnd = random.Random(seed)
+    thresholds = {
+        "tx_count": lambda w: Decimal(rnd.randint(1, 15) * w),
+        "gross_volume": lambda w: Decimal(rnd.randint(1, 100) * w),
+        "success_rate": lambda w: Decimal(rnd.choice(["0.5", "0.7", "0.8", "0.9"])),
+        "failure_rate": lambda w: Decimal(rnd.choice(["0.05", "0.1", "0.2", "0.3"])),
+        "refund_rate": lambda w: Decimal(rnd.choice(["0.02", "0.05", "0.1"])),
+        "avg_ticket": lambda w: Decimal(rnd.randint(1, 40)),
+        "anomaly_count": lambda w: Decimal(rnd.randint(0, 3)),
+    }
+    rows = []
+    for k in range(n):
+        metric = rnd.choice(METRICS)
+        w = rnd.choice(WINDOWS)
+        kind = rnd.random()
+        merchant = country = currency = channel = None
+        if kind < 0.7:
+            i = rnd.randint(1, merchants)
+            merchant = f"M-{i:04d}"
+            if rnd.random() < 0.3:
+                channel = rnd.choice(CHANNELS)
+        elif kind < 0.9:
+            country, currency = rnd.choice(COUNTRIES)
+            if rnd.random() < 0.5:
+                currency = None
+            if rnd.random() < 0.5:
+                channel = rnd.choice(CHANNELS)
+        comparison = rnd.choice(["gt", "gte", "lt", "lte"])
+        spec = {"metric": metric, "comparison": comparison, "windowMinutes": w}
+        rows.append(
+            (
+                f"bench-{k:05d}",
+                "api",
+                metric,
+                comparison,
+                thresholds[metric](w),
+                w,
+                rnd.choice([0, 0, 60, 300]),
+                rnd.choice(["info", "warning", "critical"]),
+                merchant,
+                country,
+                currency,
+                channel,
+                json.dumps([{"url": "http://127.0.0.1:9/hook", "sendResolved": True}]),
+                False,
+                json.dumps(spec),
+            )
+        )
+    return rows
+
+
+def per_rule_sql(rule: asyncpg.Record, retention_minutes: int) -> tuple[str, list[object]]:
+    """The naive design: this one rule's value in its own query."""
+    if rule["metric"] == "anomaly_count":
+        sql = (
+            "SELECT count(*) AS v FROM analytics_anomalies "
+            "WHERE detected_at >= $1::timestamptz - make_interval(mins => $2) "
+            "AND detected_at < $1"
+        )
+        params: list[object] = []
+        if rule["scope_merchant_id"]:
+            sql += " AND merchant_id = $4"
+            params = [rule["scope_merchant_id"]]
+        return sql.replace("$4", "$3"), params
+    table, col = (
+        ("txn_minute_agg", "minute")
+        if rule["window_minutes"] <= retention_minutes
+        else ("txn_hourly_agg", "hour")
+    )
+    conds, params = [], []
+    for column, key in (
+        ("merchant_id", "scope_merchant_id"),
+        ("country", "scope_country"),
+        ("currency", "scope_currency"),
+        ("channel", "scope_channel"),
+    ):
+        if rule[key] is not None:
+            params.append(rule[key])
+            conds.append(f"a.{column} = ${3 + len(params)}")
+    where = "".join(f" AND {c}" for c in conds)
+    sql = f"""
+        WITH g AS (
+            SELECT a.currency, date_trunc('day', a.{col}, 'UTC') AS day,
+                   sum(a.tx_count) tx, sum(a.succeeded_count) ok, sum(a.failed_count) ko,
+                   sum(a.payment_count) pay, sum(a.refund_count) ref,
+                   sum(a.payment_volume_local) vol
+            FROM {table} a
+            WHERE a.{col} >= $1::timestamptz - make_interval(mins => $2) AND a.{col} < $1
+            {where}
+            GROUP BY 1, 2)
+        SELECT sum(tx) tx, sum(ok) ok, sum(ko) ko, sum(pay) pay, sum(ref) ref,
+               sum(vol * {fx.rate_expr("g", "$3")}) vol
+        FROM g {fx.rate_join("g", "g.day", "$3")}
+    """
+    return sql, params
+
+
+async def baseline(
+    pool: asyncpg.Pool, rules: list[asyncpg.Record], now: datetime, budget: float
+) -> tuple[float, int]:
+    """Seconds for one query per rule (extrapolated past ``budget``); rules actually run."""
+    started = time.perf_counter()
+    done = 0
+    async with pool.acquire() as conn:
+        for r in rules:
+            sql, params = per_rule_sql(r, 48 * 60)
+            if r["metric"] == "anomaly_count":
+                await conn.fetchrow(sql, now, r["window_minutes"], *params)
+            else:
+                await conn.fetchrow(sql, now, r["window_minutes"], "USD", *params)
+            done += 1
+            if time.perf_counter() - started > budget:
+                break
+    elapsed = time.perf_counter() - started
+    return elapsed * len(rules) / done, done
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--merchants", type=int, default=500)
+    ap.add_argument("--hours", type=int, default=48)
+    ap.add_argument("--cycles", type=int, default=5)
+    ap.add_argument("--counts", default="10,1000,10000")
+    ap.add_argument("--baseline-budget", type=float, default=60.0)
+    ap.add_argument("--keep", action="store_true", help="keep the bench database")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    admin = os.environ.get("DATABASE_URL")
+    if not admin:
+        print("DATABASE_URL is not set (run through 'make bench')", file=sys.stderr)
+        return 2
+    name = f"molam_bench_alerts_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    dsn = _db_url(admin, name)
+    try:
+        await migrate(dsn)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4, command_timeout=600)
+        try:
+            return await run(pool, dsn, args)
+        finally:
+            await pool.close()
+    finally:
+        if not args.keep:
+            conn = await asyncpg.connect(admin)
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.close()
+
+
+async def run(pool: asyncpg.Pool, dsn: str, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    countries = [c for c, _ in COUNTRIES]
+    currencies = [cur for _, cur in COUNTRIES]
+    t = time.perf_counter()
+    await pool.execute(
+        GEN_MINUTES,
+        now - timedelta(hours=args.hours),
+        now - timedelta(minutes=1),
+        args.merchants,
+        countries,
+        len(countries),
+        currencies,
+    )
+    # Hours: the roll-up of the minute buckets (as the consumer writes both), and synthetic
+    # hours before the minute data starts.
+    await pool.execute(
+        """
+        INSERT INTO txn_hourly_agg (hour, merchant_id, country, currency, channel, tx_count,
+            succeeded_count, failed_count, pending_count, gross_volume_local, payment_count,
+            payment_volume_local, refund_count, refund_volume_local, fee_local)
+        SELECT date_trunc('hour', minute, 'UTC'), merchant_id, country, currency, channel,
+               sum(tx_count), sum(succeeded_count), sum(failed_count), sum(pending_count),
+               sum(gross_volume_local), sum(payment_count), sum(payment_volume_local),
+               sum(refund_count), sum(refund_volume_local), sum(fee_local)
+        FROM txn_minute_agg GROUP BY 1, 2, 3, 4, 5
+        """
+    )
+    first_hour = now.replace(minute=0) - timedelta(hours=args.hours)
+    await pool.execute(
+        GEN_HOURS,
+        first_hour - timedelta(days=7) + timedelta(hours=args.hours),
+        first_hour - timedelta(hours=1),
+        args.merchants,
+        countries,
+        len(countries),
+        currencies,
+    )
+    await pool.execute(
+        """
+        INSERT INTO analytics_anomalies (anomaly_key, merchant_id, metric, bucket, value,
+            baseline, zscore, direction, detected_at)
+        SELECT 'bench-' || g, 'M-' || lpad((1 + g % $2)::text, 4, '0'), 'tx_count',
+               $1::timestamptz - g * interval '7 minutes', 100, 10, 5, 'spike',
+               $1::timestamptz - g * interval '7 minutes'
+        FROM generate_series(1, 400) g
+        """,
+        now,
+        args.merchants,
+    )
+    await pool.execute("ANALYZE")
+    minute_rows = await pool.fetchval("SELECT count(*) FROM txn_minute_agg")
+    hour_rows = await pool.fetchval("SELECT count(*) FROM txn_hourly_agg")
+    print(
+        f"dataset: {args.merchants} merchants, {minute_rows:,} minute rows ({args.hours} h), "
+        f"{hour_rows:,} hourly rows (7 d), generated in {time.perf_counter() - t:.1f} s"
+    )
+    counts = [int(c) for c in args.counts.split(",")]
+    rows = make_rules(max(counts), args.merchants)
+    await pool.copy_records_to_table(
+        "analytics_alert_rules",
+        records=rows,
+        columns=[
+            "name",
+            "source",
+            "metric",
+            "comparison",
+            "threshold",
+            "window_minutes",
+            "for_seconds",
+            "severity",
+            "scope_merchant_id",
+            "scope_country",
+            "scope_currency",
+            "scope_channel",
+            "webhooks",
+            "is_active",
+            "spec",
+        ],
+    )
+    settings = AlertsSettings(database_url=dsn)
+    print(
+        f"{'rules':>7} | {'set-based 1st cycle':>19} | {'steady cycle (median)':>21} | "
+        f"{'per-rule queries':>16} | {'speed-up':>8} | firing"
+    )
+    for n in counts:
+        await pool.execute(
+            "UPDATE analytics_alert_rules SET is_active = (name <= $1)", f"bench-{n - 1:05d}"
+        )
+        await pool.execute("DELETE FROM analytics_alerts")
+        await pool.execute("DELETE FROM analytics_alert_rule_state")
+        await pool.execute("VACUUM ANALYZE analytics_alert_rules")
+        first = await run_cycle(pool, settings, now=now)
+        steady = []
+        report = first
+        for k in range(1, args.cycles):
+            report = await run_cycle(pool, settings, now=now + timedelta(seconds=k))
+            steady.append(report.duration_s)
+        med = statistics.median(steady) if steady else first.duration_s
+        active = await pool.fetch(
+            "SELECT * FROM analytics_alert_rules WHERE is_active ORDER BY name"
+        )
+        base, ran = await baseline(pool, active, now, args.baseline_budget)
+        note = "" if ran == len(active) else f" (extrapolated from {ran})"
+        print(
+            f"{n:>7,} | {first.duration_s * 1000:>16.0f} ms | {med * 1000:>18.0f} ms | "
+            f"{base * 1000:>13.0f} ms | {base / med:>7.1f}x | {report.firing}{note}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
