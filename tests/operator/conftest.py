@@ -1,0 +1,54 @@
+"""Cluster fixtures for the operator's tests: the real kube-apiserver from KUBECONFIG (written to
+``.stack/env`` by ``make stack``), the CRDs applied once, a namespace per test, and the operator
+itself run in-process by ``kopf.testing.KopfRunner`` with a fresh Kopf registry each time.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kopf.testing import KopfRunner
+from opkube import CRDS, kubectl, running_operator
+
+
+@pytest.fixture(scope="session")
+def kube() -> str:
+    config = os.environ.get("KUBECONFIG")
+    if not config:
+        pytest.skip("KUBECONFIG is not set: run with 'make test' (make stack starts the cluster)")
+    return config
+
+
+@pytest.fixture(scope="session")
+def crds(kube: str) -> None:
+    kubectl("apply", "-f", str(CRDS))
+    for name in ("alertrules", "analyticspipelines"):
+        kubectl(
+            "wait", "--for=condition=Established", f"crd/{name}.analytics.molam.io", "--timeout=30s"
+        )
+
+
+@pytest.fixture
+def namespace(crds: None) -> Iterator[str]:
+    name = f"op-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def operator_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPERATOR_METRICS_PORT", "0")  # several operators per test session
+    monkeypatch.setenv("OPERATOR_RESYNC_SECONDS", "30")
+    monkeypatch.setenv("OPERATOR_KAFKA_TIMEOUT_SECONDS", "3")
+
+
+@pytest.fixture
+def operator(namespace: str, operator_env: None) -> Iterator[KopfRunner]:
+    with running_operator(namespace) as runner:
+        yield runner

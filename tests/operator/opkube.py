@@ -1,0 +1,97 @@
+"""Helpers of the operator's cluster tests (a module of its own: tests/operator has no package
+__init__, which would shadow the standard library's ``operator``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import kopf
+import yaml
+from kopf.testing import KopfRunner
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT / "crds"
+SAMPLES = CRDS / "samples"
+CACHE_DIR = Path(os.environ.get("MOLAM_CACHE_DIR") or Path.home() / ".cache" / "molam-analytics")
+KUBECTL = CACHE_DIR / "k8s" / "bin" / "kubectl"
+
+
+def _kubectl_path() -> str:
+    if KUBECTL.exists():
+        return str(KUBECTL)
+    return "kubectl"
+
+
+def kubectl(
+    *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [_kubectl_path(), *args], input=stdin, capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
+    return proc
+
+
+def kubectl_json(*args: str) -> Any:
+    proc = kubectl(*args, "-o", "json", check=False)
+    if proc.returncode != 0:
+        if "NotFound" in proc.stderr or "not found" in proc.stderr:
+            return None
+        raise AssertionError(proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def apply(doc: dict[str, Any] | list[dict[str, Any]], *extra: str) -> str:
+    docs = doc if isinstance(doc, list) else [doc]
+    return kubectl("apply", *extra, "-f", "-", stdin=yaml.safe_dump_all(docs)).stdout
+
+
+def sample(name: str, namespace: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((SAMPLES / name).read_text())
+    doc["metadata"]["namespace"] = namespace
+    return doc
+
+
+async def eventually(
+    what: str, cond: Callable[[], Any], timeout: float = 30, interval: float = 0.2
+) -> Any:
+    """Poll ``cond`` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = cond()
+        if isinstance(last, Awaitable):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+@contextmanager
+def running_operator(namespace: str) -> Iterator[KopfRunner]:
+    """The operator, in a thread of this process, watching ``namespace`` only."""
+    sys.modules.pop("molam_operator.main", None)  # re-register into the fresh registry
+    runner = KopfRunner(
+        ["run", "--standalone", "--namespace", namespace, "-m", "molam_operator.main"],
+        registry=kopf.OperatorRegistry(),
+        timeout=60,
+    )
+    with runner:
+        yield runner
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"

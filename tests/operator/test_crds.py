@@ -1,0 +1,165 @@
+"""The CRDs on the real kube-apiserver: accepted, samples valid, bad resources refused by name."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+from opkube import CRDS, apply, kubectl, kubectl_json, sample
+
+pytestmark = pytest.mark.kube
+
+
+def test_crds_are_structural_and_established(crds: None) -> None:
+    for name in ("alertrules", "analyticspipelines"):
+        crd = kubectl_json("get", "crd", f"{name}.analytics.molam.io")
+        conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+        assert conditions.get("Established") == "True"
+        assert conditions.get("NonStructuralSchema", "False") == "False"
+        version = crd["spec"]["versions"][0]
+        assert version["subresources"]["status"] == {}
+    ap = kubectl_json("get", "crd", "analyticspipelines.analytics.molam.io")
+    assert ap["spec"]["names"]["shortNames"] == ["ap"]
+    assert ap["spec"]["versions"][0]["subresources"]["scale"]["specReplicasPath"] == (
+        ".spec.api.replicas"
+    )
+    ar = kubectl_json("get", "crd", "alertrules.analytics.molam.io")
+    assert ar["spec"]["names"]["shortNames"] == ["ar"]
+
+
+def _walk(schema: dict[str, Any], where: str) -> list[str]:
+    """Fields without a description (metadata excepted)."""
+    missing = []
+    for key, sub in (schema.get("properties") or {}).items():
+        here = f"{where}.{key}"
+        if key == "metadata":
+            continue
+        if "description" not in sub:
+            missing.append(here)
+        missing += _walk(sub, here)
+        if "items" in sub:
+            missing += _walk(sub["items"], here + "[]")
+    return missing
+
+
+@pytest.mark.parametrize("file", ["alertrules.yaml", "analyticspipelines.yaml"])
+def test_every_field_is_described(file: str) -> None:
+    crd = yaml.safe_load((CRDS / file).read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert _walk(schema, "") == []
+
+
+def test_samples_are_accepted_with_defaults(namespace: str) -> None:
+    out = kubectl(
+        "apply",
+        "--dry-run=server",
+        "-o",
+        "yaml",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump_all(
+            [sample("analyticspipeline.yaml", namespace), sample("alertrule.yaml", namespace)]
+        ),
+    ).stdout
+    docs = yaml.safe_load(out)["items"]
+    pipeline, rule = sorted(docs, key=lambda d: d["kind"], reverse=True)
+    assert rule["kind"] == "AlertRule"
+    assert rule["spec"]["notify"]["webhooks"][0]["sendResolved"] is True
+    assert pipeline["spec"]["imagePullPolicy"] == "IfNotPresent"
+    assert pipeline["spec"]["kafka"]["dlqTopic"] == "analytics.dlq"
+    assert pipeline["spec"]["api"]["resources"]["requests"]["cpu"] == "100m"
+    assert pipeline["spec"]["database"]["poolMax"] == 10
+
+
+def _bad(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    node = doc
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    if value is DELETE:
+        node.pop(keys[-1], None)
+    else:
+        node[keys[-1]] = value
+    return doc
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        ("spec.metric", "failure_ratio", "spec.metric"),
+        ("spec.comparison", "above", "spec.comparison"),
+        ("spec.windowMinutes", 0, "spec.windowMinutes"),
+        ("spec.windowMinutes", 50000, "spec.windowMinutes"),
+        ("spec.for", "5 minutes", "spec.for"),
+        ("spec.severity", "fatal", "spec.severity"),
+        ("spec.scope.country", "Senegal", "spec.scope.country"),
+        ("spec.threshold", "high", "spec.threshold"),
+        ("spec.threshold", DELETE, "spec.threshold"),
+        ("spec.notify.webhooks", [{"url": "ftp://x"}], "spec.notify.webhooks"),
+    ],
+)
+def test_invalid_alert_rules_are_refused_naming_the_field(
+    namespace: str, path: str, value: Any, field: str
+) -> None:
+    doc = _bad(sample("alertrule.yaml", namespace), path, value)
+    proc = kubectl(
+        "apply",
+        "--dry-run=server",
+        "--validate=false",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(doc),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert field in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        ("spec.image", DELETE, "spec.image"),
+        ("spec.kafka.bootstrapServers", "kafka", "spec.kafka.bootstrapServers"),
+        ("spec.consumer.maxReplicas", 0, "spec.consumer.maxReplicas"),
+        ("spec.consumer.minReplicas", -1, "spec.consumer.minReplicas"),
+        ("spec.consumer.lagThreshold", 0, "spec.consumer.lagThreshold"),
+        ("spec.consumer.pollSeconds", 0, "spec.consumer.pollSeconds"),
+        ("spec.consumer.paused", "yes", "spec.consumer.paused"),
+        ("spec.api.replicas", 1000, "spec.api.replicas"),
+        ("spec.api.resources", {"requests": {"cpu": "lots"}}, "spec.api.resources.requests.cpu"),
+        ("spec.database.secretRef", {"key": "url"}, "spec.database.secretRef.name"),
+        ("spec.sira.zThreshold", 0, "spec.sira.zThreshold"),
+        ("spec.imagePullPolicy", "Sometimes", "spec.imagePullPolicy"),
+        ("spec.views.refreshSchedule", "every ten minutes", "spec.views.refreshSchedule"),
+    ],
+)
+def test_invalid_pipelines_are_refused_naming_the_field(
+    namespace: str, path: str, value: Any, field: str
+) -> None:
+    doc = _bad(sample("analyticspipeline.yaml", namespace), path, value)
+    proc = kubectl(
+        "apply",
+        "--dry-run=server",
+        "--validate=false",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(doc),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert field in proc.stderr, proc.stderr
+
+
+def test_printer_columns(namespace: str) -> None:
+    apply(sample("alertrule.yaml", namespace))
+    header = kubectl("get", "ar", "-n", namespace).stdout.splitlines()[0].split()
+    assert header[:2] == ["NAME", "STATE"] and "THRESHOLD" in header and header[-1] == "AGE"
+    assert "FIRED" in header  # LAST FIRED
+    wide = kubectl("get", "ar", "-n", namespace, "-o", "wide").stdout.splitlines()[0]
+    assert "SEVERITY" in wide and "LAST EVALUATED" in wide
