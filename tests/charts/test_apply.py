@@ -84,7 +84,8 @@ def test_namespaced_mode_applies(render: Renderer, namespace: str):
         for ns in (namespace, other):
             assert _can(sa, "patch", "analyticspipelines.analytics.molam.io", ns)
             assert _can(sa, "create", "deployments.apps", ns)
-            assert not _can(sa, "get", "secrets", ns)
+            assert _can(sa, "get", "secrets", ns)
+            assert not _can(sa, "list", "secrets", ns)
         assert not _can(sa, "create", "deployments.apps", "default")
         assert _can(sa, "watch", "customresourcedefinitions.apiextensions.k8s.io", None)
     finally:
