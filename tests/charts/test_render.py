@@ -30,6 +30,16 @@ def test_lint_strict(helm_home, tmp_path, features):
     assert "[WARNING]" not in out and "[ERROR]" not in out, out
 
 
+@pytest.mark.parametrize(
+    ("kube_version", "ok"), [("1.20.2", True), ("1.31.0", True), ("1.19.9", False)]
+)
+def test_kube_version_range(helm_home, kube_version, ok):
+    proc = run_helm(
+        helm_home, "template", "ma", str(CHART), "--kube-version", kube_version, check=False
+    )
+    assert (proc.returncode == 0) == ok, proc.stderr
+
+
 def test_default_render_is_operator_only(render: Renderer):
     objs = render()
     assert {o["kind"] for o in objs} == DEFAULT_KINDS

@@ -77,6 +77,15 @@ def test_runs_as_fixed_non_root_user():
     assert "RUN" not in after
 
 
+def test_operator_runs_workloads_as_the_image_user():
+    """The Deployments the operator builds use the image's UID and its entrypoint."""
+    from molam_operator import manifests
+
+    users = [args for ins, args in _instructions() if ins == "USER"]
+    assert users[-1].partition(":")[0] == str(manifests.RUN_AS)
+    assert manifests.POD_SECURITY["runAsNonRoot"] is True
+
+
 def test_one_entrypoint_for_every_role():
     entry = [args for ins, args in _instructions() if ins == "ENTRYPOINT"]
     assert entry == ['["molam-analytics"]']
