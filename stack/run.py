@@ -33,7 +33,6 @@ BIN = Path(sys.executable).parent
 CACHE = Path(os.environ.get("MOLAM_CACHE", Path.home() / ".cache" / "molam-analytics"))
 KUBE_BIN = CACHE / "k8s" / "bin"
 NAMESPACE = "molam"
-APP_DB = "molam"
 
 
 def say(msg: str) -> None:
@@ -174,7 +173,7 @@ def kubectl(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     return out.stdout
 
 
-def setup_kube(env: dict[str, str], sup: Supervisor) -> None:
+def setup_kube(env: dict[str, str], sup: Supervisor, args: argparse.Namespace) -> None:
     kubectl(env, "apply", "-f", str(ROOT / "crds"))
     for crd in ("alertrules.analytics.molam.io", "analyticspipelines.analytics.molam.io"):
         kubectl(env, "wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
@@ -203,9 +202,28 @@ def setup_kube(env: dict[str, str], sup: Supervisor) -> None:
             "yaml",
         )
         kubectl(env, "apply", "-f", "-", stdin=manifest)
-    sup.start("operator", [str(BIN / "molam-analytics"), "operator", "--namespace", NAMESPACE])
+    sup.start(
+        "operator",
+        [
+            str(BIN / "molam-analytics"),
+            "operator",
+            "--namespace",
+            NAMESPACE,
+            "--liveness",
+            f"http://127.0.0.1:{args.operator_health_port}/healthz",
+        ],
+        OPERATOR_METRICS_PORT=str(args.operator_metrics_port),
+    )
     for sample in sorted((ROOT / "crds" / "samples").glob("*.yaml")):
         kubectl(env, "apply", "-n", NAMESPACE, "-f", str(sample))
+    # The sample names the in-cluster broker; here the operator measures lag on the local one.
+    kafka = {"bootstrapServers": env["KAFKA_BOOTSTRAP_SERVERS"]}
+    if env.get("KAFKA_TOPIC"):
+        kafka["topic"] = env["KAFKA_TOPIC"]
+    patch = {"spec": {"kafka": kafka}}
+    kubectl(
+        env, "patch", "ap", "analytics", "-n", NAMESPACE, "--type", "merge", "-p", json.dumps(patch)
+    )
 
 
 def main() -> int:
@@ -214,6 +232,15 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="simulated events per second")
     parser.add_argument("--merchants", type=int, default=25)
     parser.add_argument("--ready-file", type=Path, help="write URLs and tokens here when ready")
+    parser.add_argument(
+        "--database",
+        default=os.environ.get("MOLAM_APP_DB", "molam"),
+        help="database created on the stack's PostgreSQL for the system",
+    )
+    parser.add_argument("--consumer-metrics-port", type=int, default=9102)
+    parser.add_argument("--alerts-metrics-port", type=int, default=9103)
+    parser.add_argument("--operator-metrics-port", type=int, default=9104)
+    parser.add_argument("--operator-health-port", type=int, default=8080)
     args = parser.parse_args()
 
     STATE.mkdir(parents=True, exist_ok=True)
@@ -231,12 +258,12 @@ def main() -> int:
     env["API_PORT"] = str(args.api_port)
 
     subprocess.run(
-        ["psql", env["DATABASE_URL"], "-qc", f"CREATE DATABASE {APP_DB}"],
+        ["psql", env["DATABASE_URL"], "-qc", f'CREATE DATABASE "{args.database}"'],
         env=env,
         capture_output=True,
         check=False,
     )  # fails harmlessly when it exists
-    env["DATABASE_URL"] = with_database(env["DATABASE_URL"], APP_DB)
+    env["DATABASE_URL"] = with_database(env["DATABASE_URL"], args.database)
     cli = str(BIN / "molam-analytics")
     subprocess.run([cli, "migrate"], env=env, check=True)
 
@@ -248,9 +275,13 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        sup.start("consume", [cli, "consume"], METRICS_PORT="9102")
+        sup.start("consume", [cli, "consume", "--metrics-port", str(args.consumer_metrics_port)])
         sup.start("api", [cli, "api", "--port", str(args.api_port)])
-        sup.start("alerts", [cli, "alerts", "--interval", "10"], METRICS_PORT="9103")
+        sup.start(
+            "alerts",
+            [cli, "alerts", "--interval", "10"],
+            METRICS_PORT=str(args.alerts_metrics_port),
+        )
         sup.start(
             "simulate",
             [
@@ -281,7 +312,7 @@ def main() -> int:
         with contextlib.suppress(urllib.error.HTTPError):  # 409: kept from an earlier run
             http_json("POST", f"{base}/v1/alert-rules", admin, rule)
         if use_kube:
-            setup_kube(env, sup)
+            setup_kube(env, sup, args)
         ready = {
             "dashboard": f"{base}/?token={admin}",
             "api": base,
@@ -289,6 +320,21 @@ def main() -> int:
             "database_url": env["DATABASE_URL"],
             "webhook_log": str(LOGS / "webhook.log"),
             "kubeconfig": env.get("KUBECONFIG"),
+            "namespace": NAMESPACE,
+            "env": {
+                k: env[k]
+                for k in (
+                    "DATABASE_URL",
+                    "REDIS_URL",
+                    "KAFKA_BOOTSTRAP_SERVERS",
+                    "KAFKA_TOPIC",
+                    "ANALYTICS_JWT_SECRET",
+                    "PATH",
+                    "KUBECONFIG",
+                )
+                if k in env
+            },
+            "logs": str(LOGS),
         }
         if args.ready_file:
             args.ready_file.write_text(json.dumps(ready))
@@ -297,7 +343,8 @@ def main() -> int:
             f"  Dashboard   {ready['dashboard']}\n"
             f"  API docs    {base}/docs\n"
             f"  Admin token {admin}\n"
-            f"  Metrics     {base}/metrics  (consumer :9102, alerts :9103)\n"
+            f"  Metrics     {base}/metrics  (consumer :{args.consumer_metrics_port},"
+            f" alerts :{args.alerts_metrics_port})\n"
             f"  Webhooks    tail -f {ready['webhook_log']}\n"
             f"  Logs        {LOGS}/\n"
             f"  Env         . {STATE / 'env'}  (psql $DATABASE_URL, molam-analytics lag)\n"
