@@ -41,6 +41,13 @@ async def configure(
     await startup.configure(settings, memo, logger)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # Explicit (not only Kopf's implicit default) so a fresh registry, as in tests, logs in too:
+    # the in-cluster service account or KUBECONFIG, read by the kubernetes client library.
+    return kopf.login_via_client(**kwargs)
+
+
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     await startup.cleanup(memo)

@@ -1,0 +1,403 @@
+"""AnalyticsPipeline end to end: the operator (KopfRunner) against the real kube-apiserver, the
+real Kafka-protocol broker and PostgreSQL. Pods stay Pending (no kubelet): what is checked is
+what the operator writes and how it reacts.
+
+Lag is built for real: records produced one per batch (Tansu's end-offset quirk, see
+LOCAL-STACK.md) and the group's offsets committed with an aiokafka consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from opkube import apply, eventually, kubectl, kubectl_json, running_operator
+
+pytestmark = pytest.mark.kube
+
+CHILDREN = [
+    ("configmap", "analytics-config"),
+    ("deployment", "analytics-api"),
+    ("deployment", "analytics-consumer"),
+    ("deployment", "analytics-alerts"),
+    ("service", "analytics-api"),
+    ("cronjob", "analytics-refresh-views"),
+]
+
+
+def secrets(namespace: str, database_url: str, redis_url: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "stringData": {"url": url},
+        }
+        for name, url in (("analytics-db", database_url), ("analytics-redis", redis_url))
+    ]
+
+
+def pipeline(
+    namespace: str,
+    *,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    name: str = "analytics",
+    **consumer: Any,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "analytics.molam.io/v1",
+        "kind": "AnalyticsPipeline",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "image": "molam-analytics:test",
+            "kafka": {"bootstrapServers": bootstrap, "topic": topic, "consumerGroup": group},
+            "database": {"secretRef": {"name": "analytics-db", "key": "url"}},
+            "redis": {"secretRef": {"name": "analytics-redis", "key": "url"}},
+            "api": {"replicas": 2},
+            "consumer": {
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "lagThreshold": 10,
+                "pollSeconds": 1,
+                "scaleDownStabilizationSeconds": 3,
+                **consumer,
+            },
+            "views": {"refreshSchedule": "*/10 * * * *"},
+        },
+    }
+
+
+def get(namespace: str, kind: str, name: str) -> Any:
+    return kubectl_json("get", kind, name, "-n", namespace)
+
+
+def replicas(namespace: str, name: str = "analytics-consumer") -> int | None:
+    dep = get(namespace, "deployment", name)
+    return None if dep is None else int(dep["spec"].get("replicas", 0))
+
+
+def status(namespace: str, name: str = "analytics") -> dict[str, Any]:
+    ap = get(namespace, "analyticspipeline", name)
+    return dict((ap or {}).get("status") or {})
+
+
+def condition(namespace: str, type_: str, name: str = "analytics") -> dict[str, Any]:
+    for c in status(namespace, name).get("conditions", []):
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
+def merge(namespace: str, spec: dict[str, Any], name: str = "analytics") -> None:
+    import json
+
+    kubectl(
+        "patch", "analyticspipeline", name, "-n", namespace, "--type=merge",
+        "-p", json.dumps({"spec": spec}),
+    )  # fmt: skip
+
+
+def all_children(namespace: str) -> dict[tuple[str, str], Any] | None:
+    found = {(k, n): get(namespace, k, n) for k, n in CHILDREN}
+    return found if all(found.values()) else None
+
+
+@pytest.fixture
+def ids() -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    return {"topic": f"wallet.op.{suffix}", "group": f"op-group-{suffix}"}
+
+
+@pytest.fixture
+async def topic(create_topic: Callable[..., Any]) -> str:
+    name: str = await create_topic("wallet.op", partitions=4)
+    return name
+
+
+@pytest.fixture
+def installed(namespace: str, database_url: str, redis_url: str) -> Callable[..., dict[str, Any]]:
+    """Secrets in place; returns a function applying a pipeline into the namespace."""
+    apply(secrets(namespace, database_url, redis_url))
+
+    def install(**kwargs: Any) -> dict[str, Any]:
+        doc = pipeline(namespace, **kwargs)
+        apply(doc)
+        return doc
+
+    return install
+
+
+class Lag:
+    """Produce to and commit for a group on a real topic (one record per batch)."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, partitions: int) -> None:
+        self.topic, self.group = topic, group
+        self.parts = [TopicPartition(topic, p) for p in range(partitions)]
+        self.producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+        self.ends = [0] * partitions
+
+    async def start(self) -> None:
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.assign(self.parts)
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+        await self.consumer.stop()
+
+    async def produce(self, per_partition: int) -> None:
+        for tp in self.parts:
+            for _ in range(per_partition):
+                await self.producer.send_and_wait(self.topic, b"{}", partition=tp.partition)
+            self.ends[tp.partition] += per_partition
+
+    async def commit(self, behind: int = 0) -> None:
+        """Commit every partition to ``behind`` records before its end."""
+        await self.consumer.commit(
+            {tp: max(self.ends[tp.partition] - behind, 0) for tp in self.parts}
+        )
+
+
+@pytest.fixture
+async def lag(kafka_bootstrap: str, topic: str, ids: dict[str, str]) -> AsyncIterator[Lag]:
+    lag = Lag(kafka_bootstrap, topic, ids["group"], 4)
+    await lag.start()
+    try:
+        yield lag
+    finally:
+        await lag.stop()
+
+
+async def test_children_owners_rollout_restore_and_garbage_collection(
+    operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
+    kafka_bootstrap: str, topic: str, ids: dict[str, str],
+) -> None:  # fmt: skip
+    installed(bootstrap=kafka_bootstrap, topic=topic, group=ids["group"])
+    children = await eventually("all children", lambda: all_children(namespace))
+    owner = get(namespace, "analyticspipeline", "analytics")
+    for (kind, name), obj in children.items():
+        refs = obj["metadata"]["ownerReferences"]
+        assert len(refs) == 1, (kind, name)
+        assert refs[0]["uid"] == owner["metadata"]["uid"] and refs[0]["controller"] is True
+    cm = children[("configmap", "analytics-config")]
+    assert cm["data"]["KAFKA_TOPIC"] == topic
+    assert cm["data"]["KAFKA_BOOTSTRAP_SERVERS"] == kafka_bootstrap
+    assert children[("deployment", "analytics-api")]["spec"]["replicas"] == 2
+    svc = children[("service", "analytics-api")]
+    assert svc["spec"]["ports"][0]["port"] == 8082
+    await eventually("Ready", lambda: condition(namespace, "Ready").get("status") == "True")
+    st = status(namespace)
+    assert st["observedGeneration"] == 1 and st["cronJobApiVersion"].startswith("batch/")
+    assert st["apiReplicas"] == 2
+
+    # A config change rolls the pods: new pod-template checksum, a new ReplicaSet.
+    api_before = children[("deployment", "analytics-api")]
+    merge(namespace, {"sira": {"zThreshold": 4.5}, "image": "molam-analytics:v2"})
+
+    def rolled() -> Any:
+        dep = get(namespace, "deployment", "analytics-api")
+        tpl = dep["spec"]["template"]
+        return (
+            dep["metadata"]["generation"] > api_before["metadata"]["generation"]
+            and tpl["spec"]["containers"][0]["image"] == "molam-analytics:v2"
+            and tpl["metadata"]["annotations"]
+            != api_before["spec"]["template"]["metadata"]["annotations"]
+        )
+
+    await eventually("rollout", rolled)
+    assert get(namespace, "configmap", "analytics-config")["data"]["SIRA_Z_THRESHOLD"] == "4.5"
+    rs = kubectl_json("get", "replicasets", "-n", namespace, "-l",
+                      "app.kubernetes.io/component=api")["items"]  # fmt: skip
+    assert len(rs) == 2
+    await eventually(
+        "observedGeneration 2", lambda: status(namespace).get("observedGeneration") == 2
+    )
+
+    # Children deleted or edited by hand come back within seconds.
+    old_uid = get(namespace, "deployment", "analytics-api")["metadata"]["uid"]
+    kubectl("delete", "deployment", "analytics-api", "-n", namespace, "--wait=false")
+    kubectl("delete", "service", "analytics-api", "-n", namespace)
+    kubectl("delete", "cronjob", "analytics-refresh-views", "-n", namespace)
+    kubectl("set", "image", "deployment/analytics-consumer", "consumer=evil:1", "-n", namespace)
+    kubectl("patch", "configmap", "analytics-config", "-n", namespace, "--type=merge",
+            "-p", '{"data": {"KAFKA_TOPIC": "elsewhere"}}')  # fmt: skip
+    started = time.monotonic()
+
+    def restored() -> bool:
+        api = get(namespace, "deployment", "analytics-api")
+        consumer = get(namespace, "deployment", "analytics-consumer")
+        cm = get(namespace, "configmap", "analytics-config")
+        return bool(
+            api is not None
+            and api["metadata"]["uid"] != old_uid
+            and get(namespace, "service", "analytics-api") is not None
+            and get(namespace, "cronjob", "analytics-refresh-views") is not None
+            and consumer["spec"]["template"]["spec"]["containers"][0]["image"]
+            == "molam-analytics:v2"
+            and cm["data"]["KAFKA_TOPIC"] == topic
+        )
+
+    await eventually("children restored", restored, timeout=15)
+    assert time.monotonic() - started < 10
+    events = kubectl_json("get", "events", "-n", namespace, "--field-selector",
+                          "reason=ChildrenRestored")["items"]  # fmt: skip
+    assert events
+
+    # The runbook's `kubectl scale deployment analytics-api --replicas=4` holds...
+    kubectl("scale", "deployment", "analytics-api", "--replicas=4", "-n", namespace)
+    await eventually("api status 4", lambda: status(namespace).get("apiReplicas") == 4)
+    assert replicas(namespace, "analytics-api") == 4
+    # ... until the spec's api.replicas changes (also through the scale subresource).
+    kubectl("scale", "analyticspipeline", "analytics", "--replicas=3", "-n", namespace)
+    await eventually("api replicas 3", lambda: replicas(namespace, "analytics-api") == 3)
+
+    # Deleting the pipeline removes everything (ownerReferences + garbage collector).
+    kubectl("delete", "analyticspipeline", "analytics", "-n", namespace, "--wait=false")
+
+    def gone() -> bool:
+        return all(get(namespace, k, n) is None for k, n in CHILDREN)
+
+    await eventually("children garbage-collected", gone, timeout=30)
+
+
+async def test_scales_on_real_lag_down_after_the_window_and_pauses(
+    operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
+    kafka_bootstrap: str, topic: str, ids: dict[str, str], lag: Lag,
+) -> None:  # fmt: skip
+    installed(bootstrap=kafka_bootstrap, topic=topic, group=ids["group"])
+    # No committed offsets yet: a clear condition, replicas held at minReplicas.
+    await lag.produce(5)
+    await eventually(
+        "NoCommittedOffsets",
+        lambda: condition(namespace, "LagProbe").get("reason") == "NoCommittedOffsets",
+    )
+    assert replicas(namespace) == 1
+    assert status(namespace)["phase"] == "Degraded"
+
+    # 4 partitions x 8 behind = lag 32 > 3 x 10: scale up to 4 (= maxReplicas = partitions).
+    await lag.produce(5)
+    await lag.commit(behind=8)
+    started = time.monotonic()
+    await eventually("scaled up to 4", lambda: replicas(namespace) == 4, timeout=15)
+    up_seconds = time.monotonic() - started
+    assert up_seconds < 1 + 2 + 1  # one poll interval + 2 s (+1 s for this test's polling)
+    st = await eventually("status", lambda: status(namespace).get("desiredReplicas") == 4
+                          and status(namespace))  # fmt: skip
+    assert st["lag"] == 32 and st["currentReplicas"] == 4 and st["partitions"] == 4
+    assert st["phase"] == "Running" and st["lastScaleTime"]
+    assert condition(namespace, "LagProbe")["status"] == "True"
+    events = kubectl_json("get", "events", "-n", namespace, "--field-selector",
+                          "reason=ConsumerScaledUp")["items"]  # fmt: skip
+    assert events and "lag 32" in events[0]["message"]
+
+    # Drained: down to minReplicas, but only after the 3 s window.
+    await lag.commit(behind=0)
+    drained = time.monotonic()
+    await eventually(
+        "stabilizing",
+        lambda: condition(namespace, "Scaling").get("reason") == "StabilizingScaleDown",
+    )
+    assert replicas(namespace) == 4
+    await eventually("scaled down to 1", lambda: replicas(namespace) == 1, timeout=15)
+    assert time.monotonic() - drained >= 3
+
+    # Paused: 0, and it stays 0 whatever the lag.
+    merge(namespace, {"consumer": {"paused": True}})
+    await eventually("paused", lambda: replicas(namespace) == 0, timeout=10)
+    await lag.produce(10)
+    await eventually("lag seen while paused", lambda: status(namespace).get("lag") == 40)
+    assert replicas(namespace) == 0
+    assert status(namespace)["phase"] == "Paused"
+
+    # The runbook's emergency pause by hand is honoured too (and resumed by scaling up).
+    merge(namespace, {"consumer": {"paused": False}})
+    await eventually("resumed", lambda: replicas(namespace) == 4, timeout=10)
+    kubectl("scale", "deployment", "analytics-consumer", "--replicas=0", "-n", namespace)
+    await eventually(
+        "paused by hand",
+        lambda: condition(namespace, "Scaling").get("reason") == "PausedByHand",
+    )
+    assert replicas(namespace) == 0
+    kubectl("scale", "deployment", "analytics-consumer", "--replicas=2", "-n", namespace)
+    await eventually("scaler back in charge", lambda: replicas(namespace) == 4, timeout=10)
+
+
+async def test_missing_topic_and_unreachable_broker_hold_replicas(
+    operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
+    kafka_bootstrap: str, ids: dict[str, str],
+) -> None:  # fmt: skip
+    installed(name="notopic", bootstrap=kafka_bootstrap, topic=f"{ids['topic']}.absent",
+              group=ids["group"], minReplicas=2)  # fmt: skip
+    installed(name="nobroker", bootstrap="127.0.0.1:1", topic=ids["topic"], group=ids["group"])
+    await eventually(
+        "TopicNotFound",
+        lambda: condition(namespace, "LagProbe", "notopic").get("reason") == "TopicNotFound",
+    )
+    await eventually(
+        "BrokerUnreachable",
+        lambda: condition(namespace, "LagProbe", "nobroker").get("reason") == "BrokerUnreachable",
+        timeout=20,
+    )
+    # Several polls later: no flapping, no scale events.
+    await asyncio.sleep(3)
+    assert replicas(namespace, "notopic-consumer") == 2
+    assert replicas(namespace, "nobroker-consumer") == 1
+    for name in ("notopic", "nobroker"):
+        assert condition(namespace, "Scaling", name)["reason"] == "HoldingReplicas"
+        assert status(namespace, name)["phase"] == "Degraded"
+    events = kubectl_json("get", "events", "-n", namespace)["items"]
+    assert not [e for e in events if e["reason"].startswith("Consumer")]
+
+
+async def test_operator_restart_mid_reconcile_converges_without_duplicates(
+    namespace: str, operator_env: None, installed: Callable[..., dict[str, Any]],
+    kafka_bootstrap: str, topic: str, ids: dict[str, str],
+) -> None:  # fmt: skip
+    with running_operator(namespace):
+        installed(bootstrap=kafka_bootstrap, topic=topic, group=ids["group"])
+        # Stop as soon as the first child exists: the rest of the reconcile is cut short.
+        await eventually(
+            "first child",
+            lambda: get(namespace, "configmap", "analytics-config"),
+            interval=0.02,
+        )
+    # While it is down: the spec changes and a child disappears.
+    merge(namespace, {"image": "molam-analytics:v3"})
+    kubectl("delete", "configmap", "analytics-config", "-n", namespace)
+    with running_operator(namespace):
+        children = await eventually("all children", lambda: all_children(namespace), timeout=20)
+
+        def converged() -> bool:
+            st = status(namespace)
+            return st.get("observedGeneration") == 2 and all(
+                get(namespace, "deployment", f"analytics-{c}")["spec"]["template"]["spec"][
+                    "containers"
+                ][0]["image"]
+                == "molam-analytics:v3"
+                for c in ("api", "consumer", "alerts")
+            )
+
+        await eventually("converged", converged, timeout=20)
+    children = all_children(namespace)
+    assert children is not None
+    for (kind, name), obj in children.items():
+        assert len(obj["metadata"]["ownerReferences"]) == 1, (kind, name)
+    deployments = kubectl_json("get", "deployments", "-n", namespace)["items"]
+    assert sorted(d["metadata"]["name"] for d in deployments) == [
+        "analytics-alerts", "analytics-api", "analytics-consumer",
+    ]  # fmt: skip
+    # No duplicate rollouts: at most the original template and the v3 one per Deployment.
+    for comp in ("api", "consumer", "alerts"):
+        rs = kubectl_json("get", "replicasets", "-n", namespace, "-l",
+                          f"app.kubernetes.io/component={comp}")["items"]  # fmt: skip
+        assert len(rs) <= 2, comp
