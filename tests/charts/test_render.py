@@ -157,6 +157,14 @@ def test_rbac_is_least_privilege(render: Renderer):
                 assert rule["resources"] == ["secrets"] and rule["verbs"] == ["get"], rule
 
 
+def test_pipeline_must_be_in_a_watched_namespace(render: Renderer):
+    values = {"pipeline": {"create": True}, "operator": {"watchNamespaces": ["other"]}}
+    proc = render.text(values, check=False)
+    assert proc.returncode != 0 and "not among operator.watchNamespaces" in proc.stderr
+    values["operator"]["watchNamespaces"] = ["", "other"]  # "" is the release namespace
+    assert render.text(values).returncode == 0
+
+
 def test_secrets_need_urls(render: Renderer):
     values = {"pipeline": {"create": True, "secrets": {"create": True}}}
     proc = render.text(values, check=False)
