@@ -78,6 +78,24 @@ class ReportingSettings(_Base):
 class SiraSettings(_Base):
     sira_enabled: bool = Field(default=True)
     sira_z_threshold: float = Field(default=3.0, gt=0, le=100)
+    # Detector knobs (workloads/ingest/sira.py documents them).
+    sira_bucket_minutes: int = Field(default=15, ge=1, le=60, description="Judged bucket size.")
+    sira_grace_seconds: int = Field(
+        default=120, ge=0, le=3600, description="Wait past a bucket's end before judging it."
+    )
+    sira_min_history: int = Field(default=12, ge=2, description="Buckets seen before judging.")
+    sira_seasonal: bool = Field(default=True, description="Hour-of-week baselines.")
+    sira_horizon_hours: int = Field(
+        default=48, ge=1, description="Buckets older than this (minute data gone) are skipped."
+    )
+    sira_baseline_ttl_days: int = Field(default=35, ge=1)
+
+    @field_validator("sira_bucket_minutes")
+    @classmethod
+    def _divides_hour(cls, v: int) -> int:
+        if 60 % v:
+            raise ValueError("must divide 60 (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60)")
+        return v
 
 
 S = TypeVar("S", bound=BaseSettings)
