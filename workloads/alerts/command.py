@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import signal
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import asyncpg
 
@@ -66,8 +70,24 @@ async def run(args: argparse.Namespace) -> int:
             )
             return 0
         serve_metrics(settings.metrics_port)
-        await loop(pool, settings)
+        await _until_signalled(loop(pool, settings))
+    log.info("alerts evaluator stopped cleanly")
     return 0
+
+
+async def _until_signalled(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until SIGTERM / SIGINT (Kubernetes stops pods with SIGTERM), then cancel
+    it and wait for its tasks to finish."""
+    task = asyncio.create_task(work)
+    running = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        running.add_signal_handler(sig, task.cancel)
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            running.remove_signal_handler(sig)
 
 
 async def loop(pool: asyncpg.Pool, settings: AlertsSettings) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,15 @@ import asyncpg
 
 from molam_workloads.alerts.payload import verify
 
-from .conftest import SECRET, MakeReceiver, add_minutes, add_rule
+from .conftest import (
+    SECRET,
+    MakeReceiver,
+    Receiver,
+    add_minutes,
+    add_rule,
+    closed_port_url,
+    wait_for,
+)
 
 CLI = str(Path(sys.executable).with_name("molam-analytics"))
 
@@ -75,3 +84,62 @@ async def test_bad_configuration_is_one_line(database_url: str) -> None:
         "molam-analytics alerts: error: bad configuration: DATABASE_URL: "
         "Value error, must start with postgresql:// (e.g. postgresql://user@host:5432/db)"
     ]
+
+
+async def test_loop_evaluates_notifies_serves_metrics_and_stops_on_sigterm(
+    db: asyncpg.Connection, database_url: str, receiver: MakeReceiver
+) -> None:
+    hook = await receiver()
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    await add_minutes(db, now - timedelta(minutes=5), 7, succeeded=10)
+    await add_rule(
+        db,
+        "traffic",
+        metric="tx_count",
+        comparison="gt",
+        threshold=1,
+        windowMinutes=5,
+        notify={"webhooks": [{"url": hook.url}]},
+    )
+    port = int(closed_port_url().rsplit(":", 1)[1].split("/")[0])
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "METRICS_PORT": str(port),
+        "ALERTS_NOTIFY_POLL_SECONDS": "0.1",
+        "PYTHONSAFEPATH": "1",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        CLI,
+        "alerts",
+        "--interval",
+        "0.5",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await wait_for(lambda: _received(hook), timeout=15)
+        metrics = await _scrape(port)
+        assert "analytics_alert_evaluations_total" in metrics
+        assert 'analytics_alerts_fired_total{severity="warning"} 1.0' in metrics
+        assert 'analytics_alerts_firing{severity="warning"} 1.0' in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 15)
+    log = out.decode()
+    assert proc.returncode == 0, log
+    assert "alerts cycle: rules=1 firing=1" in log and "stopped cleanly" in log
+    assert len(hook.received) == 1
+
+
+async def _received(r: Receiver) -> bool:
+    return bool(r.received)
+
+
+async def _scrape(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    data = await reader.read()
+    writer.close()
+    return data.decode()
