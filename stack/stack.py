@@ -195,7 +195,8 @@ def up(with_kube: bool) -> None:
     STATE.mkdir(exist_ok=True)
     started = load_started()
     env: dict[str, str] = {}
-    extra_path: list[str] = []
+    # `molam-analytics` itself (the venv's console script) for the runbook's commands.
+    extra_path: list[str] = [str(Path(sys.executable).parent)]
 
     pg = os.environ.get("DATABASE_URL") or DEFAULT_PG
     if "postgres" in started and pg_reachable(str(started["postgres"]["url"])):
