@@ -1,0 +1,171 @@
+"""AlertRule end to end: the CR and the analytics_alert_rules row follow each other within
+seconds (create, edit, disable, delete), and the evaluator's state shows in `kubectl get ar`."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from opkube import apply, eventually, kubectl, kubectl_json, sample
+from pydantic import ValidationError
+
+from molam_operator.alertrule import PipelineDatabase, choose_pipeline, validation_message
+from molam_workloads.core.rules import AlertRuleSpec
+
+pytestmark = pytest.mark.kube
+
+
+def ar(namespace: str, name: str = "high-failure-rate-sn") -> Any:
+    return kubectl_json("get", "alertrule", name, "-n", namespace)
+
+
+def synced(namespace: str, name: str = "high-failure-rate-sn") -> dict[str, Any]:
+    for c in ((ar(namespace, name) or {}).get("status") or {}).get("conditions", []):
+        if c["type"] == "Synced":
+            return dict(c)
+    return {}
+
+
+async def row(db: asyncpg.Connection, name: str) -> asyncpg.Record | None:
+    return await db.fetchrow("SELECT * FROM analytics_alert_rules WHERE name = $1", name)
+
+
+def pipeline_with_db(namespace: str, database_url: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "analytics-db", "namespace": namespace},
+            "stringData": {"url": database_url},
+        },
+        {
+            "apiVersion": "analytics.molam.io/v1",
+            "kind": "AnalyticsPipeline",
+            "metadata": {"name": "analytics", "namespace": namespace},
+            "spec": {
+                "image": "molam-analytics:test",
+                "kafka": {"bootstrapServers": "127.0.0.1:1"},
+                "database": {"secretRef": {"name": "analytics-db"}},
+                "redis": {"secretRef": {"name": "analytics-redis"}},
+                "consumer": {"pollSeconds": 60},
+            },
+        },
+    ]
+
+
+async def test_rule_follows_the_custom_resource(
+    operator: Any, namespace: str, database_url: str, db: asyncpg.Connection, admin_dsn: str
+) -> None:
+    # The pipeline's database is a fresh one; the operator's own DATABASE_URL points elsewhere.
+    apply(pipeline_with_db(namespace, database_url))
+    name = f"{namespace}/high-failure-rate-sn"
+    started = time.monotonic()
+    apply(sample("alertrule.yaml", namespace))
+    got = await eventually("row", lambda: row(db, name), timeout=10)
+    assert time.monotonic() - started < 5
+    assert got["source"] == "crd" and got["is_active"] is True
+    assert got["metric"] == "failure_rate" and str(got["threshold"]) == "0.2"
+    assert got["for_seconds"] == 300 and got["scope_country"] == "SN"
+    assert got["severity"] == "critical" and got["window_minutes"] == 15
+    assert json.loads(got["webhooks"])[0]["url"] == "https://hooks.example/ops"
+    assert Decimal(str(json.loads(got["spec"])["threshold"])) == Decimal("0.2")
+    st = await eventually(
+        "Synced", lambda: synced(namespace).get("status") == "True" and ar(namespace)["status"]
+    )
+    assert st["database"] == "pipeline/analytics" and st["ruleId"] == str(got["id"])
+    assert st["state"] == "Inactive" and st["observedGeneration"] == 1
+
+    # Edit: same row (same id), new values.
+    kubectl("patch", "alertrule", "high-failure-rate-sn", "-n", namespace, "--type=merge",
+            "-p", '{"spec": {"threshold": 0.35, "windowMinutes": 30}}')  # fmt: skip
+
+    async def edited() -> bool:
+        r = await row(db, name)
+        return r is not None and str(r["threshold"]) == "0.35" and r["window_minutes"] == 30
+
+    await eventually("edit", edited, timeout=10)
+    assert (await row(db, name))["id"] == got["id"]  # type: ignore[index]
+
+    # Disable: the row stays, inactive (the runbook's "WHERE is_active = true" drops it).
+    kubectl("patch", "alertrule", "high-failure-rate-sn", "-n", namespace, "--type=merge",
+            "-p", '{"spec": {"enabled": false}}')  # fmt: skip
+
+    async def disabled() -> bool:
+        r = await row(db, name)
+        return r is not None and r["is_active"] is False
+
+    await eventually("disabled", disabled, timeout=10)
+    await eventually("Disabled reason", lambda: synced(namespace).get("reason") == "Disabled")
+    kubectl("patch", "alertrule", "high-failure-rate-sn", "-n", namespace, "--type=merge",
+            "-p", '{"spec": {"enabled": true}}')  # fmt: skip
+
+    # The evaluator's state shows in the status and in `kubectl get ar`.
+    await db.execute(
+        """INSERT INTO analytics_alert_rule_state
+               (rule_id, state, last_value, last_evaluated_at, last_fired_at)
+           VALUES ($1, 'firing', 0.42, now(), now())""",
+        got["id"],
+    )
+    await eventually(
+        "Firing in status",
+        lambda: (ar(namespace).get("status") or {}).get("state") == "Firing",
+        timeout=15,
+    )
+    st = ar(namespace)["status"]
+    assert st["lastValue"] == 0.42 and st["lastFired"] and st["lastEvaluated"]
+    line = kubectl("get", "ar", "-n", namespace).stdout.splitlines()[1].split()
+    assert line[:5] == ["high-failure-rate-sn", "Firing", "failure_rate", "0.35", "0.42"]
+
+    # Delete: the finalizer holds the CR until the row is gone.
+    kubectl("delete", "alertrule", "high-failure-rate-sn", "-n", namespace, "--wait=false")
+
+    async def deleted() -> bool:
+        return await row(db, name) is None and ar(namespace) is None
+
+    await eventually("row deleted", deleted, timeout=10)
+
+
+async def test_rule_without_a_pipeline_uses_the_operators_database(
+    db: asyncpg.Connection, operator: Any, namespace: str
+) -> None:
+    # `db` comes first: the operator starts with DATABASE_URL = this test's database.
+    apply(sample("alertrule.yaml", namespace))
+    got = await eventually("row", lambda: row(db, f"{namespace}/high-failure-rate-sn"), timeout=10)
+    assert got["source"] == "crd"
+    await eventually(
+        "database operator",
+        lambda: (ar(namespace).get("status") or {}).get("database") == "operator",
+    )
+
+
+def test_validation_message_names_the_fields() -> None:
+    with pytest.raises(ValidationError) as info:
+        AlertRuleSpec.model_validate(
+            {
+                "metric": "nope",
+                "comparison": "gt",
+                "threshold": 1,
+                "windowMinutes": 0,
+                "notify": {"webhooks": [{"url": "ftp://x"}]},
+            }
+        )
+    message = validation_message(info.value)
+    assert "spec.metric:" in message and "spec.windowMinutes:" in message
+    assert "spec.notify.webhooks[0].url:" in message
+
+
+def test_choose_pipeline() -> None:
+    import kopf
+
+    a, b = PipelineDatabase("a", "sa", "url"), PipelineDatabase("b", "sb", "url")
+    assert choose_pipeline([], {}) is None
+    assert choose_pipeline([a], {}) == a
+    assert choose_pipeline([b, a], {"analytics.molam.io/pipeline": "b"}) == b
+    with pytest.raises(kopf.PermanentError, match="label the rule"):
+        choose_pipeline([a, b], {})
+    with pytest.raises(kopf.TemporaryError):
+        choose_pipeline([a], {"analytics.molam.io/pipeline": "zzz"})
