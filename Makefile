@@ -11,7 +11,7 @@ export PYTHONSAFEPATH := 1
 WITH_STACK := set -a && . .stack/env && set +a &&
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack stack-down lint typecheck test run bench clean
+.PHONY: help venv system-deps stack stack-down lint typecheck test run bench clean
 
 help:
 	@echo "make run         start the whole system locally (stack, migrate, consumer, API, alerts, operator)"
@@ -31,6 +31,11 @@ $(BIN)/.installed: pyproject.toml setup.py
 
 venv: $(BIN)/.installed
 
+# Debian packages the tests drive and pip cannot provide (chromium, wrk, psql, redis-cli);
+# installs only what is missing.
+system-deps:
+	bash stack/system-deps.sh
+
 stack: venv
 	$(BIN)/python stack/stack.py up $(if $(filter 0,$(STACK_KUBE)),,--kube)
 
@@ -45,7 +50,7 @@ lint: venv
 typecheck: venv
 	MYPYPATH=$(VENV)/typecheck $(BIN)/mypy -p molam_workloads -p molam_operator
 
-test: venv lint typecheck stack
+test: venv system-deps lint typecheck stack
 	$(WITH_STACK) $(BIN)/pytest $(PYTEST_ARGS)
 
 run: venv
