@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages some tests need and pip cannot provide; installs only what is missing.
 #   chromium  headless browser for the dashboard test (tests/workloads/api/test_dashboard.py)
+#   wrk       HTTP load generator of bench/api.py
 # Idempotent: run as root (or with sudo available); a no-op when everything is present.
 set -euo pipefail
 
-PACKAGES=(chromium)
+PACKAGES=(chromium wrk)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -44,6 +44,7 @@ from molam_workloads.api.settings import ApiSettings
 from molam_workloads.core.db import create_pool
 
 log = logging.getLogger(__name__)
+STATEMENT_TIMEOUT_MS = 15_000
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -63,7 +64,21 @@ _HTTP_CODES = {
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ApiSettings = app.state.settings
-    async with create_pool(settings, min_size=1) as pool:
+    # Session settings of the API's connections. Its aggregate queries are short and many:
+    # - jit off: compiling (PostgreSQL's default above a plan cost they reach) costs more than
+    #   running them;
+    # - no parallel workers: under concurrent requests they compete for the same cores;
+    # - work_mem 32MB: a 90-day top-merchants aggregation hashes ~50k groups without spilling;
+    # - statement_timeout: one runaway query cannot hold a connection (answered 503).
+    server_settings = {
+        "jit": "off",
+        "max_parallel_workers_per_gather": "0",
+        "work_mem": "32MB",
+        "statement_timeout": str(STATEMENT_TIMEOUT_MS),
+    }
+    async with create_pool(
+        settings, min_size=min(4, settings.db_pool_max), server_settings=server_settings
+    ) as pool:
         redis = Redis.from_url(
             settings.redis_url,
             decode_responses=True,
@@ -116,7 +131,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.warning("%s %s: a dependency is unavailable: %r", request.method, request.url, exc)
         return _json(503, "unavailable", "a backing service is unavailable; retry shortly")
 
-    for exc_type in (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError):
+    for exc_type in (
+        OSError,
+        TimeoutError,
+        asyncpg.InterfaceError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.QueryCanceledError,  # statement_timeout
+    ):
         app.add_exception_handler(exc_type, unavailable)
 
     @app.exception_handler(Exception)

@@ -38,9 +38,16 @@ async def connect(dsn: str) -> asyncpg.Connection:
 
 @asynccontextmanager
 async def create_pool(
-    settings: DatabaseSettings, *, min_size: int = 1, max_size: int | None = None
+    settings: DatabaseSettings,
+    *,
+    min_size: int = 1,
+    max_size: int | None = None,
+    server_settings: dict[str, str] | None = None,
 ) -> AsyncIterator[asyncpg.Pool]:
-    """The process's pool, opened for the lifetime of the ``async with`` and always closed."""
+    """The process's pool, opened for the lifetime of the ``async with`` and always closed.
+
+    ``server_settings`` are session parameters of every connection (e.g. ``{"jit": "off"}``).
+    """
     try:
         pool = await asyncpg.create_pool(
             settings.database_url,
@@ -48,6 +55,7 @@ async def create_pool(
             max_size=max_size or settings.db_pool_max,
             timeout=10,
             command_timeout=60,
+            server_settings=server_settings,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise ServiceUnavailable(

@@ -215,6 +215,10 @@ async def test_daily_view_and_hourly_agree(api: Api, db: asyncpg.Connection, red
     assert after["kpis"] == before["kpis"]
     # the partial tail of 07-02 ends at 11:00, so the 07-02 06:00 row counts: 17 tx
     assert after["kpis"]["tx_count"] == 17
+    # a range of whole days only: every row from the view (the time zone parameter unused)
+    series = await api.get("/v1/timeseries?from=2025-07-01&to=2025-07-03&granularity=day")
+    assert series.status_code == 200, series.text
+    assert [p["tx_count"] for p in series.json()["points"]] == [20, 4]
 
 
 @pytest.mark.parametrize(

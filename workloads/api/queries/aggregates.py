@@ -6,9 +6,10 @@ margin for late events); everything else (the partial first and last days of the
 days since the refresh, every range a non-UTC time zone cuts across) comes from
 ``txn_hourly_agg``. Both are summed into one set of groups, so the split never changes a total.
 
-Conversion. Rows are grouped first (by the requested keys, the currency and the UTC day that
-picks the FX rate); the distinct (currency, day) pairs are then joined to ``fx_rate_ranges``
-once (``core.fx``), and the money measures multiplied by the rate. A currency without any rate
+Conversion. Hourly rows are grouped first (by the requested keys, the currency and the UTC day
+that picks the FX rate); daily rows already are. The rate of each (currency, UTC day) of the
+range is read once from ``fx_rate_ranges`` (``core.fx``) into a small table joined by hash,
+and the money measures are multiplied by it before the final sums. A currency without any rate
 is left out of every money total and of the money counts (payments, refunds) and listed in
 ``unconverted_currencies``; transaction counts and success rates still include it.
 """
@@ -160,10 +161,12 @@ async def grouped(
     n_keys = len(keys)
     group_by = ", ".join(str(i) for i in range(1, n_keys + 3))
     sums = ", ".join(f"sum({m}) AS {m}" for m in _SUMS)
+    columns = ", ".join(_SUMS)
     selects = []
     daily_days = 0
     for part in parts:
         if part.source == "hourly":
+            # 24 rows a day: group them per (keys, currency, UTC day) before converting.
             key_sql = "".join(f"{k.hourly} AS {k.name}, " for k in keys)
             selects.append(
                 f"SELECT {key_sql}currency, (hour AT TIME ZONE 'UTC')::date AS fx_day, {sums} "
@@ -171,42 +174,66 @@ async def grouped(
                 f"AND hour < {p.add(part.end)} {where_filters} GROUP BY {group_by}"
             )
         else:
+            # Already one row per day and dimensions: converted as they are.
             daily_days += (part.end - part.start).days
             key_sql = "".join(f"{k.daily} AS {k.name}, " for k in keys)
             selects.append(
-                f"SELECT {key_sql}currency, day AS fx_day, {sums} "
+                f"SELECT {key_sql}currency, day AS fx_day, {columns} "
                 f"FROM mv_txn_daily_agg WHERE day >= {p.add(part.start)} "
-                f"AND day < {p.add(part.end)} {where_filters} GROUP BY {group_by}"
+                f"AND day < {p.add(part.end)} {where_filters}"
             )
+    first = start.astimezone(UTC).date()
+    first_day = p.add(first)
+    n_days = ((end - timedelta(microseconds=1)).astimezone(UTC).date() - first).days
+    key_cols = "".join(f"s.{k.name}, " for k in keys)
     key_names = ", ".join(f"g.{k.name}" for k in keys)
     outer_keys = f"{key_names}, " if keys else ""
     outer_group = f"GROUP BY {key_names}" if keys else ""
     union = "\n UNION ALL\n ".join(selects)
+    # Extra parameters may be used only by hourly parts; naming them here gives them a type
+    # even when every row comes from the daily view.
+    typed = ", ".join(f"${i}::text" for i in range(1, len(extra_params) + 1))
+    prelude = f"_params AS (SELECT {typed}), " if extra_params else ""
+    # r: the rate of every currency that has one, for every UTC day of the range (a currency
+    # with any rate has one for every day: fx_rate_ranges extends the first and last).
+    # c: sums per (keys, currency), money converted; a currency left without rate is flagged.
+    # The outer query folds the currencies of each group and lists the unconverted ones.
     sql = f"""
-WITH g AS (
+WITH {prelude}r AS (
+  SELECT cur.currency, d.day AS fx_day, {rate_expr("cur", quote)} AS rate
+  FROM (SELECT DISTINCT currency FROM fx_rates WHERE quote = {quote}
+        UNION SELECT {quote}::char(3)) cur
+  CROSS JOIN (SELECT {first_day}::date + i AS day FROM generate_series(0, {n_days:d}) i) d
+  {rate_join("cur", "(d.day::timestamp AT TIME ZONE 'UTC')", quote)}
+), s AS (
  {union}
-), r AS (
-  SELECT k.currency, k.fx_day, {rate_expr("k", quote)} AS rate
-  FROM (SELECT DISTINCT currency, fx_day FROM g) k
-  {rate_join("k", "(k.fx_day::timestamp AT TIME ZONE 'UTC')", quote)}
+), c AS (
+  SELECT {key_cols}s.currency, bool_or(r.rate IS NULL) AS unconverted,
+    sum(s.tx_count) AS tx_count, sum(s.succeeded_count) AS succeeded_count,
+    sum(s.failed_count) AS failed_count, sum(s.pending_count) AS pending_count,
+    sum(s.payment_count) AS payment_count, sum(s.payment_volume_local * r.rate) AS gross,
+    sum(s.refund_count) AS refund_count, sum(s.refund_volume_local * r.rate) AS refunds,
+    sum(s.fee_local * r.rate) AS fees
+  FROM s LEFT JOIN r ON r.currency = s.currency AND r.fx_day = s.fx_day
+  GROUP BY {key_cols}s.currency
 )
 SELECT {outer_keys}
   coalesce(sum(g.tx_count), 0)::bigint AS tx_count,
   coalesce(sum(g.succeeded_count), 0)::bigint AS succeeded_count,
   coalesce(sum(g.failed_count), 0)::bigint AS failed_count,
   coalesce(sum(g.pending_count), 0)::bigint AS pending_count,
-  coalesce(sum(g.payment_count) FILTER (WHERE r.rate IS NOT NULL), 0)::bigint AS payment_count,
-  coalesce(sum(g.payment_volume_local * r.rate), 0) AS gross_volume,
-  coalesce(sum(g.refund_count) FILTER (WHERE r.rate IS NOT NULL), 0)::bigint AS refund_count,
-  coalesce(sum(g.refund_volume_local * r.rate), 0) AS refund_volume,
-  coalesce(sum(g.fee_local * r.rate), 0) AS fees,
-  array_agg(DISTINCT g.currency::text) FILTER (WHERE r.rate IS NULL) AS unconverted
-FROM g JOIN r ON r.currency = g.currency AND r.fx_day = g.fx_day
+  coalesce(sum(g.payment_count) FILTER (WHERE NOT g.unconverted), 0)::bigint AS payment_count,
+  coalesce(sum(g.gross), 0) AS gross_volume,
+  coalesce(sum(g.refund_count) FILTER (WHERE NOT g.unconverted), 0)::bigint AS refund_count,
+  coalesce(sum(g.refunds), 0) AS refund_volume,
+  coalesce(sum(g.fees), 0) AS fees,
+  array_agg(g.currency::text) FILTER (WHERE g.unconverted) AS unconverted
+FROM c g
 {outer_group}
 {order_limit}
 """
     rows = await conn.fetch(sql, *p.values)
-    unconverted = sorted({c for row in rows for c in (row["unconverted"] or [])})
+    unconverted = sorted({c.strip() for row in rows for c in (row["unconverted"] or [])})
     return Grouped(rows=rows, unconverted=unconverted, daily_days=daily_days)
 
 

@@ -1,0 +1,463 @@
+"""Benchmark: API latency of KPIs, time series and top merchants, cached and uncached.
+
+Builds a throw-away database next to DATABASE_URL's with ``--days`` (90) days x ``--merchants``
+(500) merchants x 24 hours of ``txn_hourly_agg`` rows (>= 1M rows, generated in SQL, one
+country/currency/channel per merchant, several currencies), refreshes ``mv_txn_daily_agg`` and
+records the refresh, then starts ``molam-analytics api`` twice as separate processes: one with
+``CACHE_TTL_SECONDS=0`` (every request computed in PostgreSQL) and one with a cache. The load
+comes from ``wrk`` (another process; Debian package, ``stack/system-deps.sh``) with
+``--concurrency`` (32) connections:
+
+- uncached: a Lua script draws a random range (1-90 days, ending up to 30 days ago, whole
+  hours) for every request, against the server without cache;
+- cached: three fixed ranges (7, 30, 90 days), warmed once, against the server with cache.
+
+Beside each row, the bare SQL time of the same query: ``queries.aggregates.grouped`` called
+directly over asyncpg (JIT off, as the API's pool) with the same random ranges, one at a time.
+Every mode also runs at concurrency 1, the service time without queueing: on a small machine a
+closed loop of 32 connections measures mostly the queue (Little's law: latency = in-flight /
+throughput).
+
+Usage: ``python bench/api.py [--merchants 500] [--days 90] [--duration 8]`` with the local
+stack's environment (``make bench``). Targets: uncached p95 < 50 ms, cached p95 < 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+import jwt
+
+from molam_workloads.api.queries.aggregates import Filters, Key, grouped
+from molam_workloads.core.db import migrate
+
+MARKETS = [
+    ("SN", "XOF"),
+    ("CI", "XOF"),
+    ("ML", "XOF"),
+    ("CM", "XAF"),
+    ("NG", "NGN"),
+    ("GH", "GHS"),
+    ("KE", "KES"),
+    ("MA", "MAD"),
+    ("FR", "EUR"),
+    ("US", "USD"),
+]
+
+GENERATE = """
+INSERT INTO txn_hourly_agg (hour, merchant_id, country, currency, channel, tx_count,
+    succeeded_count, failed_count, pending_count, gross_volume_local, payment_count,
+    payment_volume_local, refund_count, refund_volume_local, fee_local)
+SELECT h, 'M-' || lpad(i::text, 4, '0'), m.country, m.currency,
+       CASE WHEN i % 3 = 0 THEN 'card' ELSE 'mobile_money' END,
+       v.ok + v.ko + v.pe, v.ok, v.ko, v.pe, round(v.vol * 1.15, 4), v.pay, v.vol,
+       v.ref, round(v.vol * 0.02, 4), round(v.vol * 0.012, 4)
+FROM generate_series($1::timestamptz, $2::timestamptz, interval '1 hour') h
+CROSS JOIN generate_series(1, $3::int) i
+CROSS JOIN LATERAL (SELECT ($4::text[])[1 + i % $5::int] AS country,
+                           ($6::text[])[1 + i % $5::int] AS currency) m
+CROSS JOIN LATERAL (
+    SELECT (5 + random() * 40)::int AS ok, (random() * 5)::int AS ko, (random() * 2)::int AS pe,
+           (random() * 3)::int AS ref, (5 + random() * 30)::int AS pay,
+           round((1000 + random() * 50000)::numeric, 4) AS vol) v
+"""
+
+
+def with_database(dsn: str, name: str) -> str:
+    return urlunparse(urlparse(dsn)._replace(path="/" + name))
+
+
+def env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        sys.exit(f"{name} is not set: run with the local stack's environment (make bench)")
+    return value
+
+
+@asynccontextmanager
+async def scratch_database() -> AsyncIterator[str]:
+    admin = env("DATABASE_URL")
+    name = f"bench_api_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = with_database(admin, name)
+    try:
+        await migrate(dsn)
+        yield dsn
+    finally:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+async def build_dataset(dsn: str, merchants: int, days: int, end: datetime) -> int:
+    start = end - timedelta(days=days)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT ensure_txn_hourly_partitions($1, $2)", start, end)
+        countries = [c for c, _ in MARKETS]
+        currencies = [cur for _, cur in MARKETS]
+        t0 = time.perf_counter()
+        day = start
+        while day < end:  # a day per statement keeps memory flat
+            nxt = min(day + timedelta(days=1), end)
+            await conn.execute(
+                GENERATE,
+                day,
+                nxt - timedelta(hours=1),
+                merchants,
+                countries,
+                len(MARKETS),
+                currencies,
+            )
+            day = nxt
+        rows: int = await conn.fetchval("SELECT count(*) FROM txn_hourly_agg")
+        print(f"dataset: {rows:,} hourly rows in {time.perf_counter() - t0:.1f} s", flush=True)
+        t0 = time.perf_counter()
+        await conn.execute("VACUUM ANALYZE txn_hourly_agg")
+        await conn.execute("REFRESH MATERIALIZED VIEW mv_txn_daily_agg")
+        await conn.execute("VACUUM ANALYZE mv_txn_daily_agg")
+        await conn.execute(
+            "INSERT INTO analytics_view_refreshes (view_name, refreshed_at) "
+            "VALUES ('mv_txn_daily_agg', now()) "
+            "ON CONFLICT (view_name) DO UPDATE SET refreshed_at = now()"
+        )
+        mv_rows = await conn.fetchval("SELECT count(*) FROM mv_txn_daily_agg")
+        print(
+            f"refresh + analyze: {time.perf_counter() - t0:.1f} s, {mv_rows:,} daily rows",
+            flush=True,
+        )
+        return rows
+    finally:
+        await conn.close()
+
+
+# --- the three queries, as the API asks them -----------------------------------------------
+
+
+def random_range(rnd: random.Random, end: datetime) -> tuple[datetime, datetime]:
+    """Same distribution as the wrk script: 1-90 days ending up to 30 days before ``end``."""
+    to = end - timedelta(hours=rnd.randint(0, 24 * 30))
+    start = to - timedelta(days=rnd.randint(1, 90), hours=rnd.randint(0, 23))
+    return start, to
+
+
+ENDPOINTS: dict[str, dict[str, Any]] = {
+    "kpis": {"path": "/v1/kpis", "extra": "", "keys": (), "order": ""},
+    "timeseries (day)": {
+        "path": "/v1/timeseries",
+        "extra": "&granularity=day",
+        "keys": (Key("bucket", "(hour AT TIME ZONE $1)::date", "day"),),
+        "params": ("UTC",),
+        "order": "",
+    },
+    "top merchants": {
+        "path": "/v1/top-merchants",
+        "extra": "&limit=10",
+        "keys": (Key("merchant_id", "merchant_id", "merchant_id"),),
+        "order": "HAVING g.merchant_id IS NOT NULL "
+        "ORDER BY gross_volume DESC, tx_count DESC, g.merchant_id LIMIT 10",
+    },
+}
+
+
+async def bare_sql(dsn: str, name: str, end: datetime, samples: int) -> list[float]:
+    spec = ENDPOINTS[name]
+    rnd = random.Random(7)
+    conn = await asyncpg.connect(dsn, server_settings={"jit": "off"})
+    times = []
+    try:
+        for i in range(samples + 5):
+            start, to = random_range(rnd, end)
+            t0 = time.perf_counter()
+            await grouped(
+                conn,
+                start=start,
+                end=to,
+                filters=Filters(),
+                keys=spec["keys"],
+                reporting_currency="USD",
+                extra_params=spec.get("params", ()),
+                order_limit=spec["order"],
+            )
+            if i >= 5:  # the first few warm the caches
+                times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        await conn.close()
+    return times
+
+
+# --- servers and load ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_api(
+    dsn: str, redis_url: str, secret: str, ttl: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc_env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "REDIS_URL": redis_url,
+        "ANALYTICS_JWT_SECRET": secret,
+        "CACHE_TTL_SECONDS": str(ttl),
+        "DB_POOL_MAX": "16",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONSAFEPATH": "1",
+    }
+    cli = shutil.which("molam-analytics", path=os.path.dirname(sys.executable)) or "molam-analytics"
+    proc = subprocess.Popen([cli, "api", "--port", str(port), "--host", "127.0.0.1"], env=proc_env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/openapi.json", timeout=2):
+                return proc, base
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the API did not start") from None
+            time.sleep(0.2)
+
+
+def http_get(url: str, token: str) -> bytes:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        body: bytes = resp.read()
+        return body
+
+
+LUA_RANDOM = """
+local token = "%(token)s"
+local path = "%(path)s"
+local extra = "%(extra)s"
+local last = %(end)d
+local counter = 0
+setup = function(thread) counter = counter + 1; thread:set("seed", counter) end
+init = function(args) math.randomseed(os.time() * 1000 + seed) end
+request = function()
+  local to = last - math.random(0, 24 * 30) * 3600
+  local from = to - math.random(1, 90) * 86400 - math.random(0, 23) * 3600
+  local p = string.format("%%s?from=%%s&to=%%s%%s", path,
+    os.date("!%%Y-%%m-%%dT%%H:00:00Z", from), os.date("!%%Y-%%m-%%dT%%H:00:00Z", to), extra)
+  return wrk.format("GET", p, {["Authorization"] = "Bearer " .. token})
+end
+"""
+
+LUA_FIXED = """
+local token = "%(token)s"
+local paths = {%(paths)s}
+local i = 0
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i], {["Authorization"] = "Bearer " .. token})
+end
+"""
+
+LUA_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %.3f %.3f %.3f\\n", summary.requests,
+    e.connect + e.read + e.write + e.status + e.timeout, summary.duration,
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def run_wrk(base: str, lua: str, connections: int, duration: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(lua + LUA_DONE)
+        script = f.name
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{min(2, connections)}",
+                f"-c{connections}",
+                f"-d{duration}s",
+                "--timeout",
+                "10s",
+                "-s",
+                script,
+                base,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(script)
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT"))
+    n, errors, micros, p50, p95, p99 = line.split()[1:]
+    return {
+        "rps": int(n) / (int(micros) / 1e6),
+        "errors": int(errors),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def fmt(ms: float) -> str:
+    return f"{ms:.2f}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--merchants", type=int, default=500)
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--duration", type=int, default=8, help="seconds of load per row")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--sql-samples", type=int, default=60)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: run stack/system-deps.sh")
+
+    redis_base = urlparse(env("REDIS_URL"))
+    redis_url = urlunparse(redis_base._replace(path="/" + os.environ.get("BENCH_REDIS_DB", "14")))
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    secret = secrets.token_urlsafe(32)
+    token = jwt.encode(
+        {"sub": "bench", "role": "admin", "exp": int(time.time()) + 3600}, secret, "HS256"
+    )
+
+    async with scratch_database() as dsn:
+        await build_dataset(dsn, args.merchants, args.days, end)
+        servers: list[subprocess.Popen[bytes]] = []
+        try:
+            uncached_proc, uncached = start_api(dsn, redis_url, secret, ttl=0)
+            servers.append(uncached_proc)
+            cached_proc, cached = start_api(dsn, redis_url, secret, ttl=600)
+            servers.append(cached_proc)
+            from redis.asyncio import Redis
+
+            r = Redis.from_url(redis_url)
+            await r.flushdb()
+            await r.aclose()
+
+            rows: list[list[str]] = []
+            for name, spec in ENDPOINTS.items():
+                sql = await bare_sql(dsn, name, end, args.sql_samples)
+                sql_cells = [fmt(statistics.median(sql)), fmt(pct(sql, 95))]
+                lua_random = LUA_RANDOM % {
+                    "token": token,
+                    "path": spec["path"],
+                    "extra": spec["extra"],
+                    "end": int(end.timestamp()),
+                }
+                fixed = [
+                    f"{spec['path']}?from="
+                    f"{(end - timedelta(days=d)).strftime('%Y-%m-%dT%H:00:00Z')}"
+                    f"&to={end.strftime('%Y-%m-%dT%H:00:00Z')}{spec['extra']}"
+                    for d in (7, 30, 90)
+                ]
+                for path in fixed:  # warm the cache
+                    await asyncio.to_thread(http_get, cached + path, token)
+                lua_fixed = LUA_FIXED % {
+                    "token": token,
+                    "paths": ", ".join(f'"{p}"' for p in fixed),
+                }
+                plan: list[tuple[str, str, str, int]] = [
+                    ("uncached", uncached, lua_random, args.concurrency),
+                    ("uncached", uncached, lua_random, 1),
+                    ("cached", cached, lua_fixed, args.concurrency),
+                    ("cached", cached, lua_fixed, 1),
+                ]
+                for mode, base, lua, conns in plan:
+                    res = await asyncio.to_thread(run_wrk, base, lua, conns, args.duration)
+                    rows.append(
+                        [
+                            name,
+                            f"{mode} c={conns}",
+                            f"{res['rps']:.0f}",
+                            str(res["errors"]),
+                            fmt(res["p50"]),
+                            fmt(res["p95"]),
+                            fmt(res["p99"]),
+                            *(sql_cells if mode == "uncached" else ["", ""]),
+                        ]
+                    )
+                    print("  ".join(rows[-1]), flush=True)
+        finally:
+            for proc in servers:
+                proc.terminate()
+            for proc in servers:
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+    print()
+    print(
+        f"API benchmark: {args.merchants} merchants x {args.days} days x 24 h, "
+        f"wrk closed loop, {os.cpu_count()} CPUs shared by PostgreSQL, Redis, API and wrk"
+    )
+    print(
+        table(
+            [
+                "endpoint",
+                "mode",
+                "req/s",
+                "errors",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "SQL p50 ms",
+                "SQL p95 ms",
+            ],
+            rows,
+        )
+    )
+    return 0
+
+
+def _entry() -> Callable[[], int]:
+    return lambda: asyncio.run(main())
+
+
+if __name__ == "__main__":
+    sys.exit(_entry()())
