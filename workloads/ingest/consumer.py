@@ -4,7 +4,9 @@ Per batch (one ``getmany``): decode every record; publish the malformed ones to 
 wait until the broker has them; write ledger + aggregates + offsets in one transaction
 (``BatchWriter``); then, best effort, commit the offsets to Kafka (what lag tools read), set the
 live counters in Redis and let SIRA look at the batch. PostgreSQL is the source of truth for
-offsets: on every assignment each partition is sought to the offset stored beside the data.
+offsets: on every assignment each partition is sought to the offset stored beside the data, and
+a batch read before a rebalance is abandoned rather than written (its partitions are re-read by
+their owner from those offsets).
 """
 
 from __future__ import annotations
@@ -48,13 +50,27 @@ class Detector(Protocol):
 
 
 @dataclass
+class PreparedBatch:
+    """One ``getmany`` result, decoded, its dead letters already durable in the DLQ."""
+
+    epoch: int  # assignment generation it was read under
+    records: int = 0
+    valid: list[TransactionEvent] = field(default_factory=list)
+    next_offsets: dict[int, int] = field(default_factory=dict)
+    dead: int = 0
+    watermark: datetime | None = None  # newest event time seen in the batch
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass
 class BatchReport:
     records: int = 0
     counted: list[TransactionEvent] = field(default_factory=list)
     duplicates: int = 0
     dead: int = 0
     next_offsets: dict[int, int] = field(default_factory=dict)
-    watermark: datetime | None = None  # newest event time seen in the batch
+    watermark: datetime | None = None
+    abandoned: bool = False  # read before a rebalance: left for the partition's next owner
 
 
 class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -66,6 +82,7 @@ class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
         # Let the in-flight batch finish its transaction first, so the next owner starts
         # exactly where it ended (abandoning it would be safe too, only slower).
         async with self._ingest.batch_lock:
+            self._ingest.epoch += 1  # batches read before now are abandoned, not written
             log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
             for tp in revoked:
                 with contextlib.suppress(KeyError):  # never measured on this consumer
@@ -94,6 +111,7 @@ class Ingestor:
         self.writer = BatchWriter(settings.kafka_consumer_group, settings.kafka_topic)
         self.batch_lock = asyncio.Lock()
         self.positions: dict[int, int] = {}
+        self.epoch = 0  # bumped at every revocation and assignment
 
     def new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -112,7 +130,11 @@ class Ingestor:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set; the consumer is always left and closed."""
+        """Consume until ``stop`` is set; the consumer is always left and closed.
+
+        Two batches are in flight at most: while batch N is written to PostgreSQL (another
+        core's work), batch N+1 is fetched and decoded here. Writes stay strictly in order.
+        """
         consumer = self.new_consumer()
         consumer.subscribe([self.settings.kafka_topic], listener=_SeekFromDatabase(self, consumer))
         await consumer.start()
@@ -121,6 +143,7 @@ class Ingestor:
             self.settings.kafka_topic,
             self.settings.kafka_consumer_group,
         )
+        writing: asyncio.Task[BatchReport] | None = None
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(
@@ -128,9 +151,23 @@ class Ingestor:
                     max_records=self.settings.ingest_batch_max_records,
                 )
                 if batch:
-                    await self.process(consumer, batch)
+                    prepared = await self.prepare(batch)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(self.commit(consumer, prepared))
+                elif writing is not None and writing.done():
+                    await writing
+                    writing = None
                 self._observe(consumer)
+            if writing is not None:
+                await writing
+                writing = None
         finally:
+            if writing is not None and not writing.done():
+                # Leaving on an error: nothing of an unfinished transaction is kept.
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
             await consumer.stop()
             log.info("consumer stopped")
 
@@ -146,6 +183,7 @@ class Ingestor:
                 self.settings.kafka_topic,
                 [tp.partition for tp in assigned],
             )
+        self.epoch += 1
         fresh = []
         for tp in assigned:
             if tp.partition in stored:
@@ -164,27 +202,20 @@ class Ingestor:
     async def process(
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[ConsumerRecord]]
     ) -> BatchReport:
-        started = time.perf_counter()
-        async with self.batch_lock:
-            report = await self._commit_batch(consumer, batch)
-        metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
-        await self._after_commit(report)
-        return report
+        """Prepare and commit one batch (no pipelining)."""
+        return await self.commit(consumer, await self.prepare(batch))
 
-    async def _commit_batch(
-        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[ConsumerRecord]]
-    ) -> BatchReport:
-        report = BatchReport()
-        now = datetime.now(UTC)
-        valid: list[TransactionEvent] = []
+    async def prepare(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> PreparedBatch:
+        """Decode a batch; malformed records go to the DLQ, durably, before anything else."""
+        prepared = PreparedBatch(epoch=self.epoch)
+        now = prepared.now
         dead_sends: list[Any] = []
         for tp, records in batch.items():
             if not records:
                 continue
             for rec in records:
-                report.records += 1
                 try:
-                    valid.append(decode_event(rec.value, now))
+                    prepared.valid.append(decode_event(rec.value, now))
                 except InvalidEvent as exc:
                     metrics.INGEST_ERRORS.labels(exc.reason).inc()
                     value = dead_letter(
@@ -200,24 +231,48 @@ class Ingestor:
                     dead_sends.append(
                         await self.producer.send(self.settings.dlq_topic, value, key=rec.key)
                     )
-            report.next_offsets[tp.partition] = records[-1].offset + 1
+            prepared.records += len(records)
+            prepared.next_offsets[tp.partition] = records[-1].offset + 1
         if dead_sends:
-            # Durable before the offsets move past them: a crash now re-reads (and re-sends).
+            # Durable before the offsets move past them (a crash re-reads and re-sends them:
+            # the DLQ is at-least-once).
             await asyncio.gather(*dead_sends)
-            report.dead = len(dead_sends)
-            log.warning("%d malformed event(s) sent to %s", report.dead, self.settings.dlq_topic)
+            prepared.dead = len(dead_sends)
+            log.warning("%d malformed event(s) sent to %s", prepared.dead, self.settings.dlq_topic)
+        if prepared.valid:
+            prepared.watermark = max(ev.occurred_at for ev in prepared.valid)
+        return prepared
 
-        events = dedupe(valid)
-        report.counted = await self._write(events, report.next_offsets, now)
-        report.duplicates = len(valid) - len(report.counted)
+    async def commit(self, consumer: AIOKafkaConsumer, prepared: PreparedBatch) -> BatchReport:
+        """Write a prepared batch (one transaction), then the best-effort follow-ups."""
+        report = BatchReport(
+            records=prepared.records,
+            dead=prepared.dead,
+            next_offsets=prepared.next_offsets,
+            watermark=prepared.watermark,
+        )
+        async with self.batch_lock:
+            if prepared.epoch != self.epoch:
+                # Read before a rebalance: whoever owns the partitions now re-reads them from
+                # the offsets in PostgreSQL. Writing it would be harmless (the ledger dedupes)
+                # but pointless.
+                report.abandoned = True
+                log.info("batch of %d record(s) abandoned after a rebalance", report.records)
+                return report
+            started = time.perf_counter()
+            report.counted = await self._write(
+                dedupe(prepared.valid), prepared.next_offsets, prepared.now
+            )
+            metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+            self.positions.update(prepared.next_offsets)
+            await self._commit_kafka(consumer, prepared.next_offsets)
+        report.duplicates = len(prepared.valid) - len(report.counted)
         metrics.INGEST_EVENTS.labels("counted").inc(len(report.counted))
         metrics.INGEST_EVENTS.labels("duplicate").inc(report.duplicates)
-        if valid:
-            report.watermark = max(ev.occurred_at for ev in valid)
+        if report.watermark is not None:
             lag = (datetime.now(UTC) - report.watermark).total_seconds()
             metrics.AGGREGATION_LAG.set(max(lag, 0.0))
-        self.positions.update(report.next_offsets)
-        await self._commit_kafka(consumer, batch, report.next_offsets)
+        await self._after_commit(report)
         return report
 
     async def _write(
@@ -237,18 +292,14 @@ class Ingestor:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _commit_kafka(
-        self,
-        consumer: AIOKafkaConsumer,
-        batch: Mapping[TopicPartition, list[ConsumerRecord]],
-        next_offsets: dict[int, int],
-    ) -> None:
+    async def _commit_kafka(self, consumer: AIOKafkaConsumer, next_offsets: dict[int, int]) -> None:
         # Best effort: PostgreSQL already holds the truth; this copy feeds lag tools.
+        topic = self.settings.kafka_topic
         assigned = consumer.assignment()
         offsets = {
-            tp: OffsetAndMetadata(next_offsets[tp.partition], "")
-            for tp in batch
-            if tp.partition in next_offsets and tp in assigned
+            tp: OffsetAndMetadata(offset, "")
+            for partition, offset in next_offsets.items()
+            if (tp := TopicPartition(topic, partition)) in assigned
         }
         if not offsets:
             return

@@ -1,0 +1,272 @@
+"""bench/ingest: sustained events/s of the consumer against two baselines on the same broker.
+
+1. Pre-loads a topic with N synthetic events (``simulate``'s market, 200 merchants, event
+   times over the last SPAN_HOURS, DUP_RATE of them published twice).
+2. Ceiling: a bare aiokafka consumer that reads the topic and ``json.loads`` every value.
+3. Ours: the ``consume`` code path (``Ingestor``: validation, DLQ, ledger, hourly + minute
+   aggregates, offsets, live counters in Redis), timed from its first batch to its last.
+4. Floor: a naive consumer doing one transaction per event (ledger insert, one hourly upsert,
+   offset update), run on the first FLOOR_EVENTS events and its rate extrapolated.
+Then checks exactly-once: the hourly aggregates count every unique transaction exactly once.
+
+Run: ``make bench`` or ``set -a; . .stack/env; set +a; PYTHONSAFEPATH=1 .venv/bin/python
+bench/ingest.py [N [SPAN_HOURS]]``. Uses Redis database 13 (flushed) for the live counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from redis.asyncio import Redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import env, scratch_database, scratch_topics, table
+
+from molam_workloads.core.db import create_pool
+from molam_workloads.core.events import decode_event
+from molam_workloads.ingest.consumer import Ingestor
+from molam_workloads.ingest.live_counters import LiveCounters
+from molam_workloads.ingest.settings import IngestSettings
+from molam_workloads.jobs.traffic import Market, history_times, merchants
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
+# Event times of the backlog: a consumer catching up after SPAN_HOURS of downtime.
+SPAN_HOURS = float(sys.argv[2]) if len(sys.argv) > 2 else 0.5
+DUP_RATE = 0.05
+FLOOR_EVENTS = 4000
+PARTITIONS = 2
+REDIS_DB = "13"
+
+
+def synthetic(n: int) -> tuple[list[bytes], int]:
+    """Wire values (with duplicates) and the number of unique transactions."""
+    rnd = random.Random(7)
+    market = Market(merchants(200, rnd), rnd, "bench")
+    now = datetime.now(UTC)
+    values = [
+        json.dumps(market.transaction(t), separators=(",", ":")).encode()
+        for t in history_times(int(n / (1 + DUP_RATE)), now - timedelta(hours=SPAN_HOURS), now, rnd)
+    ]
+    unique = len(values)
+    dups = rnd.sample(values, n - unique)
+    for v in dups:
+        values.insert(rnd.randrange(len(values)), v)
+    return values, unique
+
+
+async def preload(bootstrap: str, topic: str, values: list[bytes]) -> float:
+    prod = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks="all"
+    )
+    await prod.start()
+    started = time.perf_counter()
+    try:
+        futs = []
+        for i, v in enumerate(values):
+            futs.append(await prod.send(topic, v, partition=i % PARTITIONS))
+            if len(futs) >= 5000:
+                await asyncio.gather(*futs)
+                futs = []
+        await asyncio.gather(*futs)
+    finally:
+        await prod.stop()
+    return time.perf_counter() - started
+
+
+async def ceiling(bootstrap: str, topic: str, n: int) -> float:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        seen = 0
+        started = time.perf_counter()
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            for records in batch.values():
+                for r in records:
+                    json.loads(r.value)
+                seen += sum(len(r) for r in batch.values())
+            if not batch and time.perf_counter() - started > 120:
+                raise RuntimeError(f"ceiling: only {seen}/{n} records")
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+async def ours(settings: IngestSettings, n: int) -> float:
+    """Seconds from the first batch to the batch that completes ``n`` records."""
+    first: list[float] = []
+    done = asyncio.Event()
+    seen = 0
+    stop = asyncio.Event()
+    async with create_pool(settings, max_size=4) as pool:
+        redis = Redis.from_url(settings.redis_url, decode_responses=True)
+        await redis.flushdb()
+        prod = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await prod.start()
+        try:
+            live = LiveCounters(
+                redis, settings.reporting_currency, settings.live_counter_ttl_seconds
+            )
+            ingestor = Ingestor(settings, pool, prod, live)
+            prepare, commit = ingestor.prepare, ingestor.commit
+
+            async def first_batch(batch):  # type: ignore[no-untyped-def]
+                if not first:
+                    first.append(time.perf_counter())
+                return await prepare(batch)
+
+            async def counted(consumer, prepared):  # type: ignore[no-untyped-def]
+                nonlocal seen
+                report = await commit(consumer, prepared)
+                seen += 0 if report.abandoned else report.records
+                if seen >= n:
+                    done.set()
+                return report
+
+            ingestor.prepare = first_batch  # type: ignore[method-assign]
+            ingestor.commit = counted  # type: ignore[method-assign]
+            task = asyncio.create_task(ingestor.run(stop))
+            await asyncio.wait_for(done.wait(), 600)
+            elapsed = time.perf_counter() - first[0]
+            stop.set()
+            await task
+            return elapsed
+        finally:
+            await prod.stop()
+            await redis.flushdb()
+            await redis.aclose()
+
+
+NAIVE_UPSERT = """
+INSERT INTO txn_hourly_agg (hour, merchant_id, country, currency, channel, tx_count,
+    gross_volume_local)
+VALUES (date_trunc('hour', $1::timestamptz, 'UTC'), $2, $3, $4, $5, 1, $6)
+ON CONFLICT (hour, merchant_id, country, currency, channel) DO UPDATE
+SET tx_count = txn_hourly_agg.tx_count + 1,
+    gross_volume_local = txn_hourly_agg.gross_volume_local + EXCLUDED.gross_volume_local
+"""
+
+
+async def floor(dsn: str, bootstrap: str, topic: str, n: int) -> float:
+    """One transaction per event: the obvious, slow design."""
+    conn = await asyncpg.connect(dsn)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        await conn.execute("TRUNCATE txn_hourly_agg, ingested_transactions, consumer_offsets")
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        seen = 0
+        started = time.perf_counter()
+        while seen < n:
+            batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            for records in batch.values():
+                for r in records:
+                    ev = decode_event(r.value)
+                    async with conn.transaction():
+                        new = await conn.fetchval(
+                            "INSERT INTO ingested_transactions (txn_id, event_id, occurred_at,"
+                            " source) VALUES ($1, $2, $3, 'stream') ON CONFLICT DO NOTHING"
+                            " RETURNING txn_id",
+                            ev.txn_id, ev.event_id, ev.occurred_at,
+                        )  # fmt: skip
+                        if new:
+                            await conn.execute(
+                                NAIVE_UPSERT, ev.occurred_at, ev.merchant_id, ev.country,
+                                ev.currency, ev.channel, ev.amount,
+                            )  # fmt: skip
+                        await conn.execute(
+                            "INSERT INTO consumer_offsets (consumer_group, topic, partition,"
+                            " next_offset) VALUES ('naive', $1, $2, $3) ON CONFLICT"
+                            " (consumer_group, topic, partition) DO UPDATE"
+                            " SET next_offset = EXCLUDED.next_offset",
+                            topic, r.partition, r.offset + 1,
+                        )  # fmt: skip
+                    seen += 1
+                    if seen >= n:
+                        break
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+        await conn.close()
+
+
+async def main() -> None:
+    bootstrap = env("KAFKA_BOOTSTRAP_SERVERS")
+    redis_url = urlunparse(urlparse(env("REDIS_URL"))._replace(path="/" + REDIS_DB))
+    print(
+        f"bench/ingest: {N} events ({DUP_RATE:.0%} duplicates) over {SPAN_HOURS:g} h,"
+        f" {PARTITIONS} partitions"
+    )
+    values, unique = synthetic(N)
+    async with (
+        scratch_database("bench_ingest") as dsn,
+        scratch_topics(bootstrap, ("bench.wallet", PARTITIONS), ("bench.dlq", 1)) as topics,
+    ):
+        topic, dlq = topics
+        seconds = await preload(bootstrap, topic, values)
+        print(f"pre-loaded in {seconds:.1f}s ({len(values) / seconds:,.0f}/s)")
+
+        ceiling_s = await ceiling(bootstrap, topic, len(values))
+        settings = IngestSettings(
+            database_url=dsn, redis_url=redis_url, kafka_bootstrap_servers=bootstrap,
+            kafka_topic=topic, dlq_topic=dlq, kafka_consumer_group="bench-ingest",
+            kafka_session_timeout_ms=6000, kafka_heartbeat_interval_ms=500, sira_enabled=False,
+            metrics_port=0,
+        )  # fmt: skip
+        ours_s = await ours(settings, len(values))
+        conn = await asyncpg.connect(dsn)
+        try:
+            total = await conn.fetchval("SELECT sum(tx_count) FROM txn_hourly_agg")
+            ledger = await conn.fetchval("SELECT count(*) FROM ingested_transactions")
+        finally:
+            await conn.close()
+        floor_s = await floor(dsn, bootstrap, topic, FLOOR_EVENTS)
+
+    rates = {
+        "raw aiokafka + json.loads (ceiling)": (len(values), ceiling_s),
+        "molam consume (Ingestor)": (len(values), ours_s),
+        f"naive 1 txn/event (floor, {FLOOR_EVENTS} events)": (FLOOR_EVENTS, floor_s),
+    }
+    ceil_rate = len(values) / ceiling_s
+    floor_rate = FLOOR_EVENTS / floor_s
+    rows = [
+        [name, f"{n:,}", f"{s:.2f}", f"{n / s:,.0f}", f"{n / s / ceil_rate:.2f}x",
+         f"{n / s / floor_rate:.1f}x"]
+        for name, (n, s) in rates.items()
+    ]  # fmt: skip
+    print(table(["consumer", "events", "seconds", "events/s", "vs ceiling", "vs floor"], rows))
+    ok = total == unique == ledger
+    print(
+        f"exactly-once: {unique:,} unique transactions, sum(tx_count) = {total:,},"
+        f" ledger = {ledger:,}: {'OK' if ok else 'MISMATCH'}"
+    )
+    ratio_c, ratio_f = (len(values) / ours_s) / ceil_rate, (len(values) / ours_s) / floor_rate
+    print(
+        f"targets: >= 0.5x ceiling ({'met' if ratio_c >= 0.5 else 'MISSED'}: {ratio_c:.2f}x),"
+        f" >= 10x floor ({'met' if ratio_f >= 10 else 'MISSED'}: {ratio_f:.1f}x)"
+    )
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
