@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -97,28 +98,71 @@ def test_no_caches_or_dev_dependencies():
     assert "[dev" not in body and "[local" not in body
 
 
-def test_dockerignore_keeps_the_context_small():
-    patterns = [
+def _dockerignore() -> list[str]:
+    return [
         p.strip()
         for p in (ROOT / ".dockerignore").read_text().splitlines()
         if p.strip() and not p.startswith("#")
     ]
+
+
+def in_context(path: str, patterns: list[str]) -> bool:
+    """Whether Docker sends ``path`` with the build context (last matching pattern wins; a
+    pattern also matches everything under a matching directory)."""
+    keep = True
+    for p in patterns:
+        negate = p.startswith("!")
+        pat = (p[1:] if negate else p).rstrip("/")
+        if fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path, pat + "/*"):
+            keep = negate
+    return keep
+
+
+def test_dockerignore_keeps_the_context_small():
+    patterns = _dockerignore()
     assert patterns[0] == "**"  # deny by default, then allow what the build copies
-
-    def included(path: str) -> bool:
-        keep = True
-        for p in patterns:
-            negate = p.startswith("!")
-            pat = p[1:] if negate else p
-            if fnmatch.fnmatch(path, pat) or fnmatch.fnmatch(path, pat.rstrip("/") + "/*"):
-                keep = negate
-        return keep
-
     for path in ("pyproject.toml", "setup.py", "workloads/cli.py", "operator/__init__.py"):
-        assert included(path), path
+        assert in_context(path, patterns), path
     for path in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", ".stack/env", "bench/x.py"):
-        assert not included(path), path
+        assert not in_context(path, patterns), path
+    assert not in_context("workloads/__pycache__/cli.cpython-311.pyc", patterns)
     copied = [args for ins, args in _instructions() if ins == "COPY" and "--from" not in args]
     for args in copied:
         for src in args.split()[:-1]:
-            assert included(src.rstrip("/") + ("/x" if src.endswith("/") else "")), src
+            assert in_context(src.rstrip("/") + ("/x" if src.endswith("/") else ""), patterns), src
+
+
+def test_builder_stage_wheel_has_every_file_the_image_needs(tmp_path: Path):
+    """The builder's `pip wheel .` on the context Docker would send: the wheel carries every
+    non-Python file of the packages (migrations, dashboard assets) and the console script."""
+    patterns = _dockerignore()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    context = tmp_path / "context"
+    sent = [f for f in files if in_context(f, patterns) and (ROOT / f).is_file()]
+    for f in sent:
+        (context / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, context / f)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), "."],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (wheel,) = tmp_path.glob("molam_analytics-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    mapping = {"workloads/": "molam_workloads/", "operator/": "molam_operator/"}
+    for f in sent:
+        for folder, package in mapping.items():
+            if f.startswith(folder):
+                assert package + f[len(folder) :] in names, f"{f} is not in the image's wheel"
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "molam-analytics = molam_workloads.cli:main" in text
