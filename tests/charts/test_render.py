@@ -177,6 +177,8 @@ def test_schema_rejects_unknown_and_ill_typed_values(render: Renderer):
     assert proc.returncode != 0 and "operatr" in proc.stderr
     proc = render.text({"pipeline": {"consumer": {"minReplicas": "two"}}}, check=False)
     assert proc.returncode != 0 and "minReplicas" in proc.stderr
+    proc = render.text({"operator": {"watchNamespaces": ["molam-*"]}}, check=False)
+    assert proc.returncode != 0 and "watchNamespaces" in proc.stderr
 
 
 def test_extra_spec_is_merged_without_touching_values(render: Renderer):
