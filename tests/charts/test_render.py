@@ -111,6 +111,14 @@ def test_checksum_annotations_roll_the_pod_on_config_change(render: Renderer):
     assert annotations(None) == base  # stable across renders
 
 
+def test_metrics_off_turns_the_endpoint_off(render: Renderer):
+    objs = render({"operator": {"metrics": {"enabled": False}}})
+    assert find(objs, "ConfigMap")["data"]["OPERATOR_METRICS_PORT"] == "0"
+    assert not [o for o in objs if o["kind"] == "Service"]
+    (c,) = find(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert [p["name"] for p in c["ports"]] == ["health"]
+
+
 def test_operator_fallback_database_from_secret(render: Renderer):
     objs = render({"operator": {"database": {"secretRef": {"name": "op-db", "key": "dsn"}}}})
     (c,) = find(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
