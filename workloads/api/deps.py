@@ -27,27 +27,29 @@ class Resources:
 
 
 def get_resources(request: Request) -> Resources:
+    """Not a dependency itself (dependencies are ``async def``: FastAPI would run plain
+    functions in a thread pool, a handoff that costs more than these functions)."""
     resources: Resources = request.app.state.resources
     return resources
 
 
-def get_settings(request: Request) -> ApiSettings:
+async def get_settings(request: Request) -> ApiSettings:
     return get_resources(request).settings
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
+async def get_pool(request: Request) -> asyncpg.Pool:
     return get_resources(request).pool
 
 
-def get_redis(request: Request) -> Redis:
+async def get_redis(request: Request) -> Redis:
     return get_resources(request).redis
 
 
-def get_cache(request: Request) -> ResponseCache:
+async def get_cache(request: Request) -> ResponseCache:
     return get_resources(request).cache
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     secret = get_resources(request).settings.analytics_jwt_secret.get_secret_value()
     principal = authenticate(request, secret)
     request.state.principal = principal

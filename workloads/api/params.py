@@ -51,7 +51,7 @@ def _aware(value: datetime, tz: ZoneInfo, param: str) -> datetime:
     return result
 
 
-def time_range(
+async def time_range(
     settings: SettingsDep,
     from_: Annotated[
         datetime | None,
@@ -91,7 +91,7 @@ def time_range(
     return TimeRange(start=start, end=end, tz_name=tz, tz=zone)
 
 
-def filters(
+async def filters(
     merchant_id: ScopedMerchant,
     country: Annotated[
         str | None, Query(pattern=r"^[A-Z]{2}$", description="ISO 3166 alpha-2, e.g. SN.")
@@ -108,7 +108,7 @@ RangeDep = Annotated[TimeRange, Depends(time_range)]
 FiltersDep = Annotated[Filters, Depends(filters)]
 
 
-def page_params(
+async def page_params(
     limit: Annotated[int, Query(ge=1, le=500, description="Page size.")] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000, description="Rows to skip.")] = 0,
 ) -> tuple[int, int]:

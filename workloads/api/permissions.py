@@ -64,7 +64,7 @@ class PermissionsDependency:
     def __init__(self, *permission_classes: type[Permission]) -> None:
         self.permission_classes = permission_classes
 
-    def __call__(self, request: Request, principal: CurrentPrincipal) -> Principal:
+    async def __call__(self, request: Request, principal: CurrentPrincipal) -> Principal:
         for cls in self.permission_classes:
             permission = cls()
             if not permission.has_required_permissions(principal, request):
@@ -88,7 +88,7 @@ AlertManager = Annotated[Principal, Depends(_manage)]
 class MerchantScope:
     """The merchant filter a query runs with, after ``OwnMerchantOnly`` passed."""
 
-    def __call__(
+    async def __call__(
         self,
         principal: Reader,
         merchant_id: Annotated[
