@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("MOLAM_STACK_STATE", ROOT / ".stack"))
 LOGS = STATE / "logs"
 BIN = Path(sys.executable).parent
-CACHE = Path(os.environ.get("MOLAM_CACHE", Path.home() / ".cache" / "molam-analytics"))
+CACHE = Path(os.environ.get("MOLAM_CACHE_DIR", Path.home() / ".cache" / "molam-analytics"))
 KUBE_BIN = CACHE / "k8s" / "bin"
 NAMESPACE = "molam"
 

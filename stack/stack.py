@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("MOLAM_STACK_STATE", ROOT / ".stack"))
-CACHE = Path(os.environ.get("MOLAM_CACHE", Path.home() / ".cache" / "molam-analytics"))
+CACHE = Path(os.environ.get("MOLAM_CACHE_DIR", Path.home() / ".cache" / "molam-analytics"))
 STARTED = STATE / "started.json"
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
