@@ -13,6 +13,11 @@ retention so they read hourly data), then for each rule count:
   same value (scope conditions only where set, so indexes apply; values only, no writes).
   Above ``--baseline-budget`` seconds it stops and extrapolates from the rules it ran.
 
+Then the other hot path of issue 4, SIRA (``AnomalyDetector.on_batch``, called by the consumer
+after every batch) on the same minute data: the first call (learns 48 buckets), a call that
+closes a 15-minute bucket (judges every merchant and the platform, both metrics), and the
+common call that closes nothing. Redis database ``BENCH_SIRA_REDIS_DB`` (12) is flushed.
+
 Usage: ``python bench/alerts.py [--merchants 500] [--hours 48] [--cycles 5]`` with
 ``DATABASE_URL`` set (``make bench`` does it). Target: a 10,000-rule cycle under 2 s.
 """
@@ -234,6 +239,7 @@ async def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the bench database")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("molam_workloads.ingest.sira").setLevel(logging.ERROR)
     admin = os.environ.get("DATABASE_URL")
     if not admin:
         print("DATABASE_URL is not set (run through 'make bench')", file=sys.stderr)
@@ -365,7 +371,72 @@ async def run(pool: asyncpg.Pool, dsn: str, args: argparse.Namespace) -> int:
             f"{n:>7,} | {first.duration_s * 1000:>16.0f} ms | {med * 1000:>18.0f} ms | "
             f"{base * 1000:>13.0f} ms | {base / med:>7.1f}x | {report.firing}{note}"
         )
+    await bench_sira(pool, dsn, now, args.merchants)
     return 0
+
+
+async def bench_sira(pool: asyncpg.Pool, dsn: str, now: datetime, merchants: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from redis.asyncio import Redis
+
+    from molam_workloads.core.kafka import producer as kafka_producer
+    from molam_workloads.core.settings import SiraSettings
+    from molam_workloads.ingest.sira import AnomalyDetector
+
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    redis_base = os.environ.get("REDIS_URL")
+    if not bootstrap or not redis_base:
+        print("SIRA: skipped (KAFKA_BOOTSTRAP_SERVERS / REDIS_URL not set)")
+        return
+    topic = f"bench.anomaly.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    redis_url = urlunparse(
+        urlparse(redis_base)._replace(path="/" + os.environ.get("BENCH_SIRA_REDIS_DB", "12"))
+    )
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    await redis.flushdb()
+    settings = SiraSettings(sira_bucket_minutes=15)
+    bucket = timedelta(minutes=15)
+    clock = {"now": now - timedelta(hours=24)}
+    names = {f"M-{i:04d}" for i in range(1, merchants + 1)}
+    try:
+        async with kafka_producer(bootstrap) as producer:
+            det = AnomalyDetector(
+                settings, pool, redis, producer, topic, clock=lambda: clock["now"]
+            )
+            t = time.perf_counter()
+            await det.on_batch(names, clock["now"])
+            first = time.perf_counter() - t
+            closes = []
+            for _ in range(95):
+                clock["now"] += bucket
+                t = time.perf_counter()
+                await det.on_batch(names, clock["now"])
+                closes.append(time.perf_counter() - t)
+            idle = []
+            for _ in range(200):
+                t = time.perf_counter()
+                await det.on_batch({"M-0001"}, clock["now"])
+                idle.append(time.perf_counter() - t)
+        found = await pool.fetchval("SELECT count(*) FROM analytics_anomalies WHERE zscore <> 5")
+        closes.sort()
+        idle.sort()
+        series = 2 * (merchants + 1)
+        print(
+            f"SIRA, {merchants} merchants ({series} series): first call (learns 48 buckets) "
+            f"{first * 1000:.0f} ms; bucket close median {closes[len(closes) // 2] * 1000:.0f}"
+            f" ms, p95 {closes[int(len(closes) * 0.95)] * 1000:.0f} ms; call closing nothing "
+            f"median {idle[len(idle) // 2] * 1000:.2f} ms; {found} anomalies in 95 buckets of "
+            "random data"
+        )
+    finally:
+        await redis.flushdb()
+        await redis.aclose()
 
 
 if __name__ == "__main__":

@@ -7,11 +7,15 @@ Cost does not grow with the number of rules the way one query per rule would:
    ``ALERTS_HOURLY_SPLIT_MINUTES`` read their whole hours from ``txn_hourly_agg`` and only
    their ragged ends from minutes, and windows beyond ``MINUTE_AGG_RETENTION_HOURS`` read
    hours only. It groups them per (merchant, country, currency, channel), converts volumes
-   to the reporting currency at query time (``core.fx``), then rolls the groups up with
-   ``CUBE`` so that every scope a rule can have — each of the 16 combinations of
-   "this value" / "any" over the four dimensions — is one row. Rules are then hash-joined to
-   those rows on (window, scope mask, scope values): 10,000 rules add a 10,000-row hash
-   join, not 10,000 scans. A window covers the buckets that start in ``[now - window, now)``.
+   to the reporting currency at query time (``core.fx``), then rolls the groups up — a
+   ``CUBE`` written as one ``GROUP BY`` per scope mask, each skipped unless an active rule
+   has that mask — so that every scope a rule can have (which of the four dimensions it
+   fixes: merchant, country, currency, channel; NULL = any) is one row. ``anomaly_count``
+   rules count ``analytics_anomalies`` detected in the window, scoped by merchant only (the
+   detector judges merchants and the platform, not countries or channels). Rules are then
+   joined to those rows on (window, scope mask, scope values): 10,000 rules add a
+   10,000-row join, not 10,000 scans. A window covers the buckets that start in
+   ``[now - window, now)``.
 2. The pure state machine (``state.step``) decides each rule's transition in Python.
 3. Transitions are written back set-wise (``unnest`` arrays): alerts opened, alerts resolved,
    their history, the webhook outbox, and every rule's state row.
@@ -80,6 +84,36 @@ def _read(table: str, col: str, src: str, *, narrow: bool) -> str:
     GROUP BY 1, 2, 3, 4, 5, 6"""
 
 
+_DIMS = (
+    ("merchant_id", "k_m", 8),
+    ("country", "k_c", 4),
+    ("currency", "k_cu", 2),
+    ("channel", "k_ch", 1),
+)
+
+
+def _rollups() -> str:
+    """The CUBE over the four dimensions, as one GROUP BY per scope mask (which dimensions a
+    rule fixes), each skipped at run time unless some active rule has that mask."""
+    branches = []
+    for mask in range(16):
+        keys = [
+            f"coalesce(c.{col}, '') AS {key}" if mask & bit else f"''::text AS {key}"
+            for col, key, bit in _DIMS
+        ]
+        group = ["c.w"] + [f"c.{col}" for col, _, bit in _DIMS if mask & bit]
+        branches.append(
+            f"""    SELECT c.w, {mask} AS mask, {", ".join(keys)},
+           sum(c.tx) AS tx, sum(c.ok) AS ok, sum(c.ko) AS ko, sum(c.pay) AS pay,
+           sum(c.ref) AS ref, sum(c.vol_rep) AS vol,
+           count(*) FILTER (WHERE c.vol_rep IS NULL AND c.vol <> 0) AS unconverted
+    FROM converted c
+    WHERE EXISTS (SELECT 1 FROM masks WHERE masks.mask = {mask})
+    GROUP BY {", ".join(group)}"""
+        )
+    return "\n    UNION ALL\n".join(branches)
+
+
 EVALUATE_SQL = f"""
 WITH rules AS (
     SELECT r.id, r.name, r.metric, r.comparison, r.threshold, r.window_minutes,
@@ -145,16 +179,11 @@ converted AS (
     FROM grouped g
     {fx.rate_join("g", "g.day", "$2")}
 ),
+masks AS (
+    SELECT DISTINCT mask FROM rules WHERE metric <> 'anomaly_count'
+),
 cube AS (
-    SELECT c.w,
-           15 - GROUPING(c.merchant_id, c.country, c.currency, c.channel) AS mask,
-           coalesce(c.merchant_id, '') AS k_m, coalesce(c.country, '') AS k_c,
-           coalesce(c.currency, '') AS k_cu, coalesce(c.channel, '') AS k_ch,
-           sum(c.tx) AS tx, sum(c.ok) AS ok, sum(c.ko) AS ko, sum(c.pay) AS pay,
-           sum(c.ref) AS ref, sum(c.vol_rep) AS vol,
-           count(*) FILTER (WHERE c.vol_rep IS NULL AND c.vol <> 0) AS unconverted
-    FROM converted c
-    GROUP BY c.w, CUBE (c.merchant_id, c.country, c.currency, c.channel)
+{_rollups()}
 ),
 anomaly_windows AS (
     SELECT DISTINCT window_minutes AS w FROM rules WHERE metric = 'anomaly_count'

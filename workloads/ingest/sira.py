@@ -148,10 +148,17 @@ class AnomalyDetector:
         self.currency = str(getattr(settings, "reporting_currency", "USD"))
         self.clock = clock or (lambda: datetime.now(UTC))
         self.bucket = timedelta(minutes=settings.sira_bucket_minutes)
+        # An hour-of-week slot sees 60/bucket buckets a week: it is warm after three weeks,
+        # and its weight per bucket is set so that one week weighs what one bucket would
+        # with hourly buckets (the defaults of DetectorConfig are per weekly observation).
+        per_hour = 60 // settings.sira_bucket_minutes
+        base = DetectorConfig()
         self.cfg = DetectorConfig(
             z_threshold=settings.sira_z_threshold,
             min_history=settings.sira_min_history,
             seasonal=settings.sira_seasonal,
+            seasonal_min_history=base.seasonal_min_history * per_hour,
+            seasonal_alpha=1 - (1 - base.seasonal_alpha) ** (1 / per_hour),
         )
         self._last_publish_check = 0.0
 
