@@ -178,6 +178,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             "reporting currency."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by routers.dashboard from the vendored Swagger UI
+        redoc_url=None,
     )
     app.state.settings = settings
     _install_error_handlers(app)

@@ -138,3 +138,13 @@ async def test_dashboard_asks_for_a_token(live_server: str, browser: Browser) ->
     )
     assert await asyncio.to_thread(browser.evaluate, "!document.querySelector('#login').hidden")
     assert browser.errors == []
+
+
+async def test_api_docs_render_offline(live_server: str, browser: Browser) -> None:
+    """/docs uses the vendored Swagger UI (no CDN) and renders the operations."""
+    await asyncio.to_thread(browser.navigate, f"{live_server}/docs")
+    count = await asyncio.to_thread(
+        browser.wait_for, "document.querySelectorAll('.opblock').length"
+    )
+    assert count >= 15
+    assert browser.errors == []

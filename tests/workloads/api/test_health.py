@@ -66,7 +66,11 @@ async def test_error_shape(module_api: Api) -> None:
 
 
 async def test_docs_and_openapi(module_api: Api) -> None:
-    assert (await module_api.client.get("/docs")).status_code == 200
+    docs = await module_api.client.get("/docs")
+    assert docs.status_code == 200 and "/static/vendor/swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text.lower()
+    bundle = await module_api.client.get("/static/vendor/swagger-ui-bundle.js")
+    assert bundle.status_code == 200
     schema = (await module_api.client.get("/openapi.json")).json()
     assert "/v1/kpis" in schema["paths"]
     assert schema["paths"]["/v1/kpis"]["get"]["security"] == [{"bearer": []}]

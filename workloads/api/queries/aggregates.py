@@ -140,11 +140,14 @@ async def grouped(
     mv_allowed: bool = True,
     extra_params: Sequence[Any] = (),
     order_limit: str = "",
+    per_merchant: bool = False,
 ) -> Grouped:
     """Sum the measures over [start, end) by ``keys``, converted to ``reporting_currency``.
 
     ``extra_params`` are bound first ($1, $2, ...) so key expressions may refer to them (the
     time zone of day buckets); ``order_limit`` is appended to the outer query.
+    ``per_merchant``: the keys keep merchants apart, so grouping the daily view's rows before
+    converting them would not reduce them (it is skipped).
     """
     refreshed_at = await mv_refreshed_at(conn) if mv_allowed else None
     parts = plan_parts(start, end, refreshed_at, mv_allowed=mv_allowed)
@@ -174,14 +177,18 @@ async def grouped(
                 f"AND hour < {p.add(part.end)} {where_filters} GROUP BY {group_by}"
             )
         else:
-            # Already one row per day and dimensions: converted as they are.
             daily_days += (part.end - part.start).days
             key_sql = "".join(f"{k.daily} AS {k.name}, " for k in keys)
-            selects.append(
-                f"SELECT {key_sql}currency, day AS fx_day, {columns} "
+            where = (
                 f"FROM mv_txn_daily_agg WHERE day >= {p.add(part.start)} "
                 f"AND day < {p.add(part.end)} {where_filters}"
             )
+            if per_merchant:  # one row per merchant and day already: converted as they are
+                selects.append(f"SELECT {key_sql}currency, day AS fx_day, {columns} {where}")
+            else:  # merchants, countries, channels of a day folded before converting
+                selects.append(
+                    f"SELECT {key_sql}currency, day AS fx_day, {sums} {where} GROUP BY {group_by}"
+                )
     first = start.astimezone(UTC).date()
     first_day = p.add(first)
     n_days = ((end - timedelta(microseconds=1)).astimezone(UTC).date() - first).days

@@ -57,6 +57,7 @@ async def get_breakdown(
                 filters=filters,
                 keys=(_KEYS[dimension],),
                 reporting_currency=currency,
+                per_merchant=dimension is Dimension.merchant,
                 order_limit=f"ORDER BY gross_volume DESC, tx_count DESC, g.key LIMIT {limit:d}",
             )
         rng_out, filters_out = echo(rng, filters)

@@ -55,6 +55,7 @@ async def get_top_merchants(
                 filters=filters,
                 keys=(Key("merchant_id", "merchant_id", "merchant_id"),),
                 reporting_currency=reporting,
+                per_merchant=True,
                 order_limit=(
                     "HAVING g.merchant_id IS NOT NULL "
                     f"ORDER BY {_ORDER[by]}, g.merchant_id LIMIT {limit:d}"
