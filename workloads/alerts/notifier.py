@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -45,6 +46,7 @@ WHERE n.id IN (
     SELECT id FROM analytics_alert_notifications
     WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
       AND (locked_until IS NULL OR locked_until <= now())
+      AND NOT (id = ANY($3::bigint[]))
     ORDER BY next_attempt_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED)
@@ -117,8 +119,8 @@ class Notifier:
         # Longer than one attempt can take, so a live sender never loses its row.
         return self.settings.alerts_webhook_timeout_seconds * 2 + 10
 
-    async def claim(self, limit: int) -> list[Delivery]:
-        rows = await self.pool.fetch(_CLAIM_SQL, limit, self._lease_seconds)
+    async def claim(self, limit: int, exclude: Sequence[int] = ()) -> list[Delivery]:
+        rows = await self.pool.fetch(_CLAIM_SQL, limit, self._lease_seconds, list(exclude))
         return [
             Delivery(
                 r["id"], r["alert_id"], r["url"], r["status"], r["body"].encode(), r["attempts"]
@@ -135,8 +137,10 @@ class Notifier:
             async with sem:
                 await self.deliver(d)
 
-        while batch := await self.claim(self.settings.alerts_notify_concurrency * 4):
+        tried: list[int] = []
+        while batch := await self.claim(self.settings.alerts_notify_concurrency * 4, tried):
             total += len(batch)
+            tried.extend(d.id for d in batch)
             await asyncio.gather(*(one(d) for d in batch))
         return total
 

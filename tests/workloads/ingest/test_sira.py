@@ -18,9 +18,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
+from molam_workloads.core.db import create_pool
+from molam_workloads.core.events import TransactionEvent, encode_event
 from molam_workloads.core.kafka import producer as kafka_producer
-from molam_workloads.core.settings import SiraSettings
+from molam_workloads.core.settings import SiraSettings, load_settings
+from molam_workloads.ingest.consumer import Ingestor
+from molam_workloads.ingest.settings import IngestSettings
 from molam_workloads.ingest.sira import POINTER, AnomalyDetector, baseline_key
+
+from .support import Stack, publish, wait_until
 
 S = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
 B = timedelta(minutes=15)
@@ -196,3 +202,93 @@ async def test_disabled_and_old_buckets(
     assert await db.fetchval("SELECT count(*) FROM analytics_anomalies") == 0
     # An event time in the future closes nothing beyond the wall clock.
     assert d.newest_closed(now + timedelta(days=1)) < now
+
+
+def _events(merchant: str, start: datetime, minutes: int, per_minute: int, tag: str) -> list[bytes]:
+    out = []
+    for k in range(minutes):
+        for j in range(per_minute):
+            out.append(
+                encode_event(
+                    TransactionEvent(
+                        event_id=f"{tag}-{k}-{j}",
+                        txn_id=f"{tag}-{k}-{j}",
+                        merchant_id=merchant,
+                        occurred_at=start + timedelta(minutes=k, seconds=j),
+                        amount=Decimal("1000.00"),
+                        currency="XOF",
+                        country="SN",
+                        channel="mobile_money",
+                        type="payment",
+                        status="succeeded",
+                    )
+                )
+            )
+    return out
+
+
+async def test_through_the_consumer(
+    stack: Stack,
+    db: asyncpg.Connection,
+    redis: Redis,
+    create_topic: Callable[..., Awaitable[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real consumer calls the detector after its batches: history is learnt, then a
+    spike in the next bucket is stored and published once."""
+    anomaly_topic = await create_topic("anomaly")
+    for k, v in {
+        "SIRA_ENABLED": "true",
+        "SIRA_BUCKET_MINUTES": "5",
+        "SIRA_MIN_HISTORY": "6",
+        "SIRA_GRACE_SECONDS": "0",
+        "SIRA_SEASONAL": "false",
+        "ANOMALY_TOPIC": anomaly_topic,
+    }.items():
+        monkeypatch.setenv(k, v)
+    settings = load_settings(IngestSettings)
+    now = datetime.now(UTC)
+    start = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % 5 + 60)
+    history = _events("M-1", start, 50, 4, "h")  # ten 5-minute buckets of 20
+    spike = _events("M-1", start + timedelta(minutes=50), 5, 20, "s")  # one bucket of 100
+    after = _events("M-1", start + timedelta(minutes=55), 1, 1, "a")  # closes the spike bucket
+
+    async with create_pool(settings, max_size=3) as pool, kafka_producer(stack.bootstrap) as prod:
+        detector = AnomalyDetector(settings, pool, redis, prod)
+        ingestor = Ingestor(settings, pool, prod, None, detector)
+        stop = asyncio.Event()
+        task = asyncio.create_task(ingestor.run(stop))
+        try:
+            await publish(stack.bootstrap, stack.topic, history)
+            await wait_until(lambda: _counted(db, len(history)))
+            await wait_until(lambda: _has_pointer(redis))
+            await publish(stack.bootstrap, stack.topic, spike + after)
+            await wait_until(lambda: _counted(db, len(history) + len(spike) + len(after)))
+            await wait_until(lambda: _published(db, 2))
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 20)
+    rows = await db.fetch("SELECT merchant_id, metric, bucket FROM analytics_anomalies")
+    bucket = start + timedelta(minutes=50)
+    assert {(r["merchant_id"], r["metric"], r["bucket"]) for r in rows} >= {
+        ("M-1", "tx_count", bucket),
+        ("M-1", "volume", bucket),
+    }
+    assert {r["bucket"] for r in rows} == {bucket}
+    messages = await read_all(stack.bootstrap, anomaly_topic)
+    assert len(messages) == len(rows)
+
+
+async def _counted(db: asyncpg.Connection, n: int) -> bool:
+    return bool(await db.fetchval("SELECT count(*) FROM ingested_transactions") >= n)
+
+
+async def _has_pointer(redis: Redis) -> bool:
+    return bool(await redis.get(POINTER))
+
+
+async def _published(db: asyncpg.Connection, n: int) -> bool:
+    return bool(
+        await db.fetchval("SELECT count(*) FROM analytics_anomalies WHERE published_at IS NOT NULL")
+        >= n
+    )
