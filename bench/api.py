@@ -14,9 +14,11 @@ comes from ``wrk`` (another process; Debian package, ``stack/system-deps.sh``) w
 
 Beside each row, the bare SQL time of the same query: ``queries.aggregates.grouped`` called
 directly over asyncpg (JIT off, as the API's pool) with the same random ranges, one at a time.
-Every mode also runs at concurrency 1, the service time without queueing: on a small machine a
-closed loop of 32 connections measures mostly the queue (Little's law: latency = in-flight /
-throughput).
+Every mode also runs at concurrency 1, the service time without queueing, and open loop: a
+fixed rate (``--load-fraction`` of the closed-loop throughput just measured, default 1/4) with
+up to ``--concurrency`` requests in flight, latency counted from each request's scheduled time
+(a client process of its own). On a small machine a closed loop of 32 connections measures
+mostly the queue (Little's law: latency = requests in flight / throughput).
 
 Usage: ``python bench/api.py [--merchants 500] [--days 90] [--duration 8]`` with the local
 stack's environment (``make bench``). Targets: uncached p95 < 50 ms, cached p95 < 5 ms.
@@ -326,6 +328,142 @@ def run_wrk(base: str, lua: str, connections: int, duration: int) -> dict[str, f
     }
 
 
+# --- open loop: a fixed request rate, up to `concurrency` in flight, latency from the
+# scheduled send time (a late start counts, so a stalled server cannot hide its backlog).
+
+
+async def _http_get(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str, token: str
+) -> int:
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return status
+
+
+async def open_loop(
+    base: str, paths: Callable[[], str], token: str, rate: float, duration: float, conns: int
+) -> dict[str, float]:
+    u = urlparse(base)
+    host, port = u.hostname or "127.0.0.1", u.port or 80
+    free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(conns):
+        free.put_nowait(await asyncio.open_connection(host, port))
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(due: float, path: str) -> None:
+        nonlocal errors
+        conn = await free.get()
+        try:
+            status = await _http_get(*conn, f"{host}:{port}", path, token)
+            if status != 200:
+                errors += 1
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            errors += 1
+            conn = await asyncio.open_connection(host, port)
+        latencies.append((time.perf_counter() - due) * 1000)
+        free.put_nowait(conn)
+
+    tasks = []
+    start = time.perf_counter()
+    total = int(rate * duration)
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(due, paths())))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    while not free.empty():
+        _, writer = free.get_nowait()
+        writer.close()
+    return {
+        "rps": len(latencies) / elapsed,
+        "errors": errors,
+        "p50": pct(latencies, 50),
+        "p95": pct(latencies, 95),
+        "p99": pct(latencies, 99),
+    }
+
+
+def random_path(spec: dict[str, Any], end: datetime) -> Callable[[], str]:
+    rnd = random.Random()
+
+    def make() -> str:
+        start, to = random_range(rnd, end)
+        return (
+            f"{spec['path']}?from={start.strftime('%Y-%m-%dT%H:00:00Z')}"
+            f"&to={to.strftime('%Y-%m-%dT%H:00:00Z')}{spec['extra']}"
+        )
+
+    return make
+
+
+def run_open_loop_child(
+    base: str, mode: str, name: str, end: int, token: str, rate: float, duration: float, conns: int
+) -> dict[str, float]:
+    """The open-loop load, in a process of its own (like wrk)."""
+    import json
+
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--open-loop-child",
+        json.dumps(
+            {
+                "base": base,
+                "mode": mode,
+                "name": name,
+                "end": end,
+                "token": token,
+                "rate": rate,
+                "duration": duration,
+                "conns": conns,
+            }
+        ),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+async def _child(arg: str) -> None:
+    import json
+
+    a = json.loads(arg)
+    spec = ENDPOINTS[a["name"]]
+    end = datetime.fromtimestamp(a["end"], UTC)
+    if a["mode"] == "uncached":
+        paths = random_path(spec, end)
+    else:
+        fixed = cached_paths(spec, end)
+        counter = iter(range(10**9))
+
+        def paths() -> str:
+            return fixed[next(counter) % len(fixed)]
+
+    result = await open_loop(a["base"], paths, a["token"], a["rate"], a["duration"], a["conns"])
+    print(json.dumps(result))
+
+
+def cached_paths(spec: dict[str, Any], end: datetime) -> list[str]:
+    return [
+        f"{spec['path']}?from="
+        f"{(end - timedelta(days=d)).strftime('%Y-%m-%dT%H:00:00Z')}"
+        f"&to={end.strftime('%Y-%m-%dT%H:00:00Z')}{spec['extra']}"
+        for d in (7, 30, 90)
+    ]
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
@@ -353,7 +491,17 @@ async def main() -> int:
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per row")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--sql-samples", type=int, default=60)
+    parser.add_argument(
+        "--load-fraction",
+        type=float,
+        default=0.25,
+        help="open-loop rate as a fraction of the closed-loop throughput measured just before",
+    )
+    parser.add_argument("--open-loop-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.open_loop_child:
+        await _child(args.open_loop_child)
+        return 0
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run stack/system-deps.sh")
 
@@ -389,12 +537,7 @@ async def main() -> int:
                     "extra": spec["extra"],
                     "end": int(end.timestamp()),
                 }
-                fixed = [
-                    f"{spec['path']}?from="
-                    f"{(end - timedelta(days=d)).strftime('%Y-%m-%dT%H:00:00Z')}"
-                    f"&to={end.strftime('%Y-%m-%dT%H:00:00Z')}{spec['extra']}"
-                    for d in (7, 30, 90)
-                ]
+                fixed = cached_paths(spec, end)
                 for path in fixed:  # warm the cache
                     await asyncio.to_thread(http_get, cached + path, token)
                 lua_fixed = LUA_FIXED % {
@@ -407,12 +550,41 @@ async def main() -> int:
                     ("cached", cached, lua_fixed, args.concurrency),
                     ("cached", cached, lua_fixed, 1),
                 ]
+                saturation: dict[str, float] = {}
                 for mode, base, lua, conns in plan:
                     res = await asyncio.to_thread(run_wrk, base, lua, conns, args.duration)
+                    if conns == args.concurrency:
+                        saturation[mode] = res["rps"]
                     rows.append(
                         [
                             name,
                             f"{mode} c={conns}",
+                            f"{res['rps']:.0f}",
+                            str(res["errors"]),
+                            fmt(res["p50"]),
+                            fmt(res["p95"]),
+                            fmt(res["p99"]),
+                            *(sql_cells if mode == "uncached" else ["", ""]),
+                        ]
+                    )
+                    print("  ".join(rows[-1]), flush=True)
+                for mode, base in (("uncached", uncached), ("cached", cached)):
+                    rate = max(1.0, saturation[mode] * args.load_fraction)
+                    res = await asyncio.to_thread(
+                        run_open_loop_child,
+                        base,
+                        mode,
+                        name,
+                        int(end.timestamp()),
+                        token,
+                        rate,
+                        args.duration,
+                        args.concurrency,
+                    )
+                    rows.append(
+                        [
+                            name,
+                            f"{mode} open {rate:.0f}/s",
                             f"{res['rps']:.0f}",
                             str(res["errors"]),
                             fmt(res["p50"]),
@@ -433,8 +605,9 @@ async def main() -> int:
 
     print()
     print(
-        f"API benchmark: {args.merchants} merchants x {args.days} days x 24 h, "
-        f"wrk closed loop, {os.cpu_count()} CPUs shared by PostgreSQL, Redis, API and wrk"
+        f"API benchmark: {args.merchants} merchants x {args.days} days x 24 h; c=N: wrk closed "
+        f"loop, open R/s: fixed rate; {os.cpu_count()} CPUs shared by PostgreSQL, Redis, the "
+        f"API and the load; load average {os.getloadavg()[0]:.1f} at the end"
     )
     print(
         table(
