@@ -10,7 +10,8 @@ retention so they read hourly data), then for each rule count:
 - ``set-based``: ``run_cycle`` (evaluation + state machine + every write), first cycle
   (opens alerts, queues webhooks) and the median of the following steady-state cycles;
 - ``per-rule``: the naive design measured in the same run — one query per rule computing the
-  same value (scope conditions only where set, so indexes apply; values only, no writes).
+  same value, reading windows the same way (whole hours from ``txn_hourly_agg``; scope
+  conditions only where set, so indexes apply); values only, no writes.
   Above ``--baseline-budget`` seconds it stops and extrapolates from the rules it ran.
 
 Then the other hot path of issue 4, SIRA (``AnomalyDetector.on_batch``, called by the consumer
@@ -163,25 +164,44 @@ def make_rules(n: int, merchants: int, seed: int = 42) -> list[tuple[object, ...
     return rows
 
 
-def per_rule_sql(rule: asyncpg.Record, retention_minutes: int) -> tuple[str, list[object]]:
-    """The naive design: this one rule's value in its own query."""
+def _parts(
+    now: datetime, w: int, retention: int, split: int
+) -> list[tuple[str, datetime, datetime]]:
+    """The evaluator's reading of a window: (table, from, to) ranges."""
+    lo = now - timedelta(minutes=w)
+    if w > retention:
+        return [("txn_hourly_agg", lo, now)]
+    h_lo = lo.replace(minute=0, second=0, microsecond=0)
+    if h_lo < lo:
+        h_lo += timedelta(hours=1)
+    h_hi = now.replace(minute=0, second=0, microsecond=0)
+    if w >= split and h_hi > h_lo:
+        return [
+            ("txn_minute_agg", lo, h_lo),
+            ("txn_hourly_agg", h_lo, h_hi),
+            ("txn_minute_agg", h_hi, now),
+        ]
+    return [("txn_minute_agg", lo, now)]
+
+
+def per_rule_sql(
+    rule: asyncpg.Record, now: datetime, retention: int = 48 * 60, split: int = 180
+) -> tuple[str, list[object]]:
+    """The naive design: this one rule's value in its own query (same reading of the window
+    as the evaluator: whole hours from txn_hourly_agg; scope conditions only where set)."""
     if rule["metric"] == "anomaly_count":
         sql = (
             "SELECT count(*) AS v FROM analytics_anomalies "
             "WHERE detected_at >= $1::timestamptz - make_interval(mins => $2) "
             "AND detected_at < $1"
         )
-        params: list[object] = []
+        params: list[object] = [now, rule["window_minutes"]]
         if rule["scope_merchant_id"]:
-            sql += " AND merchant_id = $4"
-            params = [rule["scope_merchant_id"]]
-        return sql.replace("$4", "$3"), params
-    table, col = (
-        ("txn_minute_agg", "minute")
-        if rule["window_minutes"] <= retention_minutes
-        else ("txn_hourly_agg", "hour")
-    )
-    conds, params = [], []
+            sql += " AND merchant_id = $3"
+            params.append(rule["scope_merchant_id"])
+        return sql, params
+    params = ["USD"]
+    conds = []
     for column, key in (
         ("merchant_id", "scope_merchant_id"),
         ("country", "scope_country"),
@@ -190,43 +210,74 @@ def per_rule_sql(rule: asyncpg.Record, retention_minutes: int) -> tuple[str, lis
     ):
         if rule[key] is not None:
             params.append(rule[key])
-            conds.append(f"a.{column} = ${3 + len(params)}")
+            conds.append(f"a.{column} = ${len(params)}")
     where = "".join(f" AND {c}" for c in conds)
-    sql = f"""
-        WITH g AS (
-            SELECT a.currency, date_trunc('day', a.{col}, 'UTC') AS day,
+    selects = []
+    for table, f, t in _parts(now, rule["window_minutes"], retention, split):
+        col = "minute" if table == "txn_minute_agg" else "hour"
+        params += [f, t]
+        selects.append(
+            f"""SELECT a.currency, date_trunc('day', a.{col}, 'UTC') AS day,
                    sum(a.tx_count) tx, sum(a.succeeded_count) ok, sum(a.failed_count) ko,
                    sum(a.payment_count) pay, sum(a.refund_count) ref,
                    sum(a.payment_volume_local) vol
             FROM {table} a
-            WHERE a.{col} >= $1::timestamptz - make_interval(mins => $2) AND a.{col} < $1
-            {where}
-            GROUP BY 1, 2)
+            WHERE a.{col} >= ${len(params) - 1} AND a.{col} < ${len(params)} {where}
+            GROUP BY 1, 2"""
+        )
+    sql = f"""
+        WITH g AS ({" UNION ALL ".join(selects)})
         SELECT sum(tx) tx, sum(ok) ok, sum(ko) ko, sum(pay) pay, sum(ref) ref,
-               sum(vol * {fx.rate_expr("g", "$3")}) vol
-        FROM g {fx.rate_join("g", "g.day", "$3")}
+               sum(vol * {fx.rate_expr("g", "$1")}) vol
+        FROM g {fx.rate_join("g", "g.day", "$1")}
     """
     return sql, params
 
 
+def _value(metric: str, row: asyncpg.Record) -> Decimal | None:
+    """The metric from a per-rule row, as the evaluator defines it (None: no data)."""
+    if metric == "anomaly_count":
+        return Decimal(row["v"])
+    tx, ok, ko, pay, ref, vol = (row[k] or 0 for k in ("tx", "ok", "ko", "pay", "ref", "vol"))
+    settled = ok + ko
+    return {
+        "tx_count": Decimal(tx),
+        "gross_volume": Decimal(vol),
+        "success_rate": Decimal(ok) / settled if settled else None,
+        "failure_rate": Decimal(ko) / settled if settled else None,
+        "refund_rate": Decimal(ref) / pay if pay else None,
+        "avg_ticket": Decimal(vol) / pay if pay else None,
+    }[metric]
+
+
+def _same(a: Decimal | None, b: Decimal | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= Decimal("1e-9") * max(abs(a), abs(b), Decimal(1))
+
+
 async def baseline(
     pool: asyncpg.Pool, rules: list[asyncpg.Record], now: datetime, budget: float
-) -> tuple[float, int]:
-    """Seconds for one query per rule (extrapolated past ``budget``); rules actually run."""
+) -> tuple[float, int, int]:
+    """Seconds for one query per rule (extrapolated past ``budget``), rules actually run, and
+    how many of their values differ from what the set-based cycle stored."""
+    stored = {
+        r["rule_id"]: r["last_value"]
+        for r in await pool.fetch("SELECT rule_id, last_value FROM analytics_alert_rule_state")
+    }
     started = time.perf_counter()
-    done = 0
+    done = mismatches = 0
     async with pool.acquire() as conn:
         for r in rules:
-            sql, params = per_rule_sql(r, 48 * 60)
-            if r["metric"] == "anomaly_count":
-                await conn.fetchrow(sql, now, r["window_minutes"], *params)
-            else:
-                await conn.fetchrow(sql, now, r["window_minutes"], "USD", *params)
+            sql, params = per_rule_sql(r, now)
+            row = await conn.fetchrow(sql, *params)
             done += 1
+            if not _same(_value(r["metric"], row), stored.get(r["id"])):
+                mismatches += 1
             if time.perf_counter() - started > budget:
                 break
     elapsed = time.perf_counter() - started
-    return elapsed * len(rules) / done, done
+    return elapsed * len(rules) / done, done, mismatches
 
 
 async def main() -> int:
@@ -358,15 +409,16 @@ async def run(pool: asyncpg.Pool, dsn: str, args: argparse.Namespace) -> int:
         first = await run_cycle(pool, settings, now=now)
         steady = []
         report = first
-        for k in range(1, args.cycles):
-            report = await run_cycle(pool, settings, now=now + timedelta(seconds=k))
+        for _ in range(1, args.cycles):
+            report = await run_cycle(pool, settings, now=now)  # the same instant again
             steady.append(report.duration_s)
         med = statistics.median(steady) if steady else first.duration_s
         active = await pool.fetch(
             "SELECT * FROM analytics_alert_rules WHERE is_active ORDER BY name"
         )
-        base, ran = await baseline(pool, active, now, args.baseline_budget)
+        base, ran, wrong = await baseline(pool, active, now, args.baseline_budget)
         note = "" if ran == len(active) else f" (extrapolated from {ran})"
+        note += f"; values differing from per-rule: {wrong}/{ran}"
         print(
             f"{n:>7,} | {first.duration_s * 1000:>16.0f} ms | {med * 1000:>18.0f} ms | "
             f"{base * 1000:>13.0f} ms | {base / med:>7.1f}x | {report.firing}{note}"
