@@ -220,9 +220,13 @@ class AnomalyDetector:
         while b <= closed:
             buckets.append(b)
             b += self.bucket
-        found, states = await self._evaluate(buckets, learn_only) if buckets else ([], {})
+        found, states, stale = (
+            await self._evaluate(buckets, learn_only) if buckets else ([], {}, [])
+        )
         inserted = await self._store(found)
         await self._save(states, raw, closed)
+        if stale:
+            await self.redis.srem(KNOWN, *stale)  # type: ignore[misc]
         log.info(
             "SIRA %s %d bucket(s) up to %s: %d series, %d anomaly(ies), %d new",
             "learned" if learn_only else "judged",
@@ -275,7 +279,7 @@ class AnomalyDetector:
 
     async def _evaluate(
         self, buckets: list[datetime], learn_only: bool
-    ) -> tuple[list[Found], dict[str, SeriesState]]:
+    ) -> tuple[list[Found], dict[str, SeriesState], list[str]]:
         values = await self._values(buckets[0], buckets[-1] + self.bucket)
         known = {_s(m) or "" for m in await self.redis.smembers(KNOWN)} - {""}  # type: ignore[misc]
         merchants = known | {m for m, _ in values if m}
@@ -296,6 +300,7 @@ class AnomalyDetector:
         loaded = await pipe.execute()
         states: dict[str, SeriesState] = {}
         found: list[Found] = []
+        stale: list[str] = []
         zero = (Decimal(0), Decimal(0))
         for (s, metric), raw in zip(keys, loaded, strict=True):
             st = load_state({f: _s(v) for f, v in zip(fields, raw, strict=True)})
@@ -309,8 +314,11 @@ class AnomalyDetector:
                 )
                 if j is not None and j.anomalous and not learn_only:
                     found.append(Found(s, metric, b, value, j))
-            states[baseline_key(s, metric)] = st
-        return found, states
+            if st.overall.n:
+                states[baseline_key(s, metric)] = st
+            elif metric == "tx_count" and s != PLATFORM:
+                stale.append(s)  # no baseline left (expired) and no activity: forget it
+        return found, states, stale
 
     async def _save(
         self, states: dict[str, SeriesState], pointer: str | None, closed: datetime

@@ -24,7 +24,7 @@ from molam_workloads.core.kafka import producer as kafka_producer
 from molam_workloads.core.settings import SiraSettings, load_settings
 from molam_workloads.ingest.consumer import Ingestor
 from molam_workloads.ingest.settings import IngestSettings
-from molam_workloads.ingest.sira import POINTER, AnomalyDetector, baseline_key
+from molam_workloads.ingest.sira import KNOWN, POINTER, AnomalyDetector, baseline_key
 
 from .support import Stack, publish, wait_until
 
@@ -123,7 +123,9 @@ async def test_injected_spike_and_drop_published_once(
         clock["now"] = S + (k + 1) * B + timedelta(seconds=61)
         await asyncio.gather(*(d.on_batch({"M-1", "M-2", None}, clock["now"]) for d in detectors))
 
+    await redis.sadd(KNOWN, "M-gone")  # type: ignore[misc]  # seen once, baseline expired
     await at_bucket(19)  # first call: learns buckets 0-19, judges nothing
+    assert await redis.smembers(KNOWN) == {"M-1", "M-2"}  # type: ignore[misc]
     assert await db.fetchval("SELECT count(*) FROM analytics_anomalies") == 0
     assert await redis.hget(baseline_key("M-1", "tx_count"), "o")
     for k in range(20, N_BUCKETS):
