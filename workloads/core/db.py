@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 PARTITIONS_BEHIND_MONTHS = 24
 PARTITIONS_AHEAD_MONTHS = 3
 _MIGRATION_LOCK = "molam.migrate"
-# Advisory lock between live ingestion (shared, per batch) and backfill (exclusive, per day):
-# a day is rebuilt from wallet_transactions while no stream batch is half-way through it.
+# Advisory locks between live ingestion and backfill, one per UTC day: a stream batch holds
+# ``pg_advisory_xact_lock_shared(hashtext(INGEST_LOCK), day.toordinal())`` for each day it
+# touches (in ascending order), backfill the exclusive one for the day it rebuilds. So a day is
+# never rebuilt while a stream batch is half-way through it, and other days go on meanwhile.
 INGEST_LOCK = "molam.ingest"
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 

@@ -109,7 +109,15 @@ class BatchWriter:
         """Commit one batch (``events`` unique by txn_id); returns the newly counted ones."""
         counted: list[TransactionEvent] = []
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext($1))", INGEST_LOCK)
+            # Per-day shared locks, ascending (see core.db.INGEST_LOCK): backfill rebuilding
+            # one of these days waits for this batch, or this batch for it.
+            days = sorted({e.occurred_at.date().toordinal() for e in events})
+            await conn.execute(
+                "SELECT count(pg_advisory_xact_lock_shared(hashtext($1), d))"
+                " FROM unnest($2::int[]) AS d",
+                INGEST_LOCK,
+                days,
+            )
             if events:
                 events = sorted(events, key=lambda e: e.txn_id)  # same lock order everywhere
                 new = {

@@ -1,16 +1,19 @@
 """``molam-analytics backfill --from YYYY-MM-DD --to YYYY-MM-DD``: rebuild aggregates from source.
 
-Each UTC day is one transaction, set-based in the database: take the ingestion lock
-exclusively (no stream batch can be half-way through the day), delete the day's hourly rows,
+Each UTC day is one transaction, set-based in the database: take the day's ingestion lock
+exclusively (no stream batch can be half-way through that day; see ``core.db.INGEST_LOCK``),
 record the day's ``wallet_transactions`` in the exactly-once ledger (so stream copies that
-arrive later are skipped) and rebuild the hourly rows with one ``INSERT … SELECT … GROUP BY``.
-The result depends only on ``wallet_transactions``: re-running gives the same rows. Days within
-the minute horizon get their ``txn_minute_agg`` rows rebuilt the same way.
+arrive later are skipped) and make the day's hourly rows equal to one ``SELECT … GROUP BY``
+over them: new buckets are inserted, changed ones overwritten, vanished ones deleted, equal
+ones left alone (a re-run writes almost nothing). The result depends only on
+``wallet_transactions``: re-running gives the same rows. Days within the minute horizon get
+their ``txn_minute_agg`` rows rebuilt too. ``--jobs`` days are rebuilt at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -18,7 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 from pydantic import Field
 
-from molam_workloads.core.db import INGEST_LOCK, connect
+from molam_workloads.core.db import INGEST_LOCK, create_pool
 from molam_workloads.core.errors import ConfigError
 from molam_workloads.core.settings import DatabaseSettings, load_settings
 from molam_workloads.jobs.progress import ProgressBar
@@ -31,9 +34,17 @@ class BackfillSettings(DatabaseSettings):
     minute_agg_horizon_hours: int = Field(default=48, ge=0)
 
 
-def _measures() -> str:
+_MEASURES = (
+    "tx_count", "succeeded_count", "failed_count", "pending_count", "gross_volume_local",
+    "payment_count", "payment_volume_local", "refund_count", "refund_volume_local",
+    "payout_count", "payout_volume_local", "transfer_count", "transfer_volume_local", "fee_local",
+)  # fmt: skip
+_KEYS = ("merchant_id", "country", "currency", "channel")
+
+
+def _measure_exprs() -> list[str]:
     ok = "status = 'succeeded'"
-    parts = [
+    exprs = [
         "count(*)",
         f"count(*) FILTER (WHERE {ok})",
         "count(*) FILTER (WHERE status = 'failed')",
@@ -42,39 +53,69 @@ def _measures() -> str:
     ]
     for kind in ("payment", "refund", "payout", "transfer"):
         cond = f"{ok} AND type = '{kind}'"
-        parts += [
+        exprs += [
             f"count(*) FILTER (WHERE {cond})",
             f"coalesce(sum(amount) FILTER (WHERE {cond}), 0)",
         ]
-    parts.append(f"coalesce(sum(fee) FILTER (WHERE {ok}), 0)")
-    return ",\n       ".join(parts)
+    exprs.append(f"coalesce(sum(fee) FILTER (WHERE {ok}), 0)")
+    return exprs
 
 
-_COLUMNS = (
-    "merchant_id, country, currency, channel, tx_count, succeeded_count, failed_count,"
-    " pending_count, gross_volume_local, payment_count, payment_volume_local, refund_count,"
-    " refund_volume_local, payout_count, payout_volume_local, transfer_count,"
-    " transfer_volume_local, fee_local"
-)
-
-
-def _rebuild_sql(table: str, unit: str) -> str:
-    time_column = "hour" if unit == "hour" else "minute"
-    return f"""
-WITH ins AS (
-    INSERT INTO {table} ({time_column}, {_COLUMNS})
-    SELECT date_trunc('{unit}', occurred_at, 'UTC'), merchant_id, country, currency, channel,
-       {_measures()}
+def _select(unit: str, time_column: str) -> str:
+    measures = ",\n       ".join(
+        f"{e} AS {m}" for e, m in zip(_measure_exprs(), _MEASURES, strict=True)
+    )
+    return f"""SELECT date_trunc('{unit}', occurred_at, 'UTC') AS {time_column},
+       {", ".join(_KEYS)},
+       {measures}
     FROM wallet_transactions
     WHERE occurred_at >= $1 AND occurred_at < $2
-    GROUP BY 1, 2, 3, 4, 5
-    RETURNING tx_count)
-SELECT coalesce(sum(tx_count), 0)::bigint FROM ins
+    GROUP BY 1, 2, 3, 4, 5"""
+
+
+def _sync_sql(table: str, unit: str, time_column: str) -> str:
+    """Make ``table``'s rows in [$1, $2) equal to the source's aggregate, writing only changes.
+
+    Returns (transactions aggregated, rows inserted or changed, rows deleted).
+    """
+    keys = (time_column, *_KEYS)
+    cols = ", ".join((*keys, *_MEASURES))
+    assign = ", ".join(f"{m} = EXCLUDED.{m}" for m in _MEASURES)
+    old = ", ".join(f"{table}.{m}" for m in _MEASURES)
+    new = ", ".join(f"EXCLUDED.{m}" for m in _MEASURES)
+    # Equality where columns are NOT NULL keeps this a hash anti-join; only merchant_id may
+    # be NULL (wallet-to-wallet transfers).
+    same_key = " AND ".join(
+        f"f.{k} IS NOT DISTINCT FROM t.{k}" if k == "merchant_id" else f"f.{k} = t.{k}"
+        for k in keys
+    )
+    return f"""
+WITH fresh AS MATERIALIZED (
+    {_select(unit, time_column)}),
+written AS (
+    INSERT INTO {table} ({cols})
+    SELECT {cols} FROM fresh
+    ON CONFLICT ({", ".join(keys)}) DO UPDATE SET {assign}, updated_at = now()
+    WHERE ({old}) IS DISTINCT FROM ({new})
+    RETURNING 1),
+removed AS (
+    DELETE FROM {table} t
+    WHERE t.{time_column} >= $1 AND t.{time_column} < $2
+      AND NOT EXISTS (SELECT 1 FROM fresh f WHERE {same_key})
+    RETURNING 1)
+SELECT (SELECT coalesce(sum(tx_count), 0) FROM fresh)::bigint AS transactions,
+       (SELECT count(*) FROM written) AS written,
+       (SELECT count(*) FROM removed) AS removed
 """
 
 
-HOURLY_SQL = _rebuild_sql("txn_hourly_agg", "hour")
-MINUTE_SQL = _rebuild_sql("txn_minute_agg", "minute")
+HOURLY_SQL = _sync_sql("txn_hourly_agg", "hour", "hour")
+MINUTE_SQL = _sync_sql("txn_minute_agg", "minute", "minute")
+# The bare aggregation, for comparison (bench/backfill.py): one INSERT … SELECT … GROUP BY.
+BARE_HOURLY_SQL = f"""
+INSERT INTO txn_hourly_agg (hour, {", ".join(_KEYS)}, {", ".join(_MEASURES)})
+{_select("hour", "hour")}
+"""
 LEDGER_SQL = """
 INSERT INTO ingested_transactions (txn_id, event_id, occurred_at, source)
 SELECT id, NULL, occurred_at, 'backfill'
@@ -110,50 +151,76 @@ async def backfill_day(
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", INGEST_LOCK)
-        await conn.execute("SELECT ensure_txn_hourly_partitions($1, $1)", start)
-        await conn.execute("DELETE FROM txn_hourly_agg WHERE hour >= $1 AND hour < $2", start, end)
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext($1), $2)", INGEST_LOCK, day.toordinal()
+        )
         await conn.execute(LEDGER_SQL, start, end)
         count = int(await conn.fetchval(HOURLY_SQL, start, end))
         if minute_horizon is not None and end > now - minute_horizon:
-            lo = max(start, now - minute_horizon)
-            lo = lo.replace(second=0, microsecond=0)
-            await conn.execute(
-                "DELETE FROM txn_minute_agg WHERE minute >= $1 AND minute < $2", lo, end
-            )
-            await conn.fetchval(MINUTE_SQL, lo, end)
+            lo = max(start, now - minute_horizon).replace(second=0, microsecond=0)
+            await conn.fetchrow(MINUTE_SQL, lo, end)
     return count
 
 
 async def backfill(
-    conn: asyncpg.Connection, days: list[date], minute_horizon_hours: int, show: bool = True
+    pool: asyncpg.Pool | asyncpg.Connection,
+    days: list[date],
+    minute_horizon_hours: int,
+    show: bool = True,
+    jobs: int = 1,
 ) -> int:
+    """Rebuild ``days``, ``jobs`` at a time (each on its own connection when given a pool)."""
+    first = datetime(days[0].year, days[0].month, days[0].day, tzinfo=UTC)
+    last = datetime(days[-1].year, days[-1].month, days[-1].day, tzinfo=UTC)
+    # Up front, not per day: the function serialises its callers until they commit.
+    await pool.execute("SELECT ensure_txn_hourly_partitions($1, $2)", first, last)
     horizon = timedelta(hours=minute_horizon_hours) if minute_horizon_hours else None
     bar = ProgressBar(len(days), "backfill") if show else None
-    total = 0
+    queue: asyncio.Queue[date] = asyncio.Queue()
     for day in days:
-        n = await backfill_day(conn, day, horizon, datetime.now(UTC))
-        total += n
-        if bar:
-            bar.advance(f"{day} {n} txns")
+        queue.put_nowait(day)
+    total = 0
+
+    async def worker(conn: asyncpg.Connection) -> None:
+        nonlocal total
+        while not queue.empty():
+            day = queue.get_nowait()
+            n = await backfill_day(conn, day, horizon, datetime.now(UTC))
+            total += n
+            if bar:
+                bar.advance(f"{day} {n} txns")
+
+    if isinstance(pool, asyncpg.Connection):
+        await worker(pool)
+        return total
+
+    async def on_own_connection() -> None:
+        async with pool.acquire() as conn:
+            await worker(conn)  # type: ignore[arg-type]
+
+    await asyncio.gather(*(on_own_connection() for _ in range(max(1, min(jobs, len(days))))))
     return total
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="first", required=True, metavar="YYYY-MM-DD")
     parser.add_argument("--to", dest="last", required=True, metavar="YYYY-MM-DD")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="days rebuilt at once (connections; default 2)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 async def run(args: argparse.Namespace) -> int:
     days = day_range(args.first, args.last)
+    if not 1 <= args.jobs <= 32:
+        raise ConfigError("--jobs must be between 1 and 32")
     settings = load_settings(BackfillSettings)
-    conn = await connect(settings.database_url)
     started = time.perf_counter()
-    try:
-        total = await backfill(conn, days, settings.minute_agg_horizon_hours, not args.quiet)
-    finally:
-        await conn.close()
+    async with create_pool(settings, min_size=1, max_size=args.jobs) as pool:
+        total = await backfill(
+            pool, days, settings.minute_agg_horizon_hours, not args.quiet, args.jobs
+        )
     seconds = time.perf_counter() - started
     print(
         f"backfilled {len(days)} day(s) {days[0]}..{days[-1]}: {total} transactions"

@@ -24,8 +24,10 @@ from ingest.support import (
 )
 from redis.asyncio import Redis
 
+from molam_workloads.core.db import create_pool
 from molam_workloads.core.errors import ConfigError
 from molam_workloads.core.events import TransactionEvent, encode_event
+from molam_workloads.core.settings import DatabaseSettings
 from molam_workloads.jobs import backfill
 
 CLI = str(Path(sys.executable).with_name("molam-analytics"))
@@ -120,14 +122,17 @@ async def _consumed(db: asyncpg.Connection, n: int) -> bool:
 
 
 @pytest.mark.parametrize("stack", [2], indirect=True)
-async def test_backfill_while_the_consumer_runs(stack: Stack, db: asyncpg.Connection) -> None:
+async def test_backfill_while_the_consumer_runs(
+    stack: Stack, db: asyncpg.Connection, database_url: str
+) -> None:
     events = make_events(1200, seed=71, span=timedelta(hours=30))
     await insert_source(db, events)
     values = with_duplicates(events, 0.1, seed=72)
-    async with running_consumer(ingest_batch_max_records=50):
+    settings = DatabaseSettings(database_url=database_url)
+    async with running_consumer(ingest_batch_max_records=50), create_pool(settings) as pool:
         publishing = asyncio.create_task(publish(stack.bootstrap, stack.topic, values))
-        for _ in range(3):
-            await backfill.backfill(db, _days(events), 48, show=False)
+        for _ in range(3):  # two days at once, while the stream writes the same days
+            await backfill.backfill(pool, _days(events), 48, show=False, jobs=2)
             await asyncio.sleep(0.2)
         await publishing
         await wait_until(lambda: _consumed(db, len(values)), 40)
