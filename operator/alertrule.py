@@ -21,13 +21,24 @@ from pydantic import ValidationError
 from molam_operator import metrics
 from molam_operator.conditions import iso, set_condition
 from molam_operator.context import OperatorContext
+from molam_operator.kube import KubeError
 from molam_operator.settings import LABEL_RULE_PIPELINE
 from molam_workloads.core.errors import ServiceUnavailable
-from molam_workloads.core.rules import AlertRuleSpec, delete_rule, rule_status, save_rule
+from molam_workloads.core.rules import AlertRuleSpec, RuleStatus, delete_rule, save_rule
 
 KIND = "AlertRule"
 SOURCE = "crd"
 RETRY_DELAY = 5.0
+# The evaluator's states are read once per database and period for every rule's status timer.
+STATES_TTL_SECONDS = 2.0
+# The set-wise twin of molam_workloads.core.rules.rule_status (same columns, same state rule).
+_STATES_SQL = """
+    SELECT r.name, r.is_active, s.state, s.last_value, s.last_evaluated_at, s.last_fired_at,
+           s.current_alert_id
+    FROM analytics_alert_rules r
+    LEFT JOIN analytics_alert_rule_state s ON s.rule_id = r.id
+    WHERE r.source = 'crd'
+"""
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,10 @@ async def target(
 ) -> Target | None:
     ref = choose_pipeline(pipelines, labels)
     if ref is not None:
-        dsn = await ctx.secret_value(namespace, ref.secret, ref.key)
+        try:
+            dsn = await ctx.secret_value(namespace, ref.secret, ref.key)
+        except KubeError as exc:
+            raise kopf.TemporaryError(f"cannot read secret {ref.secret!r}: {exc}") from None
         if not dsn:
             raise kopf.TemporaryError(
                 f"secret {ref.secret!r} (key {ref.key!r}) of pipeline {ref.pipeline!r} is missing",
@@ -216,6 +230,21 @@ async def remove(
         raise await _connection_error(ctx, t, exc) from None
 
 
+async def _load_states(ctx: OperatorContext, dsn: str) -> dict[str, RuleStatus]:
+    pool = await ctx.pool(dsn)
+    rows = await pool.fetch(_STATES_SQL)
+    return {
+        r["name"]: RuleStatus(
+            state=((r["state"] or "inactive") if r["is_active"] else "inactive").capitalize(),
+            last_value=r["last_value"],
+            last_evaluated_at=r["last_evaluated_at"],
+            last_fired_at=r["last_fired_at"],
+            current_alert_id=r["current_alert_id"],
+        )
+        for r in rows
+    }
+
+
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -238,11 +267,12 @@ async def mirror_status(
     if t is None:
         return
     try:
-        pool = await ctx.pool(t.dsn)
-        async with pool.acquire() as conn:
-            st = await rule_status(cast(asyncpg.Connection, conn), rule_name(namespace, name))
+        states = await ctx.cached(
+            ("rule-states", t.dsn), STATES_TTL_SECONDS, lambda: _load_states(ctx, t.dsn)
+        )
     except _DB_ERRORS as exc:
         raise await _connection_error(ctx, t, exc) from None
+    st = states.get(rule_name(namespace, name))
     if st is None:
         return
     wanted = {

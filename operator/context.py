@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import kopf
@@ -24,6 +26,15 @@ from molam_workloads.core.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 MEMO_KEY = "molam"
+# A Secret's value is re-read at most this often (a rotated DATABASE_URL is picked up then).
+SECRET_TTL_SECONDS = 30.0
+T = TypeVar("T")
+
+
+@dataclass
+class _Cached:
+    at: float
+    value: Any
 
 
 @dataclass
@@ -36,7 +47,8 @@ class PipelineRuntime:
     last_status: dict[str, Any] = field(default_factory=dict)
     last_scale_time: str | None = None
     last_scale_reason: str | None = None
-    last_resync: float = 0.0
+    last_resync: float = 0.0  # when the last reconcile of the children ended
+    last_started: float = 0.0  # ... and when it started
     observed_generation: int | None = None
 
 
@@ -48,6 +60,30 @@ class OperatorContext:
     pipelines: dict[tuple[str, str], PipelineRuntime] = field(default_factory=dict)
     _pools: dict[str, asyncpg.Pool] = field(default_factory=dict)
     _pool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _generations: dict[str, int | None] = field(default_factory=dict)
+    _cache: dict[Hashable, _Cached] = field(default_factory=dict)
+    _cache_locks: dict[Hashable, asyncio.Lock] = field(default_factory=dict)
+
+    async def cached(self, key: Hashable, ttl: float, load: Callable[[], Awaitable[T]]) -> T:
+        """``load()``'s value, shared by every caller for ``ttl`` seconds (one load at a time).
+
+        1,000 AlertRules in a namespace then read its Secret, or their states, once per period
+        instead of once each.
+        """
+        hit = self._cache.get(key)
+        if hit is not None and time.monotonic() - hit.at < ttl:
+            return cast(T, hit.value)
+        lock = self._cache_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            hit = self._cache.get(key)
+            if hit is not None and time.monotonic() - hit.at < ttl:
+                return cast(T, hit.value)
+            value = await load()
+            self._cache[key] = _Cached(time.monotonic(), value)
+            return value
+
+    def uncache(self, key: Hashable) -> None:
+        self._cache.pop(key, None)
 
     def runtime(self, namespace: str, name: str) -> PipelineRuntime:
         key = (namespace, name)
@@ -63,6 +99,24 @@ class OperatorContext:
         rt = self.pipelines.get((namespace, name))
         if rt is not None:
             rt.kick.set()
+
+    def child_event(
+        self, event: str | None, *, uid: str, generation: int | None, namespace: str, pipeline: str
+    ) -> bool:
+        """A watch event of a child: kick its pipeline if it was deleted or its desired state
+        changed. Status-only updates (the controllers' bookkeeping, which leaves
+        ``metadata.generation`` alone) do not, so a cold start is not flooded with re-checks.
+        """
+        if event == "DELETED":
+            self._generations.pop(uid, None)
+            self.kick(namespace, pipeline)
+            return True
+        seen = self._generations.get(uid)
+        self._generations[uid] = generation
+        if event == "MODIFIED" and (generation is None or seen is None or generation != seen):
+            self.kick(namespace, pipeline)
+            return True
+        return False
 
     async def pool(self, dsn: str) -> asyncpg.Pool:
         """A small pool per database, created on first use and kept until cleanup."""
@@ -85,18 +139,23 @@ class OperatorContext:
             pool.terminate()
 
     async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """A Secret's value (None if the Secret or the key is missing)."""
-        try:
-            secret = await self.kube.get(path("v1", "Secret", namespace, name))
-        except KubeError as exc:
-            log.warning("cannot read secret %s/%s: %s", namespace, name, exc)
-            return None
-        if secret is None:
-            return None
-        if key in (secret.get("stringData") or {}):
-            return str(secret["stringData"][key])
-        raw = (secret.get("data") or {}).get(key)
-        return base64.b64decode(raw).decode() if raw is not None else None
+        """A Secret's value (None if the Secret or the key is missing); cached briefly."""
+
+        async def load() -> str | None:
+            try:
+                secret = await self.kube.get(path("v1", "Secret", namespace, name))
+            except KubeError as exc:
+                log.warning("cannot read secret %s/%s: %s", namespace, name, exc)
+                raise
+            if secret is None:
+                return None
+            raw = (secret.get("data") or {}).get(key)
+            return base64.b64decode(raw).decode() if raw is not None else None
+
+        value = await self.cached(("secret", namespace, name, key), SECRET_TTL_SECONDS, load)
+        if value is None:  # not there yet: look again next time rather than in 30 s
+            self.uncache(("secret", namespace, name, key))
+        return value
 
     async def close(self) -> None:
         for pool in self._pools.values():

@@ -28,6 +28,7 @@ _PLURALS = {
     "AnalyticsPipeline": "analyticspipelines",
     "AlertRule": "alertrules",
     "Event": "events",
+    "Namespace": "namespaces",
 }
 
 
@@ -126,25 +127,29 @@ class Kube:
         data = None if body is None else json.dumps(body)
         if data is not None and content_type is None:
             content_type = "application/json"
-        async with self._session.request(
-            method,
-            self._host + url_path,
-            data=data,
-            params=params,
-            headers=self._headers(content_type),
-        ) as resp:
-            text = await resp.text()
-            if resp.status >= 400:
-                try:
-                    status = json.loads(text)
-                except ValueError:
-                    status = {}
-                raise KubeError(
-                    resp.status,
-                    str(status.get("reason", resp.reason or "")),
-                    str(status.get("message", text[:500])),
-                )
-            return json.loads(text) if text else {}
+        try:
+            async with self._session.request(
+                method,
+                self._host + url_path,
+                data=data,
+                params=params,
+                headers=self._headers(content_type),
+            ) as resp:
+                text = await resp.text()
+                status_code, http_reason = resp.status, resp.reason
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise KubeError(503, "Unavailable", f"{method} {url_path}: {exc!r}") from None
+        if status_code >= 400:
+            try:
+                status = json.loads(text)
+            except ValueError:
+                status = {}
+            raise KubeError(
+                status_code,
+                str(status.get("reason", http_reason or "")),
+                str(status.get("message", text[:500])),
+            )
+        return json.loads(text) if text else {}
 
     async def get(self, url_path: str) -> dict[str, Any] | None:
         """The object, or None if it does not exist."""

@@ -94,10 +94,21 @@ async def scale_pipeline(
 @kopf.on.event("batch", "v1", "cronjobs", labels=CHILD)
 @kopf.on.event("batch", "v1beta1", "cronjobs", labels=CHILD)
 async def child_changed(
-    type: str | None, namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    type: str | None,
+    namespace: str,
+    uid: str,
+    meta: kopf.Meta,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
-    if type in ("MODIFIED", "DELETED"):
-        get_context(memo).kick(namespace, labels[LABEL_INSTANCE])
+    get_context(memo).child_event(
+        type,
+        uid=uid,
+        generation=meta.get("generation"),
+        namespace=namespace,
+        pipeline=labels[LABEL_INSTANCE],
+    )
 
 
 # ------------------------------------------------------------------------------ AlertRule

@@ -111,13 +111,21 @@ async def reconcile(
     *,
     logger: logging.Logger | kopf.Logger,
     cause: str,
+    unless_started_after: float | None = None,
 ) -> dict[str, str]:
-    """Bring every child in shape; returns {child name: outcome}. Retries on API errors."""
+    """Bring every child in shape; returns {child name: outcome}. Retries on API errors.
+
+    ``unless_started_after``: skip if another reconcile started after that instant (it saw
+    whatever this one was asked to look at).
+    """
     namespace, name = body.meta["namespace"], body.meta["name"]
     rt = ctx.runtime(namespace, name)
     cfg = config_or_permanent(body.spec)
     started = time.monotonic()
     async with rt.lock:
+        if unless_started_after is not None and rt.last_started > unless_started_after:
+            return {}
+        rt.last_started = time.monotonic()
         outcomes: dict[str, str] = {}
         try:
             for child in build(ctx, body, cfg):
@@ -239,7 +247,10 @@ async def last_refresh(
     ctx: OperatorContext, namespace: str, name: str, cfg: PipelineConfig
 ) -> str | None:
     """When the view was last refreshed: from the database, else the CronJob's last run."""
-    dsn = await ctx.secret_value(namespace, cfg.database.name, cfg.database.key)
+    try:
+        dsn = await ctx.secret_value(namespace, cfg.database.name, cfg.database.key)
+    except KubeError:
+        dsn = None
     if dsn:
         try:
             pool = await ctx.pool(dsn)
@@ -389,7 +400,7 @@ async def run(
                 # Changes found by a kick or a resync after the first pass are hand edits.
                 cause = "drift" if rt.last_resync else "startup"
                 try:
-                    await reconcile(ctx, body, logger=logger, cause=cause)
+                    await reconcile(ctx, body, logger=logger, cause=cause, unless_started_after=now)
                 except (kopf.TemporaryError, kopf.PermanentError) as exc:
                     logger.warning(f"children not in shape: {exc}")
             if rt.poll_now or time.monotonic() >= next_poll:

@@ -1,0 +1,508 @@
+"""Benchmark: the operator's reaction time and its cold-start throughput (issue 5).
+
+Against the local stack (``make bench``: KUBECONFIG, DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS from
+``.stack/env``), with ``molam-analytics operator`` run as a process, as in production:
+
+1. **Scale latency** — from the moment a consumer group's lag crosses the threshold (offsets
+   committed so that lag/lagThreshold wants more replicas) to the moment the consumer
+   Deployment carries the new replica count, over several trials at random poll phases, for
+   ``pollSeconds`` 5 and 15 (the SPEC's default). Target: one poll interval + 2 s. Reference:
+   KEDA's defaults poll every 30 s and hand a metric to the HPA, which acts on its 15 s sync
+   (up to ~45 s, ~22 s on average) — a stated reference, not measured here.
+2. **Cold start** — 100 AnalyticsPipelines (100 namespaces) and 1,000 AlertRules created while
+   the operator is down; time from its start until all 600 children exist with status
+   ``observedGeneration`` set and all 1,000 rules are rows in ``analytics_alert_rules``. Beside
+   it, a measured floor: ``kubectl apply`` of the same 600 child manifests (built by the same
+   builders) in one call — what the API server alone needs.
+3. **Trend sizing** — the pure simulation of issue 5 on the synthetic trace: scale events,
+   peak lag and replica-seconds for the threshold rule and for ``targetDrainSeconds``.
+
+Usage: ``python bench/operator.py [--trials 5] [--pipelines 100] [--rules-per-pipeline 10]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from molam_operator import manifests
+from molam_operator.kube import Kube, KubeError, path
+from molam_operator.scaling import simulate, synthetic_trace
+from molam_workloads.core.db import migrate
+
+GROUP_VERSION = "analytics.molam.io/v1"
+CLI = Path(sys.executable).with_name("molam-analytics")
+ROOT = Path(__file__).resolve().parents[1]
+KUBECTL_CANDIDATES = [
+    Path(os.environ.get("MOLAM_CACHE_DIR") or Path.home() / ".cache/molam-analytics")
+    / "k8s/bin/kubectl"
+]
+
+
+def env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        sys.exit(f"{name} is not set: run with the local stack's environment (make bench)")
+    return value
+
+
+def kubectl() -> str:
+    for p in KUBECTL_CANDIDATES:
+        if p.exists():
+            return str(p)
+    return "kubectl"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+@asynccontextmanager
+async def scratch_database() -> AsyncIterator[str]:
+    admin = env("DATABASE_URL")
+    name = f"bench_operator_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(admin)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = urlunparse(urlparse(admin)._replace(path="/" + name))
+    try:
+        await migrate(dsn)
+        yield dsn
+    finally:
+        conn = await asyncpg.connect(admin)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@dataclass
+class Running:
+    pid: int
+    started: float
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the operator process so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@asynccontextmanager
+async def operator_process(dsn: str, namespace: str | None, log: Path) -> AsyncIterator[Running]:
+    """``molam-analytics operator`` for one namespace (None: all)."""
+    environ = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "OPERATOR_METRICS_PORT": "0",
+        "PYTHONSAFEPATH": "1",
+        "LOG_LEVEL": "WARNING",
+    }
+    started = time.monotonic()
+    with log.open("a") as out:
+        proc = subprocess.Popen(  # noqa: ASYNC220 (spawns, does not wait)
+            [
+                str(CLI),
+                "operator",
+                *(["--namespace", namespace] if namespace else ["--all-namespaces"]),
+                "--liveness",
+                "none",
+            ],
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield Running(proc.pid, started)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def create_namespaces(kube: Kube, names: list[str]) -> None:
+    await asyncio.gather(
+        *(
+            kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}})
+            for n in names
+        )
+    )
+
+
+def delete_namespaces(names: list[str]) -> None:
+    if names:
+        subprocess.run(
+            [kubectl(), "delete", "namespace", "--wait=false", *names],
+            capture_output=True,
+            check=False,
+        )
+
+
+def secret(namespace: str, name: str, url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"url": url},
+    }
+
+
+def pipeline_doc(
+    namespace: str, bootstrap: str, topic: str, group: str, **consumer: Any
+) -> dict[str, Any]:
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "AnalyticsPipeline",
+        "metadata": {"name": "analytics", "namespace": namespace},
+        "spec": {
+            "image": "molam-analytics:bench",
+            "kafka": {"bootstrapServers": bootstrap, "topic": topic, "consumerGroup": group},
+            "database": {"secretRef": {"name": "analytics-db"}},
+            "redis": {"secretRef": {"name": "analytics-redis"}},
+            "consumer": consumer,
+        },
+    }
+
+
+def rule_doc(namespace: str, i: int) -> dict[str, Any]:
+    metrics = ["tx_count", "gross_volume", "failure_rate", "refund_rate", "avg_ticket"]
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "AlertRule",
+        "metadata": {"name": f"rule-{i}", "namespace": namespace},
+        "spec": {
+            "metric": metrics[i % len(metrics)],
+            "comparison": "gt",
+            "threshold": 0.2 + i,
+            "windowMinutes": 15,
+            "severity": "warning",
+            "scope": {"country": "SN"} if i % 2 else {},
+        },
+    }
+
+
+# ---------------------------------------------------------------------------- scale latency
+
+
+async def _replicas(kube: Kube, namespace: str) -> int:
+    dep = await kube.get(path("apps/v1", "Deployment", namespace, "analytics-consumer"))
+    return -1 if dep is None else int(dep["spec"].get("replicas", 0))
+
+
+async def _wait_replicas(kube: Kube, namespace: str, want: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await _replicas(kube, namespace) == want:
+            return time.monotonic()
+        await asyncio.sleep(0.02)
+    raise TimeoutError(f"consumer never reached {want} replicas")
+
+
+async def scale_latency(
+    kube: Kube, dsn: str, bootstrap: str, poll: int, trials: int, log: Path
+) -> list[float]:
+    ns = f"bench-scale-{uuid.uuid4().hex[:6]}"
+    topic, group, parts = f"bench.op.{uuid.uuid4().hex[:8]}", f"bench-{ns}", 4
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, parts, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    tps = [TopicPartition(topic, p) for p in range(parts)]
+    ends = [0] * parts
+    threshold = 25
+
+    async def produce(n: int) -> None:  # one record per batch (Tansu's end-offset quirk)
+        for tp in tps:
+            for _ in range(n):
+                await producer.send_and_wait(topic, b"{}", partition=tp.partition)
+            ends[tp.partition] += n
+
+    async def commit(behind: int) -> None:
+        await consumer.commit({tp: max(ends[tp.partition] - behind, 0) for tp in tps})
+
+    results: list[float] = []
+    await create_namespaces(kube, [ns])
+    try:
+        await producer.start()
+        await consumer.start()
+        consumer.assign(tps)
+        await kube.create(secret(ns, "analytics-db", dsn))
+        await produce(5)
+        await commit(0)
+        await kube.create(
+            pipeline_doc(
+                ns,
+                bootstrap,
+                topic,
+                group,
+                minReplicas=1,
+                maxReplicas=4,
+                lagThreshold=threshold,
+                pollSeconds=poll,
+                scaleDownStabilizationSeconds=0,
+            )
+        )
+        async with operator_process(dsn, ns, log):
+            await _wait_replicas(kube, ns, 1, 60)
+            for trial in range(trials):
+                target = 2 + trial % 3  # 2, 3, 4 replicas
+                behind = (threshold * (target - 1)) // parts + 1  # lag just above (target-1)·T
+                # Records arrive and are consumed at once (lag 0); then, at a random phase of
+                # the poll, the group's offsets move back by `behind` on every partition: the
+                # lag crosses (target - 1) x threshold at a known instant.
+                await produce(behind)
+                await commit(0)
+                await asyncio.sleep(random.uniform(0, poll))
+                crossed = time.monotonic()
+                await commit(behind)
+                done = await _wait_replicas(kube, ns, target, poll * 3 + 30)
+                results.append(done - crossed)
+                await commit(0)  # drained: back to 1 (no stabilization window here)
+                await _wait_replicas(kube, ns, 1, poll * 3 + 30)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+        delete_namespaces([ns])
+    return results
+
+
+# ------------------------------------------------------------------------------- cold start
+
+
+async def cold_start(
+    kube: Kube, dsn: str, bootstrap: str, pipelines: int, rules_per: int, log: Path
+) -> tuple[float, float, float, float]:
+    """Seconds until all children exist, until all rules are rows, until both; CPU seconds."""
+    prefix = f"bench-cold-{uuid.uuid4().hex[:4]}"
+    namespaces = [f"{prefix}-{i:03d}" for i in range(pipelines)]
+    sem = asyncio.Semaphore(32)
+
+    async def create(obj: dict[str, Any]) -> None:
+        async with sem:
+            await kube.create(obj)
+
+    await create_namespaces(kube, namespaces)
+    try:
+        await asyncio.gather(*(create(secret(ns, "analytics-db", dsn)) for ns in namespaces))
+        await asyncio.gather(
+            *(
+                create(pipeline_doc(ns, bootstrap, "wallet.bench", "bench-cold", pollSeconds=15))
+                for ns in namespaces
+            )
+        )
+        await asyncio.gather(
+            *(create(rule_doc(ns, i)) for ns in namespaces for i in range(rules_per))
+        )
+        want_children = pipelines * 6
+        want_rules = pipelines * rules_per
+        db = await asyncpg.connect(dsn)
+        children_at = rules_at = None
+        try:
+            # Cluster-wide, as the chart installs it by default: one watch per resource kind
+            # (a namespace pattern would open one per namespace and kind).
+            async with operator_process(dsn, None, log) as running:
+                started = running.started
+                deadline = started + 600
+                while time.monotonic() < deadline and (children_at is None or rules_at is None):
+                    if children_at is None:
+                        aps = await kube.list(path(GROUP_VERSION, "analyticspipelines"))
+                        ready = sum(
+                            1
+                            for ap in aps
+                            if ap["metadata"]["namespace"].startswith(prefix)
+                            and (ap.get("status") or {}).get("observedGeneration") == 1
+                        )
+                        if ready == pipelines:
+                            label = "app.kubernetes.io/managed-by=molam-operator"
+                            n = 0
+                            for api, kind in (
+                                ("apps/v1", "deployments"),
+                                ("v1", "services"),
+                                ("v1", "configmaps"),
+                                ("batch/v1beta1", "cronjobs"),
+                            ):
+                                try:
+                                    items = await kube.list(path(api, kind), label_selector=label)
+                                except KubeError:
+                                    items = await kube.list(
+                                        path("batch/v1", kind), label_selector=label
+                                    )
+                                n += sum(
+                                    1
+                                    for o in items
+                                    if o["metadata"]["namespace"].startswith(prefix)
+                                )
+                            if n >= want_children:
+                                children_at = time.monotonic() - started
+                    if rules_at is None:
+                        count = await db.fetchval(
+                            "SELECT count(*) FROM analytics_alert_rules WHERE source = 'crd'"
+                            " AND name LIKE $1",
+                            f"{prefix}-%",
+                        )
+                        if count == want_rules:
+                            rules_at = time.monotonic() - started
+                    await asyncio.sleep(0.25)
+                cpu = running.cpu_seconds()
+        finally:
+            await db.close()
+        if children_at is None or rules_at is None:
+            raise TimeoutError(
+                f"cold start did not finish (children {children_at}, rules {rules_at})"
+            )
+        return children_at, rules_at, max(children_at, rules_at), cpu
+    finally:
+        delete_namespaces(namespaces)
+
+
+def kubectl_floor(pipelines: int, cron_api: str) -> float:
+    """``kubectl apply`` of the same child manifests in one call (server-side work only)."""
+    prefix = f"bench-floor-{uuid.uuid4().hex[:4]}"
+    namespaces = [f"{prefix}-{i:03d}" for i in range(pipelines)]
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces
+    ]
+    spec = pipeline_doc("x", "kafka:9092", "t", "g")["spec"]
+    cfg = manifests.parse_spec(spec)
+    for ns in namespaces:
+        for child in manifests.build_children("analytics", cfg, cron_job_api_version=cron_api):
+            child["metadata"]["namespace"] = ns
+            docs.append(child)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump_all(docs, f)
+    try:
+        started = time.monotonic()
+        subprocess.run([kubectl(), "apply", "-f", f.name], capture_output=True, check=True)
+        return time.monotonic() - started
+    finally:
+        os.unlink(f.name)
+        delete_namespaces(namespaces)
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--polls", default="5,15", help="pollSeconds values to measure")
+    parser.add_argument("--pipelines", type=int, default=100)
+    parser.add_argument("--rules-per-pipeline", type=int, default=10)
+    parser.add_argument("--skip-scale", action="store_true")
+    parser.add_argument("--skip-cold", action="store_true")
+    args = parser.parse_args()
+    env("KUBECONFIG")
+    bootstrap = env("KAFKA_BOOTSTRAP_SERVERS")
+    await asyncio.to_thread(
+        subprocess.run,
+        [kubectl(), "apply", "-f", str(ROOT / "crds")],
+        capture_output=True,
+        check=True,
+    )
+    log = Path(tempfile.gettempdir()) / f"bench-operator-{os.getpid()}.log"
+    kube = Kube.connect()
+    try:
+        async with scratch_database() as dsn:
+            if not args.skip_scale:
+                print("1. Scale latency: lag crosses the threshold -> consumer Deployment scaled")
+                rows = []
+                for poll in (int(p) for p in args.polls.split(",")):
+                    got = await scale_latency(kube, dsn, bootstrap, poll, args.trials, log)
+                    rows.append(
+                        [
+                            f"molam operator, pollSeconds={poll}",
+                            f"{min(got):.2f}",
+                            f"{statistics.median(got):.2f}",
+                            f"{max(got):.2f}",
+                            f"{poll + 2}",
+                            "yes" if max(got) <= poll + 2 else "NO",
+                        ]
+                    )
+                rows.append(["KEDA defaults (30 s poll) + HPA (15 s sync), stated",
+                             "~0", "~22.5", "~45", "-", "-"])  # fmt: skip
+                print(table(["", "min s", "median s", "max s", "target s", "met"], rows))
+                print()
+            if not args.skip_cold:
+                n, r = args.pipelines, args.pipelines * args.rules_per_pipeline
+                print(f"2. Cold start: {n} pipelines ({n * 6} children) and {r} AlertRules")
+                children, rules, both, cpu = await cold_start(
+                    kube, dsn, bootstrap, args.pipelines, args.rules_per_pipeline, log
+                )
+                cron = "batch/v1" if await kube.serves("batch/v1", "cronjobs") else "batch/v1beta1"
+                floor = await asyncio.to_thread(kubectl_floor, args.pipelines, cron)
+                print(
+                    table(
+                        ["", "seconds"],
+                        [
+                            [f"all {n * 6} children + pipeline status", f"{children:.1f}"],
+                            [f"all {r} rules in analytics_alert_rules", f"{rules:.1f}"],
+                            ["everything", f"{both:.1f}"],
+                            ["operator CPU time meanwhile (user + system)", f"{cpu:.1f}"],
+                            [f"floor: kubectl apply of the {n * 6} children", f"{floor:.1f}"],
+                        ],
+                    )
+                )
+                print()
+    finally:
+        await kube.close()
+
+    print("3. Trend sizing vs threshold rule (pure simulation, 1 h synthetic trace,")
+    print("   12 partitions, 500 msg/s per replica, 10 s pod start, poll 15 s, window 300 s)")
+    trace = synthetic_trace()
+    base = manifests.ConsumerScaling(
+        min_replicas=1, max_replicas=12, lag_threshold=5000, poll_seconds=15,
+        scale_down_stabilization_seconds=300,
+    )  # fmt: skip
+    rows = []
+    for label, policy in (
+        ("threshold: ceil(lag / 5000)", base),
+        ("trend: targetDrainSeconds=60", replace(base, target_drain_seconds=60)),
+        ("trend: targetDrainSeconds=300", replace(base, target_drain_seconds=300)),
+    ):
+        r = simulate(policy, trace, partitions=12, replica_capacity=500)
+        rows.append([label, str(r.scale_events), str(r.peak_lag), str(r.replica_seconds)])
+    print(table(["", "scale events", "peak lag", "replica-seconds"], rows))
+    print(f"\n(operator log: {log})")
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(main())
+    except KubeError as exc:
+        sys.exit(f"bench/operator.py: {exc}")
