@@ -360,6 +360,7 @@ async def _cycle(conn: Conn, settings: AlertsSettings, now: datetime) -> CycleRe
     new_state: dict[uuid.UUID, tuple[State, datetime | None]] = {}
     firing_by_severity: Counter[str] = Counter()
     unconverted = 0
+    debug = log.isEnabledFor(logging.DEBUG)
     for ev in evals:
         cond = compare(ev.value, ev.comparison, ev.threshold)
         if cond is None:
@@ -367,6 +368,32 @@ async def _cycle(conn: Conn, settings: AlertsSettings, now: datetime) -> CycleRe
         unconverted += ev.unconverted
         st = step(ev.state, ev.pending_since, cond, now, ev.for_seconds)
         new_state[ev.id] = (st.state, st.pending_since)
+        if debug:  # LOG_LEVEL=DEBUG: every rule's value, for "Alerts Not Firing"
+            log.debug(
+                "rule %s: %s over %d min %s = %s, %s %s -> %s %s",
+                ev.name,
+                ev.metric,
+                ev.window_minutes,
+                ev.scope_doc or "all",
+                "no data" if ev.value is None else ev.value,
+                ev.comparison,
+                ev.threshold,
+                st.state.value,
+                "" if st.action is Action.none else st.action.value,
+            )
+        if st.action is not Action.none:
+            log.info(
+                "alert %s: rule=%s severity=%s %s=%s %s %s window=%dmin scope=%s",
+                "firing" if st.action is Action.fire else "resolved",
+                ev.name,
+                ev.severity,
+                ev.metric,
+                "no data" if ev.value is None else ev.value,
+                ev.comparison,
+                ev.threshold,
+                ev.window_minutes,
+                ev.scope_doc or "all",
+            )
         if st.action is Action.fire:
             to_fire.append(ev)
         elif st.action is Action.resolve:
