@@ -275,7 +275,39 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        sup.start("consume", [cli, "consume", "--metrics-port", str(args.consumer_metrics_port)])
+        # SIRA judges closed buckets against a learnt baseline: for a demo that shows an
+        # anomaly within minutes, 1-minute buckets and the last 20 minutes of traffic first.
+        sira_demo = {
+            "SIRA_BUCKET_MINUTES": "1",
+            "SIRA_GRACE_SECONDS": "10",
+            "SIRA_MIN_HISTORY": "10",
+        }
+        history_minutes = 20
+        subprocess.run(
+            [
+                cli,
+                "simulate",
+                "--days-back",
+                str(history_minutes / 1440),
+                "--count",
+                str(int(args.rate * 60 * history_minutes)),
+                "--rate",
+                "0",
+                "--merchants",
+                str(args.merchants),
+                "--write-source",
+                "--seed",
+                "1",
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        sup.start(
+            "consume",
+            [cli, "consume", "--metrics-port", str(args.consumer_metrics_port)],
+            **sira_demo,
+        )
         sup.start("api", [cli, "api", "--port", str(args.api_port)])
         sup.start(
             "alerts",
@@ -293,6 +325,12 @@ def main() -> int:
                 str(args.merchants),
                 "--write-source",
                 "--anomaly",
+                "--anomaly-after",
+                "60",
+                "--anomaly-seconds",
+                "120",
+                "--anomaly-factor",
+                "10",
             ],
         )
         base = f"http://127.0.0.1:{args.api_port}"
