@@ -112,6 +112,10 @@ class Ingestor:
         self.batch_lock = asyncio.Lock()
         self.positions: dict[int, int] = {}
         self.epoch = 0  # bumped at every revocation and assignment
+        # Running totals of this consumer (records, counted, duplicates, dead, abandoned).
+        self.totals: dict[str, int] = dict.fromkeys(
+            ("records", "counted", "duplicates", "dead", "abandoned"), 0
+        )
 
     def new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
@@ -176,23 +180,29 @@ class Ingestor:
     ) -> None:
         if not assigned:
             return
-        async with self.pool.acquire() as conn:
-            stored = await load_offsets(
-                conn,
-                self.settings.kafka_consumer_group,
-                self.settings.kafka_topic,
-                [tp.partition for tp in assigned],
-            )
-        self.epoch += 1
-        fresh = []
-        for tp in assigned:
-            if tp.partition in stored:
-                consumer.seek(tp, stored[tp.partition])
-                self.positions[tp.partition] = stored[tp.partition]
-            else:
-                fresh.append(tp)
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
+        # Paused until sought: otherwise the fetcher starts at the default reset position while
+        # PostgreSQL is being asked, and getmany() hands out records from there.
+        consumer.pause(*assigned)
+        try:
+            async with self.pool.acquire() as conn:
+                stored = await load_offsets(
+                    conn,
+                    self.settings.kafka_consumer_group,
+                    self.settings.kafka_topic,
+                    [tp.partition for tp in assigned],
+                )
+            self.epoch += 1
+            fresh = []
+            for tp in assigned:
+                if tp.partition in stored:
+                    consumer.seek(tp, stored[tp.partition])
+                    self.positions[tp.partition] = stored[tp.partition]
+                else:
+                    fresh.append(tp)
+            if fresh:
+                await consumer.seek_to_beginning(*fresh)
+        finally:
+            consumer.resume(*assigned)
         log.info(
             "partitions assigned: %s (stored offsets %s)",
             sorted(tp.partition for tp in assigned),
@@ -257,6 +267,7 @@ class Ingestor:
                 # the offsets in PostgreSQL. Writing it would be harmless (the ledger dedupes)
                 # but pointless.
                 report.abandoned = True
+                self.totals["abandoned"] += report.records
                 log.info("batch of %d record(s) abandoned after a rebalance", report.records)
                 return report
             started = time.perf_counter()
@@ -267,6 +278,13 @@ class Ingestor:
             self.positions.update(prepared.next_offsets)
             await self._commit_kafka(consumer, prepared.next_offsets)
         report.duplicates = len(prepared.valid) - len(report.counted)
+        for key, n in (
+            ("records", report.records),
+            ("counted", len(report.counted)),
+            ("duplicates", report.duplicates),
+            ("dead", report.dead),
+        ):
+            self.totals[key] += n
         metrics.INGEST_EVENTS.labels("counted").inc(len(report.counted))
         metrics.INGEST_EVENTS.labels("duplicate").inc(report.duplicates)
         if report.watermark is not None:

@@ -41,11 +41,14 @@ async def test_duplicates_count_once_and_reconcile(
     values = with_duplicates(events, 0.2)
     await publish(stack.bootstrap, stack.topic, values)
 
-    async with running_consumer():
+    async with running_consumer() as ingestor:
         await wait_until(lambda: _consumed(db, stack.topic, len(values)))
         # Late duplicates, after their originals were committed: still counted once.
         await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[:50]])
         await wait_until(lambda: _consumed(db, stack.topic, len(values) + 50))
+    # Every record read exactly once by the consumer itself (no rewind after assignment).
+    assert ingestor.totals["records"] == len(values) + 50
+    assert ingestor.totals["duplicates"] == len(values) + 50 - len(events)
 
     assert await counted(db) == len(events)
     await assert_totals_match_source(db)
@@ -148,10 +151,12 @@ async def test_restart_resumes_from_offsets_in_postgres(
     await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[:150]])
     async with running_consumer():
         await wait_until(lambda: _ledger_is(db, 150))
-    # The second consumer starts where PostgreSQL says the first one stopped.
+    # The second consumer starts where PostgreSQL says the first one stopped: it reads only
+    # the new records, none of the first 150 again.
     await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[150:]])
-    async with running_consumer():
+    async with running_consumer() as second:
         await wait_until(lambda: _ledger_is(db, 300))
+    assert second.totals["records"] == 150 and second.totals["duplicates"] == 0
     assert await counted(db) == 300
     await assert_totals_match_source(db)
     await assert_live_matches_db(db, redis)
