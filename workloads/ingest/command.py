@@ -7,7 +7,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Any, cast
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
 
 from molam_workloads.core import metrics
 from molam_workloads.core.cache import create_redis
@@ -30,15 +33,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _make_detector(settings: IngestSettings, *clients: object) -> Detector | None:
+def _make_detector(
+    settings: IngestSettings, pool: asyncpg.Pool, redis: Redis, producer: AIOKafkaProducer
+) -> Detector | None:
     """The SIRA detector when enabled; one that cannot even be built is logged and skipped."""
     if not settings.sira_enabled:
         return None
     from molam_workloads.ingest.sira import AnomalyDetector
 
     try:
-        # Constructor: (settings, pool, redis, producer) — see ingest/sira.py.
-        return cast(Detector, cast(Any, AnomalyDetector)(settings, *clients))
+        return AnomalyDetector(settings, pool, redis, producer, settings.anomaly_topic)
     except Exception:
         log.exception("SIRA detector could not start; ingesting without anomaly detection")
         metrics.SIRA_FAILURES.inc()
@@ -54,7 +58,7 @@ async def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     metrics.serve_metrics(port)
     async with (
-        create_pool(settings, min_size=1, max_size=min(settings.db_pool_max, 4)) as pool,
+        create_pool(settings, min_size=1) as pool,
         create_redis(settings) as redis,
         kafka_producer(settings.kafka_bootstrap_servers, linger_ms=5) as producer,
     ):
