@@ -21,7 +21,7 @@ from molam_workloads.core.cache import live_key
 from molam_workloads.core.db import create_pool
 from molam_workloads.core.events import TransactionEvent, encode_event
 from molam_workloads.core.settings import load_settings
-from molam_workloads.ingest.consumer import Ingestor
+from molam_workloads.ingest.consumer import Detector, Ingestor
 from molam_workloads.ingest.live_counters import LiveCounters, read_totals
 from molam_workloads.ingest.settings import IngestSettings
 
@@ -181,7 +181,9 @@ class Stack:
 
 
 @asynccontextmanager
-async def running_consumer(**overrides: Any) -> AsyncIterator[Ingestor]:
+async def running_consumer(
+    detector: Detector | None = None, **overrides: Any
+) -> AsyncIterator[Ingestor]:
     """An in-process consumer (settings from the environment) until the block ends."""
     settings = load_settings(IngestSettings).model_copy(update=overrides)
     stop = asyncio.Event()
@@ -193,7 +195,7 @@ async def running_consumer(**overrides: Any) -> AsyncIterator[Ingestor]:
             live = LiveCounters(
                 redis, settings.reporting_currency, settings.live_counter_ttl_seconds
             )
-            ingestor = Ingestor(settings, pool, prod, live)
+            ingestor = Ingestor(settings, pool, prod, live, detector)
             task = asyncio.create_task(ingestor.run(stop))
             try:
                 yield ingestor

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from molam_workloads.core import metrics
 from molam_workloads.core.events import MAX_EVENT_BYTES, encode_event
 
 from .support import (
@@ -176,3 +177,32 @@ async def test_old_events_create_their_partition_and_skip_minutes(
     assert await counted(db) == 20
     assert await db.fetchval("SELECT count(*) FROM txn_minute_agg") == 0
     await assert_totals_match_source(db)
+
+
+class _BrokenDetector:
+    def __init__(self) -> None:
+        self.calls: list[tuple[set[str | None], datetime]] = []
+
+    async def on_batch(self, merchants: set[str | None], watermark: datetime) -> None:
+        self.calls.append((merchants, watermark))
+        raise RuntimeError("detector bug")
+
+
+async def test_a_failing_detector_never_stops_ingestion(
+    stack: Stack, db: asyncpg.Connection, redis: Redis
+) -> None:
+    events = make_events(200, seed=33)
+    await insert_source(db, events)
+    detector = _BrokenDetector()
+    failures = metrics.SIRA_FAILURES._value.get()
+    await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[:100]])
+    async with running_consumer(detector, ingest_batch_max_records=40):
+        await wait_until(lambda: _ledger_is(db, 100))
+        await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[100:]])
+        await wait_until(lambda: _ledger_is(db, 200))
+    assert await counted(db) == 200
+    await assert_live_matches_db(db, redis)
+    assert len(detector.calls) >= 2
+    assert metrics.SIRA_FAILURES._value.get() - failures == len(detector.calls)
+    merchants, watermark = detector.calls[-1]
+    assert merchants and watermark <= datetime.now(UTC)
