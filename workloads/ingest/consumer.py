@@ -296,7 +296,7 @@ class Ingestor:
     async def _write(
         self, events: list[TransactionEvent], next_offsets: dict[int, int], now: datetime
     ) -> list[TransactionEvent]:
-        minute_since = horizon(now, self.settings.minute_agg_horizon_hours)
+        minute_since = horizon(now, self.settings.minute_agg_retention_hours)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 async with self.pool.acquire() as conn:

@@ -30,8 +30,9 @@ class IngestSettings(
     kafka_session_timeout_ms: int = Field(default=30_000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(default=3000, ge=100)
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1000)
-    # Minute buckets serve the alerts evaluator's short windows only; events older than this
-    # (a replay, a catching-up consumer) skip them. 0 keeps every minute.
-    minute_agg_horizon_hours: int = Field(default=48, ge=0)
+    # Minute buckets serve the alerts evaluator's short windows, and its housekeeping deletes
+    # them after MINUTE_AGG_RETENTION_HOURS (the same variable): events older than that (a
+    # replay, a consumer catching up) skip them. 0 writes every minute.
+    minute_agg_retention_hours: int = Field(default=48, ge=0)
     # Live counters are per UTC day; two days keeps yesterday's around for late readers.
     live_counter_ttl_seconds: int = Field(default=2 * 86400, ge=60)

@@ -30,8 +30,9 @@ MAX_DAYS = 3660
 
 
 class BackfillSettings(DatabaseSettings):
-    # Same variable as the consumer's: minute buckets exist only for this recent past.
-    minute_agg_horizon_hours: int = Field(default=48, ge=0)
+    # Same variable as the consumer's and the alerts housekeeping's: minute buckets exist only
+    # for this recent past.
+    minute_agg_retention_hours: int = Field(default=48, ge=0)
 
 
 _MEASURES = (
@@ -219,7 +220,7 @@ async def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     async with create_pool(settings, min_size=1, max_size=args.jobs) as pool:
         total = await backfill(
-            pool, days, settings.minute_agg_horizon_hours, not args.quiet, args.jobs
+            pool, days, settings.minute_agg_retention_hours, not args.quiet, args.jobs
         )
     seconds = time.perf_counter() - started
     print(
