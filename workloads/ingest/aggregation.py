@@ -8,6 +8,7 @@ batch's rows can be *added* to what PostgreSQL already holds (``ON CONFLICT DO U
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -112,12 +113,73 @@ def recent(events: Sequence[TransactionEvent], since: datetime | None) -> list[T
     return [ev for ev in events if ev.occurred_at >= since]
 
 
-def months(events: Iterable[TransactionEvent]) -> set[datetime]:
-    """First instant (UTC) of every month the events fall in: the partitions they need."""
-    return {
-        ev.occurred_at.replace(day=1, hour=0, minute=0, second=0, microsecond=0) for ev in events
-    }
+def months(instants: Iterable[datetime]) -> set[datetime]:
+    """First instant (UTC) of every month of ``instants``: the partitions they need."""
+    return {t.replace(day=1, hour=0, minute=0, second=0, microsecond=0) for t in instants}
 
 
 def horizon(now: datetime, hours: int) -> datetime | None:
     return now - timedelta(hours=hours) if hours > 0 else None
+
+
+def subtract(
+    rows: dict[BucketKey, list[Any]], minus: dict[BucketKey, list[Any]]
+) -> dict[BucketKey, list[Any]]:
+    """``rows`` less ``minus`` (a new dict; ``rows`` is left as it was). Buckets whose count
+    drops to zero disappear: they only held what was taken away."""
+    out = dict(rows)
+    for key, less in minus.items():
+        row = [a - b for a, b in zip(out[key], less, strict=True)]
+        if row[_TX]:
+            out[key] = row
+        else:
+            del out[key]
+    return out
+
+
+@dataclass
+class BatchAggregates:
+    """A batch's transactions (unique, in ``txn_id`` order) and their sums per hour and minute.
+
+    Computed while the previous batch is being written, on the assumption that every
+    transaction is new; the few the ledger rejects are then subtracted (``without``), which is
+    far cheaper than aggregating again.
+    """
+
+    events: list[TransactionEvent]
+    hourly: dict[BucketKey, list[Any]]
+    minute: dict[BucketKey, list[Any]]
+    minute_since: datetime | None
+    _columns: dict[str, list[list[Any]]] = field(default_factory=dict, repr=False)
+
+    def hourly_columns(self) -> list[list[Any]]:
+        if "hourly" not in self._columns:
+            self._columns["hourly"] = columns(self.hourly)
+        return self._columns["hourly"]
+
+    def minute_columns(self) -> list[list[Any]]:
+        if "minute" not in self._columns:
+            self._columns["minute"] = columns(self.minute)
+        return self._columns["minute"]
+
+    def without(self, dropped: Sequence[TransactionEvent]) -> BatchAggregates:
+        if not dropped:
+            return self
+        gone = {ev.txn_id for ev in dropped}
+        return BatchAggregates(
+            [ev for ev in self.events if ev.txn_id not in gone],
+            subtract(self.hourly, aggregate(dropped, truncate_hour)),
+            subtract(self.minute, aggregate(recent(dropped, self.minute_since), truncate_minute)),
+            self.minute_since,
+        )
+
+
+def summarize(events: Iterable[TransactionEvent], minute_since: datetime | None) -> BatchAggregates:
+    """Dedupe a batch by ``txn_id`` and aggregate it per hour and per minute (since ``since``)."""
+    unique = sorted(dedupe(events), key=lambda ev: ev.txn_id)  # one lock order for every writer
+    return BatchAggregates(
+        unique,
+        aggregate(unique, truncate_hour),
+        aggregate(recent(unique, minute_since), truncate_minute),
+        minute_since,
+    )

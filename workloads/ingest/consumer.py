@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 from molam_workloads.core import metrics
 from molam_workloads.core.events import InvalidEvent, TransactionEvent, decode_event
 from molam_workloads.core.kafka import CLIENT_ID
-from molam_workloads.ingest.aggregation import dedupe, horizon
+from molam_workloads.ingest.aggregation import BatchAggregates, horizon, summarize
 from molam_workloads.ingest.dead_letters import dead_letter
 from molam_workloads.ingest.live_counters import LiveCounters
 from molam_workloads.ingest.settings import IngestSettings
@@ -56,6 +56,7 @@ class PreparedBatch:
     epoch: int  # assignment generation it was read under
     records: int = 0
     valid: list[TransactionEvent] = field(default_factory=list)
+    aggregates: BatchAggregates | None = None
     next_offsets: dict[int, int] = field(default_factory=dict)
     dead: int = 0
     watermark: datetime | None = None  # newest event time seen in the batch
@@ -251,6 +252,11 @@ class Ingestor:
             log.warning("%d malformed event(s) sent to %s", prepared.dead, self.settings.dlq_topic)
         if prepared.valid:
             prepared.watermark = max(ev.occurred_at for ev in prepared.valid)
+        # The arithmetic happens here, while the previous batch is still being written.
+        since = horizon(now, self.settings.minute_agg_retention_hours)
+        agg = prepared.aggregates = summarize(prepared.valid, since)
+        agg.hourly_columns()
+        agg.minute_columns()
         return prepared
 
     async def commit(self, consumer: AIOKafkaConsumer, prepared: PreparedBatch) -> BatchReport:
@@ -271,9 +277,8 @@ class Ingestor:
                 log.info("batch of %d record(s) abandoned after a rebalance", report.records)
                 return report
             started = time.perf_counter()
-            report.counted = await self._write(
-                dedupe(prepared.valid), prepared.next_offsets, prepared.now
-            )
+            assert prepared.aggregates is not None
+            report.counted = await self._write(prepared.aggregates, prepared.next_offsets)
             metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
             self.positions.update(prepared.next_offsets)
             await self._commit_kafka(consumer, prepared.next_offsets)
@@ -294,14 +299,13 @@ class Ingestor:
         return report
 
     async def _write(
-        self, events: list[TransactionEvent], next_offsets: dict[int, int], now: datetime
+        self, batch: BatchAggregates, next_offsets: dict[int, int]
     ) -> list[TransactionEvent]:
-        minute_since = horizon(now, self.settings.minute_agg_retention_hours)
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 async with self.pool.acquire() as conn:
-                    await self.writer.ensure_partitions(conn, events)
-                    return await self.writer.write(conn, events, next_offsets, minute_since)
+                    await self.writer.ensure_partitions(conn, (k[0] for k in batch.hourly))
+                    return await self.writer.write(conn, batch, next_offsets)
             except _RETRYABLE_DB as exc:
                 if attempt == WRITE_ATTEMPTS:
                     raise

@@ -9,26 +9,15 @@ are aggregated.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from molam_workloads.core.db import INGEST_LOCK
 from molam_workloads.core.events import TransactionEvent
-from molam_workloads.ingest.aggregation import (
-    MEASURES,
-    MONEY_MEASURES,
-    BucketKey,
-    aggregate,
-    columns,
-    months,
-    recent,
-    truncate_hour,
-    truncate_minute,
-)
+from molam_workloads.ingest.aggregation import MEASURES, MONEY_MEASURES, BatchAggregates, months
 
 _LEDGER_SQL = """
 INSERT INTO ingested_transactions (txn_id, event_id, occurred_at, source)
@@ -92,22 +81,18 @@ class BatchWriter:
         self.topic = topic
         self._months: set[datetime] = set()
 
-    async def ensure_partitions(self, conn: Conn, events: Sequence[TransactionEvent]) -> None:
+    async def ensure_partitions(self, conn: Conn, hours: Iterable[datetime]) -> None:
         # Outside the batch transaction: the DDL locks the parent table, which must not stay
         # locked for a whole batch. Idempotent, so a race with another consumer is harmless.
-        for month in sorted(months(events) - self._months):
+        for month in sorted(months(hours) - self._months):
             await conn.execute("SELECT ensure_txn_hourly_partitions($1, $1)", month)
             self._months.add(month)
 
     async def write(
-        self,
-        conn: Conn,
-        events: Sequence[TransactionEvent],
-        next_offsets: Mapping[int, int],
-        minute_since: datetime | None,
+        self, conn: Conn, batch: BatchAggregates, next_offsets: Mapping[int, int]
     ) -> list[TransactionEvent]:
-        """Commit one batch (``events`` unique by txn_id); returns the newly counted ones."""
-        counted: list[TransactionEvent] = []
+        """Commit one batch; returns the transactions it newly counted."""
+        events = batch.events
         async with conn.transaction():
             # Per-day shared locks, ascending (see core.db.INGEST_LOCK): backfill rebuilding
             # one of these days waits for this batch, or this batch for it.
@@ -119,7 +104,6 @@ class BatchWriter:
                 days,
             )
             if events:
-                events = sorted(events, key=lambda e: e.txn_id)  # same lock order everywhere
                 new = {
                     r[0]
                     for r in await conn.fetch(
@@ -129,12 +113,12 @@ class BatchWriter:
                         [e.occurred_at for e in events],
                     )
                 }
-                counted = [e for e in events if e.txn_id in new]
-            if counted:
-                await _upsert(conn, _HOURLY_SQL, aggregate(counted, truncate_hour))
-                minutes = aggregate(recent(counted, minute_since), truncate_minute)
-                if minutes:
-                    await _upsert(conn, _MINUTE_SQL, minutes)
+                if len(new) < len(events):
+                    batch = batch.without([e for e in events if e.txn_id not in new])
+            if batch.hourly:
+                await conn.execute(_HOURLY_SQL, *batch.hourly_columns())
+            if batch.minute:
+                await conn.execute(_MINUTE_SQL, *batch.minute_columns())
             if next_offsets:
                 await conn.execute(
                     _OFFSETS_SQL,
@@ -143,8 +127,4 @@ class BatchWriter:
                     list(next_offsets),
                     list(next_offsets.values()),
                 )
-        return counted
-
-
-async def _upsert(conn: Conn, sql: str, rows: dict[BucketKey, list[Any]]) -> None:
-    await conn.execute(sql, *columns(rows))
+        return batch.events

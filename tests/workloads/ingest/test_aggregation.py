@@ -14,6 +14,7 @@ from molam_workloads.ingest.aggregation import (
     horizon,
     months,
     recent,
+    summarize,
     truncate_hour,
     truncate_minute,
 )
@@ -97,8 +98,35 @@ def test_columns_are_sorted_and_aligned() -> None:
 
 def test_months_and_horizon() -> None:
     events = [ev("a"), ev("b", occurred_at=datetime(2024, 12, 31, 23, 59, tzinfo=UTC))]
-    assert months(events) == {datetime(2025, 7, 1, tzinfo=UTC), datetime(2024, 12, 1, tzinfo=UTC)}
+    got = months(e.occurred_at for e in events)
+    assert got == {datetime(2025, 7, 1, tzinfo=UTC), datetime(2024, 12, 1, tzinfo=UTC)}
     since = horizon(T0, 48)
     assert since == T0 - timedelta(hours=48)
     assert [e.txn_id for e in recent(events, since)] == ["a"]
     assert horizon(T0, 0) is None and len(recent(events, None)) == 2
+
+
+def test_removing_the_ledger_rejects_equals_aggregating_only_the_new() -> None:
+    events = [
+        ev("a"),
+        ev("b", status="failed"),
+        ev("c", merchant_id="M-2", occurred_at=T0 - timedelta(days=5)),
+        ev("d", type="refund"),
+        ev("a", amount="1"),  # same transaction again: ignored before anything else
+    ]
+    since = T0 - timedelta(hours=48)
+    batch = summarize(events, since)
+    assert [e.txn_id for e in batch.events] == ["a", "b", "c", "d"]
+    before = (dict(batch.hourly), dict(batch.minute), batch.hourly_columns())
+
+    rejected = [e for e in batch.events if e.txn_id in ("b", "c")]
+    kept = batch.without(rejected)
+    fresh = summarize([e for e in batch.events if e.txn_id not in ("b", "c")], since)
+    assert kept.hourly == fresh.hourly and kept.minute == fresh.minute
+    assert kept.hourly_columns() == fresh.hourly_columns()
+    assert [e.txn_id for e in kept.events] == ["a", "d"]
+    # The M-2 bucket held only a rejected transaction: it is gone, not left at zero.
+    assert all(k[1] != "M-2" for k in kept.hourly)
+    # The prepared batch is untouched (a failed write is retried from it).
+    assert (batch.hourly, batch.minute, batch.hourly_columns()) == before
+    assert batch.without([]) is batch
