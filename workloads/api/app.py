@@ -26,6 +26,7 @@ from molam_workloads.api.cache import ResponseCache
 from molam_workloads.api.deps import Resources
 from molam_workloads.api.errors import ApiError, error_body
 from molam_workloads.api.middleware import MetricsMiddleware
+from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.routers import (
     alert_rules,
     alerts,
@@ -85,15 +86,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             socket_timeout=1.0,
             socket_connect_timeout=1.0,
         )
+        refresher = RollupRefresher(pool)
         try:
             app.state.resources = Resources(
                 settings=settings,
                 pool=pool,
                 redis=redis,
                 cache=ResponseCache(redis, settings.cache_ttl_seconds),
+                rollup=refresher,
             )
             yield
         finally:
+            await refresher.close()
             await redis.aclose()
 
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from molam_workloads.api.auth import Principal, authenticate
 from molam_workloads.api.cache import ResponseCache
+from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.settings import ApiSettings
 
 
@@ -24,6 +25,7 @@ class Resources:
     pool: asyncpg.Pool
     redis: Redis
     cache: ResponseCache
+    rollup: RollupRefresher
 
 
 def get_resources(request: Request) -> Resources:
@@ -49,6 +51,10 @@ async def get_cache(request: Request) -> ResponseCache:
     return get_resources(request).cache
 
 
+async def get_rollup(request: Request) -> RollupRefresher:
+    return get_resources(request).rollup
+
+
 async def get_principal(request: Request) -> Principal:
     secret = get_resources(request).settings.analytics_jwt_secret.get_secret_value()
     principal = authenticate(request, secret)
@@ -60,4 +66,5 @@ SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 CacheDep = Annotated[ResponseCache, Depends(get_cache)]
+RollupDep = Annotated[RollupRefresher, Depends(get_rollup)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

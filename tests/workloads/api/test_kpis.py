@@ -197,28 +197,78 @@ async def test_breakdowns_and_top_merchants(api: Api, db: asyncpg.Connection) ->
     assert [m["merchant_id"] for m in by_count["merchants"]] == ["M-1"]
 
 
-async def test_daily_view_and_hourly_agree(api: Api, db: asyncpg.Connection, redis: Redis) -> None:
-    """Whole UTC days come from mv_txn_daily_agg once refreshed; partial days from hourly."""
-    await seed(db)
-    url = "/v1/kpis?from=2025-06-30T22:00Z&to=2025-07-02T11:00Z&merchant_id=M-1"
-    before = (await api.get(url)).json()
-    assert before["daily_view_days"] == 0
+async def record_refresh(db: asyncpg.Connection) -> None:
     await db.execute("REFRESH MATERIALIZED VIEW mv_txn_daily_agg")
     await db.execute(
         "INSERT INTO analytics_view_refreshes (view_name, refreshed_at) "
-        "VALUES ('mv_txn_daily_agg', now()) ON CONFLICT (view_name) DO UPDATE "
-        "SET refreshed_at = now()"
+        "VALUES ('mv_txn_daily_agg', clock_timestamp()) ON CONFLICT (view_name) DO UPDATE "
+        "SET refreshed_at = clock_timestamp()"
     )
-    await redis.flushdb()  # the cached answer would hide the change of source
-    after = (await api.get(url)).json()
-    assert after["daily_view_days"] == 1  # 2025-07-01 whole; 06-30 22:00.. and 07-02 ..11:00
-    assert after["kpis"] == before["kpis"]
-    # the partial tail of 07-02 ends at 11:00, so the 07-02 06:00 row counts: 17 tx
-    assert after["kpis"]["tx_count"] == 17
-    # a range of whole days only: every row from the view (the time zone parameter unused)
+
+
+async def test_daily_sources_and_hourly_agree(
+    api: Api, db: asyncpg.Connection, redis: Redis
+) -> None:
+    """Whole UTC days come from the daily view once refreshed (or from its merchant-less
+    rollup once rebuilt from that refresh); partial days from hourly rows. Same answers."""
+    await seed(db)
+    urls = [
+        "/v1/kpis?from=2025-06-30T22:00Z&to=2025-07-02T11:00Z&merchant_id=M-1",
+        "/v1/kpis?from=2025-06-30T22:00Z&to=2025-07-02T11:00Z",
+        "/v1/kpis?from=2025-07-01&to=2025-07-03&country=SN",
+    ]
+    hourly = [(await api.get(u)).json() for u in urls]
+    assert [h["daily_view_days"] for h in hourly] == [0, 0, 0]
+
+    await record_refresh(db)
+    await redis.flushdb()  # cached answers would hide the change of source
+    from_view = [(await api.get(u)).json() for u in urls]
+    # the first request without merchant finds the rollup behind and asks for a rebuild, which
+    # may be done by the time of the third request
+    assert [v["daily_source"] for v in from_view][:2] == ["mv_txn_daily_agg"] * 2
+    assert [v["daily_view_days"] for v in from_view] == [1, 1, 2]
+
+    # the rollup was behind the view: the requests above asked for a rebuild
+    await api.app.state.resources.rollup.wait()
+    assert await db.fetchval("SELECT count(*) FROM analytics_daily_rollup") > 0
+    await redis.flushdb()
+    after = [(await api.get(u)).json() for u in urls]
+    assert [a["daily_source"] for a in after] == [
+        "mv_txn_daily_agg",  # a merchant filter: the rollup has no merchants
+        "analytics_daily_rollup",
+        "analytics_daily_rollup",
+    ]
+    for h, v, a in zip(hourly, from_view, after, strict=True):
+        assert h["kpis"] == v["kpis"] == a["kpis"]
+        assert (
+            h["unconverted_currencies"]
+            == v["unconverted_currencies"]
+            == a["unconverted_currencies"]
+        )
+    # the 07-02 06:00 row is in the partial tail (until 11:00): 17 transactions for M-1
+    assert after[0]["kpis"]["tx_count"] == 17
+
+    # a newer refresh of the view: the rollup is behind again and not used until rebuilt
+    await insert_hourly(db, [hourly_row := hourly_for_late_day()])
+    await record_refresh(db)
+    await redis.flushdb()
+    late = (await api.get(urls[2])).json()
+    assert late["daily_source"] == "mv_txn_daily_agg"
+    assert late["kpis"]["tx_count"] == after[2]["kpis"]["tx_count"] + hourly_row["tx_count"]
+    await api.app.state.resources.rollup.wait()
+    await redis.flushdb()
+    rebuilt = (await api.get(urls[2])).json()
+    assert rebuilt["daily_source"] == "analytics_daily_rollup"
+    assert rebuilt["kpis"] == late["kpis"]
+
+    # a range of whole days only: every row from a daily table (the tz parameter unused)
     series = await api.get("/v1/timeseries?from=2025-07-01&to=2025-07-03&granularity=day")
     assert series.status_code == 200, series.text
-    assert [p["tx_count"] for p in series.json()["points"]] == [20, 4]
+    assert [p["tx_count"] for p in series.json()["points"]] == [20, 4 + 5]
+
+
+def hourly_for_late_day() -> dict[str, object]:
+    return hourly(D1 + timedelta(hours=40), "M-3", tx_count=5, succeeded_count=5)
 
 
 @pytest.mark.parametrize(

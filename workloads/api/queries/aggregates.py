@@ -25,7 +25,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from molam_workloads.api.queries import Conn
+from molam_workloads.api.queries import Conn, rollup
+from molam_workloads.api.queries.rollup import daily_sources
 from molam_workloads.core.currencies import CURRENCIES
 from molam_workloads.core.fx import rate_expr, rate_join
 
@@ -120,13 +121,8 @@ class Grouped:
     rows: list[asyncpg.Record]
     unconverted: list[str] = field(default_factory=list)
     daily_days: int = 0
-
-
-async def mv_refreshed_at(conn: Conn) -> datetime | None:
-    value: datetime | None = await conn.fetchval(
-        "SELECT refreshed_at FROM analytics_view_refreshes WHERE view_name = $1", MV_NAME
-    )
-    return value
+    daily_source: str | None = None  # the table whole days were read from, if any
+    rollup_behind: bool = False  # the merchant-less rollup lags the daily view: rebuild it
 
 
 async def grouped(
@@ -149,7 +145,13 @@ async def grouped(
     ``per_merchant``: the keys keep merchants apart, so grouping the daily view's rows before
     converting them would not reduce them (it is skipped).
     """
-    refreshed_at = await mv_refreshed_at(conn) if mv_allowed else None
+    sources = await daily_sources(conn) if mv_allowed else None
+    # Without merchants in the keys or the filters, the merchant-less rollup answers whole days
+    # when it was built from the view's current refresh; otherwise the view itself.
+    merchantless = not per_merchant and filters.merchant_id is None
+    use_rollup = merchantless and sources is not None and sources.rollup_current
+    daily_table = rollup.TABLE if use_rollup else MV_NAME
+    refreshed_at = sources.view_refreshed_at if sources else None
     parts = plan_parts(start, end, refreshed_at, mv_allowed=mv_allowed)
     p = _Params()
     for value in extra_params:
@@ -180,7 +182,7 @@ async def grouped(
             daily_days += (part.end - part.start).days
             key_sql = "".join(f"{k.daily} AS {k.name}, " for k in keys)
             where = (
-                f"FROM mv_txn_daily_agg WHERE day >= {p.add(part.start)} "
+                f"FROM {daily_table} WHERE day >= {p.add(part.start)} "
                 f"AND day < {p.add(part.end)} {where_filters}"
             )
             if per_merchant:  # one row per merchant and day already: converted as they are
@@ -241,7 +243,13 @@ FROM c g
 """
     rows = await conn.fetch(sql, *p.values)
     unconverted = sorted({c.strip() for row in rows for c in (row["unconverted"] or [])})
-    return Grouped(rows=rows, unconverted=unconverted, daily_days=daily_days)
+    return Grouped(
+        rows=rows,
+        unconverted=unconverted,
+        daily_days=daily_days,
+        daily_source=daily_table if daily_days else None,
+        rollup_behind=merchantless and sources is not None and sources.rollup_behind,
+    )
 
 
 # --- turning sums into KPIs -------------------------------------------------------------------

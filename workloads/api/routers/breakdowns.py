@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, SettingsDep
+from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
 from molam_workloads.api.params import FiltersDep, RangeDep
 from molam_workloads.api.permissions import Reader
 from molam_workloads.api.queries.aggregates import Key, grouped, kpis_of
@@ -42,6 +42,7 @@ async def get_breakdown(
     pool: PoolDep,
     cache: CacheDep,
     settings: SettingsDep,
+    rollup: RollupDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most rows returned.")] = 100,
 ) -> Response:
     """KPIs per value of the dimension, largest gross volume first. A merchant token is scoped
@@ -60,6 +61,8 @@ async def get_breakdown(
                 per_merchant=dimension is Dimension.merchant,
                 order_limit=f"ORDER BY gross_volume DESC, tx_count DESC, g.key LIMIT {limit:d}",
             )
+        if result.rollup_behind:
+            rollup.request()
         rng_out, filters_out = echo(rng, filters)
         return BreakdownResponse(
             range=rng_out,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, SettingsDep
+from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
 from molam_workloads.api.params import FiltersDep, RangeDep
 from molam_workloads.api.permissions import Reader
 from molam_workloads.api.queries.aggregates import grouped, kpis_of
@@ -23,6 +23,7 @@ async def get_kpis(
     pool: PoolDep,
     cache: CacheDep,
     settings: SettingsDep,
+    rollup: RollupDep,
 ) -> Response:
     """Counts, gross and net volume, refunds, fees, success rate and average ticket over
     [from, to), amounts in the reporting currency. A merchant token sees its own merchant."""
@@ -38,6 +39,8 @@ async def get_kpis(
                 keys=(),
                 reporting_currency=currency,
             )
+        if result.rollup_behind:
+            rollup.request()
         rng_out, filters_out = echo(rng, filters)
         return KpiResponse(
             range=rng_out,
@@ -46,6 +49,7 @@ async def get_kpis(
             unconverted_currencies=result.unconverted,
             kpis=Kpis(**kpis_of(result.rows[0] if result.rows else None, currency)),
             daily_view_days=result.daily_days,
+            daily_source=result.daily_source,
         )
 
     params = {**rng.as_dict(), **filters.as_dict()}

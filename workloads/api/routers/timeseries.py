@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, SettingsDep
+from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
 from molam_workloads.api.errors import InvalidParams
 from molam_workloads.api.params import FiltersDep, RangeDep, TimeRange
 from molam_workloads.api.permissions import Reader
@@ -53,6 +53,7 @@ async def get_timeseries(
     pool: PoolDep,
     cache: CacheDep,
     settings: SettingsDep,
+    rollup: RollupDep,
     granularity: Annotated[Granularity, Query(description="hour or day (days in `tz`).")] = (
         Granularity.day
     ),
@@ -84,6 +85,8 @@ async def get_timeseries(
             Point(bucket=_bucket_start(b, rng), **kpis_of(by_bucket.get(b), currency))
             for b in buckets
         ]
+        if result.rollup_behind:
+            rollup.request()
         rng_out, filters_out = echo(rng, filters)
         return TimeseriesResponse(
             range=rng_out,

@@ -49,7 +49,13 @@ class _Answer(BaseModel):
 
 class KpiResponse(_Answer):
     kpis: Kpis
-    daily_view_days: int = Field(description="Whole days answered from mv_txn_daily_agg.")
+    daily_view_days: int = Field(
+        description="Whole days answered from a daily table instead of hourly rows."
+    )
+    daily_source: str | None = Field(
+        description="That table: mv_txn_daily_agg, or analytics_daily_rollup (the same summed "
+        "over merchants) when no merchant is involved."
+    )
 
 
 class Point(Kpis):
