@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # offsets in PostgreSQL.
 WRITE_ATTEMPTS = 5
 KAFKA_COMMIT_TIMEOUT = 5.0
+# Decoding yields to the event loop this often, so the write of the previous batch (waiting on
+# PostgreSQL) is not held up behind a whole batch of CPU work.
+YIELD_EVERY = 250
 _RETRYABLE_DB = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -224,7 +227,10 @@ class Ingestor:
         for tp, records in batch.items():
             if not records:
                 continue
-            for rec in records:
+            for i, rec in enumerate(records):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    # Let the previous batch's write task move on to its next statement.
+                    await asyncio.sleep(0)
                 try:
                     prepared.valid.append(decode_event(rec.value, now))
                 except InvalidEvent as exc:
@@ -255,7 +261,9 @@ class Ingestor:
         # The arithmetic happens here, while the previous batch is still being written.
         since = horizon(now, self.settings.minute_agg_retention_hours)
         agg = prepared.aggregates = summarize(prepared.valid, since)
+        await asyncio.sleep(0)
         agg.hourly_columns()
+        await asyncio.sleep(0)
         agg.minute_columns()
         return prepared
 
