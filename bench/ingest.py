@@ -2,7 +2,9 @@
 
 1. Pre-loads a topic with N synthetic events (``simulate``'s market, 200 merchants, event
    times over the last SPAN_HOURS, DUP_RATE of them published twice).
-2. Ceiling: a bare aiokafka consumer that reads the topic and ``json.loads`` every value.
+2. Ceiling: a bare aiokafka consumer that reads the topic and ``json.loads`` every value;
+   for reference, the same with ``core.events.decode_event`` (the validation every event
+   needs), the bound of any consumer that validates, before it writes anything.
 3. Ours: the ``consume`` code path (``Ingestor``: validation, DLQ, ledger, hourly + minute
    aggregates, offsets, live counters in Redis), timed from its first batch to its last.
 4. Floor: a naive consumer doing one transaction per event (ledger insert, one hourly upsert,
@@ -82,7 +84,7 @@ async def preload(bootstrap: str, topic: str, values: list[bytes]) -> float:
     return time.perf_counter() - started
 
 
-async def ceiling(bootstrap: str, topic: str, n: int) -> float:
+async def ceiling(bootstrap: str, topic: str, n: int, validate: bool = False) -> float:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -98,7 +100,10 @@ async def ceiling(bootstrap: str, topic: str, n: int) -> float:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for records in batch.values():
                 for r in records:
-                    json.loads(r.value)
+                    if validate:
+                        decode_event(r.value)
+                    else:
+                        json.loads(r.value)
                 seen += sum(len(r) for r in batch.values())
             if not batch and time.perf_counter() - started > 120:
                 raise RuntimeError(f"ceiling: only {seen}/{n} records")
@@ -226,6 +231,7 @@ async def main() -> None:
         print(f"pre-loaded in {seconds:.1f}s ({len(values) / seconds:,.0f}/s)")
 
         ceiling_s = await ceiling(bootstrap, topic, len(values))
+        validated_s = await ceiling(bootstrap, topic, len(values), validate=True)
         settings = IngestSettings(
             database_url=dsn, redis_url=redis_url, kafka_bootstrap_servers=bootstrap,
             kafka_topic=topic, dlq_topic=dlq, kafka_consumer_group="bench-ingest",
@@ -243,6 +249,7 @@ async def main() -> None:
 
     rates = {
         "raw aiokafka + json.loads (ceiling)": (len(values), ceiling_s),
+        "aiokafka + decode_event (validation only)": (len(values), validated_s),
         "molam consume (Ingestor)": (len(values), ours_s),
         f"naive 1 txn/event (floor, {FLOOR_EVENTS} events)": (FLOOR_EVENTS, floor_s),
     }
