@@ -61,10 +61,11 @@ async def test_untrusted_tokens_are_401(
     assert any("denied GET /v1/kpis" in rec.getMessage() for rec in caplog.records)
 
 
+# Minted when the test runs, not at collection: a long suite would see them expired.
 FORBIDDEN = {
-    "unknown role": make_token("superuser"),
-    "merchant without merchant_id": make_token("merchant"),
-    "merchant with empty merchant_id": jwt.encode(
+    "unknown role": lambda: make_token("superuser"),
+    "merchant without merchant_id": lambda: make_token("merchant"),
+    "merchant with empty merchant_id": lambda: jwt.encode(
         {"sub": "x", "role": "merchant", "merchant_id": "", "exp": int(time.time()) + 300},
         SECRET,
         algorithm="HS256",
@@ -73,15 +74,16 @@ FORBIDDEN = {
 
 
 @pytest.mark.parametrize(
-    ("token", "status"),
+    ("kind", "status"),
     [
-        (FORBIDDEN["unknown role"], 403),
-        (FORBIDDEN["merchant without merchant_id"], 403),
-        (FORBIDDEN["merchant with empty merchant_id"], 401),  # an ill-typed claim
+        ("unknown role", 403),
+        ("merchant without merchant_id", 403),
+        ("merchant with empty merchant_id", 401),  # an ill-typed claim
     ],
     ids=list(FORBIDDEN),
 )
-async def test_tokens_that_grant_nothing(module_api: Api, token: str, status: int) -> None:
+async def test_tokens_that_grant_nothing(module_api: Api, kind: str, status: int) -> None:
+    token = FORBIDDEN[kind]()
     before = AUTH_DENIALS.labels(str(status))._value.get()
     r = await module_api.client.get("/v1/kpis", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == status, r.text
