@@ -10,6 +10,7 @@
 4. Floor: a naive consumer doing one transaction per event (ledger insert, one hourly upsert,
    offset update), run on the first FLOOR_EVENTS events and its rate extrapolated.
 Then checks exactly-once: the hourly aggregates count every unique transaction exactly once.
+Each measured contender runs ROUNDS times and its best round is kept (the machine may be busy).
 
 Run: ``make bench`` or ``set -a; . .stack/env; set +a; PYTHONSAFEPATH=1 .venv/bin/python
 bench/ingest.py [N [SPAN_HOURS]]``. Uses Redis database 13 (flushed) for the live counters.
@@ -46,6 +47,7 @@ SPAN_HOURS = float(sys.argv[2]) if len(sys.argv) > 2 else 0.5
 DUP_RATE = 0.05
 FLOOR_EVENTS = 4000
 PARTITIONS = 2
+ROUNDS = 2
 REDIS_DB = "13"
 
 
@@ -230,21 +232,38 @@ async def main() -> None:
         seconds = await preload(bootstrap, topic, values)
         print(f"pre-loaded in {seconds:.1f}s ({len(values) / seconds:,.0f}/s)")
 
-        ceiling_s = await ceiling(bootstrap, topic, len(values))
-        validated_s = await ceiling(bootstrap, topic, len(values), validate=True)
-        settings = IngestSettings(
-            database_url=dsn, redis_url=redis_url, kafka_bootstrap_servers=bootstrap,
-            kafka_topic=topic, dlq_topic=dlq, kafka_consumer_group="bench-ingest",
-            kafka_session_timeout_ms=6000, kafka_heartbeat_interval_ms=500, sira_enabled=False,
-            metrics_port=0,
-        )  # fmt: skip
-        ours_s = await ours(settings, len(values))
-        conn = await asyncpg.connect(dsn)
-        try:
-            total = await conn.fetchval("SELECT sum(tx_count) FROM txn_hourly_agg")
-            ledger = await conn.fetchval("SELECT count(*) FROM ingested_transactions")
-        finally:
-            await conn.close()
+        # Best of ROUNDS: the machine may be shared, and a slow round says little about us.
+        ceiling_s = min([await ceiling(bootstrap, topic, len(values)) for _ in range(ROUNDS)])
+        validated_s = min(
+            [await ceiling(bootstrap, topic, len(values), validate=True) for _ in range(ROUNDS)]
+        )
+        ours_rounds = []
+        checks = []
+        for round_ in range(ROUNDS):
+            settings = IngestSettings(
+                database_url=dsn, redis_url=redis_url, kafka_bootstrap_servers=bootstrap,
+                kafka_topic=topic, dlq_topic=dlq, kafka_consumer_group=f"bench-ingest-{round_}",
+                kafka_session_timeout_ms=6000, kafka_heartbeat_interval_ms=500,
+                sira_enabled=False, metrics_port=0,
+            )  # fmt: skip
+            ours_rounds.append(await ours(settings, len(values)))
+            conn = await asyncpg.connect(dsn)
+            try:
+                checks.append(
+                    (
+                        int(await conn.fetchval("SELECT sum(tx_count) FROM txn_hourly_agg")),
+                        int(await conn.fetchval("SELECT count(*) FROM ingested_transactions")),
+                    )
+                )
+                # A clean slate for the next round (a second pass would only find duplicates).
+                await conn.execute(
+                    "TRUNCATE txn_hourly_agg, txn_minute_agg, ingested_transactions,"
+                    " consumer_offsets"
+                )
+            finally:
+                await conn.close()
+        ours_s = min(ours_rounds)
+        print("consumer rounds (s): " + ", ".join(f"{r:.2f}" for r in ours_rounds))
         floor_s = await floor(dsn, bootstrap, topic, FLOOR_EVENTS)
 
     rates = {
@@ -261,10 +280,10 @@ async def main() -> None:
         for name, (n, s) in rates.items()
     ]  # fmt: skip
     print(table(["consumer", "events", "seconds", "events/s", "vs ceiling", "vs floor"], rows))
-    ok = total == unique == ledger
+    ok = all(total == unique == ledger for total, ledger in checks)
     print(
-        f"exactly-once: {unique:,} unique transactions, sum(tx_count) = {total:,},"
-        f" ledger = {ledger:,}: {'OK' if ok else 'MISMATCH'}"
+        f"exactly-once, every round: {unique:,} unique transactions; (sum(tx_count), ledger) ="
+        f" {checks}: {'OK' if ok else 'MISMATCH'}"
     )
     ratio_c, ratio_f = (len(values) / ours_s) / ceil_rate, (len(values) / ours_s) / floor_rate
     print(
