@@ -19,12 +19,20 @@ from molam_workloads.core.db import INGEST_LOCK
 from molam_workloads.core.events import TransactionEvent
 from molam_workloads.ingest.aggregation import MEASURES, MONEY_MEASURES, BatchAggregates, months
 
+# Returns the batch's transactions that were already in the ledger (usually none), so only
+# the exceptions travel back. Inserted in txn_id order: two consumers inserting overlapping
+# ids lock them in the same order and wait for each other instead of deadlocking (the sort
+# runs in PostgreSQL, off the consumer's core).
 _LEDGER_SQL = """
-INSERT INTO ingested_transactions (txn_id, event_id, occurred_at, source)
-SELECT t.txn_id, t.event_id, t.occurred_at, 'stream'
-FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS t (txn_id, event_id, occurred_at)
-ON CONFLICT (txn_id) DO NOTHING
-RETURNING txn_id
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+        AS t (txn_id, event_id, occurred_at)),
+fresh AS (
+    INSERT INTO ingested_transactions (txn_id, event_id, occurred_at, source)
+    SELECT txn_id, event_id, occurred_at, 'stream' FROM batch ORDER BY txn_id
+    ON CONFLICT (txn_id) DO NOTHING
+    RETURNING txn_id)
+SELECT b.txn_id FROM batch b WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.txn_id = b.txn_id)
 """
 
 # Offsets only move forward: a consumer that lost its partitions mid-batch must not drag the
@@ -104,7 +112,7 @@ class BatchWriter:
                 days,
             )
             if events:
-                new = {
+                seen = {
                     r[0]
                     for r in await conn.fetch(
                         _LEDGER_SQL,
@@ -113,8 +121,8 @@ class BatchWriter:
                         [e.occurred_at for e in events],
                     )
                 }
-                if len(new) < len(events):
-                    batch = batch.without([e for e in events if e.txn_id not in new])
+                if seen:
+                    batch = batch.without([e for e in events if e.txn_id in seen])
             if batch.hourly:
                 await conn.execute(_HOURLY_SQL, *batch.hourly_columns())
             if batch.minute:
