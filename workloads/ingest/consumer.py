@@ -116,6 +116,7 @@ class Ingestor:
         self.batch_lock = asyncio.Lock()
         self.positions: dict[int, int] = {}
         self.epoch = 0  # bumped at every revocation and assignment
+        self._follow_up: asyncio.Task[None] | None = None
         # Running totals of this consumer (records, counted, duplicates, dead, abandoned).
         self.totals: dict[str, int] = dict.fromkeys(
             ("records", "counted", "duplicates", "dead", "abandoned"), 0
@@ -170,12 +171,15 @@ class Ingestor:
             if writing is not None:
                 await writing
                 writing = None
+            await self.drain()
         finally:
-            if writing is not None and not writing.done():
-                # Leaving on an error: nothing of an unfinished transaction is kept.
-                writing.cancel()
-                with contextlib.suppress(BaseException):
-                    await writing
+            for task in (writing, self._follow_up):
+                if task is not None and not task.done():
+                    # Leaving on an error: nothing of an unfinished transaction is kept, and
+                    # live counters are rewritten whole by the next batch anyway.
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
             await consumer.stop()
             log.info("consumer stopped")
 
@@ -216,8 +220,10 @@ class Ingestor:
     async def process(
         self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[ConsumerRecord]]
     ) -> BatchReport:
-        """Prepare and commit one batch (no pipelining)."""
-        return await self.commit(consumer, await self.prepare(batch))
+        """Prepare and commit one batch, follow-ups included (no pipelining)."""
+        report = await self.commit(consumer, await self.prepare(batch))
+        await self.drain()
+        return report
 
     async def prepare(self, batch: Mapping[TopicPartition, list[ConsumerRecord]]) -> PreparedBatch:
         """Decode a batch; malformed records go to the DLQ, durably, before anything else."""
@@ -303,8 +309,18 @@ class Ingestor:
         if report.watermark is not None:
             lag = (datetime.now(UTC) - report.watermark).total_seconds()
             metrics.AGGREGATION_LAG.set(max(lag, 0.0))
-        await self._after_commit(report)
+        # Live counters and SIRA run beside the next batch's write, one batch at a time and in
+        # order (waiting here for the previous one is the back-pressure).
+        if self._follow_up is not None:
+            await self._follow_up
+        self._follow_up = asyncio.create_task(self._after_commit(report))
         return report
+
+    async def drain(self) -> None:
+        """Wait for the last batch's live counters and SIRA call."""
+        if self._follow_up is not None:
+            await self._follow_up
+            self._follow_up = None
 
     async def _write(
         self, batch: BatchAggregates, next_offsets: dict[int, int]
@@ -347,6 +363,9 @@ class Ingestor:
             except (RedisError, OSError, *_RETRYABLE_DB) as exc:
                 # The next batch of these merchants rewrites their absolute values anyway.
                 log.warning("live counters not updated: %r", exc)
+            except Exception:
+                # Best effort as well: a bug here must not stop the aggregates.
+                log.exception("live counters not updated")
         if self.detector is not None:
             merchants = {ev.merchant_id for ev in report.counted}
             watermark = report.watermark or max(ev.occurred_at for ev in report.counted)
