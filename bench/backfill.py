@@ -7,6 +7,7 @@ the database), then times on the same rows:
 2. backfill with ``--jobs 1`` and ``--jobs 2`` (the default), each a first run on empty
    aggregates and ledger, then a re-run: per day one transaction (the day's exclusive ingest
    lock, exactly-once ledger insert, aggregate sync). Every run must give the baseline's rows.
+Each figure is the best of ROUNDS rounds.
 
 Run: ``make bench`` or ``set -a; . .stack/env; set +a; PYTHONSAFEPATH=1 .venv/bin/python
 bench/backfill.py [ROWS [DAYS]]``.
@@ -31,6 +32,7 @@ from molam_workloads.jobs import backfill
 
 ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 500_000
 DAYS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+ROUNDS = 2  # best of: the machine may be shared
 END = datetime(2025, 7, 1, tzinfo=UTC)
 START = END - timedelta(days=DAYS)
 
@@ -82,9 +84,12 @@ async def main() -> None:
 
             # Warm the cache the same way for every contender: one full read first.
             await conn.fetchval("SELECT count(*) FROM wallet_transactions")
-            t = time.perf_counter()
-            await conn.execute(backfill.BARE_HOURLY_SQL, START, END)
-            baseline_s = time.perf_counter() - t
+            baseline_s = float("inf")
+            for _ in range(ROUNDS):
+                await conn.execute("TRUNCATE txn_hourly_agg")
+                t = time.perf_counter()
+                await conn.execute(backfill.BARE_HOURLY_SQL, START, END)
+                baseline_s = min(baseline_s, time.perf_counter() - t)
             expected = await snapshot(conn)
 
             days = [(START + timedelta(days=i)).date() for i in range(DAYS)]
@@ -92,14 +97,17 @@ async def main() -> None:
             checks: dict[str, bool] = {}
             async with create_pool(DatabaseSettings(database_url=dsn), max_size=2) as pool:
                 for jobs in (1, 2):
-                    await conn.execute("TRUNCATE txn_hourly_agg, ingested_transactions")
-                    await conn.execute("VACUUM ANALYZE txn_hourly_agg, ingested_transactions")
-                    for run in ("first run", "re-run"):
-                        name = f"backfill --jobs {jobs}, {run}"
-                        t = time.perf_counter()
-                        n = await backfill.backfill(pool, days, 0, show=False, jobs=jobs)
-                        timings[name] = time.perf_counter() - t
-                        checks[name] = n == ROWS and await snapshot(conn) == expected
+                    for _ in range(ROUNDS):
+                        await conn.execute("TRUNCATE txn_hourly_agg, ingested_transactions")
+                        await conn.execute("VACUUM ANALYZE txn_hourly_agg, ingested_transactions")
+                        for run in ("first run", "re-run"):
+                            name = f"backfill --jobs {jobs}, {run}"
+                            t = time.perf_counter()
+                            n = await backfill.backfill(pool, days, 0, show=False, jobs=jobs)
+                            took = time.perf_counter() - t
+                            timings[name] = min(timings.get(name, took), took)
+                            ok = n == ROWS and await snapshot(conn) == expected
+                            checks[name] = checks.get(name, True) and ok
             ledger = await conn.fetchval("SELECT count(*) FROM ingested_transactions")
         finally:
             await conn.close()

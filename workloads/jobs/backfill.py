@@ -27,6 +27,7 @@ from molam_workloads.core.settings import DatabaseSettings, load_settings
 from molam_workloads.jobs.progress import ProgressBar
 
 MAX_DAYS = 3660
+WORK_MEM = "64MB"
 
 
 class BackfillSettings(DatabaseSettings):
@@ -152,6 +153,9 @@ async def backfill_day(
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
     async with conn.transaction():
+        # A day's GROUP BY fits in memory with a little more than the default 4 MB (no spill
+        # to disk), and JIT compiling these short statements costs more than it saves.
+        await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'; SET LOCAL jit = off")
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtext($1), $2)", INGEST_LOCK, day.toordinal()
         )
