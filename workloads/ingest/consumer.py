@@ -33,6 +33,7 @@ from molam_workloads.ingest.aggregation import BatchAggregates, horizon, summari
 from molam_workloads.ingest.dead_letters import dead_letter
 from molam_workloads.ingest.live_counters import LiveCounters
 from molam_workloads.ingest.settings import IngestSettings
+from molam_workloads.ingest.watermark import watermark
 from molam_workloads.ingest.writer import BatchWriter, load_offsets
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class PreparedBatch:
     next_offsets: dict[int, int] = field(default_factory=dict)
     dead: int = 0
     watermark: datetime | None = None  # newest event time seen in the batch
+    newest: dict[int, datetime] = field(default_factory=dict)  # per partition
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -74,6 +76,7 @@ class BatchReport:
     dead: int = 0
     next_offsets: dict[int, int] = field(default_factory=dict)
     watermark: datetime | None = None
+    event_time: datetime | None = None  # how far event time has certainly progressed (SIRA)
     abandoned: bool = False  # read before a rebalance: left for the partition's next owner
 
 
@@ -115,6 +118,8 @@ class Ingestor:
         self.writer = BatchWriter(settings.kafka_consumer_group, settings.kafka_topic)
         self.batch_lock = asyncio.Lock()
         self.positions: dict[int, int] = {}
+        # Newest event time consumed per assigned partition (for the SIRA watermark).
+        self.newest: dict[int, datetime] = {}
         self.epoch = 0  # bumped at every revocation and assignment
         self._follow_up: asyncio.Task[None] | None = None
         # Running totals of this consumer (records, counted, duplicates, dead, abandoned).
@@ -200,6 +205,7 @@ class Ingestor:
                     [tp.partition for tp in assigned],
                 )
             self.epoch += 1
+            self.newest = {}  # partitions and their progress change hands at a rebalance
             fresh = []
             for tp in assigned:
                 if tp.partition in stored:
@@ -238,7 +244,11 @@ class Ingestor:
                     # Let the previous batch's write task move on to its next statement.
                     await asyncio.sleep(0)
                 try:
-                    prepared.valid.append(decode_event(rec.value, now))
+                    ev = decode_event(rec.value, now)
+                    prepared.valid.append(ev)
+                    seen = prepared.newest.get(tp.partition)
+                    if seen is None or ev.occurred_at > seen:
+                        prepared.newest[tp.partition] = ev.occurred_at
                 except InvalidEvent as exc:
                     metrics.INGEST_ERRORS.labels(exc.reason).inc()
                     value = dead_letter(
@@ -295,6 +305,17 @@ class Ingestor:
             report.counted = await self._write(prepared.aggregates, prepared.next_offsets)
             metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
             self.positions.update(prepared.next_offsets)
+            for p, t in prepared.newest.items():
+                if p not in self.newest or t > self.newest[p]:
+                    self.newest[p] = t
+            report.event_time = watermark(
+                self.newest,
+                self.positions,
+                {
+                    p: consumer.highwater(TopicPartition(self.settings.kafka_topic, p))
+                    for p in self.newest
+                },
+            )
             await self._commit_kafka(consumer, prepared.next_offsets)
         report.duplicates = len(prepared.valid) - len(report.counted)
         for key, n in (
@@ -368,9 +389,9 @@ class Ingestor:
                 log.exception("live counters not updated")
         if self.detector is not None:
             merchants = {ev.merchant_id for ev in report.counted}
-            watermark = report.watermark or max(ev.occurred_at for ev in report.counted)
+            event_time = report.event_time or max(ev.occurred_at for ev in report.counted)
             try:
-                await self.detector.on_batch(merchants, watermark)
+                await self.detector.on_batch(merchants, event_time)
             except Exception:
                 # Anomaly detection is advisory: it must never stop ingestion.
                 log.exception("SIRA detector failed on a batch")
