@@ -20,6 +20,7 @@ import asyncpg
 import kopf
 
 from molam_operator.kube import Kube, KubeError, path
+from molam_operator.lagprobe import LagProber
 from molam_operator.scaling import ScalerMemory
 from molam_operator.settings import OperatorSettings
 from molam_workloads.core.errors import ServiceUnavailable
@@ -57,6 +58,7 @@ class OperatorContext:
     settings: OperatorSettings
     kube: Kube
     cron_job_api_version: str
+    prober: LagProber = field(default_factory=LagProber)
     pipelines: dict[tuple[str, str], PipelineRuntime] = field(default_factory=dict)
     _pools: dict[str, asyncpg.Pool] = field(default_factory=dict)
     _pool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -164,6 +166,7 @@ class OperatorContext:
             except TimeoutError:
                 pool.terminate()
         self._pools.clear()
+        await self.prober.close()
         await self.kube.close()
 
 

@@ -13,7 +13,6 @@ Three entry points, all serialised per pipeline by ``PipelineRuntime.lock``:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import asyncpg
 import kopf
 
-from molam_operator import lagprobe, manifests, metrics
+from molam_operator import manifests, metrics
 from molam_operator.conditions import iso, now_iso, set_condition
 from molam_operator.context import OperatorContext, PipelineRuntime
 from molam_operator.kube import STRATEGIC, KubeError, object_path, path
@@ -128,9 +127,12 @@ async def reconcile(
         rt.last_started = time.monotonic()
         outcomes: dict[str, str] = {}
         try:
-            for child in build(ctx, body, cfg):
-                key = f"{child['kind']}/{child['metadata']['name']}"
-                outcomes[key] = await ensure_child(ctx, child)
+            config, *workloads = build(ctx, body, cfg)
+            # The config first (pods refer to it), then the rest side by side.
+            done = [await ensure_child(ctx, config)]
+            done += await asyncio.gather(*(ensure_child(ctx, c) for c in workloads))
+            for child, outcome in zip([config, *workloads], done, strict=True):
+                outcomes[f"{child['kind']}/{child['metadata']['name']}"] = outcome
         except KubeError as exc:
             metrics.RECONCILE_ERRORS.labels(KIND, exc.reason or str(exc.status)).inc()
             await _set_ready(ctx, body, rt, False, "ChildrenFailed", str(exc))
@@ -280,7 +282,7 @@ async def scale_once(
     """One poll: measure the lag, decide, set the consumer's replicas, report."""
     namespace, name = body.meta["namespace"], body.meta["name"]
     labels = (namespace, name)
-    observation, probe_message = await lagprobe.probe(
+    observation, probe_message = await ctx.prober.probe(
         cfg.bootstrap_servers,
         cfg.consumer_group,
         cfg.topic,
@@ -366,13 +368,15 @@ async def scale_once(
 
 async def _nap(rt: PipelineRuntime, stopped: kopf.DaemonStopped, seconds: float) -> None:
     """Sleep up to ``seconds``; wake early when kicked or when the daemon is asked to stop."""
-    deadline = time.monotonic() + seconds
-    while not stopped and not rt.kick.is_set():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(rt.kick.wait(), timeout=min(left, 0.5))
+    if stopped or rt.kick.is_set() or seconds <= 0:
+        return
+    kicked = asyncio.ensure_future(rt.kick.wait())
+    stopping = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({kicked, stopping}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        kicked.cancel()
+        stopping.cancel()
 
 
 async def run(
