@@ -8,9 +8,10 @@ over the last N days with a daily rhythm, published as fast as ``--rate`` allows
 retrying producer would); ``--write-source`` also inserts each transaction into
 ``wallet_transactions`` first, so the runbook's reconciliation holds end to end.
 ``--anomaly [MERCHANT]`` multiplies one merchant's rate by ``--anomaly-factor`` during a spike
-window: in real time from ``--anomaly-after`` seconds after the start for ``--anomaly-seconds``,
-repeated every ``--anomaly-period`` seconds (0: once); in history mode the last
-``--anomaly-seconds`` before now.
+window (its extra transactions come on top of ``--count``): in real time from
+``--anomaly-after`` seconds after the start for ``--anomaly-seconds``, repeated every
+``--anomaly-period`` seconds (0: once); in history mode the last ``--anomaly-seconds`` before
+now.
 """
 
 from __future__ import annotations
@@ -113,7 +114,11 @@ def _spike(args: argparse.Namespace, roster: list[Merchant], now: datetime) -> S
 def transactions(
     market: Market, spike: Spike | None, args: argparse.Namespace, now: datetime
 ) -> Iterator[tuple[dict[str, Any], bool]]:
-    """(event document, part of a spike) in publishing order."""
+    """(event document, part of a spike) in publishing order.
+
+    ``--count`` counts the ordinary transactions; a spike's extra ones come on top, so a
+    spike at the end of a history run is never cut short by the count.
+    """
     by_id = {m.id: m for m in market.merchants}
     spiking = by_id.get(spike.merchant) if spike else None
     if args.days_back:
@@ -122,16 +127,13 @@ def transactions(
         )
     else:
         times = _now_forever()
-    produced = 0
-    for at in times:
+    for produced, at in enumerate(times, start=1):
         doc = market.transaction(at)
         yield doc, False
-        produced += 1
         if spike and spiking and doc["merchant_id"] == spike.merchant and spike.active(at):
             for _ in range(spike.factor - 1):
                 jitter = timedelta(seconds=market.rnd.uniform(-30, 0))
                 yield market.transaction(max(at + jitter, spike.start), spiking), True
-                produced += 1
         if args.count and produced >= args.count:
             return
 
