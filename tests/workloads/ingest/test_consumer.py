@@ -37,7 +37,7 @@ async def test_duplicates_count_once_and_reconcile(
     stack: Stack, db: asyncpg.Connection, redis: Redis
 ) -> None:
     # Two days of history plus today, 20% published twice.
-    events = make_events(600, span=timedelta(days=2))
+    events = make_events(600, span=timedelta(hours=47))  # all within the minute retention
     await insert_source(db, events)
     values = with_duplicates(events, 0.2)
     await publish(stack.bootstrap, stack.topic, values)
