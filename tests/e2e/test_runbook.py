@@ -347,9 +347,16 @@ def test_8_alerts_not_firing(system: System) -> None:
 
 def test_9_sira_anomalies_detected(system: System) -> None:
     assert system.sh("echo ${SIRA_ENABLED:-true}").strip() == "true"
-    anomalies = eventually(lambda: system.api("/v1/anomalies")["items"], timeout=120, every=3)
-    assert anomalies
-    eventually(lambda: "Anomaly detected" in (system.logs / "consume.log").read_text())
+
+    def injected_spike() -> list[dict[str, Any]]:
+        # make run injects a 10x spike for M-0003 (simulate --anomaly's default merchant).
+        items = system.api("/v1/anomalies", merchant_id="M-0003", limit=100)["items"]
+        return [a for a in items if a["metric"] == "tx_count" and a["direction"] == "spike"]
+
+    spikes = eventually(injected_spike, timeout=240, every=3)
+    assert all(a["zscore"] > 3 for a in spikes)
+    log = (system.logs / "consume.log").read_text()
+    assert "Anomaly detected: merchant=M-0003 metric=tx_count" in log
 
 
 # --- Emergency procedures -------------------------------------------------------------------
