@@ -7,7 +7,9 @@ arrive later are skipped) and make the day's hourly rows equal to one ``SELECT â
 over them: new buckets are inserted, changed ones overwritten, vanished ones deleted, equal
 ones left alone (a re-run writes almost nothing). The result depends only on
 ``wallet_transactions``: re-running gives the same rows. Days within the minute horizon get
-their ``txn_minute_agg`` rows rebuilt too. ``--jobs`` days are rebuilt at once.
+their ``txn_minute_agg`` rows rebuilt too. ``--jobs`` days are rebuilt at once. When the range
+includes today, today's live counters are cleared from Redis (the API then reads PostgreSQL
+until the consumer's next batch writes them again).
 """
 
 from __future__ import annotations
@@ -15,22 +17,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 from pydantic import Field
+from redis.asyncio import Redis
 
+from molam_workloads.core.cache import create_redis, live_key
 from molam_workloads.core.db import INGEST_LOCK, create_pool
-from molam_workloads.core.errors import ConfigError
-from molam_workloads.core.settings import DatabaseSettings, load_settings
+from molam_workloads.core.errors import ConfigError, ServiceUnavailable
+from molam_workloads.core.settings import DatabaseSettings, RedisSettings, load_settings
 from molam_workloads.jobs.progress import ProgressBar
 
 MAX_DAYS = 3660
 WORK_MEM = "64MB"
 
 
-class BackfillSettings(DatabaseSettings):
+class BackfillSettings(DatabaseSettings, RedisSettings):
     # Same variable as the consumer's and the alerts housekeeping's: minute buckets exist only
     # for this recent past.
     minute_agg_retention_hours: int = Field(default=48, ge=0)
@@ -207,6 +212,18 @@ async def backfill(
     return total
 
 
+async def forget_live_counters(redis: Redis, day: date) -> int:
+    """Delete ``day``'s live-counter hashes (every merchant and the platform).
+
+    Backfill may change today's totals behind the consumer's back; without its hash the API
+    reads PostgreSQL, until the consumer's next batch writes the absolute values again.
+    """
+    keys = [key async for key in redis.scan_iter(match=live_key("*", day), count=1000)]
+    if keys:
+        await redis.delete(*keys)
+    return len(keys)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="first", required=True, metavar="YYYY-MM-DD")
     parser.add_argument("--to", dest="last", required=True, metavar="YYYY-MM-DD")
@@ -231,4 +248,12 @@ async def run(args: argparse.Namespace) -> int:
         f"backfilled {len(days)} day(s) {days[0]}..{days[-1]}: {total} transactions"
         f" in {seconds:.1f}s ({total / max(seconds, 1e-9):.0f} rows/s)"
     )
+    today = datetime.now(UTC).date()
+    if today in days:
+        try:
+            async with create_redis(settings) as redis:
+                n = await forget_live_counters(redis, today)
+            print(f"cleared {n} live counter hash(es) of {today} (the consumer rewrites them)")
+        except ServiceUnavailable as exc:
+            print(f"warning: today's live counters may be stale: {exc}", file=sys.stderr)
     return 0

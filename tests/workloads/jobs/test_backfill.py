@@ -178,3 +178,35 @@ async def test_cli_prints_progress_and_a_summary(db: asyncpg.Connection, databas
     assert err.decode().strip() == (
         "molam-analytics backfill: error: --to 'July 3rd': expected a date as YYYY-MM-DD"
     )
+
+
+async def test_backfilling_today_hands_live_counters_back_to_postgres(
+    stack: Stack, db: asyncpg.Connection, redis: Redis, database_url: str, redis_url: str
+) -> None:
+    events = make_events(200, seed=111, span=timedelta(minutes=1))  # all today
+    await insert_source(db, events[:150])
+    await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[:150]])
+    async with running_consumer():
+        await wait_until(lambda: _at(db, 150))
+    await assert_live_matches_db(db, redis)
+    # The wallet system now has rows the stream never carried: backfill counts them, and
+    # today's hashes (now behind PostgreSQL) are cleared so the API reads PostgreSQL.
+    await insert_source(db, events[150:])
+    today = datetime.now(UTC).date().isoformat()
+    env = os.environ | {"PYTHONSAFEPATH": "1", "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    proc = await asyncio.create_subprocess_exec(
+        CLI, "backfill", "--from", today, "--to", today, "--quiet", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "cleared" in out.decode()
+    assert await counted(db) == 200
+    assert [k async for k in redis.scan_iter(match=f"live:merchant:*:{today}")] == []
+    # The consumer's next batch writes them again, equal to PostgreSQL.
+    late = make_events(5, seed=112, prefix="LATE", merchants=5)
+    await insert_source(db, late)
+    await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in late])
+    async with running_consumer():
+        await wait_until(lambda: _at(db, 205))
+    assert await redis.exists(f"live:merchant:_all:{today}")
