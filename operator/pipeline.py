@@ -37,13 +37,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 REFRESHED_VIEW = "mv_txn_daily_agg"
 
 
-def config_or_permanent(spec: Mapping[str, Any]) -> PipelineConfig:
-    try:
-        return manifests.parse_spec(spec)
-    except InvalidSpec as exc:
-        raise kopf.PermanentError(str(exc)) from None
-
-
 # ------------------------------------------------------------------------------- children
 
 
@@ -119,7 +112,12 @@ async def reconcile(
     """
     namespace, name = body.meta["namespace"], body.meta["name"]
     rt = ctx.runtime(namespace, name)
-    cfg = config_or_permanent(body.spec)
+    try:
+        cfg = manifests.parse_spec(body.spec)
+    except InvalidSpec as exc:
+        metrics.RECONCILE_ERRORS.labels(KIND, "InvalidSpec").inc()
+        await _set_ready(ctx, body, rt, False, "InvalidSpec", str(exc))
+        raise kopf.PermanentError(str(exc)) from None
     started = time.monotonic()
     async with rt.lock:
         if unless_started_after is not None and rt.last_started > unless_started_after:

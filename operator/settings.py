@@ -29,9 +29,6 @@ class OperatorSettings(DatabaseSettings):
     operator_metrics_port: int = Field(
         default=9104, ge=0, le=65535, description="Prometheus /metrics port (0: not served)."
     )
-    operator_rule_status_seconds: float = Field(
-        default=5.0, gt=0, le=3600, description="How often AlertRule status mirrors the evaluator."
-    )
     operator_resync_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -41,7 +38,4 @@ class OperatorSettings(DatabaseSettings):
     )
     operator_kafka_timeout_seconds: float = Field(
         default=10.0, gt=0, le=120, description="Longest wait for one lag probe."
-    )
-    operator_watch_server_timeout: int = Field(
-        default=300, ge=10, description="Watch requests the API server ends after this long."
     )

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from kopf.testing import KopfRunner
-from opkube import CRDS, kubectl, running_operator
+from opkube import CRDS, kubectl, release_finalizers, running_operator
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +38,7 @@ def namespace(crds: None) -> Iterator[str]:
     try:
         yield name
     finally:
+        release_finalizers(name)
         kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

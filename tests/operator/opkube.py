@@ -95,3 +95,19 @@ def running_operator(namespace: str) -> Iterator[KopfRunner]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def release_finalizers(namespace: str) -> None:
+    """Drop the operator's finalizers from the namespace's custom resources.
+
+    The operator is already stopped when a test's namespace goes: without this the namespace
+    would stay Terminating for ever, and the next operator watching all namespaces would
+    inherit its leftovers.
+    """
+    for kind in ("analyticspipelines", "alertrules"):
+        proc = kubectl("get", kind, "-n", namespace, "-o", "name", check=False)
+        for ref in proc.stdout.split():
+            kubectl(
+                "patch", ref, "-n", namespace, "--type=merge",
+                "-p", '{"metadata": {"finalizers": null}}', check=False,
+            )  # fmt: skip

@@ -401,3 +401,27 @@ async def test_operator_restart_mid_reconcile_converges_without_duplicates(
         rs = kubectl_json("get", "replicasets", "-n", namespace, "-l",
                           f"app.kubernetes.io/component={comp}")["items"]  # fmt: skip
         assert len(rs) <= 2, comp
+
+
+async def test_a_spec_the_schema_cannot_catch_is_reported_not_applied(
+    operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
+    kafka_bootstrap: str, ids: dict[str, str],
+) -> None:  # fmt: skip
+    # minReplicas > maxReplicas: valid field by field (no CEL on 1.20), impossible together.
+    installed(bootstrap=kafka_bootstrap, topic=ids["topic"], group=ids["group"],
+              minReplicas=5, maxReplicas=2)  # fmt: skip
+    ready = await eventually(
+        "Ready=False InvalidSpec",
+        lambda: (
+            condition(namespace, "Ready").get("reason") == "InvalidSpec"
+            and condition(namespace, "Ready")
+        ),
+    )
+    assert ready["status"] == "False"
+    assert "spec.consumer.minReplicas" in ready["message"]
+    assert status(namespace)["phase"] == "Degraded"
+    assert get(namespace, "deployment", "analytics-api") is None
+    # Fixing the spec applies it.
+    merge(namespace, {"consumer": {"minReplicas": 1}})
+    await eventually("children", lambda: all_children(namespace), timeout=15)
+    await eventually("Ready", lambda: condition(namespace, "Ready").get("status") == "True")
