@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from opkube import apply, eventually, kubectl, kubectl_json, running_operator
+from opkube import apply, eventually, kubectl, kubectl_json, running_operator, sample
 
 pytestmark = pytest.mark.kube
 
@@ -425,3 +425,27 @@ async def test_a_spec_the_schema_cannot_catch_is_reported_not_applied(
     merge(namespace, {"consumer": {"minReplicas": 1}})
     await eventually("children", lambda: all_children(namespace), timeout=15)
     await eventually("Ready", lambda: condition(namespace, "Ready").get("status") == "True")
+
+
+async def test_the_published_samples_reconcile(
+    operator: Any, namespace: str, database_url: str, redis_url: str, db: Any
+) -> None:
+    """crds/samples as a user applies them (only the namespace changed): the runbook's names."""
+
+    apply(secrets(namespace, database_url, redis_url))
+    apply([sample("analyticspipeline.yaml", namespace), sample("alertrule.yaml", namespace)])
+    await eventually("all children", lambda: all_children(namespace), timeout=15)
+    await eventually(
+        "kafka:9092 is not reachable from here",
+        lambda: condition(namespace, "LagProbe").get("reason") == "BrokerUnreachable",
+        timeout=20,
+    )
+    got = await eventually(
+        "rule row",
+        lambda: db.fetchrow(
+            "SELECT * FROM analytics_alert_rules WHERE name = $1",
+            f"{namespace}/high-failure-rate-sn",
+        ),
+        timeout=10,
+    )
+    assert got["is_active"] is True
