@@ -414,6 +414,9 @@ async def run(
                 except KubeError as exc:
                     metrics.RECONCILE_ERRORS.labels(KIND, "scale").inc()
                     logger.warning(f"scaling poll failed: {exc}")
+                except Exception:  # a bug must not stop this pipeline's scaling for good
+                    metrics.RECONCILE_ERRORS.labels(KIND, "scale-unexpected").inc()
+                    logger.exception("scaling poll failed unexpectedly")
             await _nap(rt, stopped, max(0.0, next_poll - time.monotonic()))
     finally:
         if stopped.reason is not None and kopf.DaemonStoppingReason.RESOURCE_DELETED in (

@@ -449,3 +449,28 @@ async def test_the_published_samples_reconcile(
         timeout=10,
     )
     assert got["is_active"] is True
+
+
+async def test_trend_sizing_scales_a_growing_backlog_the_threshold_rule_ignores(
+    operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
+    kafka_bootstrap: str, topic: str, ids: dict[str, str], lag: Lag,
+) -> None:  # fmt: skip
+    # The threshold rule alone would keep 1 replica until the lag reaches 100000.
+    installed(bootstrap=kafka_bootstrap, topic=topic, group=ids["group"],
+              lagThreshold=100000, targetDrainSeconds=10)  # fmt: skip
+    await lag.produce(5)
+    await lag.commit(behind=5)
+    committed = [0] * 4
+    # 80 records/s arrive; the one replica commits 40/s: the backlog grows by 40/s.
+    deadline = time.monotonic() + 20
+    while replicas(namespace) == 1 and time.monotonic() < deadline:
+        await lag.produce(10)
+        for p in range(4):
+            committed[p] += 5
+        await lag.consumer.commit({tp: committed[tp.partition] for tp in lag.parts})
+        await asyncio.sleep(0.5)
+    assert (replicas(namespace) or 0) > 1, status(namespace)
+    st = await eventually("rates in status", lambda: status(namespace).get("arrivalRate")
+                          and status(namespace))  # fmt: skip
+    assert st["arrivalRate"] > 0 and st["consumeRatePerReplica"] > 0
+    assert st["lag"] < 100000 and "trend rule" in st["lastScaleReason"]
