@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from molam_workloads.core.events import MAX_EVENT_BYTES, InvalidEvent, decode_event
+from molam_workloads.core.currencies import CURRENCIES
+from molam_workloads.core.events import (
+    EARLIEST_EVENT,
+    MAX_CLOCK_SKEW,
+    MAX_EVENT_BYTES,
+    InvalidEvent,
+    TransactionEvent,
+    decode_event,
+)
 
 NOW = datetime(2025, 7, 2, tzinfo=UTC)
 
@@ -90,3 +100,121 @@ def test_malformed_events_are_rejected_with_a_reason(value: bytes | None, reason
         decode_event(value, now=NOW)
     assert exc.value.reason == reason
     assert exc.value.detail
+
+
+# The hand-written fast path must decide exactly as the pydantic model does: same values (and
+# Decimal spellings, time zone, fields set), same rejection reason and detail. The reference
+# below is decode_event as it was before the fast path existed.
+def reference(value: bytes, now: datetime) -> TransactionEvent:
+    try:
+        obj = json.loads(value, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidEvent("not_json", "value is not valid UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_json", "value is not a JSON object")
+    try:
+        ev = TransactionEvent.model_validate(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        kind = "missing_field" if err["type"] == "missing" else "invalid_field"
+        raise InvalidEvent(kind, f"{field}: {err['msg']}") from None
+    if ev.currency not in CURRENCIES:
+        raise InvalidEvent("unknown_currency", f"currency {ev.currency!r} is not ISO 4217")
+    if ev.amount <= 0:
+        raise InvalidEvent("non_positive_amount", f"amount {ev.amount} must be > 0")
+    if ev.fee < 0:
+        raise InvalidEvent("invalid_field", f"fee {ev.fee} must be >= 0")
+    if ev.occurred_at > now + MAX_CLOCK_SKEW:
+        raise InvalidEvent("invalid_field", "occurred_at is more than a day in the future")
+    if ev.occurred_at < EARLIEST_EVENT:
+        raise InvalidEvent("invalid_field", "occurred_at is before 2000-01-01")
+    return ev
+
+
+def outcome(decode: Any, value: bytes) -> Any:
+    try:
+        ev = decode(value, NOW)
+    except InvalidEvent as exc:
+        return ("rejected", exc.reason, exc.detail)
+    dump = ev.model_dump()
+    return (
+        "accepted",
+        {k: (type(v), str(v)) for k, v in dump.items()},
+        sorted(ev.model_fields_set),
+        ev.occurred_at.tzinfo is UTC,
+        type(ev) is TransactionEvent,
+    )
+
+
+_ABSENT = object()
+VARIANTS: dict[str, list[Any]] = {
+    "event_id": ["e", " e", "e ", "\x1ce", "e\x1f", "\u3000e", "", " ", "x" * 128, "x" * 129,
+                 5, None, _ABSENT, ["e"], "é-1", "e\n"],
+    "txn_id": ["T", " T ", "\x85T", "T\u00a0", "y" * 128, "y" * 129, 7, True, _ABSENT],
+    "merchant_id": ["M-1", None, _ABSENT, "", " M ", "\x1dM", 12, "m" * 129],
+    "occurred_at": [
+        "2025-07-01T10:15:00Z", "2025-07-01T10:15:00.1Z", "2025-07-01T10:15:00.123456Z",
+        "2025-07-01T10:15:00.1234567Z", "2025-07-01T12:15:00+02:00", "2025-07-01T10:15:00-00:00",
+        "2025-07-01T10:15:00+14:00", "2025-07-01T10:15:00+23:59", "2025-07-01T10:15:00-23:59",
+        "2025-07-01t10:15:00z", "2025-07-01 10:15:00Z", "2025-07-01T10:15:00", "2025-07-01",
+        "2025-07-01T24:00:00Z", "2025-02-30T10:15:00Z", "2025-07-01T10:15:60Z",
+        "2025-07-01T10:15Z", "2025-07-01T10:15:00+0200", "2025-07-01T10:15:00,5Z",
+        "20250701T101500Z", "2025-07-01T10:15:00.Z", "2025-07-03T10:15:00Z",
+        "1999-12-31T23:59:59Z", "2000-01-01T00:00:00Z", "2025-07-01T10:15:00+02:30",
+        1751364900, Decimal("1751364900.5"), None, _ABSENT, "\u0662025-07-01T10:15:00Z",
+    ],
+    "amount": ["125.50", "0125.5", "1e3", "1E+2", "125.5000", "125.50000", "0.0001",
+               "0.00001", "999999999999999", "999999999999999.9999", "1000000000000000",
+               "-0", "0.0000", "0", "+5", "-5", " 12.5 ", "\u0663", "12.3.4", "NaN", "Infinity",
+               "", 5, 0, -3, 10**16, Decimal("12345678901234.5678"), Decimal("1E+2"),
+               Decimal("1.23456"), True, None, [1], _ABSENT],
+    "currency": ["XOF", "xof", "usd", "XYZ", "XO", "XOFF", " XOF", "ß12", "x\u0307of", 5,
+                 None, _ABSENT],
+    "country": ["SN", "sn", "S1", "SEN", "S", "éé", "SN\n", "\u212aK", 5, None, _ABSENT],
+    "channel": ["card", " card ", "\x1ecard", "", "c" * 64, "c" * 65, 3, None, _ABSENT],
+    "type": ["payment", "refund", "payout", "transfer", "Payment", " payment", "chargeback", 1,
+             None, _ABSENT],
+    "status": ["succeeded", "failed", "pending", "FAILED", "done", 0, None, _ABSENT],
+    "fee": ["1.25", "0", "-1", "1.00001", "0.0000", 2, Decimal("0.5"), None, _ABSENT, "x"],
+}  # fmt: skip
+
+
+def mutated(over: dict[str, Any]) -> bytes:
+    doc = event()
+    for key, value in over.items():
+        if value is _ABSENT:
+            doc.pop(key, None)
+        else:
+            doc[key] = value
+    doc["extra_field"] = {"ignored": [1, 2.5]}
+
+    text = json.dumps(doc, default=lambda o: f"@@{o}@@")
+    # Decimals travel as JSON numbers written exactly (never through a float).
+    return text.replace('"@@', "").replace('@@"', "").encode()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [(f, v) for f, vs in VARIANTS.items() for v in vs]
+)  # fmt: skip
+def test_fast_path_decides_as_the_model_on_each_field(field: str, value: Any) -> None:
+    raw_value = mutated({field: value})
+    assert outcome(decode_event, raw_value) == outcome(reference, raw_value)
+
+
+def test_fast_path_decides_as_the_model_on_random_combinations() -> None:
+    rnd = random.Random(11)
+    for _ in range(3000):
+        over = {f: rnd.choice(vs) for f, vs in VARIANTS.items() if rnd.random() < 0.2}
+        raw_value = mutated(over)
+        assert outcome(decode_event, raw_value) == outcome(reference, raw_value), over
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b'\xef\xbb\xbf{"a": 1}', '{"a": 1}'.encode("utf-16"), b"{}", b"{", b"[]", b"null", b"1.5",
+     b'{"amount": 1e400}', b'{"x": NaN}', b"\xff", raw(event()).replace(b'"125.50"', b"NaN"),
+     raw(event()).replace(b'"1.25"', b"-Infinity"), raw(event()).replace(b'"125.50"', b"1.5e2")],
+)  # fmt: skip
+def test_json_parsing_is_unchanged(value: bytes) -> None:
+    assert outcome(decode_event, value) == outcome(reference, value)
