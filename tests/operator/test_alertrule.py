@@ -65,8 +65,8 @@ async def test_rule_follows_the_custom_resource(
     name = f"{namespace}/high-failure-rate-sn"
     started = time.monotonic()
     apply(sample("alertrule.yaml", namespace))
-    got = await eventually("row", lambda: row(db, name), timeout=10)
-    assert time.monotonic() - started < 5
+    got = await eventually("row", lambda: row(db, name), timeout=15)
+    assert time.monotonic() - started < 10  # "within seconds", with slack for a busy CI
     assert got["source"] == "crd" and got["is_active"] is True
     assert got["metric"] == "failure_rate" and str(got["threshold"]) == "0.2"
     assert got["for_seconds"] == 300 and got["scope_country"] == "SN"
@@ -87,7 +87,7 @@ async def test_rule_follows_the_custom_resource(
         r = await row(db, name)
         return r is not None and str(r["threshold"]) == "0.35" and r["window_minutes"] == 30
 
-    await eventually("edit", edited, timeout=10)
+    await eventually("edit", edited, timeout=20)
     assert (await row(db, name))["id"] == got["id"]  # type: ignore[index]
 
     # Disable: the row stays, inactive (the runbook's "WHERE is_active = true" drops it).
@@ -98,7 +98,7 @@ async def test_rule_follows_the_custom_resource(
         r = await row(db, name)
         return r is not None and r["is_active"] is False
 
-    await eventually("disabled", disabled, timeout=10)
+    await eventually("disabled", disabled, timeout=20)
     await eventually("Disabled reason", lambda: synced(namespace).get("reason") == "Disabled")
     kubectl("patch", "alertrule", "high-failure-rate-sn", "-n", namespace, "--type=merge",
             "-p", '{"spec": {"enabled": true}}')  # fmt: skip
@@ -126,7 +126,7 @@ async def test_rule_follows_the_custom_resource(
     async def deleted() -> bool:
         return await row(db, name) is None and ar(namespace) is None
 
-    await eventually("row deleted", deleted, timeout=10)
+    await eventually("row deleted", deleted, timeout=20)
 
 
 async def test_rule_without_a_pipeline_uses_the_operators_database(
@@ -134,7 +134,7 @@ async def test_rule_without_a_pipeline_uses_the_operators_database(
 ) -> None:
     # `db` comes first: the operator starts with DATABASE_URL = this test's database.
     apply(sample("alertrule.yaml", namespace))
-    got = await eventually("row", lambda: row(db, f"{namespace}/high-failure-rate-sn"), timeout=10)
+    got = await eventually("row", lambda: row(db, f"{namespace}/high-failure-rate-sn"), timeout=20)
     assert got["source"] == "crd"
     await eventually(
         "database operator",
