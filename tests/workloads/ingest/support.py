@@ -20,9 +20,10 @@ from redis.asyncio import Redis
 from molam_workloads.core.cache import live_key
 from molam_workloads.core.db import create_pool
 from molam_workloads.core.events import TransactionEvent, encode_event
+from molam_workloads.core.live import read_totals
 from molam_workloads.core.settings import load_settings
 from molam_workloads.ingest.consumer import Detector, Ingestor
-from molam_workloads.ingest.live_counters import LiveCounters, read_totals
+from molam_workloads.ingest.live_counters import LiveCounters
 from molam_workloads.ingest.settings import IngestSettings
 
 # Short group timeouts: Tansu holds a join for about session_timeout / 2.
