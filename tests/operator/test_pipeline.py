@@ -272,9 +272,12 @@ async def test_children_owners_rollout_restore_and_garbage_collection(
 
 async def test_scales_on_real_lag_down_after_the_window_and_pauses(
     operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
-    kafka_bootstrap: str, topic: str, ids: dict[str, str], lag: Lag,
+    kafka_bootstrap: str, topic: str, ids: dict[str, str], lag: Lag, db: Any,
 ) -> None:  # fmt: skip
     installed(bootstrap=kafka_bootstrap, topic=topic, group=ids["group"])
+    # The last view refresh, as `refresh-views` records it, shows in the status.
+    await db.execute("INSERT INTO analytics_view_refreshes VALUES ('mv_txn_daily_agg', now(), 12)")
+    await eventually("lastRefreshTime", lambda: status(namespace).get("lastRefreshTime"))
     # No committed offsets yet: a clear condition, replicas held at minReplicas.
     await lag.produce(5)
     await eventually(
