@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from fastapi import Response
 from pydantic import BaseModel
 
 from molam_workloads.api.auth import Principal
 from molam_workloads.api.cache import ResponseCache, cache_key
 from molam_workloads.api.params import TimeRange
-from molam_workloads.api.queries.aggregates import Filters
+from molam_workloads.api.queries.aggregates import Filters, Grouped, grouped
+from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.schemas.analytics import FiltersOut, RangeOut
 
 JSON = "application/json"
@@ -44,3 +46,30 @@ def echo(rng: TimeRange, filters: Filters) -> tuple[RangeOut, FiltersOut]:
         RangeOut(from_=rng.start, to=rng.end, tz=rng.tz_name),
         FiltersOut(**filters.as_dict()),
     )
+
+
+async def run_grouped(
+    pool: asyncpg.Pool,
+    rollup: RollupRefresher | None,
+    rng: TimeRange,
+    filters: Filters,
+    **query: Any,
+) -> Grouped:
+    """``grouped`` over the request's range and filters; a stale merchant-less rollup found on
+    the way is queued for rebuilding (off the request)."""
+    async with pool.acquire() as conn:
+        result = await grouped(conn, start=rng.start, end=rng.end, filters=filters, **query)
+    if result.rollup_behind and rollup is not None:
+        rollup.request()
+    return result
+
+
+def header(rng: TimeRange, filters: Filters, currency: str, result: Grouped) -> dict[str, Any]:
+    """The fields every summary answer starts with: what was asked, and what was not converted."""
+    rng_out, filters_out = echo(rng, filters)
+    return {
+        "range": rng_out,
+        "currency": currency,
+        "filters": filters_out,
+        "unconverted_currencies": result.unconverted,
+    }

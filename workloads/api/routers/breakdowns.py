@@ -10,8 +10,8 @@ from fastapi import APIRouter, Path, Query, Response
 from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
 from molam_workloads.api.params import FiltersDep, RangeDep
 from molam_workloads.api.permissions import Reader
-from molam_workloads.api.queries.aggregates import Key, grouped, kpis_of
-from molam_workloads.api.routers._summary import cached_answer, echo
+from molam_workloads.api.queries.aggregates import Key, kpis_of
+from molam_workloads.api.routers._summary import cached_answer, header, run_grouped
 from molam_workloads.api.schemas.analytics import BreakdownResponse, BreakdownRow
 from molam_workloads.api.schemas.common import READ_ERRORS
 
@@ -50,25 +50,18 @@ async def get_breakdown(
     currency = settings.reporting_currency
 
     async def compute() -> BreakdownResponse:
-        async with pool.acquire() as conn:
-            result = await grouped(
-                conn,
-                start=rng.start,
-                end=rng.end,
-                filters=filters,
-                keys=(_KEYS[dimension],),
-                reporting_currency=currency,
-                per_merchant=dimension is Dimension.merchant,
-                order_limit=f"ORDER BY gross_volume DESC, tx_count DESC, g.key LIMIT {limit:d}",
-            )
-        if result.rollup_behind:
-            rollup.request()
-        rng_out, filters_out = echo(rng, filters)
+        result = await run_grouped(
+            pool,
+            rollup,
+            rng,
+            filters,
+            keys=(_KEYS[dimension],),
+            reporting_currency=currency,
+            per_merchant=dimension is Dimension.merchant,
+            order_limit=f"ORDER BY gross_volume DESC, tx_count DESC, g.key LIMIT {limit:d}",
+        )
         return BreakdownResponse(
-            range=rng_out,
-            currency=currency,
-            filters=filters_out,
-            unconverted_currencies=result.unconverted,
+            **header(rng, filters, currency, result),
             dimension=dimension.value,
             rows=[BreakdownRow(key=r["key"], **kpis_of(r, currency)) for r in result.rows],
         )

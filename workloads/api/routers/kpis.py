@@ -7,8 +7,8 @@ from fastapi import APIRouter, Response
 from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
 from molam_workloads.api.params import FiltersDep, RangeDep
 from molam_workloads.api.permissions import Reader
-from molam_workloads.api.queries.aggregates import grouped, kpis_of
-from molam_workloads.api.routers._summary import cached_answer, echo
+from molam_workloads.api.queries.aggregates import kpis_of
+from molam_workloads.api.routers._summary import cached_answer, header, run_grouped
 from molam_workloads.api.schemas.analytics import KpiResponse, Kpis
 from molam_workloads.api.schemas.common import READ_ERRORS
 
@@ -30,23 +30,9 @@ async def get_kpis(
     currency = settings.reporting_currency
 
     async def compute() -> KpiResponse:
-        async with pool.acquire() as conn:
-            result = await grouped(
-                conn,
-                start=rng.start,
-                end=rng.end,
-                filters=filters,
-                keys=(),
-                reporting_currency=currency,
-            )
-        if result.rollup_behind:
-            rollup.request()
-        rng_out, filters_out = echo(rng, filters)
+        result = await run_grouped(pool, rollup, rng, filters, keys=(), reporting_currency=currency)
         return KpiResponse(
-            range=rng_out,
-            currency=currency,
-            filters=filters_out,
-            unconverted_currencies=result.unconverted,
+            **header(rng, filters, currency, result),
             kpis=Kpis(**kpis_of(result.rows[0] if result.rows else None, currency)),
             daily_view_days=result.daily_days,
             daily_source=result.daily_source,

@@ -12,8 +12,8 @@ from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
 from molam_workloads.api.errors import InvalidParams
 from molam_workloads.api.params import FiltersDep, RangeDep, TimeRange
 from molam_workloads.api.permissions import Reader
-from molam_workloads.api.queries.aggregates import Key, grouped, kpis_of, utc_aligned
-from molam_workloads.api.routers._summary import cached_answer, echo
+from molam_workloads.api.queries.aggregates import Key, kpis_of, utc_aligned
+from molam_workloads.api.routers._summary import cached_answer, header, run_grouped
 from molam_workloads.api.schemas.analytics import Point, TimeseriesResponse
 from molam_workloads.api.schemas.common import READ_ERRORS
 
@@ -69,30 +69,23 @@ async def get_timeseries(
         else:
             key = Key("bucket", "(hour AT TIME ZONE $1)::date", "day")
             extra, mv_allowed = (rng.tz_name,), utc_aligned(rng.tz, rng.start, rng.end)
-        async with pool.acquire() as conn:
-            result = await grouped(
-                conn,
-                start=rng.start,
-                end=rng.end,
-                filters=filters,
-                keys=(key,),
-                reporting_currency=currency,
-                mv_allowed=mv_allowed,
-                extra_params=extra,
-            )
+        result = await run_grouped(
+            pool,
+            rollup,
+            rng,
+            filters,
+            keys=(key,),
+            reporting_currency=currency,
+            mv_allowed=mv_allowed,
+            extra_params=extra,
+        )
         by_bucket = {row["bucket"]: row for row in result.rows}
         points = [
             Point(bucket=_bucket_start(b, rng), **kpis_of(by_bucket.get(b), currency))
             for b in buckets
         ]
-        if result.rollup_behind:
-            rollup.request()
-        rng_out, filters_out = echo(rng, filters)
         return TimeseriesResponse(
-            range=rng_out,
-            currency=currency,
-            filters=filters_out,
-            unconverted_currencies=result.unconverted,
+            **header(rng, filters, currency, result),
             granularity=granularity.value,
             points=points,
         )

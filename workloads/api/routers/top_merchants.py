@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Response
 from molam_workloads.api.deps import CacheDep, PoolDep, SettingsDep
 from molam_workloads.api.params import RangeDep
 from molam_workloads.api.permissions import StaffReader
-from molam_workloads.api.queries.aggregates import Filters, Key, grouped, kpis_of
-from molam_workloads.api.routers._summary import cached_answer, echo
+from molam_workloads.api.queries.aggregates import Filters, Key, kpis_of
+from molam_workloads.api.routers._summary import cached_answer, header, run_grouped
 from molam_workloads.api.schemas.analytics import MerchantRow, TopMerchantsResponse
 from molam_workloads.api.schemas.common import READ_ERRORS
 
@@ -47,26 +47,21 @@ async def get_top_merchants(
     filters = Filters(country=country, channel=channel, currency=currency)
 
     async def compute() -> TopMerchantsResponse:
-        async with pool.acquire() as conn:
-            result = await grouped(
-                conn,
-                start=rng.start,
-                end=rng.end,
-                filters=filters,
-                keys=(Key("merchant_id", "merchant_id", "merchant_id"),),
-                reporting_currency=reporting,
-                per_merchant=True,
-                order_limit=(
-                    "HAVING g.merchant_id IS NOT NULL "
-                    f"ORDER BY {_ORDER[by]}, g.merchant_id LIMIT {limit:d}"
-                ),
-            )
-        rng_out, filters_out = echo(rng, filters)
+        result = await run_grouped(
+            pool,
+            None,  # per merchant: the merchant-less rollup is never read
+            rng,
+            filters,
+            keys=(Key("merchant_id", "merchant_id", "merchant_id"),),
+            reporting_currency=reporting,
+            per_merchant=True,
+            order_limit=(
+                "HAVING g.merchant_id IS NOT NULL "
+                f"ORDER BY {_ORDER[by]}, g.merchant_id LIMIT {limit:d}"
+            ),
+        )
         return TopMerchantsResponse(
-            range=rng_out,
-            currency=reporting,
-            filters=filters_out,
-            unconverted_currencies=result.unconverted,
+            **header(rng, filters, reporting, result),
             by=by.value,
             merchants=[
                 MerchantRow(rank=i, merchant_id=r["merchant_id"], **kpis_of(r, reporting))
