@@ -41,8 +41,9 @@ class _Cached:
 @dataclass
 class PipelineRuntime:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    kick: asyncio.Event = field(default_factory=asyncio.Event)
-    poll_now: bool = True
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # ends the daemon's nap
+    recheck: bool = False  # a child changed: re-check the children
+    poll_now: bool = True  # the scaling settings changed: poll now
     scaler: ScalerMemory = field(default_factory=ScalerMemory)
     conditions: list[dict[str, Any]] | None = None
     last_status: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +101,14 @@ class OperatorContext:
         """Wake the pipeline's daemon to re-check its children (a child changed)."""
         rt = self.pipelines.get((namespace, name))
         if rt is not None:
-            rt.kick.set()
+            rt.recheck = True
+            rt.wakeup.set()
+
+    def poll_now(self, namespace: str, name: str) -> None:
+        """Wake the pipeline's daemon to poll the lag and scale now (its spec changed)."""
+        rt = self.runtime(namespace, name)
+        rt.poll_now = True
+        rt.wakeup.set()
 
     def child_event(
         self, event: str | None, *, uid: str, generation: int | None, namespace: str, pipeline: str

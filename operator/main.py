@@ -74,8 +74,7 @@ async def reconcile_pipeline(
     ctx = get_context(memo)
     await pipeline.reconcile(ctx, body, logger=logger, cause=str(reason))
     # Scaling settings (paused, bounds) apply now rather than at the next poll.
-    ctx.runtime(body.meta["namespace"], body.meta["name"]).poll_now = True
-    ctx.kick(body.meta["namespace"], body.meta["name"])
+    ctx.poll_now(body.meta["namespace"], body.meta["name"])
 
 
 @kopf.daemon(*PIPELINES, cancellation_backoff=5, cancellation_timeout=5)

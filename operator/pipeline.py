@@ -287,8 +287,8 @@ async def scale_once(
         timeout=ctx.settings.operator_kafka_timeout_seconds,
     )
     consumer = await _consumer(ctx, namespace, name)
-    if consumer is None:  # being (re)created: the next kick or poll handles it
-        rt.kick.set()
+    if consumer is None:  # being (re)created: check the children next time round
+        rt.recheck = True
         return None
     current = int((consumer.get("spec") or {}).get("replicas", 1))
     scaled = ((consumer.get("metadata") or {}).get("annotations") or {}).get(
@@ -366,9 +366,9 @@ async def scale_once(
 
 async def _nap(rt: PipelineRuntime, stopped: kopf.DaemonStopped, seconds: float) -> None:
     """Sleep up to ``seconds``; wake early when kicked or when the daemon is asked to stop."""
-    if stopped or rt.kick.is_set() or seconds <= 0:
+    if stopped or rt.wakeup.is_set() or seconds <= 0:
         return
-    kicked = asyncio.ensure_future(rt.kick.wait())
+    kicked = asyncio.ensure_future(rt.wakeup.wait())
     stopping = asyncio.ensure_future(stopped.wait())
     try:
         await asyncio.wait({kicked, stopping}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
@@ -397,8 +397,9 @@ async def run(
                 continue
             now = time.monotonic()
             resync = now - rt.last_resync >= ctx.settings.operator_resync_seconds
-            if rt.kick.is_set() or resync:
-                rt.kick.clear()
+            rt.wakeup.clear()
+            if rt.recheck or resync:
+                rt.recheck = False
                 # Changes found by a kick or a resync after the first pass are hand edits.
                 cause = "drift" if rt.last_resync else "startup"
                 try:
