@@ -71,10 +71,11 @@ async def scratch_topics(bootstrap: str, *specs: tuple[str, int]) -> AsyncIterat
         await admin.close()
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
+def table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """A plain-text table; the first ``left`` columns are labels (left-aligned)."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(w) if i == 0 else c.rjust(w)
+        c.ljust(w) if i < left else c.rjust(w)
         for i, (c, w) in enumerate(zip(cells, widths, strict=True))
     )
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])

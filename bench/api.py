@@ -40,9 +40,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse, urlunparse
@@ -52,7 +50,9 @@ import jwt
 
 from molam_workloads.api.queries import rollup
 from molam_workloads.api.queries.aggregates import Filters, Key, grouped
-from molam_workloads.core.db import migrate
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import env, scratch_database, table
 
 MARKETS = [
     ("SN", "XOF"),
@@ -84,38 +84,6 @@ CROSS JOIN LATERAL (
            (random() * 3)::int AS ref, (5 + random() * 30)::int AS pay,
            round((1000 + random() * 50000)::numeric, 4) AS vol) v
 """
-
-
-def with_database(dsn: str, name: str) -> str:
-    return urlunparse(urlparse(dsn)._replace(path="/" + name))
-
-
-def env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        sys.exit(f"{name} is not set: run with the local stack's environment (make bench)")
-    return value
-
-
-@asynccontextmanager
-async def scratch_database() -> AsyncIterator[str]:
-    admin = env("DATABASE_URL")
-    name = f"bench_api_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = with_database(admin, name)
-    try:
-        await migrate(dsn)
-        yield dsn
-    finally:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 async def build_dataset(dsn: str, merchants: int, days: int, end: datetime) -> int:
@@ -484,18 +452,6 @@ def fmt(ms: float) -> str:
     return f"{ms:.2f}"
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i < 2 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--merchants", type=int, default=500)
@@ -525,7 +481,7 @@ async def main() -> int:
         {"sub": "bench", "role": "admin", "exp": int(time.time()) + 3600}, secret, "HS256"
     )
 
-    async with scratch_database() as dsn:
+    async with scratch_database("bench_api") as dsn:
         await build_dataset(dsn, args.merchants, args.days, end)
         servers: list[subprocess.Popen[bytes]] = []
         try:
@@ -635,6 +591,7 @@ async def main() -> int:
                 "SQL p95 ms",
             ],
             rows,
+            left=2,
         )
     )
     return 0

@@ -37,7 +37,6 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 import asyncpg
 import yaml
@@ -47,7 +46,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from molam_operator import manifests
 from molam_operator.kube import Kube, KubeError, path
 from molam_operator.scaling import simulate, synthetic_trace
-from molam_workloads.core.db import migrate
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import env, scratch_database, table
 
 GROUP_VERSION = "analytics.molam.io/v1"
 STEADY_SECONDS = 20
@@ -59,51 +60,11 @@ KUBECTL_CANDIDATES = [
 ]
 
 
-def env(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        sys.exit(f"{name} is not set: run with the local stack's environment (make bench)")
-    return value
-
-
 def kubectl() -> str:
     for p in KUBECTL_CANDIDATES:
         if p.exists():
             return str(p)
     return "kubectl"
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-@asynccontextmanager
-async def scratch_database() -> AsyncIterator[str]:
-    admin = env("DATABASE_URL")
-    name = f"bench_operator_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(admin)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = urlunparse(urlparse(admin)._replace(path="/" + name))
-    try:
-        await migrate(dsn)
-        yield dsn
-    finally:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 @dataclass
@@ -473,7 +434,7 @@ async def main() -> None:
     log = Path(tempfile.gettempdir()) / f"bench-operator-{os.getpid()}.log"
     kube = Kube.connect()
     try:
-        async with scratch_database() as dsn:
+        async with scratch_database("bench_operator") as dsn:
             if not args.skip_scale:
                 print("1. Scale latency: lag crosses the threshold -> consumer Deployment scaled")
                 rows = []
