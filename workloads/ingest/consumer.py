@@ -45,7 +45,7 @@ WRITE_ATTEMPTS = 5
 KAFKA_COMMIT_TIMEOUT = 5.0
 # Decoding yields to the event loop this often, so the write of the previous batch (waiting on
 # PostgreSQL) is not held up behind a whole batch of CPU work.
-YIELD_EVERY = 250
+YIELD_EVERY = 50
 _RETRYABLE_DB = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 

@@ -35,26 +35,16 @@ fresh AS (
 SELECT b.txn_id FROM batch b WHERE NOT EXISTS (SELECT 1 FROM fresh f WHERE f.txn_id = b.txn_id)
 """
 
-# Offsets only move forward: a consumer that lost its partitions mid-batch must not drag the
-# new owner's progress back (the ledger would still keep the counts exact, but work would repeat).
-_OFFSETS_SQL = """
-INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
-SELECT $1, $2, o.partition, o.next_offset
-FROM unnest($3::int[], $4::bigint[]) AS o (partition, next_offset)
-ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-SET next_offset = EXCLUDED.next_offset, updated_at = now()
-WHERE consumer_offsets.next_offset < EXCLUDED.next_offset
-"""
-
 # A connection of its own or one lent by the pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
 
 
-def _upsert_sql(table: str, time_column: str) -> str:
+def _upsert(table: str, time_column: str, first: int) -> str:
+    """Add a batch's rows (column arrays from parameter ``$first`` on) to ``table``."""
     keys = [time_column, "merchant_id", "country", "currency", "channel"]
     types = ["timestamptz", "text", "text", "text", "text"]
     types += ["numeric" if m in MONEY_MEASURES else "bigint" for m in MEASURES]
-    params = ", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(types))
+    params = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(types))
     adds = ", ".join(f"{m} = {table}.{m} + EXCLUDED.{m}" for m in MEASURES)
     return (
         f"INSERT INTO {table} ({', '.join(keys + list(MEASURES))}) "
@@ -63,8 +53,24 @@ def _upsert_sql(table: str, time_column: str) -> str:
     )
 
 
-_HOURLY_SQL = _upsert_sql("txn_hourly_agg", "hour")
-_MINUTE_SQL = _upsert_sql("txn_minute_agg", "minute")
+_WIDTH = 5 + len(MEASURES)  # parameters (column arrays) of one aggregate table
+_GROUP = 2 * _WIDTH + 1  # then the group, topic, partitions and next offsets
+
+# Everything after the ledger in ONE statement (one round trip): the hourly and minute rows
+# (either may be empty) and the offsets. Data-modifying WITH clauses always run to completion,
+# in one snapshot of the same transaction; the three touch different tables.
+# Offsets only move forward: a consumer that lost its partitions mid-batch must not drag the
+# new owner's progress back (the ledger would still keep the counts exact, but work would repeat).
+_AGGREGATES_AND_OFFSETS_SQL = f"""
+WITH hourly AS ({_upsert("txn_hourly_agg", "hour", 1)}),
+minute AS ({_upsert("txn_minute_agg", "minute", _WIDTH + 1)})
+INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)
+SELECT ${_GROUP}, ${_GROUP + 1}, o.partition, o.next_offset
+FROM unnest(${_GROUP + 2}::int[], ${_GROUP + 3}::bigint[]) AS o (partition, next_offset)
+ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+SET next_offset = EXCLUDED.next_offset, updated_at = now()
+WHERE consumer_offsets.next_offset < EXCLUDED.next_offset
+"""
 
 
 async def load_offsets(
@@ -123,13 +129,11 @@ class BatchWriter:
                 }
                 if seen:
                     batch = batch.without([e for e in events if e.txn_id in seen])
-            if batch.hourly:
-                await conn.execute(_HOURLY_SQL, *batch.hourly_columns())
-            if batch.minute:
-                await conn.execute(_MINUTE_SQL, *batch.minute_columns())
-            if next_offsets:
+            if batch.hourly or batch.minute or next_offsets:
                 await conn.execute(
-                    _OFFSETS_SQL,
+                    _AGGREGATES_AND_OFFSETS_SQL,
+                    *batch.hourly_columns(),
+                    *batch.minute_columns(),
                     self.group,
                     self.topic,
                     list(next_offsets),
