@@ -18,6 +18,17 @@ Against the local stack (``make bench``: KUBECONFIG, DATABASE_URL, KAFKA_BOOTSTR
    peak lag and replica-seconds for the threshold rule and for ``targetDrainSeconds``.
 
 Usage: ``python bench/operator.py [--trials 5] [--pipelines 100] [--rules-per-pipeline 10]``
+
+Measured on the development machine (2 vCPU shared with other work, kube-apiserver v1.20.2,
+Tansu), 5 trials each:
+
+- scale latency, pollSeconds=5: median 2.1 s, max 4.9 s (target 7 s); pollSeconds=15: median
+  6.0 s, max 10.5 s (target 17 s) — against ~22 s average / ~45 s worst for KEDA's defaults;
+- cold start: 600 children of 100 pipelines with their status in 17.3 s (5.3 s without the
+  rules), 1,000 rules in the table in 13.0 s, 10 CPU-seconds; then 0.10 CPU-second per second
+  at steady state; the kubectl floor for the 600 children alone was 3.9 s;
+- trend sizing: 10 scale events and a peak lag of 25,216 against 18 and 44,324 for the
+  threshold rule, for 5 % more replica-seconds.
 """
 
 from __future__ import annotations
