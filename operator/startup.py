@@ -45,10 +45,11 @@ def tune(settings: kopf.OperatorSettings) -> None:
     # to install or keep alive, no pause while an old pod is terminating.
     settings.peering.standalone = True
     settings.peering.mandatory = False
-    # A failed handler is retried after TemporaryError's own delay; errors Kopf did not expect
-    # back off up to ~1 min rather than Kopf's default 10 min, so a transient fault heals fast.
-    settings.execution.max_workers = 4  # our handlers are async; sync work is only the kubeconfig
-    settings.queueing.error_delays = (1, 2, 5, 10, 30, 60)
+    # Our handlers raise TemporaryError with their own delays; anything else (a bug, an API
+    # failure nobody foresaw) is retried after 10 s rather than Kopf's default minute.
+    settings.execution.default_backoff = 10
+    # Only login_via_client and the pipelines index are synchronous: a small thread pool.
+    settings.execution.max_workers = 4
 
 
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger) -> None:
