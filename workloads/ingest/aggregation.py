@@ -71,20 +71,45 @@ def aggregate(
     status (they reconcile with ``wallet_transactions``); the per-type measures and fees count
     succeeded transactions only, as the schema documents.
     """
-    rows: dict[BucketKey, list[Any]] = {}
+    # Per event only a count and two sums, per (bucket, status, type); the few groups are then
+    # spread over the measures. Decimal sums are exact, so the order of additions is irrelevant.
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    get = groups.get
     for ev in events:
-        key = (bucket(ev.occurred_at), ev.merchant_id, ev.country, ev.currency, ev.channel)
-        row = rows.get(key)
+        key = (
+            bucket(ev.occurred_at),
+            ev.merchant_id,
+            ev.country,
+            ev.currency,
+            ev.channel,
+            ev.status,
+            ev.type,
+        )
+        acc = get(key)
+        if acc is None:
+            groups[key] = [1, ev.amount, ev.fee]
+        else:
+            acc[0] += 1
+            acc[1] += ev.amount
+            acc[2] += ev.fee
+    rows: dict[BucketKey, list[Any]] = {}
+    for (at, merchant, country, currency, channel, status, kind), (
+        n,
+        amount,
+        fee,
+    ) in groups.items():
+        bucket_key = (at, merchant, country, currency, channel)
+        row = rows.get(bucket_key)
         if row is None:
-            row = rows[key] = _zero_row()
-        row[_TX] += 1
-        row[_GROSS] += ev.amount
-        row[_STATUS_IDX[ev.status]] += 1
-        if ev.status is TxnStatus.succeeded:
-            count_i, volume_i = _TYPE_IDX[ev.type]
-            row[count_i] += 1
-            row[volume_i] += ev.amount
-            row[_FEE] += ev.fee
+            row = rows[bucket_key] = _zero_row()
+        row[_TX] += n
+        row[_GROSS] += amount
+        row[_STATUS_IDX[status]] += n
+        if status is TxnStatus.succeeded:
+            count_i, volume_i = _TYPE_IDX[kind]
+            row[count_i] += n
+            row[volume_i] += amount
+            row[_FEE] += fee
     return rows
 
 
@@ -182,11 +207,13 @@ def summarize(events: Iterable[TransactionEvent], minute_since: datetime | None)
     go straight to their hour.
     """
     unique = dedupe(events)
-    minute = aggregate(
-        (ev for ev in unique if minute_since is None or ev.occurred_at >= minute_since),
-        truncate_minute,
-    )
-    older = () if minute_since is None else (ev for ev in unique if ev.occurred_at < minute_since)
+    recent_events: list[TransactionEvent] = unique
+    older: list[TransactionEvent] = []
+    if minute_since is not None:
+        recent_events = []
+        for ev in unique:
+            (recent_events if ev.occurred_at >= minute_since else older).append(ev)
+    minute = aggregate(recent_events, truncate_minute)
     hourly = aggregate(older, truncate_hour)
     for (at, merchant, country, currency, channel), row in minute.items():
         key = (at.replace(minute=0), merchant, country, currency, channel)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from molam_workloads.core.events import TransactionEvent
 from molam_workloads.ingest.aggregation import (
@@ -130,3 +132,43 @@ def test_removing_the_ledger_rejects_equals_aggregating_only_the_new() -> None:
     # The prepared batch is untouched (a failed write is retried from it).
     assert (batch.hourly, batch.minute, batch.hourly_columns()) == before
     assert batch.without([]) is batch
+
+
+def one_by_one(events: list[TransactionEvent], bucket: Any) -> dict[Any, list[Any]]:
+    """The measures summed event by event, the obvious way (the reference for ``aggregate``)."""
+    rows: dict[Any, list[Any]] = {}
+    for e in events:
+        key = (bucket(e.occurred_at), e.merchant_id, e.country, e.currency, e.channel)
+        row = rows.setdefault(key, [Decimal(0) if n.endswith("_local") else 0 for n in MEASURES])
+        row[MEASURES.index("tx_count")] += 1
+        row[MEASURES.index("gross_volume_local")] += e.amount
+        row[MEASURES.index(f"{e.status.value}_count")] += 1
+        if e.status.value == "succeeded":
+            row[MEASURES.index(f"{e.type.value}_count")] += 1
+            row[MEASURES.index(f"{e.type.value}_volume_local")] += e.amount
+            row[MEASURES.index("fee_local")] += e.fee
+    return rows
+
+
+def test_aggregate_equals_the_event_by_event_sums() -> None:
+    rnd = random.Random(5)
+    events = [
+        ev(
+            f"t{i}",
+            occurred_at=T0 + timedelta(seconds=rnd.randrange(4 * 3600)),
+            merchant_id=rnd.choice(["M-1", "M-2", None]),
+            country=rnd.choice(["SN", "CI"]),
+            channel=rnd.choice(["card", "wallet"]),
+            type=rnd.choice(["payment", "refund", "payout", "transfer"]),
+            status=rnd.choice(["succeeded", "failed", "pending"]),
+            amount=f"{rnd.randrange(1, 10**6)}.{rnd.randrange(10**4):04d}",
+            fee=rnd.choice(["0", "1.5", "0.0001", "12"]),
+        )
+        for i in range(3000)
+    ]
+    for bucket in (truncate_hour, truncate_minute):
+        got, want = aggregate(events, bucket), one_by_one(events, bucket)
+        assert got == want
+        assert {k: [str(v) for v in r] for k, r in got.items()} == {
+            k: [str(v) for v in r] for k, r in want.items()
+        }
