@@ -13,6 +13,7 @@ Three entry points, all serialised per pipeline by ``PipelineRuntime.lock``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import time
@@ -133,7 +134,8 @@ async def reconcile(
                 outcomes[f"{child['kind']}/{child['metadata']['name']}"] = outcome
         except KubeError as exc:
             metrics.RECONCILE_ERRORS.labels(KIND, exc.reason or str(exc.status)).inc()
-            await _set_ready(ctx, body, rt, False, "ChildrenFailed", str(exc))
+            with contextlib.suppress(KubeError):  # the API may be what is failing
+                await _set_ready(ctx, body, rt, False, "ChildrenFailed", str(exc))
             if exc.status in (400, 403, 422):
                 raise kopf.PermanentError(f"cannot write a child: {exc}") from None
             raise kopf.TemporaryError(f"cannot write a child: {exc}", delay=5) from None
