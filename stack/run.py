@@ -184,6 +184,9 @@ def setup_kube(env: dict[str, str], sup: Supervisor, args: argparse.Namespace) -
         "-",
         stdin=kubectl(env, "create", "namespace", NAMESPACE, "--dry-run=client", "-o", "yaml"),
     )
+    # The runbook's kubectl lines without -n (e.g. `kubectl scale deployment analytics-api`)
+    # act on the current context's namespace: make it the system's.
+    kubectl(env, "config", "set-context", "--current", f"--namespace={NAMESPACE}")
     for name, value in (
         ("analytics-db", env["DATABASE_URL"]),
         ("analytics-redis", env["REDIS_URL"]),

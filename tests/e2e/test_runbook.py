@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from workloads.api.browser import Browser, chromium_path  # tests/workloads/api/browser.py
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
@@ -260,9 +261,12 @@ def _replicas(system: System, name: str) -> int:
 def test_5_consumer_lag_and_scaling(system: System) -> None:
     assert "LOG-END-OFFSET" in system.sh("molam-analytics lag")
     eventually(lambda: _replicas(system, "analytics-consumer") >= 1, timeout=60)
-    # `kubectl scale deployment analytics-consumer --replicas=4` runs, but the operator owns
-    # the consumer's replicas (lag-based) and puts them back: the lasting way is the pipeline.
+    # As written: the operator keeps a manual scale-up through its stabilization window
+    # (300 s in the sample) before lag-based scaling may bring it down again.
     system.sh("kubectl scale deployment analytics-consumer --replicas=4 -n molam")
+    time.sleep(3)
+    assert _replicas(system, "analytics-consumer") == 4
+    # The lasting way: the pipeline's floor.
     system.sh(
         "kubectl patch ap analytics -n molam --type merge "
         '-p \'{"spec":{"consumer":{"minReplicas":4}}}\''
@@ -363,18 +367,23 @@ def test_9_sira_anomalies_detected(system: System) -> None:
 
 
 def test_10_emergency_pause_and_resume_consumer(system: System) -> None:
-    # `kubectl scale deployment analytics-consumer --replicas=0` would be undone by the
-    # lag-based scaler; pausing the pipeline keeps it at 0 until resumed.
+    # As written: a consumer scaled to 0 by hand stays at 0 (PausedByHand) until scaled up.
+    system.sh("kubectl scale deployment analytics-consumer --replicas=0")
+    time.sleep(5)
+    assert _replicas(system, "analytics-consumer") == 0
+    status = system.kubectl_json("get", "ap", "analytics", "-n", "molam")["status"]
+    assert "PausedByHand" in json.dumps(status), status
+    system.sh("kubectl scale deployment analytics-consumer --replicas=2")
+    eventually(lambda: _replicas(system, "analytics-consumer") >= 2, timeout=60)
+    # The declarative pause: spec.consumer.paused keeps it at 0 until set back.
     system.sh(
         "kubectl patch ap analytics -n molam --type merge "
         '-p \'{"spec":{"consumer":{"paused":true}}}\''
     )
     eventually(lambda: _replicas(system, "analytics-consumer") == 0, timeout=60)
-    time.sleep(3)
-    assert _replicas(system, "analytics-consumer") == 0
     system.sh(
         "kubectl patch ap analytics -n molam --type merge "
-        '-p \'{"spec":{"consumer":{"paused":false,"minReplicas":2}}}\''
+        '-p \'{"spec":{"consumer":{"paused":false}}}\''
     )
     eventually(lambda: _replicas(system, "analytics-consumer") >= 2, timeout=60)
 
@@ -392,3 +401,28 @@ def test_12_prometheus_query_metric_names(system: System) -> None:
     for name in RUNBOOK_METRICS:
         assert name in api or name in consumer, name
     assert "analytics_ingest_events_total{" in consumer
+
+
+# --- make run's front door -------------------------------------------------------------------
+
+
+def test_13_dashboard_of_make_run_in_chromium(system: System) -> None:
+    exe = chromium_path()
+    assert exe, "chromium is not installed: `make test` installs it (stack/system-deps.sh)"
+    browser = Browser(exe)
+    try:
+        browser.navigate(system.ready["dashboard"])  # the URL make run prints, token included
+        browser.wait_for("document.body.dataset.state === 'ready'", timeout=30)
+        tiles = dict(
+            browser.evaluate(
+                "[...document.querySelectorAll('[data-kpi]')]"
+                ".map(t => [t.dataset.kpi, t.dataset.value])"
+            )
+        )
+        assert int(tiles["tx_count"]) > 0
+        assert browser.evaluate("document.querySelectorAll('.uplot').length") == 2
+        # The demo rule fires and the injected spike was detected: both are on the page.
+        assert browser.evaluate("document.querySelectorAll('#alerts li').length") > 0
+        assert browser.errors == []
+    finally:
+        browser.close()

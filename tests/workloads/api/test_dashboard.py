@@ -24,7 +24,7 @@ TILES = """[...document.querySelectorAll('[data-kpi]')]
 def browser() -> Iterator[Browser]:
     exe = chromium_path()
     if exe is None:
-        pytest.skip("chromium is not installed: run stack/system-deps.sh")
+        pytest.fail("chromium is not installed: `make test` installs it (stack/system-deps.sh)")
     b = Browser(exe)
     try:
         yield b
