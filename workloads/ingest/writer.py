@@ -43,7 +43,8 @@ def _upsert(table: str, time_column: str, first: int) -> str:
     """Add a batch's rows (column arrays from parameter ``$first`` on) to ``table``."""
     keys = [time_column, "merchant_id", "country", "currency", "channel"]
     types = ["timestamptz", "text", "text", "text", "text"]
-    types += ["numeric" if m in MONEY_MEASURES else "bigint" for m in MEASURES]
+    # Money arrives as exact decimal text (see aggregation.columns).
+    types += ["text[]::numeric" if m in MONEY_MEASURES else "bigint" for m in MEASURES]
     params = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(types))
     adds = ", ".join(f"{m} = {table}.{m} + EXCLUDED.{m}" for m in MEASURES)
     return (
@@ -110,7 +111,8 @@ class BatchWriter:
         async with conn.transaction():
             # Per-day shared locks, ascending (see core.db.INGEST_LOCK): backfill rebuilding
             # one of these days waits for this batch, or this batch for it.
-            days = sorted({e.occurred_at.date().toordinal() for e in events})
+            # Every event's UTC day is the day of its hourly bucket (far fewer than events).
+            days = sorted({key[0].date().toordinal() for key in batch.hourly})
             await conn.execute(
                 "SELECT count(pg_advisory_xact_lock_shared(hashtext($1), d))"
                 " FROM unnest($2::int[]) AS d",
