@@ -371,8 +371,14 @@ def test_10_emergency_pause_and_resume_consumer(system: System) -> None:
     system.sh("kubectl scale deployment analytics-consumer --replicas=0")
     time.sleep(5)
     assert _replicas(system, "analytics-consumer") == 0
-    status = system.kubectl_json("get", "ap", "analytics", "-n", "molam")["status"]
-    assert "PausedByHand" in json.dumps(status), status
+    eventually(  # reported at the scaler's next poll (pollSeconds: 15 in the sample)
+        lambda: (
+            "PausedByHand"
+            in json.dumps(system.kubectl_json("get", "ap", "analytics", "-n", "molam")["status"])
+        ),
+        timeout=40,
+    )
+    assert _replicas(system, "analytics-consumer") == 0
     system.sh("kubectl scale deployment analytics-consumer --replicas=2")
     eventually(lambda: _replicas(system, "analytics-consumer") >= 2, timeout=60)
     # The declarative pause: spec.consumer.paused keeps it at 0 until set back.
