@@ -152,7 +152,7 @@ def kubectl_json(*args: str, kubeconfig: str | None = None) -> Any:
 def kubeconfig() -> str:
     path = os.environ.get("KUBECONFIG")
     if not path:
-        pytest.skip("KUBECONFIG is not set: `bash stack/kube.sh up DIR` and export what it prints")
+        pytest.fail("KUBECONFIG is not set: run with `make test` (make stack starts the cluster)")
     return path
 
 

@@ -18,7 +18,7 @@ from opkube import CRDS, kubectl, release_finalizers, running_operator
 def kube() -> str:
     config = os.environ.get("KUBECONFIG")
     if not config:
-        pytest.skip("KUBECONFIG is not set: run with 'make test' (make stack starts the cluster)")
+        pytest.fail("KUBECONFIG is not set: run with 'make test' (make stack starts the cluster)")
     return config
 
 
