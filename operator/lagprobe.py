@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from molam_operator.scaling import LagObservation, ProbeFailure
-from molam_workloads.core.kafka import CLIENT_ID, GroupLag, PartitionLag, TopicNotFound
+from molam_workloads.core.kafka import CLIENT_ID, GroupLag, TopicNotFound, measure_lag
 
 METADATA_MAX_AGE_MS = 30_000
 
@@ -117,15 +117,7 @@ class LagProber:
     async def group_lag(self, bootstrap: str, group: str, topic: str) -> GroupLag:
         parts = await self._partitions(bootstrap, topic)
         clients = await self._get(bootstrap)
-        ends = await clients.consumer.end_offsets(parts)
-        # Explicit partitions: some brokers drop the connection when asked for all.
-        committed = await clients.admin.list_consumer_group_offsets(group, partitions=parts)
-        rows = []
-        for tp in parts:
-            meta = committed.get(tp)
-            off = meta.offset if meta is not None and meta.offset >= 0 else None
-            rows.append(PartitionLag(tp.topic, tp.partition, ends[tp], off))
-        return GroupLag(group, topic, tuple(rows))
+        return await measure_lag(clients.consumer, clients.admin, group, parts)
 
     async def probe(
         self, bootstrap: str, group: str, topic: str, *, timeout: float

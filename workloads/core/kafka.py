@@ -95,6 +95,24 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     return [TopicPartition(topic, p) for p in sorted(ids)]
 
 
+async def measure_lag(
+    consumer: AIOKafkaConsumer,
+    admin: AIOKafkaAdminClient,
+    group: str,
+    parts: list[TopicPartition],
+) -> GroupLag:
+    """ListOffsets (latest) and OffsetFetch for ``parts`` (one topic) with started clients."""
+    ends = await consumer.end_offsets(parts)
+    # Explicit partitions: some brokers drop the connection when asked for all.
+    committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+    rows = []
+    for tp in parts:
+        meta = committed.get(tp)
+        off = meta.offset if meta is not None and meta.offset >= 0 else None
+        rows.append(PartitionLag(tp.topic, tp.partition, ends[tp], off))
+    return GroupLag(group, parts[0].topic if parts else "", tuple(rows))
+
+
 async def group_lag(bootstrap: str, group: str, topic: str, *, timeout: float = 10.0) -> GroupLag:
     """End offset, committed offset and lag of every partition of ``topic`` for ``group``."""
 
@@ -107,18 +125,10 @@ async def group_lag(bootstrap: str, group: str, topic: str, *, timeout: float = 
             await consumer.start()
             await admin.start()
             parts = await topic_partitions(consumer, topic)
-            ends = await consumer.end_offsets(parts)
-            # Explicit partitions: some brokers drop the connection when asked for all.
-            committed = await admin.list_consumer_group_offsets(group, partitions=parts)
+            return await measure_lag(consumer, admin, group, parts)
         finally:
             await consumer.stop()
             await admin.close()
-        rows = []
-        for tp in parts:
-            meta = committed.get(tp)
-            off = meta.offset if meta is not None and meta.offset >= 0 else None
-            rows.append(PartitionLag(tp.topic, tp.partition, ends[tp], off))
-        return GroupLag(group, topic, tuple(rows))
 
     try:
         return await asyncio.wait_for(probe(), timeout)
