@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse, urlunparse
 
 import httpx
 import pytest
@@ -107,8 +108,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     api_port, consumer_metrics = free_port(), free_port()
     database = f"molam_runbook_{uuid.uuid4().hex[:8]}"
     ready_file = state / "ready.json"
+    # A Redis database of its own (flushed): live counters of other runs today share key names.
+    redis_url = urlunparse(urlparse(os.environ["REDIS_URL"])._replace(path="/14"))
+    subprocess.run(["redis-cli", "-u", redis_url, "FLUSHDB"], check=True, capture_output=True)
     env = {
         **os.environ,
+        "REDIS_URL": redis_url,
         "MOLAM_STACK_STATE": str(state),
         "KAFKA_TOPIC": f"wallet.runbook.{uuid.uuid4().hex[:8]}",
         "STACK_KUBE": "1",

@@ -46,12 +46,15 @@
     if (value === null || value === undefined) return "–";
     const n = Number(value);
     const abs = Math.abs(n);
-    if (abs >= 1e5) {
+    if (abs >= 1e4) {  // compact past five digits, so a tile never truncates
       return new Intl.NumberFormat("en-US", { style: "currency", currency, notation: "compact", maximumFractionDigits: 2 }).format(n);
     }
     return new Intl.NumberFormat("en-US", { style: "currency", currency }).format(n);
   }
   const count = (n) => new Intl.NumberFormat("en-US").format(n);
+  // Measured values (rates, volumes) arrive as exact decimal strings: show a readable figure.
+  const figure = (v) => (v === null || v === undefined ? "–"
+    : new Intl.NumberFormat("en-US", { maximumSignificantDigits: 6 }).format(Number(v)));
   const pct = (r) => (r === null || r === undefined ? "–" : (r * 100).toFixed(1) + "%");
   function ago(iso) {
     const s = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
@@ -189,7 +192,7 @@
       const li = el("li", {},
         el("div", {},
           el("div", { className: "title", textContent: a.rule_name }),
-          el("div", { className: "meta", textContent: a.metric + " " + a.comparison + " " + a.threshold + " · value " + (a.value === null ? "–" : a.value) + " · " + scope + " · " + ago(a.started_at) })),
+          el("div", { className: "meta", textContent: a.metric + " " + a.comparison + " " + a.threshold + " · value " + figure(a.value) + " · " + scope + " · " + ago(a.started_at) })),
         el("span", { className: "chip " + a.severity, textContent: a.severity }));
       li.dataset.alert = String(a.id);
       list.append(li);
@@ -205,7 +208,7 @@
       const li = el("li", {},
         el("div", {},
           el("div", { className: "title", textContent: (a.merchant_id || "platform") + " · " + a.metric }),
-          el("div", { className: "meta", textContent: "value " + a.value + " vs baseline " + a.baseline + " (z " + Number(a.zscore).toFixed(1) + ") · " + ago(a.detected_at) })),
+          el("div", { className: "meta", textContent: "value " + figure(a.value) + " vs baseline " + figure(a.baseline) + " (z " + Number(a.zscore).toFixed(1) + ") · " + ago(a.detected_at) })),
         el("span", { className: "chip " + a.direction, textContent: a.direction }));
       li.dataset.anomaly = String(a.id);
       list.append(li);
