@@ -308,12 +308,14 @@ class Ingestor:
             for p, t in prepared.newest.items():
                 if p not in self.newest or t > self.newest[p]:
                     self.newest[p] = t
+            assigned = [tp.partition for tp in consumer.assignment()]
             report.event_time = watermark(
+                assigned,
                 self.newest,
                 self.positions,
                 {
                     p: consumer.highwater(TopicPartition(self.settings.kafka_topic, p))
-                    for p in self.newest
+                    for p in assigned
                 },
             )
             await self._commit_kafka(consumer, prepared.next_offsets)
@@ -389,9 +391,9 @@ class Ingestor:
                 log.exception("live counters not updated")
         if self.detector is not None:
             merchants = {ev.merchant_id for ev in report.counted}
-            event_time = report.event_time or max(ev.occurred_at for ev in report.counted)
             try:
-                await self.detector.on_batch(merchants, event_time)
+                if report.event_time is not None:  # None: some partition's progress unknown
+                    await self.detector.on_batch(merchants, report.event_time)
             except Exception:
                 # Anomaly detection is advisory: it must never stop ingestion.
                 log.exception("SIRA detector failed on a batch")
