@@ -79,6 +79,7 @@ class PipelineConfig:
     db_pool_max: int
     redis: SecretKey
     jwt_secret: SecretKey | None
+    webhook_secret: SecretKey | None
     api_replicas: int
     cache_ttl_seconds: int
     alerts_interval_seconds: int
@@ -145,6 +146,7 @@ def parse_spec(spec: Mapping[str, Any]) -> PipelineConfig:
         db_pool_max=int(sect("database").get("poolMax", 10)),
         redis=redis,
         jwt_secret=_secret(sect("jwtSecret"), "secret"),
+        webhook_secret=_secret(sect("alerts").get("webhookSecret"), "secret"),
         api_replicas=int(api.get("replicas", 2)),
         cache_ttl_seconds=int(api.get("cacheTtlSeconds", 30)),
         alerts_interval_seconds=int(sect("alerts").get("intervalSeconds", 60)),
@@ -232,7 +234,7 @@ def config_checksum(config_map: Mapping[str, Any], cfg: PipelineConfig) -> str:
     Covers the ConfigMap's data and which Secret keys are referenced (not the secrets' values,
     which the operator does not read for workloads).
     """
-    refs = [cfg.database, cfg.redis, cfg.jwt_secret]
+    refs = [cfg.database, cfg.redis, cfg.jwt_secret, cfg.webhook_secret]
     doc = {
         "data": config_map.get("data", {}),
         "secrets": [[r.name, r.key] if r else None for r in refs],
@@ -254,6 +256,8 @@ def _env(cfg: PipelineConfig, component: str) -> list[dict[str, Any]]:
         env.append({"name": "METRICS_PORT", "value": str(CONSUMER_METRICS_PORT)})
     if component == "alerts":
         env.append({"name": "METRICS_PORT", "value": str(ALERTS_METRICS_PORT)})
+        if cfg.webhook_secret is not None:
+            env.append(_secret_env("ALERT_WEBHOOK_SECRET", cfg.webhook_secret))
     return env
 
 

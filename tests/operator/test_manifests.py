@@ -179,6 +179,19 @@ def test_jwt_secret_only_for_the_api() -> None:
     assert "ANALYTICS_JWT_SECRET" not in env_of(container(ch["Deployment/analytics-consumer"]))
 
 
+def test_webhook_secret_only_for_the_alerts_evaluator() -> None:
+    spec = sample_spec()
+    assert "ALERT_WEBHOOK_SECRET" not in env_of(
+        container(children(spec)["Deployment/analytics-alerts"])
+    )
+    spec["alerts"] = {"intervalSeconds": 30, "webhookSecret": {"secretRef": {"name": "hooks"}}}
+    ch = children(spec)
+    assert env_of(container(ch["Deployment/analytics-alerts"]))["ALERT_WEBHOOK_SECRET"] == {
+        "secretKeyRef": {"name": "hooks", "key": "secret"}
+    }
+    assert "ALERT_WEBHOOK_SECRET" not in env_of(container(ch["Deployment/analytics-api"]))
+
+
 @pytest.mark.parametrize(
     ("patch", "field"),
     [
