@@ -57,7 +57,7 @@ run: venv
 	STACK_KUBE=$${STACK_KUBE:-auto} $(BIN)/python stack/run.py
 
 bench: venv stack
-	$(WITH_STACK) for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	$(WITH_STACK) for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean: stack-down
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache
