@@ -342,12 +342,33 @@ def _resources(res: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: {q: str(v) for q, v in res[k].items()} for k in ("requests", "limits") if k in res}
 
 
+def _migrate_container(cfg: PipelineConfig, pipeline: str) -> dict[str, Any]:
+    """Schema first: every pod applies pending migrations before its workload starts.
+
+    ``migrate`` is idempotent and serialises itself with an advisory lock, so the pods of a
+    rollout may all run it at once; the first applies, the others find nothing to do.
+    """
+    return {
+        "name": "migrate",
+        "image": cfg.image,
+        "imagePullPolicy": cfg.image_pull_policy,
+        "command": ["molam-analytics"],
+        "args": ["migrate"],
+        "envFrom": [{"configMapRef": {"name": config_map_name(pipeline)}}],
+        "env": [_secret_env("DATABASE_URL", cfg.database)],
+        "resources": _resources(None),
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
 def _pod_spec(cfg: PipelineConfig, pipeline: str, component: str) -> dict[str, Any]:
     return {
         "serviceAccountName": cfg.service_account,
         "automountServiceAccountToken": False,  # the workloads never call the Kubernetes API
         "securityContext": POD_SECURITY,
         "terminationGracePeriodSeconds": 30,
+        "initContainers": [_migrate_container(cfg, pipeline)],
         "containers": [_container(cfg, pipeline, component)],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
     }

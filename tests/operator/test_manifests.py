@@ -179,6 +179,21 @@ def test_jwt_secret_only_for_the_api() -> None:
     assert "ANALYTICS_JWT_SECRET" not in env_of(container(ch["Deployment/analytics-consumer"]))
 
 
+def test_every_workload_migrates_the_schema_before_it_starts() -> None:
+    ch = children(sample_spec())
+    for name in (
+        "Deployment/analytics-api",
+        "Deployment/analytics-consumer",
+        "Deployment/analytics-alerts",
+    ):
+        (init,) = ch[name]["spec"]["template"]["spec"]["initContainers"]
+        assert init["args"] == ["migrate"] and init["image"] == "molam-analytics:latest"
+        assert env_of(init)["DATABASE_URL"] == {
+            "secretKeyRef": {"name": "analytics-db", "key": "url"}
+        }
+        assert init["securityContext"]["runAsNonRoot"] is True
+
+
 def test_webhook_secret_only_for_the_alerts_evaluator() -> None:
     spec = sample_spec()
     assert "ALERT_WEBHOOK_SECRET" not in env_of(
