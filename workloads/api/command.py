@@ -9,6 +9,7 @@ import uvicorn
 
 from molam_workloads.api.app import create_app
 from molam_workloads.api.settings import ApiSettings
+from molam_workloads.core.db import connect
 from molam_workloads.core.settings import load_settings
 
 
@@ -21,6 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     settings = load_settings(ApiSettings)
+    # uvicorn turns a failing lifespan into a traceback and exit 3: find an unreachable
+    # PostgreSQL here instead, so it is the CLI's one-line error (Redis and Kafka being down
+    # only degrade the API, which /health reports).
+    await (await connect(settings.database_url)).close()
     config = uvicorn.Config(
         create_app(settings),
         host=args.host or settings.api_host,
