@@ -340,7 +340,6 @@ async def scale_once(
     conditions: list[tuple[str, bool | None, str, str]] = []
     if isinstance(observation, LagObservation):
         fields.update(lag=observation.lag, partitions=observation.partitions)
-        metrics.CONSUMER_LAG.labels(*labels).set(observation.lag)
         conditions.append(("LagProbe", True, "LagMeasured", probe_message))
     else:
         metrics.LAG_PROBE_ERRORS.labels(*labels, observation.value).inc()
@@ -357,6 +356,10 @@ async def scale_once(
     refreshed = await last_refresh(ctx, namespace, name, cfg)
     if refreshed:
         fields["lastRefreshTime"] = refreshed
+    # One poll's gauges are published together (no await between them), so a scrape never
+    # sees this poll's lag beside the previous poll's replica counts.
+    if isinstance(observation, LagObservation):
+        metrics.CONSUMER_LAG.labels(*labels).set(observation.lag)
     metrics.DESIRED_REPLICAS.labels(*labels).set(decision.desired)
     metrics.CURRENT_REPLICAS.labels(*labels).set(current)
     await write_status(ctx, body, rt, fields, conditions=conditions)
