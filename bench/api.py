@@ -2,7 +2,8 @@
 
 Builds a throw-away database next to DATABASE_URL's with ``--days`` (90) days x ``--merchants``
 (500) merchants x 24 hours of ``txn_hourly_agg`` rows (>= 1M rows, generated in SQL, one
-country/currency/channel per merchant, several currencies), refreshes ``mv_txn_daily_agg`` and
+country/currency/channel per merchant, several currencies, merchants of different sizes, an FX
+rate per currency and day), refreshes ``mv_txn_daily_agg`` and
 records the refresh, builds the merchant-less rollup (as the API does after a refresh), then
 starts ``molam-analytics api`` twice as separate processes: one with
 ``CACHE_TTL_SECONDS=0`` (every request computed in PostgreSQL) and one with a cache. The load
@@ -13,8 +14,9 @@ comes from ``wrk`` (another process; Debian package, ``stack/system-deps.sh``) w
   hours) for every request, against the server without cache;
 - cached: three fixed ranges (7, 30, 90 days), warmed once, against the server with cache.
 
-Beside each row, the bare SQL time of the same query: ``queries.aggregates.grouped`` called
-directly over asyncpg (JIT off, as the API's pool) with the same random ranges, one at a time.
+Beside each row, the bare SQL time of the same queries: ``queries.aggregates.grouped`` (or
+``top_merchants``, as the route runs it) called directly over asyncpg, with the API's session
+settings, on the same random ranges, one at a time.
 Every mode also runs at concurrency 1, the service time without queueing, and open loop: a
 fixed rate (``--load-fraction`` of the closed-loop throughput just measured, default 1/4) with
 up to ``--concurrency`` requests in flight, latency counted from each request's scheduled time
@@ -48,8 +50,9 @@ from urllib.parse import urlparse, urlunparse
 import asyncpg
 import jwt
 
+from molam_workloads.api.app import SESSION_SETTINGS
 from molam_workloads.api.queries import rollup
-from molam_workloads.api.queries.aggregates import Filters, Key, grouped
+from molam_workloads.api.queries.aggregates import Filters, Key, grouped, top_merchants
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import env, scratch_database, table
@@ -80,9 +83,23 @@ CROSS JOIN generate_series(1, $3::int) i
 CROSS JOIN LATERAL (SELECT ($4::text[])[1 + i % $5::int] AS country,
                            ($6::text[])[1 + i % $5::int] AS currency) m
 CROSS JOIN LATERAL (
-    SELECT (5 + random() * 40)::int AS ok, (random() * 5)::int AS ko, (random() * 2)::int AS pe,
-           (random() * 3)::int AS ref, (5 + random() * 30)::int AS pay,
-           round((1000 + random() * 50000)::numeric, 4) AS vol) v
+    -- i and h named inside: a value per row (an uncorrelated LATERAL runs once per statement,
+    -- which gave every merchant the same figures); merchants 1x to ~10x apart in size.
+    SELECT (5 + random() * 40 + 0 * i)::int AS ok, (random() * 5)::int AS ko,
+           (random() * 2)::int AS pe, (random() * 3)::int AS ref, (5 + random() * 30)::int AS pay,
+           round(((1000 + random() * 50000) * (1 + (i * 7919) % 97 / 10.0)
+                  + 0 * extract(epoch FROM h))::numeric, 4) AS vol) v
+"""
+
+# A rate per currency and day, within 3% of the seeded one (which is constant otherwise), so
+# that conversion by the day's rate is exercised as in production.
+FX_DAILY = """
+INSERT INTO fx_rates (day, currency, quote, rate)
+SELECT d::date, f.currency, f.quote, f.rate * (1 + 0.03 * sin(extract(epoch FROM d) / 86400 / 7
+                                                   + ascii(f.currency)))
+FROM fx_rates f CROSS JOIN generate_series($1::date, $2::date, interval '1 day') d
+WHERE f.quote = 'USD' AND f.currency <> 'USD'
+ON CONFLICT DO NOTHING
 """
 
 
@@ -91,6 +108,7 @@ async def build_dataset(dsn: str, merchants: int, days: int, end: datetime) -> i
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute("SELECT ensure_txn_hourly_partitions($1, $2)", start, end)
+        await conn.execute(FX_DAILY, start.date(), end.date())
         countries = [c for c, _ in MARKETS]
         currencies = [cur for _, cur in MARKETS]
         t0 = time.perf_counter()
@@ -147,21 +165,17 @@ def random_range(rnd: random.Random, end: datetime) -> tuple[datetime, datetime]
 
 
 ENDPOINTS: dict[str, dict[str, Any]] = {
-    "kpis": {"path": "/v1/kpis", "extra": "", "keys": (), "order": ""},
+    "kpis": {"path": "/v1/kpis", "extra": "", "keys": ()},
     "timeseries (day)": {
         "path": "/v1/timeseries",
         "extra": "&granularity=day",
         "keys": (Key("bucket", "(hour AT TIME ZONE $1)::date", "day"),),
         "params": ("UTC",),
-        "order": "",
     },
     "top merchants": {
         "path": "/v1/top-merchants",
         "extra": "&limit=10",
-        "keys": (Key("merchant_id", "merchant_id", "merchant_id"),),
-        "order": "HAVING g.merchant_id IS NOT NULL "
-        "ORDER BY gross_volume DESC, tx_count DESC, g.merchant_id LIMIT 10",
-        "per_merchant": True,
+        "top": 10,  # queries.aggregates.top_merchants, as the route runs it
     },
 }
 
@@ -169,23 +183,33 @@ ENDPOINTS: dict[str, dict[str, Any]] = {
 async def bare_sql(dsn: str, name: str, end: datetime, samples: int) -> list[float]:
     spec = ENDPOINTS[name]
     rnd = random.Random(7)
-    conn = await asyncpg.connect(dsn, server_settings={"jit": "off"})
+    conn = await asyncpg.connect(dsn, server_settings=SESSION_SETTINGS)  # the API's sessions
     times = []
     try:
         for i in range(samples + 5):
             start, to = random_range(rnd, end)
             t0 = time.perf_counter()
-            await grouped(
-                conn,
-                start=start,
-                end=to,
-                filters=Filters(),
-                keys=spec["keys"],
-                reporting_currency="USD",
-                extra_params=spec.get("params", ()),
-                order_limit=spec["order"],
-                per_merchant=spec.get("per_merchant", False),
-            )
+            if "top" in spec:
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    await top_merchants(
+                        conn,
+                        start=start,
+                        end=to,
+                        filters=Filters(),
+                        reporting_currency="USD",
+                        by="gross_volume",
+                        limit=spec["top"],
+                    )
+            else:
+                await grouped(
+                    conn,
+                    start=start,
+                    end=to,
+                    filters=Filters(),
+                    keys=spec["keys"],
+                    reporting_currency="USD",
+                    extra_params=spec.get("params", ()),
+                )
             if i >= 5:  # the first few warm the caches
                 times.append((time.perf_counter() - t0) * 1000)
     finally:

@@ -294,3 +294,116 @@ async def test_invalid_params_are_422(api: Api, query: str) -> None:
 async def test_too_many_hourly_points_is_422(api: Api) -> None:
     r = await api.get("/v1/timeseries?from=2024-01-01&to=2025-01-01&granularity=hour")
     assert r.status_code == 422
+
+
+async def test_top_merchants_ranks_first_like_one_full_query(db: asyncpg.Connection) -> None:
+    """``top_merchants`` ranks on two measures, then sums everything for the winners: the same
+    merchants, order and sums as ranking the full KPI query of every merchant (ties, a currency
+    without rate, merchant-less rows, daily view plus hourly edges included)."""
+    import random
+
+    from molam_workloads.api.queries.aggregates import (
+        RANKINGS,
+        Filters,
+        Key,
+        grouped,
+        top_merchants,
+    )
+
+    await db.execute(
+        "INSERT INTO fx_rates (day, currency, quote, rate) VALUES ('2025-07-03', 'XOF', 'USD', $1)",
+        XOF_2,
+    )
+    rnd = random.Random(3)
+    rows = []
+    markets = [("SN", "XOF"), ("US", "USD"), ("JP", "JPY")]
+    for m in range(30):
+        country, currency = markets[m % 3]
+        for h in range(0, 5 * 24, 5):
+            # merchants 0 and 3 (and 1 and 4) get identical rows: ties on both measures
+            r = random.Random(m % 3).random() if m < 6 else rnd.random()
+            volume = Decimal(int(r * 100000)) / 100
+            rows.append(
+                hourly(
+                    D1 + timedelta(hours=h),
+                    f"M-{m:02d}" if m else None,
+                    country=country,
+                    currency=currency,
+                    tx_count=1 + int(r * 20),
+                    succeeded_count=int(r * 10),
+                    payment_count=1,
+                    payment_volume_local=str(volume),
+                    gross_volume_local=str(volume),
+                    fee_local="1.5",
+                )
+            )
+    await insert_hourly(db, rows)
+    await record_refresh(db)
+    ranges = [
+        (D1, D1 + timedelta(days=5)),
+        (D1 + timedelta(hours=7), D1 + timedelta(days=3, hours=5)),
+        (D1 + timedelta(hours=30), D1 + timedelta(hours=33)),
+    ]
+    for start, end in ranges:
+        for by in RANKINGS:
+            for limit in (1, 3, 10, 100):
+                for filters in (Filters(), Filters(country="SN"), Filters(currency="JPY")):
+                    async with db.transaction(isolation="repeatable_read", readonly=True):
+                        fast = await top_merchants(
+                            db,
+                            start=start,
+                            end=end,
+                            filters=filters,
+                            reporting_currency="USD",
+                            by=by,
+                            limit=limit,
+                        )
+                    full = await grouped(
+                        db,
+                        start=start,
+                        end=end,
+                        filters=filters,
+                        keys=(Key("merchant_id", "merchant_id", "merchant_id"),),
+                        reporting_currency="USD",
+                        per_merchant=True,
+                        order_limit="HAVING g.merchant_id IS NOT NULL "
+                        f"ORDER BY {RANKINGS[by]}, g.merchant_id LIMIT {limit:d}",
+                    )
+                    assert [dict(r) for r in fast.rows] == [dict(r) for r in full.rows]
+                    assert fast.unconverted == full.unconverted
+
+
+async def test_daily_rates_are_those_of_fx_rate_ranges(db: asyncpg.Connection) -> None:
+    """``_rates_cte`` builds the rates from the range's days; ``fx_rate_ranges`` (the view
+    that defines them) joined to every day must give the same: the latest rate on or before
+    the day, the first rate before any, none for a currency without rate, 1 for USD."""
+    from molam_workloads.api.queries.aggregates import _Params, _rates_cte
+
+    await db.execute(
+        "INSERT INTO fx_rates (day, currency, quote, rate) VALUES "
+        "('2025-07-02', 'XOF', 'USD', 0.0017), ('2025-07-05', 'XOF', 'USD', 0.0018), "
+        "('2025-07-03', 'JPY', 'USD', 0.0067), ('2025-07-04', 'JPY', 'USD', 0.0068), "
+        "('2025-07-03', 'USD', 'EUR', 0.92)"
+    )
+    definition = """
+        SELECT cur.currency, d.day::date AS fx_day,
+               CASE WHEN cur.currency = $1 THEN 1 ELSE fx.rate END AS rate
+        FROM (SELECT DISTINCT currency FROM fx_rates WHERE quote = $1
+              UNION SELECT $1::char(3)) cur
+        CROSS JOIN generate_series($2::date, $3::date, interval '1 day') d(day)
+        LEFT JOIN fx_rate_ranges fx ON fx.quote = $1 AND fx.currency = cur.currency
+          AND (d.day::date::timestamp AT TIME ZONE 'UTC') >= fx.valid_from
+          AND (d.day::date::timestamp AT TIME ZONE 'UTC') < fx.valid_to
+    """
+    for first, days in ((D1 - timedelta(days=2), 10), (D1 + timedelta(days=3), 1), (D1, 4)):
+        for quote in ("USD", "EUR"):
+            p = _Params()
+            cte = _rates_cte(
+                first + timedelta(hours=3), first + timedelta(days=days), p.add(quote), p
+            )
+            built = await db.fetch(f"WITH {cte} SELECT currency, fx_day, rate FROM r", *p.values)
+            expected = await db.fetch(
+                definition, quote, first.date(), (first + timedelta(days=days - 1)).date()
+            )
+            assert sorted(map(tuple, built)) == sorted(map(tuple, expected))
+            assert len(built) > days

@@ -28,7 +28,6 @@ import asyncpg
 from molam_workloads.api.queries import Conn, rollup
 from molam_workloads.api.queries.rollup import daily_sources
 from molam_workloads.core.currencies import CURRENCIES
-from molam_workloads.core.fx import rate_expr, rate_join
 
 MV_NAME = "mv_txn_daily_agg"
 # Days that ended less than this before the view's refresh still come from the hourly table,
@@ -114,6 +113,52 @@ class _Params:
         return f"${len(self.values)}"
 
 
+def _filter_sql(filters: Filters, p: _Params) -> str:
+    conds = []
+    for column in ("merchant_id", "country", "channel", "currency"):
+        value = getattr(filters, column)
+        if value is not None:
+            conds.append(f"AND {column} = {p.add(value)}")
+    return " ".join(conds)
+
+
+def _rates_cte(start: datetime, end: datetime, quote: str, p: _Params) -> str:
+    """``r``: the rate of every currency that has one, for every UTC day of [start, end): that
+    of the currency's latest rate on or before the day, or its first rate for days before it
+    (``fx_rate_ranges``' meaning); 1 for the reporting currency itself.
+
+    Built from the range's own days: the rate in force on the first day (an index probe per
+    currency), then the rates loaded for the following days, carried forward over days
+    without one. Joining every day to ``fx_rate_ranges`` instead compares it with every range
+    ever loaded: with daily rates, it grows with the years of history.
+    """
+    first = start.astimezone(UTC).date()
+    first_day = p.add(first)
+    n_days = ((end - timedelta(microseconds=1)).astimezone(UTC).date() - first).days
+    return f"""r AS MATERIALIZED (
+  SELECT currency, fx_day, CASE WHEN currency = {quote} THEN 1
+    ELSE first_value(rate) OVER (PARTITION BY currency, known ORDER BY fx_day) END AS rate
+  FROM (
+    SELECT cur.currency, d.day AS fx_day,
+      coalesce(f.rate, CASE WHEN d.day = {first_day}::date THEN cur.opening END) AS rate,
+      count(coalesce(f.rate, CASE WHEN d.day = {first_day}::date THEN cur.opening END))
+        OVER (PARTITION BY cur.currency ORDER BY d.day) AS known
+    FROM (
+      SELECT c.currency, coalesce(
+        (SELECT x.rate FROM fx_rates x WHERE x.quote = {quote} AND x.currency = c.currency
+           AND x.day <= {first_day}::date ORDER BY x.day DESC LIMIT 1),
+        (SELECT x.rate FROM fx_rates x WHERE x.quote = {quote} AND x.currency = c.currency
+           ORDER BY x.day LIMIT 1)) AS opening
+      FROM (SELECT DISTINCT currency FROM fx_rates WHERE quote = {quote}
+            UNION SELECT {quote}::char(3)) c
+    ) cur
+    CROSS JOIN (SELECT {first_day}::date + i AS day FROM generate_series(0, {n_days:d}) i) d
+    LEFT JOIN fx_rates f ON f.quote = {quote} AND f.currency = cur.currency AND f.day = d.day
+      AND d.day > {first_day}::date
+  ) filled
+)"""
+
+
 @dataclass
 class Grouped:
     """Rows of the converted groups, plus what could not be converted."""
@@ -137,18 +182,20 @@ async def grouped(
     extra_params: Sequence[Any] = (),
     order_limit: str = "",
     per_merchant: bool = False,
+    only_merchants: Sequence[str] | None = None,
 ) -> Grouped:
     """Sum the measures over [start, end) by ``keys``, converted to ``reporting_currency``.
 
     ``extra_params`` are bound first ($1, $2, ...) so key expressions may refer to them (the
     time zone of day buckets); ``order_limit`` is appended to the outer query.
     ``per_merchant``: the keys keep merchants apart, so grouping the daily view's rows before
-    converting them would not reduce them (it is skipped).
+    converting them would not reduce them (it is skipped). ``only_merchants``: only these
+    merchants' rows (on top of ``filters``).
     """
     sources = await daily_sources(conn) if mv_allowed else None
     # Without merchants in the keys or the filters, the merchant-less rollup answers whole days
     # when it was built from the view's current refresh; otherwise the view itself.
-    merchantless = not per_merchant and filters.merchant_id is None
+    merchantless = not per_merchant and filters.merchant_id is None and only_merchants is None
     use_rollup = merchantless and sources is not None and sources.rollup_current
     daily_table = rollup.TABLE if use_rollup else MV_NAME
     refreshed_at = sources.view_refreshed_at if sources else None
@@ -157,12 +204,9 @@ async def grouped(
     for value in extra_params:
         p.add(value)
     quote = p.add(reporting_currency)
-    conds = []
-    for column in ("merchant_id", "country", "channel", "currency"):
-        value = getattr(filters, column)
-        if value is not None:
-            conds.append(f"AND {column} = {p.add(value)}")
-    where_filters = " ".join(conds)
+    where_filters = _filter_sql(filters, p)
+    if only_merchants is not None:
+        where_filters += f" AND merchant_id = ANY({p.add(list(only_merchants))}::text[])"
     n_keys = len(keys)
     group_by = ", ".join(str(i) for i in range(1, n_keys + 3))
     sums = ", ".join(f"sum({m}) AS {m}" for m in _SUMS)
@@ -191,9 +235,7 @@ async def grouped(
                 selects.append(
                     f"SELECT {key_sql}currency, day AS fx_day, {sums} {where} GROUP BY {group_by}"
                 )
-    first = start.astimezone(UTC).date()
-    first_day = p.add(first)
-    n_days = ((end - timedelta(microseconds=1)).astimezone(UTC).date() - first).days
+    rates = _rates_cte(start, end, quote, p)
     key_cols = "".join(f"s.{k.name}, " for k in keys)
     key_names = ", ".join(f"g.{k.name}" for k in keys)
     outer_keys = f"{key_names}, " if keys else ""
@@ -203,18 +245,11 @@ async def grouped(
     # even when every row comes from the daily view.
     typed = ", ".join(f"${i}::text" for i in range(1, len(extra_params) + 1))
     prelude = f"_params AS (SELECT {typed}), " if extra_params else ""
-    # r: the rate of every currency that has one, for every UTC day of the range (a currency
-    # with any rate has one for every day: fx_rate_ranges extends the first and last).
+    # r: the rates (``_rates_cte``).
     # c: sums per (keys, currency), money converted; a currency left without rate is flagged.
     # The outer query folds the currencies of each group and lists the unconverted ones.
     sql = f"""
-WITH {prelude}r AS (
-  SELECT cur.currency, d.day AS fx_day, {rate_expr("cur", quote)} AS rate
-  FROM (SELECT DISTINCT currency FROM fx_rates WHERE quote = {quote}
-        UNION SELECT {quote}::char(3)) cur
-  CROSS JOIN (SELECT {first_day}::date + i AS day FROM generate_series(0, {n_days:d}) i) d
-  {rate_join("cur", "(d.day::timestamp AT TIME ZONE 'UTC')", quote)}
-), s AS (
+WITH {prelude}{rates}, s AS (
  {union}
 ), c AS (
   SELECT {key_cols}s.currency, bool_or(r.rate IS NULL) AS unconverted,
@@ -249,6 +284,103 @@ FROM c g
         daily_days=daily_days,
         daily_source=daily_table if daily_days else None,
         rollup_behind=merchantless and sources is not None and sources.rollup_behind,
+    )
+
+
+# Orders of the merchant ranking, over the outputs of ``grouped`` (and of ``_RANK``).
+RANKINGS = {
+    "gross_volume": "gross_volume DESC, tx_count DESC",
+    "tx_count": "tx_count DESC, gross_volume DESC",
+}
+
+# The merchants that can be in the top ``limit``: per merchant, the exact transaction count and
+# bounds of the converted payment volume from its sums per currency and the lowest and highest
+# rate of each currency over the range (positive and negative amounts bound apart). Every
+# merchant of the exact top N has a volume at least the N-th highest lower bound (N merchants
+# reach their lower bounds), so its upper bound does too: keeping those loses none of them.
+_CANDIDATES = """
+WITH {rates}, b AS (
+  SELECT currency, coalesce(min(rate), 0) AS lo, coalesce(max(rate), 0) AS hi
+  FROM r GROUP BY currency
+), s AS (
+ {union}
+), m AS (
+  SELECT s.merchant_id, sum(s.tx_count) AS tx_count,
+    sum(coalesce(b.lo, 0) * s.pos + coalesce(b.hi, 0) * s.neg) AS lo,
+    sum(coalesce(b.hi, 0) * s.pos + coalesce(b.lo, 0) * s.neg) AS hi
+  FROM (SELECT merchant_id, currency, sum(tx_count) AS tx_count, sum(pos) AS pos,
+               sum(neg) AS neg
+        FROM s GROUP BY merchant_id, currency) s
+  LEFT JOIN b ON b.currency = s.currency
+  GROUP BY s.merchant_id
+)
+SELECT merchant_id FROM m
+WHERE {keep} >= coalesce((SELECT {bound} FROM m ORDER BY 1 DESC OFFSET {offset:d} LIMIT 1),
+                         {keep})
+"""
+# by -> (the candidate's measure, the N-th highest value it must reach)
+_KEEP = {"gross_volume": ("hi", "lo"), "tx_count": ("tx_count", "tx_count")}
+_RANK_MEASURES = (
+    "sum(tx_count) AS tx_count, "
+    "coalesce(sum(payment_volume_local) FILTER (WHERE payment_volume_local > 0), 0) AS pos, "
+    "coalesce(sum(payment_volume_local) FILTER (WHERE payment_volume_local < 0), 0) AS neg"
+)
+
+
+async def top_merchants(
+    conn: Conn,
+    *,
+    start: datetime,
+    end: datetime,
+    filters: Filters,
+    reporting_currency: str,
+    by: str,
+    limit: int,
+) -> Grouped:
+    """The ``limit`` merchants first by ``by`` (``RANKINGS``), each with every KPI sum: the
+    rows ``grouped`` gives per merchant, ordered and cut at ``limit``.
+
+    Converting every merchant's every day is what makes that query slow; a first query
+    (``_CANDIDATES``) sums each merchant per currency only, without the daily rates, and keeps
+    the merchants that can still be in the top ``limit``; ``grouped`` then converts and ranks
+    those alone. Exact, whatever the rates: volatile rates only keep more candidates. Run it in
+    a REPEATABLE READ transaction so that both queries read one snapshot.
+    """
+    order = RANKINGS[by]
+    keep, bound = _KEEP[by]
+    sources = await daily_sources(conn)
+    parts = plan_parts(start, end, sources.view_refreshed_at, mv_allowed=True)
+    p = _Params()
+    quote = p.add(reporting_currency)
+    where_filters = _filter_sql(filters, p) + " AND merchant_id IS NOT NULL"
+    selects = []
+    for part in parts:
+        table, column = ("txn_hourly_agg", "hour") if part.source == "hourly" else (MV_NAME, "day")
+        selects.append(
+            f"SELECT merchant_id, currency, {_RANK_MEASURES} FROM {table} "
+            f"WHERE {column} >= {p.add(part.start)} AND {column} < {p.add(part.end)} "
+            f"{where_filters} GROUP BY merchant_id, currency"
+        )
+    sql = _CANDIDATES.format(
+        rates=_rates_cte(start, end, quote, p),
+        union="\n UNION ALL\n ".join(selects),
+        keep=keep,
+        bound=bound,
+        offset=limit - 1,
+    )
+    candidates = [row["merchant_id"] for row in await conn.fetch(sql, *p.values)]
+    if not candidates:
+        return Grouped(rows=[])
+    return await grouped(
+        conn,
+        start=start,
+        end=end,
+        filters=filters,
+        keys=(Key("merchant_id", "merchant_id", "merchant_id"),),
+        reporting_currency=reporting_currency,
+        per_merchant=True,
+        only_merchants=candidates,
+        order_limit=f"ORDER BY {order}, g.merchant_id LIMIT {limit:d}",
     )
 
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Response
 from molam_workloads.api.deps import CacheDep, PoolDep, SettingsDep
 from molam_workloads.api.params import RangeDep
 from molam_workloads.api.permissions import StaffReader
-from molam_workloads.api.queries.aggregates import Filters, Key, kpis_of
-from molam_workloads.api.routers._summary import cached_answer, header, run_grouped
+from molam_workloads.api.queries.aggregates import Filters, kpis_of, top_merchants
+from molam_workloads.api.routers._summary import cached_answer, header
 from molam_workloads.api.schemas.analytics import MerchantRow, TopMerchantsResponse
 from molam_workloads.api.schemas.common import READ_ERRORS
 
@@ -21,12 +21,6 @@ router = APIRouter(prefix="/v1", tags=["analytics"])
 class RankBy(StrEnum):
     gross_volume = "gross_volume"
     tx_count = "tx_count"
-
-
-_ORDER = {
-    RankBy.gross_volume: "gross_volume DESC, tx_count DESC",
-    RankBy.tx_count: "tx_count DESC, gross_volume DESC",
-}
 
 
 @router.get("/top-merchants", response_model=TopMerchantsResponse, responses=READ_ERRORS)
@@ -47,19 +41,20 @@ async def get_top_merchants(
     filters = Filters(country=country, channel=channel, currency=currency)
 
     async def compute() -> TopMerchantsResponse:
-        result = await run_grouped(
-            pool,
-            None,  # per merchant: the merchant-less rollup is never read
-            rng,
-            filters,
-            keys=(Key("merchant_id", "merchant_id", "merchant_id"),),
-            reporting_currency=reporting,
-            per_merchant=True,
-            order_limit=(
-                "HAVING g.merchant_id IS NOT NULL "
-                f"ORDER BY {_ORDER[by]}, g.merchant_id LIMIT {limit:d}"
-            ),
-        )
+        # One snapshot for the ranking and the winners' sums (aggregates.top_merchants).
+        async with (
+            pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            result = await top_merchants(
+                conn,
+                start=rng.start,
+                end=rng.end,
+                filters=filters,
+                reporting_currency=reporting,
+                by=by.value,
+                limit=limit,
+            )
         return TopMerchantsResponse(
             **header(rng, filters, reporting, result),
             by=by.value,
