@@ -1,7 +1,8 @@
 """``molam-analytics <command>``: one console script for every role of the one image.
 
 Each command lives in its own module exposing ``add_arguments(parser)`` and
-``async run(args) -> int | None``. Only the chosen command's module is imported, so
+``async run(args) -> int | None`` (and optionally ``loop_factory``, the event loop to run it on).
+Only the chosen command's module is imported, so
 ``molam-analytics lag`` does not pay for FastAPI or Kopf. Errors meant for an operator
 (``MolamError``: bad configuration, a service that cannot be reached) print one line and exit 2.
 """
@@ -76,8 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     command.add_arguments(parser)
     args = parser.parse_args(rest)
     _configure_logging()
+    # A command may name the event loop it runs on (``loop_factory``; the API: uvloop).
+    loop_factory = getattr(command, "loop_factory", None)
     try:
-        code = asyncio.run(command.run(args))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            code = runner.run(command.run(args))
     except MolamError as exc:
         print(f"molam-analytics {name}: error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,9 @@ wrongly signed, another algorithm, expired) is a 401; a trusted token whose clai
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -78,7 +81,40 @@ def _unauthorized(request: Request, reason: str) -> Unauthorized:
     return Unauthorized(reason)
 
 
-def authenticate(request: Request, secret: str) -> Principal:
+class TokenCache:
+    """Principals of tokens already verified, each until its ``exp`` (bounded, least recently
+    used first out). Checking an HS256 signature and the claims costs more than the rest of a
+    cached answer; a token that verified once verifies again until it expires, so the cache
+    only skips repeating that. Refusals are never cached: each is logged and counted again.
+    One cache per secret (``Resources``)."""
+
+    def __init__(self, size: int = 4096, clock: Callable[[], float] = time.time) -> None:
+        self.size = size
+        self.clock = clock
+        self._entries: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, token: str) -> Principal | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        principal, exp = entry
+        if self.clock() >= exp:  # PyJWT refuses a token once now >= exp (no leeway here)
+            del self._entries[token]
+            return None
+        self._entries.move_to_end(token)
+        return principal
+
+    def put(self, token: str, principal: Principal, exp: float) -> None:
+        self._entries[token] = (principal, exp)
+        self._entries.move_to_end(token)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+def authenticate(request: Request, secret: str, tokens: TokenCache | None = None) -> Principal:
     header = request.headers.get("authorization")
     if not header:
         raise _unauthorized(request, "missing bearer token")
@@ -86,6 +122,8 @@ def authenticate(request: Request, secret: str) -> Principal:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized(request, "the Authorization header must be 'Bearer <token>'")
+    if tokens is not None and (known := tokens.get(token)) is not None:
+        return known
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -118,4 +156,6 @@ def authenticate(request: Request, secret: str) -> Principal:
     if parsed_role is Role.merchant and not merchant_id:
         deny(request, 403, "merchant token without merchant_id", principal)
         raise Forbidden("a merchant token must carry a merchant_id claim")
+    if tokens is not None:
+        tokens.put(token, principal, float(claims["exp"]))
     return principal

@@ -6,14 +6,14 @@ a ``Resources`` on ``app.state``; handlers receive them through these aliases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import asyncpg
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
-from molam_workloads.api.auth import Principal, authenticate
+from molam_workloads.api.auth import Principal, TokenCache, authenticate
 from molam_workloads.api.cache import ResponseCache
 from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.settings import ApiSettings
@@ -26,6 +26,7 @@ class Resources:
     redis: Redis
     cache: ResponseCache
     rollup: RollupRefresher
+    tokens: TokenCache = field(default_factory=TokenCache)  # verified under settings' secret
 
 
 def get_resources(request: Request) -> Resources:
@@ -56,8 +57,9 @@ async def get_rollup(request: Request) -> RollupRefresher:
 
 
 async def get_principal(request: Request) -> Principal:
-    secret = get_resources(request).settings.analytics_jwt_secret.get_secret_value()
-    principal = authenticate(request, secret)
+    resources = get_resources(request)
+    secret = resources.settings.analytics_jwt_secret.get_secret_value()
+    principal = authenticate(request, secret, resources.tokens)
     request.state.principal = principal
     return principal
 

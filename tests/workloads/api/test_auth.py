@@ -117,3 +117,68 @@ async def test_valid_token(module_api: Api) -> None:
         "reads_all_merchants": True,
         "reporting_currency": "USD",
     }
+
+
+def test_token_cache_holds_a_principal_until_its_exp() -> None:
+    from molam_workloads.api.auth import Principal, Role, TokenCache
+
+    now = [1000.0]
+    cache = TokenCache(size=2, clock=lambda: now[0])
+    alice = Principal("alice", Role.admin, None)
+    cache.put("t-alice", alice, exp=1010.0)
+    assert cache.get("t-alice") is alice
+    now[0] = 1009.999
+    assert cache.get("t-alice") is alice
+    now[0] = 1010.0  # PyJWT refuses from exp on: so does the cache, and forgets it
+    assert cache.get("t-alice") is None
+    assert len(cache) == 0
+
+
+def test_token_cache_is_bounded_least_recently_used_out() -> None:
+    from molam_workloads.api.auth import Principal, Role, TokenCache
+
+    cache = TokenCache(size=2, clock=lambda: 0.0)
+    a, b, c = (Principal(n, Role.analyst, None) for n in "abc")
+    cache.put("a", a, 10.0)
+    cache.put("b", b, 10.0)
+    assert cache.get("a") is a  # a used last: b goes first
+    cache.put("c", c, 10.0)
+    assert len(cache) == 2
+    assert cache.get("b") is None
+    assert cache.get("a") is a and cache.get("c") is c
+
+
+async def test_a_cached_token_is_refused_once_expired(module_api: Api) -> None:
+    """The API verifies a token once, then serves its principal from the cache: until exp,
+    after which the token is a 401 again (verified anew, refused, counted)."""
+    import asyncio
+
+    tokens = module_api.app.state.resources.tokens
+    token = make_token("analyst", exp_in=1.5)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await module_api.client.get("/v1/me", headers=headers)).status_code == 200
+    assert tokens.get(token) is not None
+    await asyncio.sleep(max(0.0, exp - time.time()) + 0.05)
+    before = AUTH_DENIALS.labels("401")._value.get()
+    response = await module_api.client.get("/v1/me", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "token expired"
+    assert AUTH_DENIALS.labels("401")._value.get() == before + 1
+    assert tokens.get(token) is None
+
+
+async def test_a_cached_token_keeps_its_role_and_merchant(module_api: Api) -> None:
+    """The cache is keyed by the whole token: a merchant token served from it is still scoped
+    to its merchant and refused elsewhere (403 each time, each time counted)."""
+    token = make_token("merchant", "M-1")
+    headers = {"Authorization": f"Bearer {token}"}
+    for _ in range(2):
+        me = await module_api.client.get("/v1/me", headers=headers)
+        assert me.status_code == 200 and me.json()["merchant_id"] == "M-1"
+        before = AUTH_DENIALS.labels("403")._value.get()
+        other = await module_api.client.get("/v1/kpis?merchant_id=M-2", headers=headers)
+        assert other.status_code == 403
+        assert AUTH_DENIALS.labels("403")._value.get() == before + 1
+        top = await module_api.client.get("/v1/top-merchants", headers=headers)
+        assert top.status_code == 403
