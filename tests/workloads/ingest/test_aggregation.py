@@ -1,0 +1,174 @@
+"""The pure batch arithmetic, without any service."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from molam_workloads.core.events import TransactionEvent
+from molam_workloads.ingest.aggregation import (
+    MEASURES,
+    aggregate,
+    columns,
+    dedupe,
+    horizon,
+    months,
+    recent,
+    summarize,
+    truncate_hour,
+    truncate_minute,
+)
+
+T0 = datetime(2025, 7, 1, 10, 15, 30, tzinfo=UTC)
+
+
+def ev(txn: str, **kw: object) -> TransactionEvent:
+    base: dict[str, object] = {
+        "event_id": f"e-{txn}",
+        "txn_id": txn,
+        "merchant_id": "M-1",
+        "occurred_at": T0,
+        "amount": "100.50",
+        "currency": "XOF",
+        "country": "SN",
+        "channel": "mobile_money",
+        "type": "payment",
+        "status": "succeeded",
+        "fee": "1.25",
+    }
+    return TransactionEvent.model_validate(base | kw)
+
+
+def m(row: list[object], name: str) -> object:
+    return row[MEASURES.index(name)]
+
+
+def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_the_splits() -> None:
+    rows = aggregate(
+        [
+            ev("a"),
+            ev("b", status="failed", amount="7"),
+            ev("c", status="pending", amount="3"),
+            ev("d", type="refund", amount="10", fee="0"),
+        ],
+        truncate_hour,
+    )
+    assert len(rows) == 1
+    ((key, row),) = rows.items()
+    assert key == (T0.replace(minute=0, second=0), "M-1", "SN", "XOF", "mobile_money")
+    assert m(row, "tx_count") == 4
+    assert m(row, "gross_volume_local") == Decimal("120.50")
+    assert (m(row, "succeeded_count"), m(row, "failed_count"), m(row, "pending_count")) == (2, 1, 1)
+    assert (m(row, "payment_count"), m(row, "payment_volume_local")) == (1, Decimal("100.50"))
+    assert (m(row, "refund_count"), m(row, "refund_volume_local")) == (1, Decimal("10"))
+    assert m(row, "fee_local") == Decimal("1.25")
+    assert all(isinstance(m(row, x), Decimal) for x in MEASURES if x.endswith("_local"))
+
+
+def test_buckets_split_by_every_dimension_and_time() -> None:
+    events = [
+        ev("a"),
+        ev("b", merchant_id=None, type="transfer"),
+        ev("c", country="CI"),
+        ev("d", currency="GHS", country="GH"),
+        ev("e", channel="card"),
+        ev("f", occurred_at=T0 + timedelta(hours=1)),
+        ev("g", occurred_at=T0 + timedelta(minutes=1)),
+    ]
+    assert len(aggregate(events, truncate_hour)) == 6
+    assert len(aggregate(events, truncate_minute)) == 7
+
+
+def test_dedupe_keeps_the_first_event_of_a_transaction() -> None:
+    out = dedupe([ev("a"), ev("b"), ev("a", amount="999")])
+    assert [e.txn_id for e in out] == ["a", "b"]
+    assert out[0].amount == Decimal("100.50")
+
+
+def test_columns_are_sorted_and_aligned() -> None:
+    rows = aggregate(
+        [ev("a", merchant_id="M-2"), ev("b", merchant_id=None, type="transfer"), ev("c")],
+        truncate_hour,
+    )
+    cols = columns(rows)
+    assert len(cols) == 5 + len(MEASURES)
+    assert cols[1] == ["M-1", "M-2", None]  # NULL merchant last, a stable lock order
+    assert cols[5 + MEASURES.index("tx_count")] == [1, 1, 1]
+
+
+def test_months_and_horizon() -> None:
+    events = [ev("a"), ev("b", occurred_at=datetime(2024, 12, 31, 23, 59, tzinfo=UTC))]
+    got = months(e.occurred_at for e in events)
+    assert got == {datetime(2025, 7, 1, tzinfo=UTC), datetime(2024, 12, 1, tzinfo=UTC)}
+    since = horizon(T0, 48)
+    assert since == T0 - timedelta(hours=48)
+    assert [e.txn_id for e in recent(events, since)] == ["a"]
+    assert horizon(T0, 0) is None and len(recent(events, None)) == 2
+
+
+def test_removing_the_ledger_rejects_equals_aggregating_only_the_new() -> None:
+    events = [
+        ev("a"),
+        ev("b", status="failed"),
+        ev("c", merchant_id="M-2", occurred_at=T0 - timedelta(days=5)),
+        ev("d", type="refund"),
+        ev("a", amount="1"),  # same transaction again: ignored before anything else
+    ]
+    since = T0 - timedelta(hours=48)
+    batch = summarize(events, since)
+    assert [e.txn_id for e in batch.events] == ["a", "b", "c", "d"]
+    before = (dict(batch.hourly), dict(batch.minute), batch.hourly_columns())
+
+    rejected = [e for e in batch.events if e.txn_id in ("b", "c")]
+    kept = batch.without(rejected)
+    fresh = summarize([e for e in batch.events if e.txn_id not in ("b", "c")], since)
+    assert kept.hourly == fresh.hourly and kept.minute == fresh.minute
+    assert kept.hourly_columns() == fresh.hourly_columns()
+    assert [e.txn_id for e in kept.events] == ["a", "d"]
+    # The M-2 bucket held only a rejected transaction: it is gone, not left at zero.
+    assert all(k[1] != "M-2" for k in kept.hourly)
+    # The prepared batch is untouched (a failed write is retried from it).
+    assert (batch.hourly, batch.minute, batch.hourly_columns()) == before
+    assert batch.without([]) is batch
+
+
+def one_by_one(events: list[TransactionEvent], bucket: Any) -> dict[Any, list[Any]]:
+    """The measures summed event by event, the obvious way (the reference for ``aggregate``)."""
+    rows: dict[Any, list[Any]] = {}
+    for e in events:
+        key = (bucket(e.occurred_at), e.merchant_id, e.country, e.currency, e.channel)
+        row = rows.setdefault(key, [Decimal(0) if n.endswith("_local") else 0 for n in MEASURES])
+        row[MEASURES.index("tx_count")] += 1
+        row[MEASURES.index("gross_volume_local")] += e.amount
+        row[MEASURES.index(f"{e.status.value}_count")] += 1
+        if e.status.value == "succeeded":
+            row[MEASURES.index(f"{e.type.value}_count")] += 1
+            row[MEASURES.index(f"{e.type.value}_volume_local")] += e.amount
+            row[MEASURES.index("fee_local")] += e.fee
+    return rows
+
+
+def test_aggregate_equals_the_event_by_event_sums() -> None:
+    rnd = random.Random(5)
+    events = [
+        ev(
+            f"t{i}",
+            occurred_at=T0 + timedelta(seconds=rnd.randrange(4 * 3600)),
+            merchant_id=rnd.choice(["M-1", "M-2", None]),
+            country=rnd.choice(["SN", "CI"]),
+            channel=rnd.choice(["card", "wallet"]),
+            type=rnd.choice(["payment", "refund", "payout", "transfer"]),
+            status=rnd.choice(["succeeded", "failed", "pending"]),
+            amount=f"{rnd.randrange(1, 10**6)}.{rnd.randrange(10**4):04d}",
+            fee=rnd.choice(["0", "1.5", "0.0001", "12"]),
+        )
+        for i in range(3000)
+    ]
+    for bucket in (truncate_hour, truncate_minute):
+        got, want = aggregate(events, bucket), one_by_one(events, bucket)
+        assert got == want
+        assert {k: [str(v) for v in r] for k, r in got.items()} == {
+            k: [str(v) for v in r] for k, r in want.items()
+        }
