@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from molam_workloads.core.cache import create_redis, live_key
 from molam_workloads.core.db import INGEST_LOCK, create_pool
 from molam_workloads.core.errors import ConfigError, ServiceUnavailable
+from molam_workloads.core.measures import KEYS, MEASURES, grouped_select
 from molam_workloads.core.settings import DatabaseSettings, RedisSettings, load_settings
 from molam_workloads.jobs.progress import ProgressBar
 
@@ -41,43 +42,10 @@ class BackfillSettings(DatabaseSettings, RedisSettings):
     minute_agg_retention_hours: int = Field(default=48, ge=0)
 
 
-_MEASURES = (
-    "tx_count", "succeeded_count", "failed_count", "pending_count", "gross_volume_local",
-    "payment_count", "payment_volume_local", "refund_count", "refund_volume_local",
-    "payout_count", "payout_volume_local", "transfer_count", "transfer_volume_local", "fee_local",
-)  # fmt: skip
-_KEYS = ("merchant_id", "country", "currency", "channel")
-
-
-def _measure_exprs() -> list[str]:
-    ok = "status = 'succeeded'"
-    exprs = [
-        "count(*)",
-        f"count(*) FILTER (WHERE {ok})",
-        "count(*) FILTER (WHERE status = 'failed')",
-        "count(*) FILTER (WHERE status = 'pending')",
-        "sum(amount)",
-    ]
-    for kind in ("payment", "refund", "payout", "transfer"):
-        cond = f"{ok} AND type = '{kind}'"
-        exprs += [
-            f"count(*) FILTER (WHERE {cond})",
-            f"coalesce(sum(amount) FILTER (WHERE {cond}), 0)",
-        ]
-    exprs.append(f"coalesce(sum(fee) FILTER (WHERE {ok}), 0)")
-    return exprs
-
-
 def _select(unit: str, time_column: str) -> str:
-    measures = ",\n       ".join(
-        f"{e} AS {m}" for e, m in zip(_measure_exprs(), _MEASURES, strict=True)
+    return grouped_select(
+        unit, time_column, "wallet_transactions", "occurred_at >= $1 AND occurred_at < $2"
     )
-    return f"""SELECT date_trunc('{unit}', occurred_at, 'UTC') AS {time_column},
-       {", ".join(_KEYS)},
-       {measures}
-    FROM wallet_transactions
-    WHERE occurred_at >= $1 AND occurred_at < $2
-    GROUP BY 1, 2, 3, 4, 5"""
 
 
 def _sync_sql(table: str, unit: str, time_column: str) -> str:
@@ -85,11 +53,11 @@ def _sync_sql(table: str, unit: str, time_column: str) -> str:
 
     Returns (transactions aggregated, rows inserted or changed, rows deleted).
     """
-    keys = (time_column, *_KEYS)
-    cols = ", ".join((*keys, *_MEASURES))
-    assign = ", ".join(f"{m} = EXCLUDED.{m}" for m in _MEASURES)
-    old = ", ".join(f"{table}.{m}" for m in _MEASURES)
-    new = ", ".join(f"EXCLUDED.{m}" for m in _MEASURES)
+    keys = (time_column, *KEYS)
+    cols = ", ".join((*keys, *MEASURES))
+    assign = ", ".join(f"{m} = EXCLUDED.{m}" for m in MEASURES)
+    old = ", ".join(f"{table}.{m}" for m in MEASURES)
+    new = ", ".join(f"EXCLUDED.{m}" for m in MEASURES)
     # Equality where columns are NOT NULL keeps this a hash anti-join; only merchant_id may
     # be NULL (wallet-to-wallet transfers).
     same_key = " AND ".join(
@@ -120,7 +88,7 @@ HOURLY_SQL = _sync_sql("txn_hourly_agg", "hour", "hour")
 MINUTE_SQL = _sync_sql("txn_minute_agg", "minute", "minute")
 # The bare aggregation, for comparison (bench/backfill.py): one INSERT … SELECT … GROUP BY.
 BARE_HOURLY_SQL = f"""
-INSERT INTO txn_hourly_agg (hour, {", ".join(_KEYS)}, {", ".join(_MEASURES)})
+INSERT INTO txn_hourly_agg (hour, {", ".join(KEYS)}, {", ".join(MEASURES)})
 {_select("hour", "hour")}
 """
 LEDGER_SQL = """

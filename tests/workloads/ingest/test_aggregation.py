@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from molam_workloads.core.events import TransactionEvent
+from molam_workloads.core.measures import MEASURES
 from molam_workloads.ingest.aggregation import (
-    MEASURES,
     aggregate,
-    columns,
     dedupe,
     horizon,
     months,
     recent,
+    rows_json,
     summarize,
     truncate_hour,
     truncate_minute,
@@ -87,15 +88,17 @@ def test_dedupe_keeps_the_first_event_of_a_transaction() -> None:
     assert out[0].amount == Decimal("100.50")
 
 
-def test_columns_are_sorted_and_aligned() -> None:
+def test_rows_travel_sorted_with_exact_money_and_utc_times() -> None:
     rows = aggregate(
         [ev("a", merchant_id="M-2"), ev("b", merchant_id=None, type="transfer"), ev("c")],
         truncate_hour,
     )
-    cols = columns(rows)
-    assert len(cols) == 5 + len(MEASURES)
-    assert cols[1] == ["M-1", "M-2", None]  # NULL merchant last, a stable lock order
-    assert cols[5 + MEASURES.index("tx_count")] == [1, 1, 1]
+    got = json.loads(rows_json(rows))
+    assert all(len(r) == 5 + len(MEASURES) for r in got)
+    assert [r[1] for r in got] == ["M-1", "M-2", None]  # NULL merchant last, a stable lock order
+    assert [r[5 + MEASURES.index("tx_count")] for r in got] == [1, 1, 1]
+    assert got[0][0] == "2025-07-01T10:00:00Z"
+    assert got[0][5 + MEASURES.index("gross_volume_local")] == "100.50"
 
 
 def test_months_and_horizon() -> None:
@@ -119,18 +122,18 @@ def test_removing_the_ledger_rejects_equals_aggregating_only_the_new() -> None:
     since = T0 - timedelta(hours=48)
     batch = summarize(events, since)
     assert [e.txn_id for e in batch.events] == ["a", "b", "c", "d"]
-    before = (dict(batch.hourly), dict(batch.minute), batch.hourly_columns())
+    before = (dict(batch.hourly), dict(batch.minute), batch.hourly_json())
 
     rejected = [e for e in batch.events if e.txn_id in ("b", "c")]
     kept = batch.without(rejected)
     fresh = summarize([e for e in batch.events if e.txn_id not in ("b", "c")], since)
     assert kept.hourly == fresh.hourly and kept.minute == fresh.minute
-    assert kept.hourly_columns() == fresh.hourly_columns()
+    assert kept.hourly_json() == fresh.hourly_json()
     assert [e.txn_id for e in kept.events] == ["a", "d"]
     # The M-2 bucket held only a rejected transaction: it is gone, not left at zero.
     assert all(k[1] != "M-2" for k in kept.hourly)
     # The prepared batch is untouched (a failed write is retried from it).
-    assert (batch.hourly, batch.minute, batch.hourly_columns()) == before
+    assert (batch.hourly, batch.minute, batch.hourly_json()) == before
     assert batch.without([]) is batch
 
 

@@ -1,0 +1,220 @@
+"""The batch write against the real PostgreSQL: the ledger it keeps and the buckets it adds to.
+
+What lands in the tables is checked against the obvious event-by-event reference and against
+hand-computed values, and the ledger against a concurrent insert of the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from molam_workloads.core.events import TransactionEvent
+from molam_workloads.core.measures import MEASURES
+from molam_workloads.ingest.aggregation import dedupe, summarize
+from molam_workloads.ingest.writer import BatchWriter
+
+T0 = datetime(2025, 7, 1, 10, 15, 30, tzinfo=UTC)
+Rows = dict[tuple[Any, ...], list[Any]]
+
+
+def ev(txn: str, **kw: object) -> TransactionEvent:
+    base: dict[str, object] = {
+        "event_id": f"e-{txn}",
+        "txn_id": txn,
+        "merchant_id": "M-1",
+        "occurred_at": T0,
+        "amount": "100.50",
+        "currency": "XOF",
+        "country": "SN",
+        "channel": "mobile_money",
+        "type": "payment",
+        "status": "succeeded",
+        "fee": "1.25",
+    }
+    return TransactionEvent.model_validate(base | kw)
+
+
+async def write(
+    db: asyncpg.Connection,
+    events: list[TransactionEvent],
+    since: datetime | None = None,
+    offsets: dict[int, int] | None = None,
+) -> list[TransactionEvent]:
+    batch = summarize(events, since)
+    writer = BatchWriter("g", "t")
+    await writer.ensure_partitions(db, (k[0] for k in batch.hourly))
+    return await writer.write(db, batch, offsets or {})
+
+
+async def table(db: asyncpg.Connection, name: str, time_column: str) -> Rows:
+    rows = await db.fetch(
+        f"SELECT {time_column}, merchant_id, country, currency, channel, {', '.join(MEASURES)}"
+        f" FROM {name}"
+    )
+    return {tuple(r[:5]): list(r[5:]) for r in rows}
+
+
+def m(row: list[Any], name: str) -> Any:
+    return row[MEASURES.index(name)]
+
+
+def one_by_one(events: list[TransactionEvent], unit: str) -> Rows:
+    """The measures summed event by event, the obvious way (the reference for the SQL)."""
+    rows: Rows = {}
+    for e in events:
+        at = e.occurred_at.replace(second=0, microsecond=0)
+        if unit == "hour":
+            at = at.replace(minute=0)
+        key = (at, e.merchant_id, e.country, e.currency, e.channel)
+        row = rows.setdefault(key, [Decimal(0) if n.endswith("_local") else 0 for n in MEASURES])
+        row[MEASURES.index("tx_count")] += 1
+        row[MEASURES.index("gross_volume_local")] += e.amount
+        row[MEASURES.index(f"{e.status.value}_count")] += 1
+        if e.status.value == "succeeded":
+            row[MEASURES.index(f"{e.type.value}_count")] += 1
+            row[MEASURES.index(f"{e.type.value}_volume_local")] += e.amount
+            row[MEASURES.index("fee_local")] += e.fee
+    return rows
+
+
+async def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_the_splits(
+    db: asyncpg.Connection,
+) -> None:
+    await write(
+        db,
+        [
+            ev("a"),
+            ev("b", status="failed", amount="7"),
+            ev("c", status="pending", amount="3"),
+            ev("d", type="refund", amount="10", fee="0"),
+        ],
+    )
+    hourly = await table(db, "txn_hourly_agg", "hour")
+    assert len(hourly) == 1
+    ((key, row),) = hourly.items()
+    assert key == (T0.replace(minute=0, second=0), "M-1", "SN", "XOF", "mobile_money")
+    assert m(row, "tx_count") == 4
+    assert m(row, "gross_volume_local") == Decimal("120.50")
+    assert (m(row, "succeeded_count"), m(row, "failed_count"), m(row, "pending_count")) == (2, 1, 1)
+    assert (m(row, "payment_count"), m(row, "payment_volume_local")) == (1, Decimal("100.50"))
+    assert (m(row, "refund_count"), m(row, "refund_volume_local")) == (1, Decimal("10"))
+    assert (m(row, "payout_count"), m(row, "payout_volume_local")) == (0, Decimal(0))
+    assert m(row, "fee_local") == Decimal("1.25")
+
+
+async def test_buckets_split_by_every_dimension_and_time(db: asyncpg.Connection) -> None:
+    await write(
+        db,
+        [
+            ev("a"),
+            ev("b", merchant_id=None, type="transfer"),
+            ev("c", country="CI"),
+            ev("d", currency="GHS", country="GH"),
+            ev("e", channel="card"),
+            ev("f", occurred_at=T0 + timedelta(hours=1)),
+            ev("g", occurred_at=T0 + timedelta(minutes=1)),
+        ],
+    )
+    assert len(await table(db, "txn_hourly_agg", "hour")) == 6
+    assert len(await table(db, "txn_minute_agg", "minute")) == 7
+
+
+async def test_a_second_batch_adds_to_the_buckets_and_the_ledger_rejects_repeats(
+    db: asyncpg.Connection,
+) -> None:
+    first = [ev("b", status="failed"), ev("c", merchant_id="M-2")]
+    assert await write(db, first, offsets={0: 2}) == first
+    second = [
+        ev("a"),
+        ev("b", status="failed"),  # counted by the first batch
+        ev("c", merchant_id="M-2"),  # likewise
+        ev("d", type="refund"),
+        ev("a", amount="1"),  # the same transaction again in one batch: the first one counts
+    ]
+    counted = await write(db, second, offsets={0: 7})
+    assert [e.txn_id for e in counted] == ["a", "d"]
+    unique = dedupe(first + second)
+    assert await table(db, "txn_hourly_agg", "hour") == one_by_one(unique, "hour")
+    assert await table(db, "txn_minute_agg", "minute") == one_by_one(unique, "minute")
+    assert await db.fetchval("SELECT count(*) FROM ingested_transactions") == 4
+    assert await db.fetchval("SELECT next_offset FROM consumer_offsets") == 7
+
+
+async def test_offsets_only_move_forward(db: asyncpg.Connection) -> None:
+    await write(db, [ev("a")], offsets={0: 10, 1: 3})
+    await write(db, [ev("b")], offsets={0: 4, 1: 5})
+    got = await db.fetch("SELECT partition, next_offset FROM consumer_offsets ORDER BY 1")
+    assert [tuple(r) for r in got] == [(0, 10), (1, 5)]
+
+
+async def test_minute_buckets_only_from_the_horizon_on(db: asyncpg.Connection) -> None:
+    old = ev("old", occurred_at=T0 - timedelta(days=3))
+    await write(db, [old, ev("new")], since=T0 - timedelta(hours=48))
+    assert len(await table(db, "txn_hourly_agg", "hour")) == 2
+    minute = await table(db, "txn_minute_agg", "minute")
+    assert [k[0] for k in minute] == [T0.replace(second=0)]
+
+
+async def test_sql_sums_equal_the_event_by_event_sums(db: asyncpg.Connection) -> None:
+    rnd = random.Random(5)
+    events = [
+        ev(
+            f"t{i}",
+            occurred_at=T0 + timedelta(seconds=rnd.randrange(4 * 3600)),
+            merchant_id=rnd.choice(["M-1", "M-2", None]),
+            country=rnd.choice(["SN", "CI"]),
+            channel=rnd.choice(["card", "wallet"]),
+            type=rnd.choice(["payment", "refund", "payout", "transfer"]),
+            status=rnd.choice(["succeeded", "failed", "pending"]),
+            amount=f"{rnd.randrange(1, 10**6)}.{rnd.randrange(10**4):04d}",
+            fee=rnd.choice(["0", "1.5", "0.0001", "12"]),
+        )
+        for i in range(3000)
+    ]
+    for chunk in (events[:1000], events[1000:]):
+        await write(db, chunk)
+    for name, unit in (("txn_hourly_agg", "hour"), ("txn_minute_agg", "minute")):
+        # Decimal equality: the columns are numeric(20,4), so 1.5 comes back as 1.5000.
+        assert await table(db, name, unit) == one_by_one(events, unit)
+
+
+async def test_an_empty_batch_still_moves_the_offsets(db: asyncpg.Connection) -> None:
+    assert await write(db, [], offsets={0: 5}) == []
+    assert await db.fetchval("SELECT next_offset FROM consumer_offsets") == 5
+
+
+async def test_a_transaction_inserted_meanwhile_by_another_writer_is_not_counted_twice(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    other = await asyncpg.connect(database_url)
+    try:
+        # Another consumer (or backfill) inserts "x" and has not committed yet.
+        tx = other.transaction()
+        await tx.start()
+        await other.execute(
+            "INSERT INTO ingested_transactions (txn_id, occurred_at, source)"
+            " VALUES ('x', now(), 'backfill')"
+        )
+        ours = asyncio.create_task(write(db, [ev("a"), ev("x"), ev("z")], offsets={0: 3}))
+        await asyncio.sleep(0.5)
+        assert not ours.done()  # waiting for the other transaction's "x"
+        await tx.commit()
+        counted = await asyncio.wait_for(ours, 10)
+    finally:
+        await other.close()
+    assert [e.txn_id for e in counted] == ["a", "z"]
+    hourly = await table(db, "txn_hourly_agg", "hour")
+    assert [m(r, "tx_count") for r in hourly.values()] == [2]
+    assert await db.fetchval("SELECT count(*) FROM ingested_transactions") == 3
+
+
+def test_dedupe_keeps_the_first_event_of_a_transaction() -> None:
+    out = dedupe([ev("a"), ev("b"), ev("a", amount="999")])
+    assert [e.txn_id for e in out] == ["a", "b"]
+    assert out[0].amount == Decimal("100.50")
