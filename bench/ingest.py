@@ -36,6 +36,7 @@ from _common import env, scratch_database, scratch_topics, table
 
 from molam_workloads.core.db import create_pool
 from molam_workloads.core.events import decode_event
+from molam_workloads.core.heap import CONSUMER_GEN0_THRESHOLD, freeze_startup_heap
 from molam_workloads.ingest.consumer import Ingestor
 from molam_workloads.ingest.live_counters import LiveCounters
 from molam_workloads.ingest.settings import IngestSettings
@@ -224,6 +225,8 @@ async def main() -> None:
         f" {PARTITIONS} partitions"
     )
     values, unique = synthetic(N)
+    # The collector settings ``consume`` runs with, for every contender alike.
+    freeze_startup_heap(CONSUMER_GEN0_THRESHOLD)
     async with (
         scratch_database("bench_ingest") as dsn,
         scratch_topics(bootstrap, ("bench.wallet", PARTITIONS), ("bench.dlq", 1)) as topics,

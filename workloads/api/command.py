@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 
 import uvicorn
 
 from molam_workloads.api.app import create_app
 from molam_workloads.api.settings import ApiSettings
 from molam_workloads.core.db import connect
+from molam_workloads.core.heap import freeze_startup_heap
 from molam_workloads.core.settings import load_settings
 
 
@@ -45,9 +45,6 @@ async def run(args: argparse.Namespace) -> int:
         http="httptools",
     )
     server = uvicorn.Server(config)
-    # The app, its routes and models live as long as the process: keep them out of the garbage
-    # collector's generations so that full collections stay short (tail latency).
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()  # the app, its routes and models live as long as the process
     await server.serve()
     return 0

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from molam_workloads.core import metrics
 from molam_workloads.core.cache import create_redis
 from molam_workloads.core.db import create_pool
+from molam_workloads.core.heap import CONSUMER_GEN0_THRESHOLD, freeze_startup_heap
 from molam_workloads.core.kafka import producer as kafka_producer
 from molam_workloads.core.settings import load_settings
 from molam_workloads.ingest.consumer import Detector, Ingestor
@@ -65,6 +66,7 @@ async def run(args: argparse.Namespace) -> int:
         live = LiveCounters(redis, settings.reporting_currency, settings.live_counter_ttl_seconds)
         detector = _make_detector(settings, pool, redis, producer)
         ingestor = Ingestor(settings, pool, producer, live, detector)
+        freeze_startup_heap(CONSUMER_GEN0_THRESHOLD)
         try:
             await ingestor.run(stop)
         finally:

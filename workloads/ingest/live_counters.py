@@ -47,12 +47,16 @@ class LiveCounters:
         self._script = redis.register_script(_SET_IF_NOT_OLDER)
 
     async def refresh(
-        self, pool: asyncpg.Pool, events: Iterable[TransactionEvent], now: datetime | None = None
+        self, pool: asyncpg.Pool, merchants: Iterable[str | None], now: datetime | None = None
     ) -> int:
-        """Rewrite today's hashes of the merchants in ``events``; returns how many were set."""
+        """Rewrite today's hashes of ``merchants``; returns how many were set.
+
+        ``merchants``: those with transactions counted today (``merchants_touched_on``); the
+        platform's hash (``None``) is rewritten whenever any is.
+        """
         now = now or datetime.now(UTC)
         today = now.date()
-        touched = merchants_touched_on(events, today)
+        touched = set(merchants)
         if not touched:
             return 0
         async with pool.acquire() as conn:
