@@ -50,6 +50,8 @@ FLOOR_EVENTS = 4000
 PARTITIONS = 2
 ROUNDS = 2
 REDIS_DB = "13"
+# The ceiling reads batches as large as the consumer's (its default).
+MAX_RECORDS = IngestSettings.model_fields["ingest_batch_max_records"].default
 
 
 def synthetic(n: int) -> tuple[list[bytes], int]:
@@ -100,7 +102,7 @@ async def ceiling(bootstrap: str, topic: str, n: int, validate: bool = False) ->
         seen = 0
         started = time.perf_counter()
         while seen < n:
-            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            batch = await consumer.getmany(timeout_ms=500, max_records=MAX_RECORDS)
             for records in batch.values():
                 for r in records:
                     if validate:
