@@ -1,0 +1,66 @@
+"""How often the consumer refreshes live counters: coalesced under a backlog, at once when idle.
+
+A stand-in for ``LiveCounters`` records the calls (what a refresh writes to Redis is covered
+against the real Redis in test_consumer and test_crash_recovery); the Ingestor is real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from molam_workloads.core.events import TransactionEvent
+from molam_workloads.ingest.consumer import BatchReport, Ingestor
+from molam_workloads.ingest.settings import IngestSettings
+
+
+class RecordingLive:
+    def __init__(self, failures: int) -> None:
+        self.calls: list[set[str | None]] = []
+        self.failures = failures
+
+    async def refresh(self, pool: Any, merchants: Iterable[str | None], now: Any = None) -> int:
+        self.calls.append(set(merchants))
+        if self.failures:
+            self.failures -= 1
+            raise RedisError("redis is down")
+        return len(self.calls[-1])
+
+
+def counted(txn: str, merchant: str) -> BatchReport:
+    ev = TransactionEvent.model_validate(
+        {
+            "event_id": f"e-{txn}",
+            "txn_id": txn,
+            "merchant_id": merchant,
+            "occurred_at": datetime.now(UTC),
+            "amount": "10",
+            "currency": "XOF",
+            "country": "SN",
+            "channel": "card",
+            "type": "payment",
+            "status": "succeeded",
+        }
+    )
+    return BatchReport(records=1, counted=[ev])
+
+
+async def test_refreshes_coalesce_while_batches_come_and_a_failed_one_stays_due() -> None:
+    live = RecordingLive(failures=1)
+    ingestor = Ingestor(
+        IngestSettings(sira_enabled=False),
+        pool=None,  # type: ignore[arg-type]
+        producer=None,  # type: ignore[arg-type]
+        live=live,  # type: ignore[arg-type]
+    )
+    await ingestor._after_commit(counted("a", "M-1"))  # the first refresh: Redis is down
+    await ingestor._after_commit(counted("b", "M-2"))  # within LIVE_REFRESH_SECONDS: waits
+    await ingestor._after_commit(counted("c", "M-2"))
+    assert live.calls == [{"M-1"}]
+    await ingestor.drain()  # idle: everything due now, the failed M-1 included
+    assert live.calls == [{"M-1"}, {"M-1", "M-2"}]
+    await ingestor.drain()  # nothing due: no call
+    assert len(live.calls) == 2
