@@ -6,9 +6,7 @@ import json
 import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
-from molam_workloads.core.events import TransactionEvent
 from molam_workloads.core.measures import MEASURES
 from molam_workloads.ingest.aggregation import (
     aggregate,
@@ -22,28 +20,7 @@ from molam_workloads.ingest.aggregation import (
     truncate_minute,
 )
 
-T0 = datetime(2025, 7, 1, 10, 15, 30, tzinfo=UTC)
-
-
-def ev(txn: str, **kw: object) -> TransactionEvent:
-    base: dict[str, object] = {
-        "event_id": f"e-{txn}",
-        "txn_id": txn,
-        "merchant_id": "M-1",
-        "occurred_at": T0,
-        "amount": "100.50",
-        "currency": "XOF",
-        "country": "SN",
-        "channel": "mobile_money",
-        "type": "payment",
-        "status": "succeeded",
-        "fee": "1.25",
-    }
-    return TransactionEvent.model_validate(base | kw)
-
-
-def m(row: list[object], name: str) -> object:
-    return row[MEASURES.index(name)]
+from .reference import T0, ev, m, one_by_one
 
 
 def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_the_splits() -> None:
@@ -135,22 +112,6 @@ def test_removing_the_ledger_rejects_equals_aggregating_only_the_new() -> None:
     # The prepared batch is untouched (a failed write is retried from it).
     assert (batch.hourly, batch.minute, batch.hourly_json()) == before
     assert batch.without([]) is batch
-
-
-def one_by_one(events: list[TransactionEvent], bucket: Any) -> dict[Any, list[Any]]:
-    """The measures summed event by event, the obvious way (the reference for ``aggregate``)."""
-    rows: dict[Any, list[Any]] = {}
-    for e in events:
-        key = (bucket(e.occurred_at), e.merchant_id, e.country, e.currency, e.channel)
-        row = rows.setdefault(key, [Decimal(0) if n.endswith("_local") else 0 for n in MEASURES])
-        row[MEASURES.index("tx_count")] += 1
-        row[MEASURES.index("gross_volume_local")] += e.amount
-        row[MEASURES.index(f"{e.status.value}_count")] += 1
-        if e.status.value == "succeeded":
-            row[MEASURES.index(f"{e.type.value}_count")] += 1
-            row[MEASURES.index(f"{e.type.value}_volume_local")] += e.amount
-            row[MEASURES.index("fee_local")] += e.fee
-    return rows
 
 
 def test_aggregate_equals_the_event_by_event_sums() -> None:

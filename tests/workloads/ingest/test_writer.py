@@ -8,36 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 
 from molam_workloads.core.events import TransactionEvent
 from molam_workloads.core.measures import MEASURES
-from molam_workloads.ingest.aggregation import dedupe, summarize
+from molam_workloads.ingest.aggregation import dedupe, summarize, truncate_hour, truncate_minute
 from molam_workloads.ingest.writer import BatchWriter
 
-T0 = datetime(2025, 7, 1, 10, 15, 30, tzinfo=UTC)
-Rows = dict[tuple[Any, ...], list[Any]]
-
-
-def ev(txn: str, **kw: object) -> TransactionEvent:
-    base: dict[str, object] = {
-        "event_id": f"e-{txn}",
-        "txn_id": txn,
-        "merchant_id": "M-1",
-        "occurred_at": T0,
-        "amount": "100.50",
-        "currency": "XOF",
-        "country": "SN",
-        "channel": "mobile_money",
-        "type": "payment",
-        "status": "succeeded",
-        "fee": "1.25",
-    }
-    return TransactionEvent.model_validate(base | kw)
+from .reference import T0, Rows, ev, m, one_by_one
 
 
 async def write(
@@ -58,29 +39,6 @@ async def table(db: asyncpg.Connection, name: str, time_column: str) -> Rows:
         f" FROM {name}"
     )
     return {tuple(r[:5]): list(r[5:]) for r in rows}
-
-
-def m(row: list[Any], name: str) -> Any:
-    return row[MEASURES.index(name)]
-
-
-def one_by_one(events: list[TransactionEvent], unit: str) -> Rows:
-    """The measures summed event by event, the obvious way (the reference for the SQL)."""
-    rows: Rows = {}
-    for e in events:
-        at = e.occurred_at.replace(second=0, microsecond=0)
-        if unit == "hour":
-            at = at.replace(minute=0)
-        key = (at, e.merchant_id, e.country, e.currency, e.channel)
-        row = rows.setdefault(key, [Decimal(0) if n.endswith("_local") else 0 for n in MEASURES])
-        row[MEASURES.index("tx_count")] += 1
-        row[MEASURES.index("gross_volume_local")] += e.amount
-        row[MEASURES.index(f"{e.status.value}_count")] += 1
-        if e.status.value == "succeeded":
-            row[MEASURES.index(f"{e.type.value}_count")] += 1
-            row[MEASURES.index(f"{e.type.value}_volume_local")] += e.amount
-            row[MEASURES.index("fee_local")] += e.fee
-    return rows
 
 
 async def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_the_splits(
@@ -140,8 +98,8 @@ async def test_a_second_batch_adds_to_the_buckets_and_the_ledger_rejects_repeats
     counted = await write(db, second, offsets={0: 7})
     assert [e.txn_id for e in counted] == ["a", "d"]
     unique = dedupe(first + second)
-    assert await table(db, "txn_hourly_agg", "hour") == one_by_one(unique, "hour")
-    assert await table(db, "txn_minute_agg", "minute") == one_by_one(unique, "minute")
+    assert await table(db, "txn_hourly_agg", "hour") == one_by_one(unique, truncate_hour)
+    assert await table(db, "txn_minute_agg", "minute") == one_by_one(unique, truncate_minute)
     assert await db.fetchval("SELECT count(*) FROM ingested_transactions") == 4
     assert await db.fetchval("SELECT next_offset FROM consumer_offsets") == 7
 
@@ -179,9 +137,12 @@ async def test_sql_sums_equal_the_event_by_event_sums(db: asyncpg.Connection) ->
     ]
     for chunk in (events[:1000], events[1000:]):
         await write(db, chunk)
-    for name, unit in (("txn_hourly_agg", "hour"), ("txn_minute_agg", "minute")):
+    for name, unit, bucket in (
+        ("txn_hourly_agg", "hour", truncate_hour),
+        ("txn_minute_agg", "minute", truncate_minute),
+    ):
         # Decimal equality: the columns are numeric(20,4), so 1.5 comes back as 1.5000.
-        assert await table(db, name, unit) == one_by_one(events, unit)
+        assert await table(db, name, unit) == one_by_one(events, bucket)
 
 
 async def test_an_empty_batch_still_moves_the_offsets(db: asyncpg.Connection) -> None:

@@ -1,0 +1,51 @@
+"""Hand-made events and the obvious event-by-event sums, the reference for the aggregation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from molam_workloads.core.events import TransactionEvent
+from molam_workloads.core.measures import MEASURES
+
+T0 = datetime(2025, 7, 1, 10, 15, 30, tzinfo=UTC)
+Rows = dict[tuple[Any, ...], list[Any]]
+
+
+def ev(txn: str, **kw: object) -> TransactionEvent:
+    base: dict[str, object] = {
+        "event_id": f"e-{txn}",
+        "txn_id": txn,
+        "merchant_id": "M-1",
+        "occurred_at": T0,
+        "amount": "100.50",
+        "currency": "XOF",
+        "country": "SN",
+        "channel": "mobile_money",
+        "type": "payment",
+        "status": "succeeded",
+        "fee": "1.25",
+    }
+    return TransactionEvent.model_validate(base | kw)
+
+
+def m(row: list[Any], name: str) -> Any:
+    return row[MEASURES.index(name)]
+
+
+def one_by_one(events: list[TransactionEvent], bucket: Callable[[datetime], datetime]) -> Rows:
+    """The measures summed event by event, the obvious way."""
+    rows: Rows = {}
+    for e in events:
+        key = (bucket(e.occurred_at), e.merchant_id, e.country, e.currency, e.channel)
+        row = rows.setdefault(key, [Decimal(0) if n.endswith("_local") else 0 for n in MEASURES])
+        row[MEASURES.index("tx_count")] += 1
+        row[MEASURES.index("gross_volume_local")] += e.amount
+        row[MEASURES.index(f"{e.status.value}_count")] += 1
+        if e.status.value == "succeeded":
+            row[MEASURES.index(f"{e.type.value}_count")] += 1
+            row[MEASURES.index(f"{e.type.value}_volume_local")] += e.amount
+            row[MEASURES.index("fee_local")] += e.fee
+    return rows
