@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -49,3 +50,22 @@ def one_by_one(events: list[TransactionEvent], bucket: Callable[[datetime], date
             row[MEASURES.index(f"{e.type.value}_volume_local")] += e.amount
             row[MEASURES.index("fee_local")] += e.fee
     return rows
+
+
+def random_events(n: int, seed: int) -> list[TransactionEvent]:
+    """``n`` events over four hours, every dimension, type and status mixed, money to 4 places."""
+    rnd = random.Random(seed)
+    return [
+        ev(
+            f"t{i}",
+            occurred_at=T0 + timedelta(seconds=rnd.randrange(4 * 3600)),
+            merchant_id=rnd.choice(["M-1", "M-2", None]),
+            country=rnd.choice(["SN", "CI"]),
+            channel=rnd.choice(["card", "wallet"]),
+            type=rnd.choice(["payment", "refund", "payout", "transfer"]),
+            status=rnd.choice(["succeeded", "failed", "pending"]),
+            amount=f"{rnd.randrange(1, 10**6)}.{rnd.randrange(10**4):04d}",
+            fee=rnd.choice(["0", "1.5", "0.0001", "12"]),
+        )
+        for i in range(n)
+    ]

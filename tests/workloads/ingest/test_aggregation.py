@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -20,7 +19,7 @@ from molam_workloads.ingest.aggregation import (
     truncate_minute,
 )
 
-from .reference import T0, ev, m, one_by_one
+from .reference import T0, ev, m, one_by_one, random_events
 
 
 def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_the_splits() -> None:
@@ -115,21 +114,7 @@ def test_removing_the_ledger_rejects_equals_aggregating_only_the_new() -> None:
 
 
 def test_aggregate_equals_the_event_by_event_sums() -> None:
-    rnd = random.Random(5)
-    events = [
-        ev(
-            f"t{i}",
-            occurred_at=T0 + timedelta(seconds=rnd.randrange(4 * 3600)),
-            merchant_id=rnd.choice(["M-1", "M-2", None]),
-            country=rnd.choice(["SN", "CI"]),
-            channel=rnd.choice(["card", "wallet"]),
-            type=rnd.choice(["payment", "refund", "payout", "transfer"]),
-            status=rnd.choice(["succeeded", "failed", "pending"]),
-            amount=f"{rnd.randrange(1, 10**6)}.{rnd.randrange(10**4):04d}",
-            fee=rnd.choice(["0", "1.5", "0.0001", "12"]),
-        )
-        for i in range(3000)
-    ]
+    events = random_events(3000, seed=5)
     for bucket in (truncate_hour, truncate_minute):
         got, want = aggregate(events, bucket), one_by_one(events, bucket)
         assert got == want

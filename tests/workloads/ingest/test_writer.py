@@ -7,7 +7,6 @@ hand-computed values, and the ledger against a concurrent insert of the same tra
 from __future__ import annotations
 
 import asyncio
-import random
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -18,7 +17,7 @@ from molam_workloads.core.measures import MEASURES
 from molam_workloads.ingest.aggregation import dedupe, summarize, truncate_hour, truncate_minute
 from molam_workloads.ingest.writer import BatchWriter
 
-from .reference import T0, Rows, ev, m, one_by_one
+from .reference import T0, Rows, ev, m, one_by_one, random_events
 
 
 async def write(
@@ -120,21 +119,7 @@ async def test_minute_buckets_only_from_the_horizon_on(db: asyncpg.Connection) -
 
 
 async def test_sql_sums_equal_the_event_by_event_sums(db: asyncpg.Connection) -> None:
-    rnd = random.Random(5)
-    events = [
-        ev(
-            f"t{i}",
-            occurred_at=T0 + timedelta(seconds=rnd.randrange(4 * 3600)),
-            merchant_id=rnd.choice(["M-1", "M-2", None]),
-            country=rnd.choice(["SN", "CI"]),
-            channel=rnd.choice(["card", "wallet"]),
-            type=rnd.choice(["payment", "refund", "payout", "transfer"]),
-            status=rnd.choice(["succeeded", "failed", "pending"]),
-            amount=f"{rnd.randrange(1, 10**6)}.{rnd.randrange(10**4):04d}",
-            fee=rnd.choice(["0", "1.5", "0.0001", "12"]),
-        )
-        for i in range(3000)
-    ]
+    events = random_events(3000, seed=5)
     for chunk in (events[:1000], events[1000:]):
         await write(db, chunk)
     for name, unit, bucket in (
