@@ -1,7 +1,7 @@
 """Today's live counters as PostgreSQL computes them: the fields of a ``live:merchant:*`` hash.
 
-The consumer writes these hashes to Redis after each batch (``ingest/live_counters.py``) and the
-API falls back to the same reader when a hash is missing, so both agree on every field:
+The consumer writes these hashes to Redis after committed batches (``ingest/live_counters.py``)
+and the API falls back to the same reader when a hash is missing, so both agree on every field:
 
 - ``tx_count``, ``succeeded_count``, ``failed_count``, ``pending_count`` — every transaction;
 - ``payment_count``, ``refund_count``, ``payout_count``, ``transfer_count`` — succeeded ones;

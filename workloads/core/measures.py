@@ -1,4 +1,4 @@
-"""The measures of an aggregate bucket, as SQL: one definition for the consumer and backfill.
+"""The measures of an aggregate bucket: their names and order, and their SQL definition.
 
 A bucket of ``txn_hourly_agg`` / ``txn_minute_agg`` is (time bucket, merchant, country,
 currency, channel). ``tx_count`` and ``gross_volume_local`` count every transaction whatever its
@@ -6,10 +6,11 @@ type and status (they reconcile with ``wallet_transactions``); the per-type meas
 count succeeded transactions only, as the schema documents. Every measure is a sum, so a
 batch's buckets can be *added* to what a table already holds.
 
-The consumer aggregates each batch's newly counted events with these expressions and backfill
-aggregates ``wallet_transactions`` with the same ones, so the two can never disagree on a figure.
-A source needs the columns ``occurred_at`` (timestamptz), ``merchant_id``, ``country``,
-``currency``, ``channel``, ``type``, ``status`` (text) and ``amount``, ``fee`` (numeric).
+The consumer sums each batch in Python in ``MEASURES`` order (``ingest.aggregation``, checked
+against an event-by-event reference); backfill aggregates ``wallet_transactions`` with the SQL
+expressions below (tests check that both give the same rows). A SQL source needs the columns
+``occurred_at`` (timestamptz), ``merchant_id``, ``country``, ``currency``, ``channel``,
+``type``, ``status`` (text) and ``amount``, ``fee`` (numeric).
 """
 
 from __future__ import annotations
@@ -56,17 +57,8 @@ def measure_exprs() -> list[str]:
     return exprs
 
 
-def grouped_select(
-    unit: str, time_column: str, source: str, where: str = "TRUE", ordered: bool = False
-) -> str:
-    """``SELECT`` of ``source``'s buckets per ``unit`` (hour or minute, UTC).
-
-    ``ordered``: in key order, for writers that may upsert overlapping buckets at once (they
-    then lock them in the same order and wait for each other instead of deadlocking). Byte
-    order ("C"): any fixed order does, and this one lets PostgreSQL hash the groups and sort
-    only them, rather than sort every row by the database's collation to group it.
-    """
-    order = " ORDER BY 1, " + ", ".join(f'{k} COLLATE "C"' for k in KEYS)
+def grouped_select(unit: str, time_column: str, source: str, where: str = "TRUE") -> str:
+    """``SELECT`` of ``source``'s buckets per ``unit`` (hour or minute, UTC)."""
     measures = ",\n       ".join(
         f"{e} AS {m}" for e, m in zip(measure_exprs(), MEASURES, strict=True)
     )
@@ -75,4 +67,4 @@ def grouped_select(
        {measures}
     FROM {source}
     WHERE {where}
-    GROUP BY 1, 2, 3, 4, 5{order if ordered else ""}"""
+    GROUP BY 1, 2, 3, 4, 5"""

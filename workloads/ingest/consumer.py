@@ -2,8 +2,9 @@
 
 Per batch (one ``getmany``): decode every record; publish the malformed ones to the DLQ and
 wait until the broker has them; write ledger + aggregates + offsets in one transaction
-(``BatchWriter``); then, best effort, commit the offsets to Kafka (what lag tools read), set the
-live counters in Redis and let SIRA look at the batch. PostgreSQL is the source of truth for
+(``BatchWriter``); then, best effort, commit the offsets to Kafka (what lag tools read), let
+SIRA look at the batch and, at most every ``LIVE_REFRESH_SECONDS`` (at once when idle), set the
+live counters in Redis. PostgreSQL is the source of truth for
 offsets: on every assignment each partition is sought to the offset stored beside the data, and
 a batch read before a rebalance is abandoned rather than written (its partitions are re-read by
 their owner from those offsets).

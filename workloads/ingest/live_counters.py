@@ -1,8 +1,10 @@
 """Redis live counters: today's absolute figures per merchant, read back from PostgreSQL.
 
-Redis is never incremented: after each committed batch the consumer reads the day's totals of
-the merchants it touched (and of the whole platform) from ``txn_hourly_agg`` and writes them
-whole, so Redis cannot drift from the database however often a batch is retried or replayed.
+Redis is never incremented: after committed batches (at most every ``LIVE_REFRESH_SECONDS``
+while they keep coming, at once when the consumer is idle) the consumer reads the day's totals
+of the merchants they touched (and of the whole platform) from ``txn_hourly_agg`` and writes
+them whole, so Redis cannot drift from the database however often a batch is retried or
+replayed.
 
 One hash per merchant per UTC day, ``core.cache.live_key`` (``live:merchant:<id>:<day>``, the
 platform under ``_all``), with the fields ``core.live`` reads from PostgreSQL.
