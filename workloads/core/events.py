@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import msgspec
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -85,9 +86,25 @@ def _bounded(d: Decimal) -> Decimal:
     return d
 
 
+def _storable(v: str) -> str:
+    # PostgreSQL text cannot hold NUL: accepted, such an event would fail its batch's write
+    # on every retry and stop the partition, instead of going to the DLQ.
+    if "\x00" in v:
+        raise ValueError("must not contain NUL characters")
+    return v
+
+
 Money = Annotated[Decimal, BeforeValidator(_money)]
-Ident = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
-Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+Ident = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+    AfterValidator(_storable),
+]
+Label = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    AfterValidator(_storable),
+]
 
 
 class TransactionEvent(BaseModel):
@@ -191,8 +208,11 @@ def _fast(raw: bytes | bytearray | str) -> TransactionEvent | None:
         and (
             merchant_id is None
             or merchant_id is msgspec.UNSET
-            or merchant_id.strip() == merchant_id
+            or (merchant_id.strip() == merchant_id and "\x00" not in merchant_id)
         )
+        and "\x00" not in c.event_id
+        and "\x00" not in c.txn_id
+        and "\x00" not in c.channel
         and country.isascii()
         and country.isalpha()
         and _TIMESTAMP(c.occurred_at)

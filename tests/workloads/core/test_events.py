@@ -150,9 +150,9 @@ def outcome(decode: Any, value: bytes) -> Any:
 _ABSENT = object()
 VARIANTS: dict[str, list[Any]] = {
     "event_id": ["e", " e", "e ", "\x1ce", "e\x1f", "\u3000e", "", " ", "x" * 128, "x" * 129,
-                 5, None, _ABSENT, ["e"], "é-1", "e\n"],
-    "txn_id": ["T", " T ", "\x85T", "T\u00a0", "y" * 128, "y" * 129, 7, True, _ABSENT],
-    "merchant_id": ["M-1", None, _ABSENT, "", " M ", "\x1dM", 12, "m" * 129],
+                 5, None, _ABSENT, ["e"], "é-1", "e\n", "e\x00", "\x00"],
+    "txn_id": ["T", " T ", "\x85T", "T\u00a0", "y" * 128, "y" * 129, 7, True, _ABSENT, "T\x00"],
+    "merchant_id": ["M-1", None, _ABSENT, "", " M ", "\x1dM", 12, "m" * 129, "M\x00-1"],
     "occurred_at": [
         "2025-07-01T10:15:00Z", "2025-07-01T10:15:00.1Z", "2025-07-01T10:15:00.123456Z",
         "2025-07-01T10:15:00.1234567Z", "2025-07-01T12:15:00+02:00", "2025-07-01T10:15:00-00:00",
@@ -172,7 +172,7 @@ VARIANTS: dict[str, list[Any]] = {
     "currency": ["XOF", "xof", "usd", "XYZ", "XO", "XOFF", " XOF", "ß12", "x\u0307of", 5,
                  None, _ABSENT],
     "country": ["SN", "sn", "S1", "SEN", "S", "éé", "SN\n", "\u212aK", 5, None, _ABSENT],
-    "channel": ["card", " card ", "\x1ecard", "", "c" * 64, "c" * 65, 3, None, _ABSENT],
+    "channel": ["card", " card ", "\x1ecard", "", "c" * 64, "c" * 65, 3, None, _ABSENT, "ca\x00rd"],
     "type": ["payment", "refund", "payout", "transfer", "Payment", " payment", "chargeback", 1,
              None, _ABSENT],
     "status": ["succeeded", "failed", "pending", "FAILED", "done", 0, None, _ABSENT],
