@@ -225,3 +225,11 @@ def test_fast_path_decides_as_the_model_on_random_combinations() -> None:
 )  # fmt: skip
 def test_json_parsing_is_unchanged(value: bytes) -> None:
     assert outcome(decode_event, value) == outcome(reference, value)
+
+
+def test_copies_of_a_decoded_event_can_be_updated() -> None:
+    ev = decode_event(raw(event()), now=NOW)
+    changed = ev.model_copy(update={"fee": Decimal("2")})
+    deep = ev.model_copy(update={"channel": "card"}, deep=True)
+    assert (changed.fee, deep.channel) == (Decimal("2"), "card")
+    assert ev.fee == Decimal("1.25") and ev.model_fields_set == set(TransactionEvent.model_fields)
