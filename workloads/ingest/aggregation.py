@@ -57,6 +57,8 @@ def aggregate(
 ) -> dict[BucketKey, list[Any]]:
     """Sum the measures of ``events`` per bucket; values are in ``MEASURES`` order.
 
+    ``bucket`` truncates a UTC time to its hour or minute (``truncate_hour``/``_minute``).
+
     ``tx_count`` and ``gross_volume_local`` count every transaction whatever its type and
     status (they reconcile with ``wallet_transactions``); the per-type measures and fees count
     succeeded transactions only, as the schema documents.
@@ -65,9 +67,17 @@ def aggregate(
     # spread over the measures. Decimal sums are exact, so the order of additions is irrelevant.
     groups: dict[tuple[Any, ...], list[Any]] = {}
     get = groups.get
+    # ``bucket`` (an hour or a minute) depends on the minute alone: computed once per minute of
+    # the batch, found by an integer key that costs a quarter of ``datetime.replace``.
+    buckets: dict[int, datetime] = {}
     for ev in events:
+        ts = ev.occurred_at
+        minute = ts.toordinal() * 1440 + ts.hour * 60 + ts.minute
+        at = buckets.get(minute)
+        if at is None:
+            at = buckets[minute] = bucket(ts)
         key = (
-            bucket(ev.occurred_at),
+            at,
             ev.merchant_id,
             ev.country,
             ev.currency,
