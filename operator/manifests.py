@@ -87,6 +87,7 @@ class PipelineConfig:
     refresh_suspend: bool
     sira_enabled: bool
     sira_z_threshold: float
+    ledger_retention_days: int
     scaling: ConsumerScaling
     resources: Mapping[str, Any] = field(default_factory=dict)  # component -> resources
 
@@ -154,6 +155,7 @@ def parse_spec(spec: Mapping[str, Any]) -> PipelineConfig:
         refresh_suspend=bool(sect("views").get("suspend", False)),
         sira_enabled=bool(sect("sira").get("enabled", True)),
         sira_z_threshold=float(sect("sira").get("zThreshold", 3)),
+        ledger_retention_days=int(consumer.get("ledgerRetentionDays", 0)),
         scaling=scaling,
         resources={
             c: dict(sect(s).get("resources") or DEFAULT_RESOURCES)
@@ -209,6 +211,7 @@ def build_config_map(pipeline: str, cfg: PipelineConfig) -> dict[str, Any]:
         "DLQ_TOPIC": cfg.dlq_topic,
         "SIRA_ENABLED": "true" if cfg.sira_enabled else "false",
         "SIRA_Z_THRESHOLD": _num(cfg.sira_z_threshold),
+        "LEDGER_RETENTION_DAYS": str(cfg.ledger_retention_days),
         "API_PORT": str(API_PORT),
         "CACHE_TTL_SECONDS": str(cfg.cache_ttl_seconds),
         "REPORTING_CURRENCY": cfg.reporting_currency,

@@ -57,6 +57,7 @@ def test_config_map_carries_the_spec_environment() -> None:
     assert data["KAFKA_CONSUMER_GROUP"] == "analytics-consumer-g"
     assert data["SIRA_ENABLED"] == "true"
     assert data["SIRA_Z_THRESHOLD"] == "3"
+    assert data["LEDGER_RETENTION_DAYS"] == "0"
     assert data["API_PORT"] == "8082"
     assert data["ALERTS_INTERVAL_SECONDS"] == "60"
     assert all(isinstance(v, str) for v in data.values())

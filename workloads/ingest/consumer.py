@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from molam_workloads.core import metrics
 from molam_workloads.core.events import InvalidEvent, TransactionEvent, decode_event
 from molam_workloads.core.kafka import CLIENT_ID
+from molam_workloads.ingest import ledger
 from molam_workloads.ingest.aggregation import BatchAggregates, horizon, summarize
 from molam_workloads.ingest.dead_letters import dead_letter
 from molam_workloads.ingest.live_counters import LiveCounters, merchants_touched_on
@@ -131,6 +132,8 @@ class Ingestor:
         self._follow_up: asyncio.Task[None] | None = None
         self._live_due: set[str | None] = set()  # merchants whose live counters are behind
         self._live_at = 0.0  # time.monotonic() of the last live-counter refresh
+        self._trimming: asyncio.Task[None] | None = None  # ledger retention, in the background
+        self._trimmed_at = -ledger.TRIM_EVERY_SECONDS  # time.monotonic() of the last trim
         # Running totals of this consumer (records, counted, duplicates, dead, abandoned).
         self.totals: dict[str, int] = dict.fromkeys(
             ("records", "counted", "duplicates", "dead", "abandoned"), 0
@@ -182,13 +185,14 @@ class Ingestor:
                     await writing
                     writing = None
                     await self.drain()  # idle: live counters now, not with the next batch
+                self._maybe_trim()
                 self._observe(consumer)
             if writing is not None:
                 await writing
                 writing = None
             await self.drain()
         finally:
-            for task in (writing, self._follow_up):
+            for task in (writing, self._follow_up, self._trimming):
                 if task is not None and not task.done():
                     # Leaving on an error: nothing of an unfinished transaction is kept, and
                     # live counters are rewritten whole by the next batch anyway.
@@ -245,6 +249,7 @@ class Ingestor:
         """Decode a batch; malformed records go to the DLQ, durably, before anything else."""
         prepared = PreparedBatch(epoch=self.epoch)
         now = prepared.now
+        oldest = ledger.oldest_accepted(now, self.settings.ledger_retention_days)
         dead_sends: list[Any] = []
         for tp, records in batch.items():
             if not records:
@@ -255,6 +260,14 @@ class Ingestor:
                     await asyncio.sleep(0)
                 try:
                     ev = decode_event(rec.value, now)
+                    if oldest is not None and ev.occurred_at < oldest:
+                        raise InvalidEvent(
+                            "beyond_ledger_retention",
+                            f"occurred_at {ev.occurred_at.isoformat()} is older than"
+                            f" LEDGER_RETENTION_DAYS={self.settings.ledger_retention_days}:"
+                            " a copy of it could no longer be recognised (backfill counts"
+                            " such history from wallet_transactions)",
+                        )
                     prepared.valid.append(ev)
                     seen = prepared.newest.get(tp.partition)
                     if seen is None or ev.occurred_at > seen:
@@ -404,6 +417,26 @@ class Ingestor:
                 # Anomaly detection is advisory: it must never stop ingestion.
                 log.exception("SIRA detector failed on a batch")
                 metrics.SIRA_FAILURES.inc()
+
+    def _maybe_trim(self) -> None:
+        """Start deleting expired ledger rows when retention is on and it is time."""
+        days = self.settings.ledger_retention_days
+        if not days or (self._trimming is not None and not self._trimming.done()):
+            return
+        if time.monotonic() - self._trimmed_at < ledger.TRIM_EVERY_SECONDS:
+            return
+        self._trimmed_at = time.monotonic()
+        self._trimming = asyncio.create_task(self.trim_ledger())
+
+    async def trim_ledger(self) -> None:
+        before = ledger.trim_before(datetime.now(UTC), self.settings.ledger_retention_days)
+        try:
+            n = await ledger.trim(self.pool, before)
+        except _RETRYABLE_DB as exc:
+            log.warning("ledger retention: trim failed, tried again later: %r", exc)
+            return
+        if n:
+            log.info("ledger retention: %d row(s) of transactions before %s deleted", n, before)
 
     async def _refresh_live(self) -> None:
         if self.live is None or not self._live_due:

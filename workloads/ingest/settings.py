@@ -38,5 +38,9 @@ class IngestSettings(
     # them after MINUTE_AGG_RETENTION_HOURS (the same variable): events older than that (a
     # replay, a consumer catching up) skip them. 0 writes every minute.
     minute_agg_retention_hours: int = Field(default=48, ge=0)
+    # The exactly-once ledger keeps one row per transaction; 0 keeps them forever. N keeps N
+    # days (see ingest.ledger): older events then go to the DLQ, since a copy of them could no
+    # longer be recognised.
+    ledger_retention_days: int = Field(default=0, ge=0, le=36_500)
     # Live counters are per UTC day; two days keeps yesterday's around for late readers.
     live_counter_ttl_seconds: int = Field(default=2 * 86400, ge=60)
