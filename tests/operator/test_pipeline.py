@@ -465,8 +465,10 @@ async def test_trend_sizing_scales_a_growing_backlog_the_threshold_rule_ignores(
     await lag.produce(5)
     await lag.commit(behind=5)
     committed = [0] * 4
-    # 80 records/s arrive; the one replica commits 40/s: the backlog grows by 40/s.
-    deadline = time.monotonic() + 20
+    # 80 records/s arrive; the one replica commits 40/s: the backlog grows by 40/s. The trend
+    # needs a few polls to be measured; 45 s leaves room on a loaded machine (20 s once failed
+    # in CI) while the threshold rule alone would not act before 100000 (40 minutes here).
+    deadline = time.monotonic() + 45
     while replicas(namespace) == 1 and time.monotonic() < deadline:
         await lag.produce(10)
         for p in range(4):
