@@ -435,6 +435,10 @@ class Ingestor:
         except _RETRYABLE_DB as exc:
             log.warning("ledger retention: trim failed, tried again later: %r", exc)
             return
+        except Exception:
+            # Housekeeping: a bug here must not stop ingestion (nor vanish with its task).
+            log.exception("ledger retention: trim failed, tried again later")
+            return
         if n:
             log.info("ledger retention: %d row(s) of transactions before %s deleted", n, before)
 
