@@ -41,6 +41,10 @@ AGGREGATION_LAG = Gauge(
 CONSUMER_LAG = Gauge(
     "analytics_consumer_lag", "Messages behind the end of the partition", ["partition"]
 )
+LEDGER_TRIMMED = Counter(
+    "analytics_ledger_trimmed_rows",
+    "Exactly-once ledger rows deleted by LEDGER_RETENTION_DAYS",
+)
 DB_POOL_SIZE = Gauge("analytics_db_pool_connections", "Open pool connections", ["state"])
 DB_POOL_MAX = Gauge("analytics_db_pool_max_connections", "Pool size limit (DB_POOL_MAX)")
 

@@ -439,6 +439,7 @@ class Ingestor:
             # Housekeeping: a bug here must not stop ingestion (nor vanish with its task).
             log.exception("ledger retention: trim failed, tried again later")
             return
+        metrics.LEDGER_TRIMMED.inc(n)
         if n:
             log.info("ledger retention: %d row(s) of transactions before %s deleted", n, before)
 

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
 from molam_workloads.core.db import create_pool
@@ -57,6 +58,7 @@ async def test_old_events_go_to_the_dlq_and_old_ledger_rows_are_trimmed(
         dead = await read_topic(stack.bootstrap, stack.dlq, 2)
         await wait_until(lambda: _rows(db, "ledger-0", 0))
 
+    assert REGISTRY.get_sample_value("analytics_ledger_trimmed_rows_total") >= 1
     docs = [json.loads(d) for d in dead]
     assert {d["reason"] for d in docs} == {"beyond_ledger_retention"}
     assert all("LEDGER_RETENTION_DAYS=30" in d["detail"] for d in docs)
