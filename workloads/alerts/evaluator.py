@@ -34,7 +34,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -420,6 +420,9 @@ async def _cycle(conn: Conn, settings: AlertsSettings, now: datetime) -> CycleRe
     # Due at once (database clock): the notifier sends them after this transaction commits.
     report.notifications = await _queue(conn, settings, "firing", opened_new)
     report.notifications += await _queue(conn, settings, "resolved", report.resolved)
+    report.notifications += await _queue(
+        conn, settings, "resolved", await _resolved_by_hand(conn, now)
+    )
 
     # Every evaluated rule's state row, in one statement.
     ids: list[uuid.UUID] = []
@@ -605,6 +608,27 @@ async def _resolve_orphans(conn: Conn, now: datetime) -> list[asyncpg.Record]:
         """
     )
     return list(rows)
+
+
+# An alert resolved through the API gets its "resolved" webhook from the next cycle: the
+# evaluator owns the webhook settings and the outbox, whose (alert, url, status) key queues it
+# once. Looked for over this long, so a cycle skipped or late still sends it.
+RESOLVED_BY_HAND_WITHIN = timedelta(days=1)
+
+
+async def _resolved_by_hand(conn: Conn, now: datetime) -> list[int]:
+    """Alerts resolved through the API lately whose "resolved" notification is not queued."""
+    rows = await conn.fetch(
+        """
+        SELECT a.id FROM analytics_alerts a
+        WHERE a.state = 'resolved' AND a.resolved_by <> 'evaluator'
+          AND a.resolved_at > $1
+          AND NOT EXISTS (SELECT 1 FROM analytics_alert_notifications n
+                          WHERE n.alert_id = a.id AND n.status = 'resolved')
+        """,
+        now - RESOLVED_BY_HAND_WITHIN,
+    )
+    return [r["id"] for r in rows]
 
 
 async def _history(conn: Conn, alert_ids: list[int], now: datetime, reason: str) -> None:

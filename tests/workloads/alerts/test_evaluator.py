@@ -13,6 +13,7 @@ from molam_workloads.alerts.evaluator import run_cycle
 from molam_workloads.alerts.notifier import Notifier
 from molam_workloads.alerts.payload import verify
 from molam_workloads.alerts.settings import AlertsSettings
+from molam_workloads.api.queries.alerts import transition
 from molam_workloads.core.rules import delete_rule
 
 from .conftest import SECRET, T0, MakeReceiver, add_minutes, add_rule
@@ -225,6 +226,40 @@ async def test_fires_once_respects_for_resolves_and_notifies(
     await run_cycle(pool, settings, now=T0 + 50 * M)
     r = await run_cycle(pool, settings, now=T0 + 55 * M)
     assert len(r.fired) == 1 and await state() == ("firing", 2)
+
+
+async def test_an_alert_resolved_through_the_api_sends_its_resolved_webhook_once(
+    db: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    settings: AlertsSettings,
+    receiver: MakeReceiver,
+) -> None:
+    hook = await receiver()
+    quiet = await receiver()
+    await add_rule(
+        db,
+        "failures",
+        metric="failure_rate",
+        comparison="gt",
+        threshold=0.2,
+        windowMinutes=15,
+        notify={"webhooks": [{"url": hook.url}, {"url": quiet.url, "sendResolved": False}]},
+    )
+    await add_minutes(db, T0 - 15 * M, 30, succeeded=5, failed=5)
+    notifier = Notifier(pool, settings)
+    assert len((await run_cycle(pool, settings, now=T0)).fired) == 1
+    assert await notifier.drain_once() == 2
+    alert_id = await db.fetchval("SELECT id FROM analytics_alerts")
+
+    await transition(db, alert_id, "resolved", "ops@example.com", "handled by hand")
+    r = await run_cycle(pool, settings, now=T0 + M)  # the condition still holds: no new alert
+    assert r.fired == [] and r.notifications == 1
+    assert (await run_cycle(pool, settings, now=T0 + 2 * M)).notifications == 0  # once
+    assert await notifier.drain_once() == 1
+    await notifier.aclose()
+    assert [m.json["status"] for m in hook.received] == ["firing", "resolved"]
+    assert [m.json["status"] for m in quiet.received] == ["firing"]
+    assert await db.fetchval("SELECT count(*) FROM analytics_alerts") == 1
 
 
 async def test_rule_disabled_or_deleted_while_firing_resolves(
