@@ -152,9 +152,6 @@ def _own_fields_set(ev: _E) -> _E:
     return ev
 
 
-# The fallback's decoder (one for every call: ``json.loads(raw, parse_float=Decimal)`` would build
-# a new one per call). JSON numbers with a fraction or exponent become Decimal, exactly as written.
-_DECODER = json.JSONDecoder(parse_float=Decimal)
 _FIELDS = frozenset(TransactionEvent.model_fields)
 # The canonical RFC 3339 form producers send; any other spelling is left to pydantic.
 _TIMESTAMP = re.compile(
@@ -189,22 +186,12 @@ class _Canonical(msgspec.Struct):
 
 
 _decode_canonical = msgspec.json.Decoder(_Canonical).decode
-_ALL_SET = frozenset(_FIELDS)
 _WITHOUT = {
-    (True, True): _ALL_SET,
-    (False, True): _ALL_SET - {"merchant_id"},
-    (True, False): _ALL_SET - {"fee"},
-    (False, False): _ALL_SET - {"merchant_id", "fee"},
+    (True, True): _FIELDS,
+    (False, True): _FIELDS - {"merchant_id"},
+    (True, False): _FIELDS - {"fee"},
+    (False, False): _FIELDS - {"merchant_id", "fee"},
 }
-
-
-def _loads(raw: bytes | bytearray | str) -> Any:
-    """``json.loads(raw, parse_float=Decimal)`` with a shared decoder (its very steps)."""
-    if isinstance(raw, str):
-        if raw.startswith("\ufeff"):
-            raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
-        return _DECODER.decode(raw)
-    return _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
 
 
 def _fast(raw: bytes | bytearray | str) -> TransactionEvent | None:
@@ -281,7 +268,7 @@ def _slow(raw: bytes) -> TransactionEvent:
     """The model's verdict on anything the fast path was not sure of, with its error message."""
     try:
         # parse_float=Decimal keeps "amount": 12345678901234.5678 exact; a float would not.
-        obj = _loads(raw)
+        obj = json.loads(raw, parse_float=Decimal)
     except (ValueError, UnicodeDecodeError):
         raise InvalidEvent("not_json", "value is not valid UTF-8 JSON") from None
     if not isinstance(obj, dict):

@@ -15,6 +15,8 @@ expressions below (tests check that both give the same rows). A SQL source needs
 
 from __future__ import annotations
 
+from molam_workloads.core.events import TxnType
+
 MEASURES: tuple[str, ...] = (
     "tx_count",
     "succeeded_count",
@@ -34,7 +36,6 @@ MEASURES: tuple[str, ...] = (
 MONEY_MEASURES = frozenset(m for m in MEASURES if m.endswith("_local"))
 # The bucket's columns after its time column.
 KEYS: tuple[str, ...] = ("merchant_id", "country", "currency", "channel")
-TXN_TYPES: tuple[str, ...] = ("payment", "refund", "payout", "transfer")
 
 
 def measure_exprs() -> list[str]:
@@ -47,7 +48,7 @@ def measure_exprs() -> list[str]:
         "count(*) FILTER (WHERE status = 'pending')",
         "sum(amount)",
     ]
-    for kind in TXN_TYPES:
+    for kind in (t.value for t in TxnType):
         cond = f"{ok} AND type = '{kind}'"
         exprs += [
             f"count(*) FILTER (WHERE {cond})",

@@ -295,8 +295,8 @@ class Ingestor:
             await asyncio.gather(*dead_sends)
             prepared.dead = len(dead_sends)
             log.warning("%d malformed event(s) sent to %s", prepared.dead, self.settings.dlq_topic)
-        if prepared.valid:
-            prepared.watermark = max(ev.occurred_at for ev in prepared.valid)
+        if prepared.newest:
+            prepared.watermark = max(prepared.newest.values())
         # The arithmetic happens here, while the previous batch is still being written.
         since = horizon(now, self.settings.minute_agg_retention_hours)
         agg = prepared.aggregates = summarize(prepared.valid, since)
