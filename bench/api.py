@@ -12,7 +12,11 @@ comes from ``wrk`` (another process; Debian package, ``stack/system-deps.sh``) w
 
 - uncached: a Lua script draws a random range (1-90 days, ending up to 30 days ago, whole
   hours) for every request, against the server without cache;
-- cached: three fixed ranges (7, 30, 90 days), warmed once, against the server with cache.
+- cached: three fixed ranges (7, 30, 90 days), warmed once, against the server with cache;
+- bare uvicorn (the ceiling, right after the cached row): the same script against a bare ASGI
+  app (``bench/_bare_asgi.py``: one constant small JSON body) served with the API's own
+  uvicorn configuration, uvloop and httptools, so the cached figure can be read against what
+  one such process can serve at all on this machine.
 
 Beside each row, the bare SQL time of the same queries: ``queries.aggregates.grouped`` (or
 ``top_merchants``, as the route runs it) called directly over asyncpg, with the API's session
@@ -242,15 +246,29 @@ def start_api(
     }
     cli = shutil.which("molam-analytics", path=os.path.dirname(sys.executable)) or "molam-analytics"
     proc = subprocess.Popen([cli, "api", "--port", str(port), "--host", "127.0.0.1"], env=proc_env)
+    return proc, wait_ready(proc, port)
+
+
+def start_bare() -> tuple[subprocess.Popen[bytes], str]:
+    """The ceiling: a bare ASGI app (one constant JSON body) served as the API is served."""
+    port = free_port()
+    bare = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bare_asgi.py")
+    proc = subprocess.Popen(
+        [sys.executable, bare, str(port)], env={**os.environ, "PYTHONSAFEPATH": "1"}
+    )
+    return proc, wait_ready(proc, port)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], port: int) -> str:
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
             with urllib.request.urlopen(f"{base}/openapi.json", timeout=2):
-                return proc, base
+                return base
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the API did not start") from None
+                raise RuntimeError("the server did not start") from None
             time.sleep(0.2)
 
 
@@ -513,6 +531,8 @@ async def main() -> int:
             servers.append(uncached_proc)
             cached_proc, cached = start_api(dsn, redis_url, secret, ttl=600)
             servers.append(cached_proc)
+            bare_proc, bare = start_bare()
+            servers.append(bare_proc)
             from redis.asyncio import Redis
 
             r = Redis.from_url(redis_url)
@@ -520,6 +540,7 @@ async def main() -> int:
             await r.aclose()
 
             rows: list[list[str]] = []
+            ceiling: list[str] = []
             for name, spec in ENDPOINTS.items():
                 sql = await bare_sql(dsn, name, end, args.sql_samples)
                 sql_cells = [fmt(statistics.median(sql)), fmt(pct(sql, 95))]
@@ -540,13 +561,17 @@ async def main() -> int:
                     ("uncached", uncached, lua_random, args.concurrency),
                     ("uncached", uncached, lua_random, 1),
                     ("cached", cached, lua_fixed, args.concurrency),
+                    # the ceiling, right after: same wrk script against a bare uvicorn app
+                    ("bare uvicorn", bare, lua_fixed, args.concurrency),
                     ("cached", cached, lua_fixed, 1),
                 ]
                 saturation: dict[str, float] = {}
+                p95s: dict[str, float] = {}
                 for mode, base, lua, conns in plan:
                     res = await asyncio.to_thread(run_wrk, base, lua, conns, args.duration)
                     if conns == args.concurrency:
                         saturation[mode] = res["rps"]
+                        p95s[mode] = res["p95"]
                     rows.append(
                         [
                             name,
@@ -560,6 +585,12 @@ async def main() -> int:
                         ]
                     )
                     print("  ".join(rows[-1]), flush=True)
+                ceiling.append(
+                    f"  {name}: cached c={args.concurrency} {saturation['cached']:.0f} req/s, "
+                    f"p95 {fmt(p95s['cached'])} ms; bare uvicorn {saturation['bare uvicorn']:.0f}"
+                    f" req/s, p95 {fmt(p95s['bare uvicorn'])} ms; cached/bare throughput "
+                    f"{saturation['cached'] / saturation['bare uvicorn']:.2f}x"
+                )
                 for mode, base in (("uncached", uncached), ("cached", cached)):
                     rate = max(1.0, saturation[mode] * args.load_fraction)
                     res = await asyncio.to_thread(
@@ -618,6 +649,8 @@ async def main() -> int:
             left=2,
         )
     )
+    print("\nThe ceiling (bare uvicorn: same config, uvloop, httptools, wrk script):")
+    print("\n".join(ceiling))
     return 0
 
 
