@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from molam_workloads.api.cache import ResponseCache
 from molam_workloads.api.deps import Resources
 from molam_workloads.api.errors import ApiError, error_body
+from molam_workloads.api.fastpath import CachedAnswers
 from molam_workloads.api.middleware import MetricsMiddleware
 from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.routers import (
@@ -192,6 +193,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     app.state.settings = settings
     _install_error_handlers(app)
+    app.add_middleware(CachedAnswers, api=app)  # inside MetricsMiddleware: hits are measured
     app.add_middleware(MetricsMiddleware)
     if settings.cors_origin_list:
         app.add_middleware(

@@ -114,13 +114,19 @@ class TokenCache:
             self._entries.popitem(last=False)
 
 
+def bearer_token(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value (None: not that form)."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def authenticate(request: Request, secret: str, tokens: TokenCache | None = None) -> Principal:
     header = request.headers.get("authorization")
     if not header:
         raise _unauthorized(request, "missing bearer token")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(header)
+    if token is None:
         raise _unauthorized(request, "the Authorization header must be 'Bearer <token>'")
     if tokens is not None and (known := tokens.get(token)) is not None:
         return known

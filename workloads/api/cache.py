@@ -16,12 +16,19 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.responses import Response
 
 from molam_workloads.core.cache import CACHE_PREFIX
 from molam_workloads.core.metrics import CACHE_HITS, CACHE_MISSES
 
 log = logging.getLogger(__name__)
 _BACKOFF_SECONDS = 5.0
+JSON = "application/json"
+
+
+def cached_response(body: bytes, source: str) -> Response:
+    """A cached JSON answer as sent; ``source``: ``hit`` or ``miss`` (the X-Cache header)."""
+    return Response(body, media_type=JSON, headers={"X-Cache": source})
 
 
 def cache_key(endpoint: str, scope: str, params: dict[str, Any]) -> str:
@@ -45,18 +52,24 @@ class ResponseCache:
         log.warning("cache %s failed, serving uncached for %.0fs: %r", what, _BACKOFF_SECONDS, exc)
 
     async def get(self, key: str) -> bytes | None:
-        if not self.enabled:
+        """The cached body, or None; counted as a hit or a miss."""
+        body = await self.lookup(key) if self.enabled else None
+        if body is None:
             CACHE_MISSES.inc()
             return None
+        CACHE_HITS.inc()
+        return body
+
+    async def lookup(self, key: str) -> bytes | None:
+        """The cached body, or None (absent, or Redis failed); not counted: the caller counts
+        the hit it serves (``fastpath``) or goes on to ``get``, which counts."""
         try:
             value = await self.redis.get(key)
         except (RedisError, OSError) as exc:
             self._failed("read", exc)
-            value = None
-        if value is None:
-            CACHE_MISSES.inc()
             return None
-        CACHE_HITS.inc()
+        if value is None:
+            return None
         return value.encode() if isinstance(value, str) else bytes(value)
 
     async def set(self, key: str, body: bytes) -> None:
