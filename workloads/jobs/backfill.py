@@ -91,13 +91,24 @@ BARE_HOURLY_SQL = f"""
 INSERT INTO txn_hourly_agg (hour, {", ".join(KEYS)}, {", ".join(MEASURES)})
 {_select("hour", "hour")}
 """
-LEDGER_SQL = """
+# The day's transactions not yet in the ledger. The usual case, a plain INSERT after a hash
+# anti-join against the ledger rows of the same day (their BRIN index on occurred_at), measured
+# ~2x cheaper per row than ON CONFLICT's speculative insertion and per-row index probes. While
+# the day's lock is held only a transaction counted under another day's time (its event and its
+# source row disagree on the day) can collide; then the savepoint falls back to ON CONFLICT.
+_LEDGER_INSERT = """
 INSERT INTO ingested_transactions (txn_id, event_id, occurred_at, source)
 SELECT id, NULL, occurred_at, 'backfill'
-FROM wallet_transactions
+FROM wallet_transactions w
 WHERE occurred_at >= $1 AND occurred_at < $2
-ON CONFLICT (txn_id) DO NOTHING
 """
+LEDGER_SQL = (
+    _LEDGER_INSERT
+    + """  AND NOT EXISTS (SELECT 1 FROM ingested_transactions l
+                  WHERE l.txn_id = w.id AND l.occurred_at >= $1 AND l.occurred_at < $2)
+"""
+)
+LEDGER_ANY_DAY_SQL = _LEDGER_INSERT + "ON CONFLICT (txn_id) DO NOTHING\n"
 
 
 def parse_day(value: str, flag: str) -> date:
@@ -127,12 +138,21 @@ async def backfill_day(
     end = start + timedelta(days=1)
     async with conn.transaction():
         # A day's GROUP BY fits in memory with a little more than the default 4 MB (no spill
-        # to disk), and JIT compiling these short statements costs more than it saves.
-        await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'; SET LOCAL jit = off")
+        # to disk), and JIT compiling these short statements costs more than it saves. No
+        # nested loops: statistics taken while the ledger's day was empty make one look cheap,
+        # and a nested anti-join against rows inserted since is quadratic (the bench timed out).
+        await conn.execute(
+            f"SET LOCAL work_mem = '{WORK_MEM}'; SET LOCAL jit = off;"
+            " SET LOCAL enable_nestloop = off"
+        )
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtext($1), $2)", INGEST_LOCK, day.toordinal()
         )
-        await conn.execute(LEDGER_SQL, start, end)
+        try:
+            async with conn.transaction():
+                await conn.execute(LEDGER_SQL, start, end)
+        except asyncpg.UniqueViolationError:
+            await conn.execute(LEDGER_ANY_DAY_SQL, start, end)
         count = int(await conn.fetchval(HOURLY_SQL, start, end))
         if minute_horizon is not None and end > now - minute_horizon:
             lo = max(start, now - minute_horizon).replace(second=0, microsecond=0)

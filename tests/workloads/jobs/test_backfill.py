@@ -91,6 +91,29 @@ async def _at(db: asyncpg.Connection, n: int) -> bool:
     return await _ledger(db) >= n
 
 
+async def test_a_transaction_counted_under_another_day_is_not_recorded_twice(
+    db: asyncpg.Connection,
+) -> None:
+    # The stream counted one transaction under the next day (its event and its source row
+    # disagree on the time): backfill's same-day anti-join misses that ledger row, its plain
+    # insert meets the unique key, and the day is recorded with ON CONFLICT instead.
+    start = datetime(2025, 3, 3, tzinfo=UTC)
+    events = make_events(40, seed=81, start=start + timedelta(hours=20), span=timedelta(hours=12))
+    await insert_source(db, events)
+    moved = events[0]
+    await db.execute(
+        "INSERT INTO ingested_transactions (txn_id, event_id, occurred_at, source)"
+        " VALUES ($1, 'E-moved', $2, 'stream')",
+        moved.txn_id,
+        moved.occurred_at + timedelta(days=1),
+    )
+    assert await backfill.backfill(db, [start.date()], 0, show=False) == len(events)
+    rows = await db.fetch("SELECT txn_id, source FROM ingested_transactions ORDER BY txn_id")
+    assert sorted(e.txn_id for e in events) == [r["txn_id"] for r in rows]
+    assert {r["txn_id"] for r in rows if r["source"] == "stream"} == {moved.txn_id}
+    assert await counted(db) == len(events)  # from the source rows, each once
+
+
 async def test_backfill_then_late_stream_duplicates_are_not_counted(
     stack: Stack, db: asyncpg.Connection, redis: Redis
 ) -> None:
