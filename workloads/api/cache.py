@@ -8,6 +8,7 @@ uncached (and Redis is left alone for a few seconds instead of timing out on eve
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -37,11 +38,17 @@ def cache_key(endpoint: str, scope: str, params: dict[str, Any]) -> str:
     return f"{CACHE_PREFIX}{endpoint}:{scope}:{digest}"
 
 
+def _bytes(value: str | bytes | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else None if value is None else bytes(value)
+
+
 class ResponseCache:
     def __init__(self, redis: Redis, ttl_seconds: int) -> None:
         self.redis = redis
         self.ttl = ttl_seconds
         self._skip_until = 0.0
+        self._batch: list[tuple[str, asyncio.Future[bytes | None]]] | None = None
+        self._reads: set[asyncio.Future[None]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -62,15 +69,46 @@ class ResponseCache:
 
     async def lookup(self, key: str) -> bytes | None:
         """The cached body, or None (absent, or Redis failed); not counted: the caller counts
-        the hit it serves (``fastpath``) or goes on to ``get``, which counts."""
+        the hit it serves (``fastpath``) or goes on to ``get``, which counts.
+
+        The lookups of one turn of the event loop are read from Redis together, one ``MGET``
+        (each key's value as a ``GET`` of it then would return it): under concurrent requests
+        one round trip through redis-py costs ~60 us of CPU, about as much as the rest of a
+        cached answer, and each further key of an ``MGET`` adds ~5-15 us."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        if self._batch is None:
+            self._batch = []
+            loop.call_soon(self._read_batch)
+        self._batch.append((key, future))
+        return await future
+
+    def _read_batch(self) -> None:
+        batch, self._batch = self._batch or [], None
+        task = asyncio.ensure_future(self._mget(batch))
+        self._reads.add(task)  # held until done (the loop keeps weak references only)
+        task.add_done_callback(self._reads.discard)
+
+    async def _mget(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
         try:
-            value = await self.redis.get(key)
+            values = await self.redis.mget([key for key, _ in batch])
         except (RedisError, OSError) as exc:
             self._failed("read", exc)
-            return None
-        if value is None:
-            return None
-        return value.encode() if isinstance(value, str) else bytes(value)
+            values = [None] * len(batch)
+        except BaseException as exc:
+            for _, future in batch:  # each caller gets what its own GET would have raised
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:  # cancelled (shutdown): so are the callers
+                    future.cancel()
+            if isinstance(exc, Exception):
+                return
+            raise
+        for (_, future), value in zip(batch, values, strict=True):
+            if not future.done():
+                future.set_result(_bytes(value))
 
     async def set(self, key: str, body: bytes) -> None:
         if not self.enabled:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from redis.asyncio import Redis
@@ -89,3 +91,67 @@ async def test_redis_outage_degrades_to_uncached(database_url: str, db: asyncpg.
             assert r.json()["kpis"]["tx_count"] == 21
         live = await api.client.get("/v1/live?merchant_id=M-1", headers=auth("ops"))
         assert live.status_code == 200 and live.json()["source"] == "postgresql"
+
+
+async def test_concurrent_lookups_are_one_mget(redis_url: str, redis: Redis) -> None:
+    from molam_workloads.api.cache import ResponseCache
+
+    client = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        cache = ResponseCache(client, 30)
+        await redis.set("analytics:a", b'{"a":1}')
+        await redis.set("analytics:b", "é".encode())
+        calls: list[list[str]] = []
+        real = client.mget
+
+        async def mget(keys: list[str]) -> Any:
+            calls.append(list(keys))
+            return await real(keys)
+
+        client.mget = mget  # type: ignore[method-assign]
+        got = await asyncio.gather(
+            cache.lookup("analytics:a"), cache.lookup("analytics:none"), cache.lookup("analytics:b")
+        )
+        assert got == [b'{"a":1}', None, "é".encode()]
+        assert calls == [["analytics:a", "analytics:none", "analytics:b"]]
+        assert await cache.lookup("analytics:a") == b'{"a":1}'  # alone: a batch of one
+        assert calls[-1] == ["analytics:a"]
+        hits, misses = CACHE_HITS._value.get(), CACHE_MISSES._value.get()
+        assert await asyncio.gather(cache.get("analytics:a"), cache.get("analytics:x")) == [
+            b'{"a":1}',
+            None,
+        ]
+        assert (CACHE_HITS._value.get(), CACHE_MISSES._value.get()) == (hits + 1, misses + 1)
+    finally:
+        await client.aclose()
+
+
+async def test_a_failed_batch_is_a_miss_for_each_and_backs_off() -> None:
+    from molam_workloads.api.cache import ResponseCache
+
+    client = Redis.from_url(f"redis://127.0.0.1:{closed_port()}/0", socket_connect_timeout=1.0)
+    try:
+        cache = ResponseCache(client, 30)
+        misses = CACHE_MISSES._value.get()
+        assert await asyncio.gather(cache.get("analytics:a"), cache.get("analytics:b")) == [
+            None,
+            None,
+        ]
+        assert CACHE_MISSES._value.get() == misses + 2
+        assert not cache.enabled  # Redis left alone for a few seconds
+    finally:
+        await client.aclose()
+
+
+async def test_an_unexpected_error_reaches_each_caller() -> None:
+    from molam_workloads.api.cache import ResponseCache
+
+    class Broken:
+        async def mget(self, keys: list[str]) -> Any:
+            raise ValueError("boom")
+
+    cache = ResponseCache(Broken(), 30)  # type: ignore[arg-type]
+    results = await asyncio.gather(
+        cache.lookup("analytics:a"), cache.lookup("analytics:b"), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [ValueError, ValueError]
