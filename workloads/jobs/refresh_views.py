@@ -2,6 +2,10 @@
 
 ``CONCURRENTLY`` keeps the view readable by the API during the refresh (it needs the view's
 unique index, and a view that has been populated once: the first refresh is a plain one).
+
+One transaction refreshes the view, records the refresh and rebuilds the merchant totals of
+top merchants from it (``analytics_rebuild_merchant_totals``, migration 040): a reader sees the
+three at the same refresh, never a view newer than its recorded refresh or than the totals.
 """
 
 from __future__ import annotations
@@ -29,15 +33,19 @@ async def refresh(conn: asyncpg.Connection, view: str = VIEW) -> tuple[float, bo
     )
     started = time.perf_counter()
     mode = "CONCURRENTLY " if populated else ""
-    await conn.execute(f'REFRESH MATERIALIZED VIEW {mode}"{view}"')
-    seconds = time.perf_counter() - started
-    await conn.execute(
-        "INSERT INTO analytics_view_refreshes (view_name, refreshed_at, duration_ms)"
-        " VALUES ($1, now(), $2) ON CONFLICT (view_name) DO UPDATE"
-        " SET refreshed_at = EXCLUDED.refreshed_at, duration_ms = EXCLUDED.duration_ms",
-        view,
-        round(seconds * 1000),
-    )
+    async with conn.transaction():
+        await conn.execute(f'REFRESH MATERIALIZED VIEW {mode}"{view}"')
+        seconds = time.perf_counter() - started
+        # now(): the transaction's start, no later than the data the refresh read
+        await conn.execute(
+            "INSERT INTO analytics_view_refreshes (view_name, refreshed_at, duration_ms)"
+            " VALUES ($1, now(), $2) ON CONFLICT (view_name) DO UPDATE"
+            " SET refreshed_at = EXCLUDED.refreshed_at, duration_ms = EXCLUDED.duration_ms",
+            view,
+            round(seconds * 1000),
+        )
+        if view == VIEW:
+            await conn.execute("SELECT analytics_rebuild_merchant_totals()")
     metrics.VIEW_REFRESH_SECONDS.set(seconds)
     return seconds, bool(populated)
 

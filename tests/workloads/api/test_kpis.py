@@ -296,22 +296,44 @@ async def test_too_many_hourly_points_is_422(api: Api) -> None:
     assert r.status_code == 422
 
 
+class SqlSpy:
+    """A connection that remembers the statements it ran."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.statements: list[str] = []
+
+    async def fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        self.statements.append(sql)
+        return await self.conn.fetch(sql, *args)
+
+    async def fetchrow(self, sql: str, *args: object) -> asyncpg.Record | None:
+        self.statements.append(sql)
+        return await self.conn.fetchrow(sql, *args)
+
+
 async def test_top_merchants_ranks_first_like_one_full_query(db: asyncpg.Connection) -> None:
     """``top_merchants`` ranks on two measures, then sums everything for the winners: the same
     merchants, order and sums as ranking the full KPI query of every merchant (ties, a currency
-    without rate, merchant-less rows, daily view plus hourly edges included)."""
+    without rate, merchant-less rows, negative volumes, merchants in two currencies or starting
+    late, daily view plus hourly edges included), whether whole days are ranked from the view
+    or from the merchant running totals (current, then behind the view after a new refresh,
+    then rebuilt)."""
     import random
 
+    from molam_workloads.api.queries import rollup
     from molam_workloads.api.queries.aggregates import (
         RANKINGS,
         Filters,
         Key,
         grouped,
+        plan_parts,
         top_merchants,
     )
 
     await db.execute(
-        "INSERT INTO fx_rates (day, currency, quote, rate) VALUES ('2025-07-03', 'XOF', 'USD', $1)",
+        "INSERT INTO fx_rates (day, currency, quote, rate) VALUES ('2025-07-03', 'XOF', 'USD', $1),"
+        " ('2025-07-02', 'EUR', 'USD', 1.05), ('2025-07-04', 'EUR', 'USD', 1.11)",
         XOF_2,
     )
     rnd = random.Random(3)
@@ -319,16 +341,20 @@ async def test_top_merchants_ranks_first_like_one_full_query(db: asyncpg.Connect
     markets = [("SN", "XOF"), ("US", "USD"), ("JP", "JPY")]
     for m in range(30):
         country, currency = markets[m % 3]
-        for h in range(0, 5 * 24, 5):
+        first = 0 if m < 24 else 24 * (m - 22)  # the last merchants start on days 2 to 7
+        for h in range(first, 5 * 24, 5):
             # merchants 0 and 3 (and 1 and 4) get identical rows: ties on both measures
             r = random.Random(m % 3).random() if m < 6 else rnd.random()
             volume = Decimal(int(r * 100000)) / 100
+            if m % 7 == 6 and h % 3 == 0:  # refunds beyond payments: negative hours and days
+                volume = -3 * volume
+            cur = "EUR" if m % 5 == 2 and h % 2 else currency  # some in two currencies
             rows.append(
                 hourly(
                     D1 + timedelta(hours=h),
                     f"M-{m:02d}" if m else None,
                     country=country,
-                    currency=currency,
+                    currency=cur,
                     tx_count=1 + int(r * 20),
                     succeeded_count=int(r * 10),
                     payment_count=1,
@@ -337,40 +363,152 @@ async def test_top_merchants_ranks_first_like_one_full_query(db: asyncpg.Connect
                     fee_local="1.5",
                 )
             )
+    # Ranked first only through the day's rate: EUR 100,000 at 1.11 (USD 111,000) beats USD
+    # 108,000, though not at EUR's lowest rate of most ranges (1.05): the upper bound keeps it.
+    for merchant, currency, volume in (("M-90", "EUR", "100000"), ("M-91", "USD", "108000")):
+        rows.append(
+            hourly(
+                D1 + timedelta(days=3, hours=2),
+                merchant,
+                currency=currency,
+                tx_count=1,
+                payment_count=1,
+                payment_volume_local=volume,
+            )
+        )
     await insert_hourly(db, rows)
     await record_refresh(db)
     ranges = [
         (D1, D1 + timedelta(days=5)),
         (D1 + timedelta(hours=7), D1 + timedelta(days=3, hours=5)),
         (D1 + timedelta(hours=30), D1 + timedelta(hours=33)),
+        (D1 + timedelta(days=1), D1 + timedelta(days=3)),  # whole days only
+        (D1 - timedelta(days=2, hours=4), D1 + timedelta(days=2, hours=3)),  # before the data
+        (D1 + timedelta(days=2, hours=9), D1 + timedelta(days=9)),  # after the data
+        (D1 + timedelta(days=7), D1 + timedelta(days=8)),  # nothing
     ]
-    for start, end in ranges:
-        for by in RANKINGS:
-            for limit in (1, 3, 10, 100):
-                for filters in (Filters(), Filters(country="SN"), Filters(currency="JPY")):
-                    async with db.transaction(isolation="repeatable_read", readonly=True):
-                        fast = await top_merchants(
+
+    async def assert_like_full_query(totals: bool) -> None:
+        for start, end in ranges:
+            for by in RANKINGS:
+                for limit in (1, 3, 10, 100):
+                    for filters in (Filters(), Filters(country="SN"), Filters(currency="JPY")):
+                        spy = SqlSpy(db)
+                        async with db.transaction(isolation="repeatable_read", readonly=True):
+                            fast = await top_merchants(
+                                spy,  # type: ignore[arg-type]
+                                start=start,
+                                end=end,
+                                filters=filters,
+                                reporting_currency="USD",
+                                by=by,
+                                limit=limit,
+                            )
+                        ranked_from_totals = any(
+                            rollup.TOTALS_TABLE in sql for sql in spy.statements
+                        )
+                        refreshed = (await rollup.daily_sources(db)).view_refreshed_at
+                        whole_days = any(
+                            part.source == "daily"
+                            for part in plan_parts(start, end, refreshed, mv_allowed=True)
+                        )
+                        assert ranked_from_totals == (
+                            totals and filters == Filters() and whole_days
+                        )
+                        assert fast.rollup_behind == (not totals)
+                        full = await grouped(
                             db,
                             start=start,
                             end=end,
                             filters=filters,
+                            keys=(Key("merchant_id", "merchant_id", "merchant_id"),),
                             reporting_currency="USD",
-                            by=by,
-                            limit=limit,
+                            per_merchant=True,
+                            order_limit="HAVING g.merchant_id IS NOT NULL "
+                            f"ORDER BY {RANKINGS[by]}, g.merchant_id LIMIT {limit:d}",
                         )
-                    full = await grouped(
-                        db,
-                        start=start,
-                        end=end,
-                        filters=filters,
-                        keys=(Key("merchant_id", "merchant_id", "merchant_id"),),
-                        reporting_currency="USD",
-                        per_merchant=True,
-                        order_limit="HAVING g.merchant_id IS NOT NULL "
-                        f"ORDER BY {RANKINGS[by]}, g.merchant_id LIMIT {limit:d}",
-                    )
-                    assert [dict(r) for r in fast.rows] == [dict(r) for r in full.rows]
-                    assert fast.unconverted == full.unconverted
+                        assert [dict(r) for r in fast.rows] == [dict(r) for r in full.rows]
+                        assert fast.unconverted == full.unconverted
+
+    await assert_like_full_query(totals=False)  # the totals were never built
+    assert await rollup.rebuild(db)
+    await assert_like_full_query(totals=True)
+    # a late row, a new refresh: the totals are behind the view and left aside until rebuilt
+    await insert_hourly(
+        db,
+        [
+            hourly(
+                D1 + timedelta(days=1, hours=2),
+                "M-29",
+                country="JP",
+                currency="JPY",
+                tx_count=500,
+                payment_count=1,
+                payment_volume_local="900000",
+            ),
+            hourly(
+                D1 + timedelta(days=1, hours=3),
+                "M-28",
+                country="US",
+                currency="USD",
+                tx_count=1,
+                payment_count=1,
+                payment_volume_local="5000",
+            ),
+        ],
+    )
+    await record_refresh(db)
+    await assert_like_full_query(totals=False)
+    assert await rollup.rebuild(db)
+    assert not await rollup.rebuild(db)  # nothing left to do
+    await assert_like_full_query(totals=True)
+
+
+async def test_merchant_totals_are_the_running_sums_of_the_view(db: asyncpg.Connection) -> None:
+    """``analytics_rebuild_merchant_totals`` (migration 040): a row per (merchant, currency)
+    and day from its first day to the view's last merchant day, with the running sums of its
+    transactions and of its positive and negative days' payment volume; recorded as built from
+    the view's current refresh."""
+    rows = [
+        hourly(D1 + timedelta(hours=1), "M-1", tx_count=2, payment_volume_local="10.5"),
+        hourly(
+            D1 + timedelta(hours=2), "M-1", channel="card", tx_count=1, payment_volume_local="-4"
+        ),
+        hourly(D1 + timedelta(hours=26), "M-1", tx_count=1, payment_volume_local="-20"),
+        hourly(
+            D1 + timedelta(hours=27), "M-1", currency="USD", tx_count=3, payment_volume_local="7"
+        ),
+        hourly(D1 + timedelta(hours=75), "M-2", tx_count=4, payment_volume_local="1"),
+        hourly(D1 + timedelta(hours=75), None, tx_count=9, payment_volume_local="100"),
+    ]
+    await insert_hourly(db, rows)
+    assert await db.fetchval("SELECT analytics_rebuild_merchant_totals()") == 0  # no refresh
+    await record_refresh(db)
+    assert await db.fetchval("SELECT analytics_rebuild_merchant_totals()") == 3 + 4 + 1
+    got = [
+        tuple(r)
+        for r in await db.fetch(
+            "SELECT merchant_id, currency, day, tx_count, pos_volume, neg_volume "
+            "FROM analytics_merchant_totals ORDER BY 1, 2, 3"
+        )
+    ]
+    d = [(D1 + timedelta(days=i)).date() for i in range(4)]
+    assert got == [
+        ("M-1", "USD", d[1], 3, Decimal("7"), 0),
+        ("M-1", "USD", d[2], 3, Decimal("7"), 0),
+        ("M-1", "USD", d[3], 3, Decimal("7"), 0),
+        ("M-1", "XOF", d[0], 3, Decimal("6.5"), 0),  # 10.5 - 4: one day, one sign
+        ("M-1", "XOF", d[1], 4, Decimal("6.5"), Decimal("-20")),
+        ("M-1", "XOF", d[2], 4, Decimal("6.5"), Decimal("-20")),
+        ("M-1", "XOF", d[3], 4, Decimal("6.5"), Decimal("-20")),
+        ("M-2", "XOF", d[3], 4, Decimal("1"), 0),
+    ]
+    state = await db.fetchval(
+        "SELECT source_refreshed_at FROM analytics_rollup_state WHERE name = 'merchant_totals'"
+    )
+    assert state == await db.fetchval(
+        "SELECT refreshed_at FROM analytics_view_refreshes WHERE view_name = 'mv_txn_daily_agg'"
+    )
 
 
 async def test_daily_rates_are_those_of_fx_rate_ranges(db: asyncpg.Connection) -> None:

@@ -73,3 +73,32 @@ async def test_first_refresh_is_plain_then_concurrent(db: asyncpg.Connection) ->
     assert row is not None and row["duration_ms"] is not None
     assert await db.fetchval("SELECT relispopulated FROM pg_class WHERE relname = $1",
                              "mv_txn_daily_agg")  # fmt: skip
+
+
+async def test_refresh_rebuilds_the_merchant_totals_in_its_transaction(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """The view, its recorded refresh and the merchant totals of top merchants (migration 040)
+    change in one transaction: a reader sees either none or all three (never a view newer than
+    the totals, which would rank from other figures than the view it sums)."""
+    await db.execute(
+        "INSERT INTO txn_hourly_agg (hour, merchant_id, country, currency, channel, tx_count,"
+        " payment_volume_local) VALUES (now() - interval '3 days', 'M-1', 'SN', 'XOF',"
+        " 'mobile_money', 4, 250)"
+    )
+    reader = await asyncpg.connect(database_url)
+    try:
+        async with reader.transaction(isolation="repeatable_read", readonly=True):
+            before = await reader.fetchval("SELECT count(*) FROM mv_txn_daily_agg")
+            await refresh(db)  # commits meanwhile: invisible to the reader's snapshot
+            assert await reader.fetchval("SELECT count(*) FROM mv_txn_daily_agg") == before
+            assert await reader.fetchval("SELECT count(*) FROM analytics_merchant_totals") == 0
+    finally:
+        await reader.close()
+    row = await db.fetchrow(
+        "SELECT v.refreshed_at = s.source_refreshed_at AS current,"
+        " (SELECT max(tx_count) FROM analytics_merchant_totals WHERE merchant_id = 'M-1') AS tx"
+        " FROM analytics_view_refreshes v, analytics_rollup_state s"
+        " WHERE v.view_name = 'mv_txn_daily_agg' AND s.name = 'merchant_totals'"
+    )
+    assert row is not None and row["current"] and row["tx"] == 4

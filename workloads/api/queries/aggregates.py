@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from molam_workloads.api.queries import Conn, rollup
-from molam_workloads.api.queries.rollup import daily_sources
+from molam_workloads.api.queries.rollup import DailySources, daily_sources
 from molam_workloads.core.currencies import CURRENCIES
 
 MV_NAME = "mv_txn_daily_agg"
@@ -134,7 +134,9 @@ def _rates_cte(start: datetime, end: datetime, quote: str, p: _Params) -> str:
     """
     first = start.astimezone(UTC).date()
     first_day = p.add(first)
-    n_days = ((end - timedelta(microseconds=1)).astimezone(UTC).date() - first).days
+    # A parameter, not a literal: the text of the statement stays the same whatever the range,
+    # so the connection's prepared statement is reused instead of parsed and planned again.
+    n_days = p.add(((end - timedelta(microseconds=1)).astimezone(UTC).date() - first).days)
     return f"""r AS MATERIALIZED (
   SELECT currency, fx_day, CASE WHEN currency = {quote} THEN 1
     ELSE first_value(rate) OVER (PARTITION BY currency, known ORDER BY fx_day) END AS rate
@@ -152,7 +154,7 @@ def _rates_cte(start: datetime, end: datetime, quote: str, p: _Params) -> str:
       FROM (SELECT DISTINCT currency FROM fx_rates WHERE quote = {quote}
             UNION SELECT {quote}::char(3)) c
     ) cur
-    CROSS JOIN (SELECT {first_day}::date + i AS day FROM generate_series(0, {n_days:d}) i) d
+    CROSS JOIN (SELECT {first_day}::date + i AS day FROM generate_series(0, {n_days}::int) i) d
     LEFT JOIN fx_rates f ON f.quote = {quote} AND f.currency = cur.currency AND f.day = d.day
       AND d.day > {first_day}::date
   ) filled
@@ -167,7 +169,9 @@ class Grouped:
     unconverted: list[str] = field(default_factory=list)
     daily_days: int = 0
     daily_source: str | None = None  # the table whole days were read from, if any
-    rollup_behind: bool = False  # the merchant-less rollup lags the daily view: rebuild it
+    # the merchant-less rollup (top merchants: the merchant totals) lags the daily view:
+    # rebuild it
+    rollup_behind: bool = False
 
 
 async def grouped(
@@ -183,6 +187,7 @@ async def grouped(
     order_limit: str = "",
     per_merchant: bool = False,
     only_merchants: Sequence[str] | None = None,
+    sources: DailySources | None = None,
 ) -> Grouped:
     """Sum the measures over [start, end) by ``keys``, converted to ``reporting_currency``.
 
@@ -190,9 +195,13 @@ async def grouped(
     time zone of day buckets); ``order_limit`` is appended to the outer query.
     ``per_merchant``: the keys keep merchants apart, so grouping the daily view's rows before
     converting them would not reduce them (it is skipped). ``only_merchants``: only these
-    merchants' rows (on top of ``filters``).
+    merchants' rows (on top of ``filters``). ``sources``: ``daily_sources`` already read in
+    this transaction.
     """
-    sources = await daily_sources(conn) if mv_allowed else None
+    if not mv_allowed:
+        sources = None
+    elif sources is None:
+        sources = await daily_sources(conn)
     # Without merchants in the keys or the filters, the merchant-less rollup answers whole days
     # when it was built from the view's current refresh; otherwise the view itself.
     merchantless = not per_merchant and filters.merchant_id is None and only_merchants is None
@@ -295,27 +304,42 @@ RANKINGS = {
 
 # The merchants that can be in the top ``limit``: per merchant, the exact transaction count and
 # bounds of the converted payment volume from its sums per currency and the lowest and highest
-# rate of each currency over the range (positive and negative amounts bound apart). Every
-# merchant of the exact top N has a volume at least the N-th highest lower bound (N merchants
-# reach their lower bounds), so its upper bound does too: keeping those loses none of them.
+# rate of each currency over the range (positive and negative amounts bound apart, per day or
+# finer: a day has one rate). Every merchant of the exact top N has a volume at least the N-th
+# highest lower bound (N merchants reach their lower bounds), so its upper bound does too:
+# keeping those loses none of them.
+# b: the lowest and highest rate of each currency of s over the days of the range, which are
+# the rates ``_rates_cte`` gives those days: the one in force on the first day (its latest
+# rate on or before it, else its first one) and those loaded for the days after it (index
+# probes, not every day's rate); 1 for the reporting currency; none without any rate.
 _CANDIDATES = """
-WITH {rates}, b AS (
-  SELECT currency, coalesce(min(rate), 0) AS lo, coalesce(max(rate), 0) AS hi
-  FROM r GROUP BY currency
-), s AS (
+WITH s AS (
  {union}
+), sc AS (
+  SELECT merchant_id, currency, sum(tx_count) AS tx_count, sum(pos) AS pos, sum(neg) AS neg
+  FROM s GROUP BY merchant_id, currency
+), b AS MATERIALIZED (
+  SELECT c.currency,
+    CASE WHEN c.currency = {quote} THEN 1 ELSE least(o.rate, x.lo) END AS lo,
+    CASE WHEN c.currency = {quote} THEN 1 ELSE greatest(o.rate, x.hi) END AS hi
+  FROM (SELECT DISTINCT currency FROM sc) c
+  CROSS JOIN LATERAL (SELECT coalesce(
+      (SELECT f.rate FROM fx_rates f WHERE f.quote = {quote} AND f.currency = c.currency
+         AND f.day <= {first_day}::date ORDER BY f.day DESC LIMIT 1),
+      (SELECT f.rate FROM fx_rates f WHERE f.quote = {quote} AND f.currency = c.currency
+         ORDER BY f.day LIMIT 1)) AS rate) o
+  CROSS JOIN LATERAL (SELECT min(f.rate) AS lo, max(f.rate) AS hi FROM fx_rates f
+      WHERE f.quote = {quote} AND f.currency = c.currency AND f.day > {first_day}::date
+        AND f.day <= {last_day}::date) x
 ), m AS (
-  SELECT s.merchant_id, sum(s.tx_count) AS tx_count,
-    sum(coalesce(b.lo, 0) * s.pos + coalesce(b.hi, 0) * s.neg) AS lo,
-    sum(coalesce(b.hi, 0) * s.pos + coalesce(b.lo, 0) * s.neg) AS hi
-  FROM (SELECT merchant_id, currency, sum(tx_count) AS tx_count, sum(pos) AS pos,
-               sum(neg) AS neg
-        FROM s GROUP BY merchant_id, currency) s
-  LEFT JOIN b ON b.currency = s.currency
-  GROUP BY s.merchant_id
+  SELECT sc.merchant_id, sum(sc.tx_count) AS tx_count,
+    sum(coalesce(b.lo, 0) * sc.pos + coalesce(b.hi, 0) * sc.neg) AS lo,
+    sum(coalesce(b.hi, 0) * sc.pos + coalesce(b.lo, 0) * sc.neg) AS hi
+  FROM sc JOIN b ON b.currency = sc.currency
+  GROUP BY sc.merchant_id
 )
 SELECT merchant_id FROM m
-WHERE {keep} >= coalesce((SELECT {bound} FROM m ORDER BY 1 DESC OFFSET {offset:d} LIMIT 1),
+WHERE {keep} >= coalesce((SELECT {bound} FROM m ORDER BY 1 DESC OFFSET {offset} LIMIT 1),
                          {keep})
 """
 # by -> (the candidate's measure, the N-th highest value it must reach)
@@ -325,6 +349,24 @@ _RANK_MEASURES = (
     "coalesce(sum(payment_volume_local) FILTER (WHERE payment_volume_local > 0), 0) AS pos, "
     "coalesce(sum(payment_volume_local) FILTER (WHERE payment_volume_local < 0), 0) AS neg"
 )
+# Hours of one UTC day (one rate): the day's sum is positive or negative as a whole.
+_RANK_MEASURES_ONE_DAY = (
+    "sum(tx_count) AS tx_count, greatest(sum(payment_volume_local), 0) AS pos, "
+    "least(sum(payment_volume_local), 0) AS neg"
+)
+# The same sums over whole days [a, b) from the running totals (migration 040): the row of day
+# b - 1 minus that of day a - 1, each taken at the table's last day at most (it has a row for
+# every day from a (merchant, currency)'s first day to the table's last one, and nothing
+# happened after that). A (merchant, currency) without a row on day a - 1 had nothing before a.
+_TOTALS_PART = f"""SELECT e.merchant_id, e.currency,
+    e.tx_count - coalesce(f.tx_count, 0) AS tx_count,
+    e.pos_volume - coalesce(f.pos_volume, 0) AS pos,
+    e.neg_volume - coalesce(f.neg_volume, 0) AS neg
+  FROM {rollup.TOTALS_TABLE} e
+  LEFT JOIN {rollup.TOTALS_TABLE} f
+    ON f.day = least({{a}}::date - 1, (SELECT max(day) FROM {rollup.TOTALS_TABLE}))
+    AND f.merchant_id = e.merchant_id AND f.currency = e.currency
+  WHERE e.day = least({{b}}::date - 1, (SELECT max(day) FROM {rollup.TOTALS_TABLE}))"""
 
 
 async def top_merchants(
@@ -345,33 +387,52 @@ async def top_merchants(
     the merchants that can still be in the top ``limit``; ``grouped`` then converts and ranks
     those alone. Exact, whatever the rates: volatile rates only keep more candidates. Run it in
     a REPEATABLE READ transaction so that both queries read one snapshot.
+
+    Whole days of the first query come from the running totals (``_TOTALS_PART``, two rows per
+    merchant whatever the range) when they were built from the view's current refresh, read in
+    the same snapshot, and no filter asks for a country, channel or currency (they have none);
+    otherwise from the view itself. Partial days always come from the hourly rows, in both
+    queries. ``rollup_behind`` of the answer: the totals lag the view (rebuild them).
     """
     order = RANKINGS[by]
     keep, bound = _KEEP[by]
     sources = await daily_sources(conn)
+    use_totals = filters == Filters() and sources.totals_current
     parts = plan_parts(start, end, sources.view_refreshed_at, mv_allowed=True)
     p = _Params()
     quote = p.add(reporting_currency)
     where_filters = _filter_sql(filters, p) + " AND merchant_id IS NOT NULL"
     selects = []
     for part in parts:
+        if part.source == "daily" and use_totals:
+            selects.append(_TOTALS_PART.format(a=p.add(part.start), b=p.add(part.end)))
+            continue
         table, column = ("txn_hourly_agg", "hour") if part.source == "hourly" else (MV_NAME, "day")
+        one_day = (
+            part.source == "hourly"
+            and part.start.astimezone(UTC).date()
+            == (part.end - timedelta(microseconds=1)).astimezone(UTC).date()
+        )
         selects.append(
-            f"SELECT merchant_id, currency, {_RANK_MEASURES} FROM {table} "
+            f"SELECT merchant_id, currency, "
+            f"{_RANK_MEASURES_ONE_DAY if one_day else _RANK_MEASURES} FROM {table} "
             f"WHERE {column} >= {p.add(part.start)} AND {column} < {p.add(part.end)} "
             f"{where_filters} GROUP BY merchant_id, currency"
         )
     sql = _CANDIDATES.format(
-        rates=_rates_cte(start, end, quote, p),
         union="\n UNION ALL\n ".join(selects),
+        quote=quote,
+        first_day=p.add(start.astimezone(UTC).date()),
+        last_day=p.add((end - timedelta(microseconds=1)).astimezone(UTC).date()),
         keep=keep,
         bound=bound,
-        offset=limit - 1,
+        offset=f"{p.add(limit - 1)}::int",
     )
     candidates = [row["merchant_id"] for row in await conn.fetch(sql, *p.values)]
+    behind = sources.totals_behind
     if not candidates:
-        return Grouped(rows=[])
-    return await grouped(
+        return Grouped(rows=[], rollup_behind=behind)
+    result = await grouped(
         conn,
         start=start,
         end=end,
@@ -381,7 +442,10 @@ async def top_merchants(
         per_merchant=True,
         only_merchants=candidates,
         order_limit=f"ORDER BY {order}, g.merchant_id LIMIT {limit:d}",
+        sources=sources,
     )
+    result.rollup_behind = behind
+    return result
 
 
 # --- turning sums into KPIs -------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, SettingsDep
+from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
 from molam_workloads.api.params import RangeDep
 from molam_workloads.api.permissions import StaffReader
 from molam_workloads.api.queries.aggregates import Filters, kpis_of, top_merchants
@@ -30,6 +30,7 @@ async def get_top_merchants(
     pool: PoolDep,
     cache: CacheDep,
     settings: SettingsDep,
+    rollup: RollupDep,
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
     channel: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
@@ -55,6 +56,8 @@ async def get_top_merchants(
                 by=by.value,
                 limit=limit,
             )
+        if result.rollup_behind:  # the merchant totals lag the view: rebuilt off the request
+            rollup.request()
         return TopMerchantsResponse(
             **header(rng, filters, reporting, result),
             by=by.value,
