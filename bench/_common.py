@@ -26,6 +26,29 @@ def env(name: str) -> str:
     return value
 
 
+def cpu_seconds(*commands: str) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the local processes named ``commands``.
+
+    Read from /proc, so it sees only services on this machine: a remote PostgreSQL or broker
+    reads as 0. Processes that ended meanwhile drop out of the sum (services keep theirs).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    out = dict.fromkeys(commands, 0.0)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name in out:
+            fields = stat[stat.rindex(")") + 2 :].split()
+            out[name] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def with_database(dsn: str, name: str) -> str:
     return urlunparse(urlparse(dsn)._replace(path="/" + name))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -32,7 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import env, scratch_database, scratch_topics, table
+from _common import cpu_seconds, env, scratch_database, scratch_topics, table
 
 from molam_workloads.core.db import create_pool
 from molam_workloads.core.events import decode_event
@@ -50,6 +51,8 @@ FLOOR_EVENTS = 4000
 PARTITIONS = 2
 ROUNDS = 2
 REDIS_DB = "13"
+# Local services whose CPU the consumer's work costs (read from /proc; 0 when remote).
+SERVICES = ("postgres", "tansu", "redis-server")
 # The ceiling reads batches as large as the consumer's (its default).
 MAX_RECORDS = IngestSettings.model_fields["ingest_batch_max_records"].default
 
@@ -89,7 +92,18 @@ async def preload(bootstrap: str, topic: str, values: list[bytes]) -> float:
     return time.perf_counter() - started
 
 
-async def ceiling(bootstrap: str, topic: str, n: int, validate: bool = False) -> float:
+def cpu_now() -> dict[str, float]:
+    """This process's CPU seconds (as "consumer") and the local services'."""
+    return {"consumer": time.process_time(), **cpu_seconds(*SERVICES)}
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before[name] for name in before}
+
+
+async def ceiling(
+    bootstrap: str, topic: str, n: int, validate: bool = False
+) -> tuple[float, dict[str, float]]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
         max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -100,7 +114,7 @@ async def ceiling(bootstrap: str, topic: str, n: int, validate: bool = False) ->
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         seen = 0
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_now()
         while seen < n:
             batch = await consumer.getmany(timeout_ms=500, max_records=MAX_RECORDS)
             for records in batch.values():
@@ -112,14 +126,15 @@ async def ceiling(bootstrap: str, topic: str, n: int, validate: bool = False) ->
                 seen += sum(len(r) for r in batch.values())
             if not batch and time.perf_counter() - started > 120:
                 raise RuntimeError(f"ceiling: only {seen}/{n} records")
-        return time.perf_counter() - started
+        return time.perf_counter() - started, cpu_spent(cpu, cpu_now())
     finally:
         await consumer.stop()
 
 
-async def ours(settings: IngestSettings, n: int) -> float:
-    """Seconds from the first batch to the batch that completes ``n`` records."""
+async def ours(settings: IngestSettings, n: int) -> tuple[float, dict[str, float]]:
+    """Seconds (and CPU seconds) from the first batch to the batch that completes ``n`` records."""
     first: list[float] = []
+    cpu: list[dict[str, float]] = []
     done = asyncio.Event()
     seen = 0
     stop = asyncio.Event()
@@ -138,13 +153,15 @@ async def ours(settings: IngestSettings, n: int) -> float:
             async def first_batch(batch):  # type: ignore[no-untyped-def]
                 if not first:
                     first.append(time.perf_counter())
+                    cpu.append(cpu_now())
                 return await prepare(batch)
 
             async def counted(consumer, prepared):  # type: ignore[no-untyped-def]
                 nonlocal seen
                 report = await commit(consumer, prepared)
                 seen += 0 if report.abandoned else report.records
-                if seen >= n:
+                if seen >= n and not done.is_set():
+                    cpu.append(cpu_now())
                     done.set()
                 return report
 
@@ -155,7 +172,7 @@ async def ours(settings: IngestSettings, n: int) -> float:
             elapsed = time.perf_counter() - first[0]
             stop.set()
             await task
-            return elapsed
+            return elapsed, cpu_spent(*cpu)
         finally:
             await prod.stop()
             await redis.flushdb()
@@ -238,8 +255,10 @@ async def main() -> None:
         print(f"pre-loaded in {seconds:.1f}s ({len(values) / seconds:,.0f}/s)")
 
         # Best of ROUNDS: the machine may be shared, and a slow round says little about us.
-        ceiling_s = min([await ceiling(bootstrap, topic, len(values)) for _ in range(ROUNDS)])
-        validated_s = min(
+        ceiling_s, ceiling_cpu = min(
+            [await ceiling(bootstrap, topic, len(values)) for _ in range(ROUNDS)]
+        )
+        validated_s, validated_cpu = min(
             [await ceiling(bootstrap, topic, len(values), validate=True) for _ in range(ROUNDS)]
         )
         ours_rounds = []
@@ -267,8 +286,8 @@ async def main() -> None:
                 )
             finally:
                 await conn.close()
-        ours_s = min(ours_rounds)
-        print("consumer rounds (s): " + ", ".join(f"{r:.2f}" for r in ours_rounds))
+        ours_s, ours_cpu = min(ours_rounds)
+        print("consumer rounds (s): " + ", ".join(f"{r:.2f}" for r, _ in ours_rounds))
         floor_s = await floor(dsn, bootstrap, topic, FLOOR_EVENTS)
 
     rates = {
@@ -285,6 +304,27 @@ async def main() -> None:
         for name, (n, s) in rates.items()
     ]  # fmt: skip
     print(table(["consumer", "events", "seconds", "events/s", "vs ceiling", "vs floor"], rows))
+    # Where the time goes: CPU microseconds per event of each process during the best rounds.
+    # Summed over processes and divided by the cores, it bounds the rate on this machine.
+    cores = os.cpu_count() or 1
+    cpu_rows = []
+    for name, (n, spent) in {
+        "ceiling": (len(values), ceiling_cpu),
+        "validation only": (len(values), validated_cpu),
+        "molam consume": (len(values), ours_cpu),
+    }.items():
+        per_event = {k: v / n * 1e6 for k, v in spent.items()}
+        total = sum(per_event.values())
+        cpu_rows.append(
+            [name, *(f"{per_event[k]:.1f}" for k in ("consumer", *SERVICES)), f"{total:.1f}",
+             f"{cores / total * 1e6:,.0f}"]
+        )  # fmt: skip
+    print(
+        table(
+            ["CPU µs per event", "consumer process", *SERVICES, "all", f"bound on {cores} cores/s"],
+            cpu_rows,
+        )
+    )
     ok = all(total == unique == ledger for total, ledger in checks)
     print(
         f"exactly-once, every round: {unique:,} unique transactions; (sum(tx_count), ledger) ="
