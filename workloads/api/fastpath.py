@@ -89,23 +89,20 @@ class CachedAnswers:
             await self.app(scope, receive, send)
             return
         signature = (scope["path"], scope["query_string"], token)
-        resources: Resources = self.api.state.resources
         learned = self.learned.get(signature)
-        if (
-            learned is not None
-            and resources.cache.enabled
-            and resources.tokens.get(token) is not None  # verified and not expired
-        ):
-            self.learned.move_to_end(signature)
-            try:
-                body = await resources.cache.lookup(learned.key)
-            except Exception:  # FastAPI's path meets it again and answers as it always did
-                body = None
-            if body is not None:
-                CACHE_HITS.inc()
-                scope["route"] = learned.route
-                await cached_response(body, "hit")(scope, receive, send)
-                return
+        if learned is not None:  # a summary route ran: the lifespan's resources exist
+            resources: Resources = self.api.state.resources
+            if resources.cache.enabled and resources.tokens.get(token) is not None:
+                self.learned.move_to_end(signature)
+                try:
+                    body = await resources.cache.lookup(learned.key)
+                except Exception:  # FastAPI's path meets it again and answers as it always did
+                    body = None
+                if body is not None:
+                    CACHE_HITS.inc()
+                    scope["route"] = learned.route
+                    await cached_response(body, "hit")(scope, receive, send)
+                    return
         await self._through_fastapi(scope, receive, send, signature)
 
     async def _through_fastapi(
