@@ -6,11 +6,14 @@ unique index, and a view that has been populated once: the first refresh is a pl
 One transaction refreshes the view, records the refresh and rebuilds the merchant totals of
 top merchants from it (``analytics_rebuild_merchant_totals``, migration 040): a reader sees the
 three at the same refresh, never a view newer than its recorded refresh or than the totals.
+A failed rebuild of the totals is rolled back alone (a savepoint) and logged: the refresh is
+committed, and the API, finding the totals behind, ranks from the view until it rebuilds them.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 import asyncpg
@@ -20,6 +23,7 @@ from molam_workloads.core.db import connect
 from molam_workloads.core.settings import DatabaseSettings, load_settings
 
 VIEW = "mv_txn_daily_agg"
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +49,11 @@ async def refresh(conn: asyncpg.Connection, view: str = VIEW) -> tuple[float, bo
             round(seconds * 1000),
         )
         if view == VIEW:
-            await conn.execute("SELECT analytics_rebuild_merchant_totals()")
+            try:
+                async with conn.transaction():  # a savepoint
+                    await conn.execute("SELECT analytics_rebuild_merchant_totals()")
+            except asyncpg.PostgresError as exc:
+                log.warning("could not rebuild the merchant totals: %r", exc)
     metrics.VIEW_REFRESH_SECONDS.set(seconds)
     return seconds, bool(populated)
 

@@ -102,3 +102,20 @@ async def test_refresh_rebuilds_the_merchant_totals_in_its_transaction(
         " WHERE v.view_name = 'mv_txn_daily_agg' AND s.name = 'merchant_totals'"
     )
     assert row is not None and row["current"] and row["tx"] == 4
+
+
+async def test_a_failed_rebuild_of_the_totals_keeps_the_refresh(db: asyncpg.Connection) -> None:
+    """The totals' rebuild fails: the view's refresh is committed all the same, the totals are
+    left behind it (the API ranks from the view until it rebuilds them)."""
+    await db.execute(
+        "CREATE OR REPLACE FUNCTION analytics_rebuild_merchant_totals() RETURNS bigint"
+        " LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'broken'; END $$"
+    )
+    await refresh(db)
+    row = await db.fetchrow(
+        "SELECT (SELECT refreshed_at FROM analytics_view_refreshes"
+        "        WHERE view_name = 'mv_txn_daily_agg') AS view,"
+        " (SELECT source_refreshed_at FROM analytics_rollup_state"
+        "  WHERE name = 'merchant_totals') AS totals"
+    )
+    assert row is not None and row["view"] is not None and row["totals"] is None
