@@ -231,16 +231,35 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
-def config_checksum(config_map: Mapping[str, Any], cfg: PipelineConfig) -> str:
+def secret_refs(cfg: PipelineConfig) -> list[SecretKey]:
+    """The Secret keys the pods' environment reads."""
+    return [r for r in (cfg.database, cfg.redis, cfg.jwt_secret, cfg.webhook_secret) if r]
+
+
+def secrets_digest(values: Mapping[tuple[str, str], str | None]) -> str:
+    """A digest of the referenced Secret values, {(secret, key): value} (None: missing).
+
+    Only digests leave the operator's memory: a value is hashed on its own, then with its key.
+    """
+    doc = sorted(
+        [name, key, None if v is None else hashlib.sha256(v.encode()).hexdigest()]
+        for (name, key), v in values.items()
+    )
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:16]
+
+
+def config_checksum(config_map: Mapping[str, Any], cfg: PipelineConfig, secrets: str = "") -> str:
     """Changes whenever the pods' environment would: it rolls them (pod template annotation).
 
-    Covers the ConfigMap's data and which Secret keys are referenced (not the secrets' values,
-    which the operator does not read for workloads).
+    Covers the ConfigMap's data, which Secret keys are referenced and ``secrets``, the digest of
+    their values (``secrets_digest``): pods read Secrets only when they start, so a rotated
+    password reaches them by a rollout.
     """
     refs = [cfg.database, cfg.redis, cfg.jwt_secret, cfg.webhook_secret]
     doc = {
         "data": config_map.get("data", {}),
         "secrets": [[r.name, r.key] if r else None for r in refs],
+        "values": secrets,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -483,14 +502,16 @@ def build_children(
     cfg: PipelineConfig,
     *,
     cron_job_api_version: str,
+    secrets: str = "",
 ) -> list[dict[str, Any]]:
     """Every child, in creation order (config first, so pods never start without it).
 
     Replicas: the API's from the spec, the consumer's initial count (its later replicas belong
-    to the scaler, see pipeline.py).
+    to the scaler, see pipeline.py). ``secrets``: the digest of the Secret values the pods read
+    (``secrets_digest``); when it changes, the pods roll.
     """
     cm = build_config_map(pipeline, cfg)
-    checksum = config_checksum(cm, cfg)
+    checksum = config_checksum(cm, cfg, secrets)
     return [
         cm,
         build_deployment(pipeline, "api", cfg, checksum=checksum, replicas=cfg.api_replicas),

@@ -85,9 +85,19 @@ async def ensure_child(ctx: OperatorContext, desired: dict[str, Any]) -> str:
     return "patched"
 
 
-def build(ctx: OperatorContext, body: kopf.Body, cfg: PipelineConfig) -> list[dict[str, Any]]:
+async def secrets_digest(ctx: OperatorContext, namespace: str, cfg: PipelineConfig) -> str:
+    """The digest of the Secret values the pods read (each read cached ``SECRET_TTL_SECONDS``):
+    a rotation rolls the pods at the next reconcile, a resync at the latest."""
+    refs = manifests.secret_refs(cfg)
+    values = await asyncio.gather(*(ctx.secret_value(namespace, r.name, r.key) for r in refs))
+    return manifests.secrets_digest({(r.name, r.key): v for r, v in zip(refs, values, strict=True)})
+
+
+def build(
+    ctx: OperatorContext, body: kopf.Body, cfg: PipelineConfig, secrets: str
+) -> list[dict[str, Any]]:
     children = manifests.build_children(
-        body.meta["name"], cfg, cron_job_api_version=ctx.cron_job_api_version
+        body.meta["name"], cfg, cron_job_api_version=ctx.cron_job_api_version, secrets=secrets
     )
     # Owner reference (garbage collection when the pipeline goes), namespace, owner's labels.
     kopf.adopt(children, owner=body)
@@ -126,7 +136,17 @@ async def reconcile(
         rt.last_started = time.monotonic()
         outcomes: dict[str, str] = {}
         try:
-            config, *workloads = build(ctx, body, cfg)
+            digest = await secrets_digest(ctx, namespace, cfg)
+        except KubeError as exc:
+            metrics.RECONCILE_ERRORS.labels(KIND, "SecretUnreadable").inc()
+            with contextlib.suppress(KubeError):
+                await _set_ready(ctx, body, rt, False, "SecretUnreadable", str(exc))
+            # Not guessed: a wrong digest would roll every pod.
+            raise kopf.TemporaryError(
+                f"cannot read a Secret the pods use: {exc}", delay=10
+            ) from None
+        try:
+            config, *workloads = build(ctx, body, cfg, digest)
             # The config first (pods refer to it), then the rest side by side.
             done = [await ensure_child(ctx, config)]
             done += await asyncio.gather(*(ensure_child(ctx, c) for c in workloads))

@@ -266,3 +266,33 @@ def test_drift_detects_hand_edits(edit: Any) -> None:
     live = copy.deepcopy(desired)
     edit(container(live))
     assert drifted(desired, live)
+
+
+def test_a_rotated_secret_value_changes_every_pod_template_and_nothing_else() -> None:
+    cfg = parse_spec(sample_spec())
+    refs = manifests.secret_refs(cfg)
+    assert {(r.name, r.key) for r in refs} >= {(cfg.database.name, cfg.database.key)}
+    values: dict[tuple[str, str], str | None] = {(r.name, r.key): "v1" for r in refs}
+    digest = manifests.secrets_digest(values)
+    assert manifests.secrets_digest(dict(reversed(list(values.items())))) == digest  # no order
+    rotated = manifests.secrets_digest({**values, (cfg.database.name, cfg.database.key): "v2"})
+    missing = manifests.secrets_digest({**values, (cfg.database.name, cfg.database.key): None})
+    assert len({digest, rotated, missing}) == 3
+    assert "v1" not in digest
+
+    def build(secrets: str) -> dict[str, Any]:
+        return {
+            f"{c['kind']}/{c['metadata']['name']}": c
+            for c in build_children(
+                "analytics", cfg, cron_job_api_version="batch/v1", secrets=secrets
+            )
+        }
+
+    before, after = build(digest), build(rotated)
+    templates = [k for k in before if k.split("/")[0] in ("Deployment", "CronJob")]
+    assert len(templates) == 4
+    for key in before:
+        if key in templates:
+            assert before[key] != after[key], key
+            before[key] = after[key] = None
+        assert before[key] == after[key], key  # only the checksum annotation moved

@@ -18,6 +18,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from opkube import apply, eventually, kubectl, kubectl_json, running_operator, sample
 
+from molam_operator import context
+
 pytestmark = pytest.mark.kube
 
 CHILDREN = [
@@ -268,6 +270,37 @@ async def test_children_owners_rollout_restore_and_garbage_collection(
         return all(get(namespace, k, n) is None for k, n in CHILDREN)
 
     await eventually("children garbage-collected", gone, timeout=30)
+
+
+async def test_a_rotated_secret_rolls_the_pods(
+    namespace: str, operator_env: None, monkeypatch: pytest.MonkeyPatch,
+    installed: Callable[..., dict[str, Any]], kafka_bootstrap: str, topic: str,
+    ids: dict[str, str], database_url: str,
+) -> None:  # fmt: skip
+    # Short cache and resync, so the rotation is found in seconds (defaults: 30 s and 60 s).
+    monkeypatch.setattr(context, "SECRET_TTL_SECONDS", 0.5)
+    monkeypatch.setenv("OPERATOR_RESYNC_SECONDS", "2")
+
+    def template(name: str) -> dict[str, Any]:
+        return dict(get(namespace, "deployment", name)["spec"]["template"]["metadata"])
+
+    with running_operator(namespace):
+        installed(bootstrap=kafka_bootstrap, topic=topic, group=ids["group"])
+        await eventually("all children", lambda: all_children(namespace))
+        before = {n: template(n) for n in ("analytics-api", "analytics-consumer")}
+        await asyncio.sleep(3)  # a resync or two: nothing changed, nothing rolls
+        assert {n: template(n) for n in before} == before
+
+        rotated = database_url + ("&" if "?" in database_url else "?") + "application_name=r2"
+        apply([{**secrets(namespace, rotated, "unused")[0]}])
+
+        def rolled() -> bool:
+            return all(template(n) != before[n] for n in before)
+
+        await eventually("pods rolled", rolled, timeout=20)
+    # Only the value's digest is written anywhere, never the value.
+    dep = get(namespace, "deployment", "analytics-api")
+    assert rotated not in str(dep) and "r2" not in str(dep["spec"]["template"]["metadata"])
 
 
 async def test_scales_on_real_lag_down_after_the_window_and_pauses(
