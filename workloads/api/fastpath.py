@@ -31,11 +31,12 @@ from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from molam_workloads.api.auth import bearer_token
 from molam_workloads.api.cache import cached_response
 from molam_workloads.api.deps import Resources
+from molam_workloads.api.middleware import StatusSend
 from molam_workloads.core.metrics import CACHE_HITS
 
 # The key of a request in progress, set by ``cached_answer`` (``learn``) for this middleware.
@@ -109,22 +110,15 @@ class CachedAnswers:
         self, scope: Scope, receive: Receive, send: Send, signature: tuple[str, bytes, str]
     ) -> None:
         slot: list[str] = []
-        status = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        sent = StatusSend(send, 0)
         reset = _slot.set(slot)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, sent)
         finally:
             _slot.reset(reset)
         route = scope.get("route")
         if (
-            status == 200
+            sent.status == 200
             and len(slot) == 1
             and isinstance(route, BaseRoute)
             and _range_given(scope["query_string"])

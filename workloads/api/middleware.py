@@ -13,6 +13,21 @@ from molam_workloads.core.metrics import API_LATENCY, API_REQUESTS
 UNMATCHED = "<unmatched>"
 
 
+class StatusSend:
+    """An ASGI ``send`` that remembers the status of the response it passes on."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Send, status: int) -> None:
+        self.send = send
+        self.status = status  # until the response starts: what an exception would give
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+
+
 class MetricsMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -22,19 +37,12 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        sent = StatusSend(send, 500)
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, sent)
         finally:
             route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            requests, latency = _series(scope["method"], route, status)
+            requests, latency = _series(scope["method"], route, sent.status)
             requests.inc()
             latency.observe(time.perf_counter() - start)
 
