@@ -3,7 +3,8 @@
 The loop runs three independent tasks on one pool: evaluation cycles every
 ``ALERTS_INTERVAL_SECONDS``, the webhook notifier (so a slow receiver never delays a cycle)
 and housekeeping. ``--once`` runs one cycle, sends what it queued (one attempt each; failures
-stay queued for the next run) and exits. Metrics are served on ``METRICS_PORT`` (9103) by the
+stay queued for the next run), housekeeps once and exits: scheduled as a job, it keeps the
+tables bounded like the loop does. Metrics are served on ``METRICS_PORT`` (9103) by the
 loop only, so several ``--once`` runs never fight over the port.
 """
 
@@ -67,6 +68,12 @@ async def run(args: argparse.Namespace) -> int:
                 f"{len(report.resolved)} resolved, {sent} webhook attempt(s)"
                 if report.ran
                 else "another evaluator is running a cycle; nothing done"
+            )
+            # Batched deletes: a concurrent run or loop deleting the same rows is harmless.
+            kept = await housekeep(pool, settings)
+            print(
+                f"housekeeping: {kept.alerts_deleted} resolved alert(s) and"
+                f" {kept.minute_rows_deleted} txn_minute_agg row(s) deleted"
             )
             return 0
         serve_metrics(settings.metrics_port)

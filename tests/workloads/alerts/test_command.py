@@ -73,6 +73,16 @@ async def test_two_once_processes_at_once_notify_once(
     )
 
 
+async def test_once_also_housekeeps(db: asyncpg.Connection, database_url: str) -> None:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    await add_minutes(db, now - timedelta(hours=72), 30)  # beyond the 48 h retention
+    await add_minutes(db, now - timedelta(minutes=30), 20)  # kept
+    code, out = await _once(database_url)
+    assert code == 0, out
+    assert "housekeeping: 0 resolved alert(s) and 30 txn_minute_agg row(s) deleted" in out, out
+    assert await db.fetchval("SELECT count(*) FROM txn_minute_agg") == 20
+
+
 async def test_bad_configuration_is_one_line(database_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": "mysql://nope", "PYTHONSAFEPATH": "1"}
     proc = await asyncio.create_subprocess_exec(
