@@ -1,24 +1,36 @@
 """Conversion to the reporting currency, applied at query time.
 
 Aggregates keep amounts in their own currency (a dimension of every aggregate row); a query
-groups first, then joins the few resulting rows to ``fx_rate_ranges`` with this fragment, so new
-FX rates correct history and a 1M-row scan converts a handful of groups, not every row.
+groups first, then looks up the rate of the few resulting rows with this fragment (the rates
+of ``fx_rate_ranges``), so new FX rates correct history and a 1M-row scan converts a handful
+of groups, not every row.
 """
 
 from __future__ import annotations
 
 
 def rate_join(alias: str, ts_expr: str, quote_param: str) -> str:
-    """SQL ``LEFT JOIN`` giving ``fx.rate`` for ``alias.currency`` at ``ts_expr``.
+    """SQL ``LEFT JOIN LATERAL`` giving ``fx.rate`` for ``alias.currency`` at ``ts_expr``.
 
-    ``quote_param`` is the placeholder of the reporting currency (e.g. ``$3``). A currency
-    equal to the reporting currency converts at 1 even without a row; one with no rate at all
-    yields NULL, which callers report as unconverted rather than silently dropping.
+    ``quote_param`` is the placeholder of the reporting currency (e.g. ``$3``). The rate is
+    ``fx_rate_ranges``' one: the currency's latest rate on or before the UTC day of
+    ``ts_expr`` (a timestamptz), else its first rate. Found by two probes of the primary key
+    (quote, currency, day) rather than a join with the view, which numbers every rate ever
+    loaded for each row (with six years of daily rates of ten currencies, the live counters'
+    query went from 8 ms to 860 ms). A currency equal to the reporting currency converts at 1
+    even without a row (``rate_expr``); one with no rate at all yields NULL, which callers
+    report as unconverted rather than silently dropping.
     """
+    # bpchar on both sides: compared with a text parameter, the key columns would be cast to
+    # text and the primary key left unused.
+    probe = (
+        f"SELECT x.rate FROM fx_rates x WHERE x.quote = ({quote_param})::bpchar "
+        f"AND x.currency = {alias}.currency"
+    )
     return (
-        f"LEFT JOIN fx_rate_ranges fx ON fx.quote = {quote_param} "
-        f"AND fx.currency = {alias}.currency "
-        f"AND {ts_expr} >= fx.valid_from AND {ts_expr} < fx.valid_to"
+        f"LEFT JOIN LATERAL (SELECT coalesce(({probe} "
+        f"AND x.day <= ({ts_expr} AT TIME ZONE 'UTC')::date ORDER BY x.day DESC LIMIT 1), "
+        f"({probe} ORDER BY x.day LIMIT 1)) AS rate) fx ON true"
     )
 
 

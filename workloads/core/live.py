@@ -40,15 +40,18 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def _totals_sql(owner: str, where: str) -> str:
+    # [$1, $2) is one UTC day, which has one rate per currency: the sums are converted once
+    # per (owner, currency), not once per hourly row (numeric products are exact, so the
+    # figure is the same).
     return f"""
-SELECT {owner} AS owner, a.currency, {_SUMS},
-       sum(a.gross_volume_local) AS gross, sum(a.fee_local) AS fee,
-       sum(a.gross_volume_local * {rate_expr("a", "$3")}) AS gross_reporting,
-       bool_or({rate_expr("a", "$3")} IS NULL) AS unconverted
-FROM txn_hourly_agg a
-{rate_join("a", "a.hour", "$3")}
-WHERE a.hour >= $1 AND a.hour < $2 {where}
-GROUP BY 1, a.currency
+SELECT g.*, g.gross * {rate_expr("g", "$3")} AS gross_reporting,
+       {rate_expr("g", "$3")} IS NULL AS unconverted
+FROM (SELECT {owner} AS owner, a.currency, {_SUMS},
+             sum(a.gross_volume_local) AS gross, sum(a.fee_local) AS fee
+      FROM txn_hourly_agg a
+      WHERE a.hour >= $1 AND a.hour < $2 {where}
+      GROUP BY 1, a.currency) g
+{rate_join("g", "$1::timestamptz", "$3")}
 """
 
 
