@@ -111,6 +111,16 @@ LEDGER_SQL = (
 LEDGER_ANY_DAY_SQL = _LEDGER_INSERT + "ON CONFLICT (txn_id) DO NOTHING\n"
 
 
+# For the day's transaction. A day's GROUP BY fits in memory with a little more than the
+# default 4 MB (no spill to disk), and JIT compiling these short statements costs more than it
+# saves. No nested loops: statistics taken while the ledger's day was empty make one look
+# cheap, and a nested anti-join against the rows inserted since is quadratic (the bench timed
+# out).
+DAY_SETTINGS = (
+    f"SET LOCAL work_mem = '{WORK_MEM}'; SET LOCAL jit = off; SET LOCAL enable_nestloop = off"
+)
+
+
 def parse_day(value: str, flag: str) -> date:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value or ""):
         raise ConfigError(f"{flag} {value!r}: expected a date as YYYY-MM-DD")
@@ -137,14 +147,7 @@ async def backfill_day(
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     end = start + timedelta(days=1)
     async with conn.transaction():
-        # A day's GROUP BY fits in memory with a little more than the default 4 MB (no spill
-        # to disk), and JIT compiling these short statements costs more than it saves. No
-        # nested loops: statistics taken while the ledger's day was empty make one look cheap,
-        # and a nested anti-join against rows inserted since is quadratic (the bench timed out).
-        await conn.execute(
-            f"SET LOCAL work_mem = '{WORK_MEM}'; SET LOCAL jit = off;"
-            " SET LOCAL enable_nestloop = off"
-        )
+        await conn.execute(DAY_SETTINGS)
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtext($1), $2)", INGEST_LOCK, day.toordinal()
         )

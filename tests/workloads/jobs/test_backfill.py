@@ -91,6 +91,29 @@ async def _at(db: asyncpg.Connection, n: int) -> bool:
     return await _ledger(db) >= n
 
 
+async def test_the_ledger_insert_never_plans_a_nested_loop_on_stale_statistics(
+    db: asyncpg.Connection,
+) -> None:
+    # Statistics taken on an empty ledger, then a day's rows inserted: the next day's plan
+    # estimates its ledger rows at almost none. A nested anti-join over them would be
+    # quadratic in the rows inserted since; the day's settings leave the planner a hash join.
+    await db.execute("ANALYZE ingested_transactions")
+    start = datetime(2025, 4, 1, tzinfo=UTC)
+    await insert_source(db, make_events(300, seed=91, start=start + timedelta(days=2)))
+    await db.execute(
+        "INSERT INTO ingested_transactions (txn_id, occurred_at, source)"
+        " SELECT 'X-' || g, $1::timestamptz + g * interval '1 s', 'stream'"
+        " FROM generate_series(1, 5000) g",
+        start + timedelta(days=1),
+    )
+    day = (start + timedelta(days=1), start + timedelta(days=2))
+    async with db.transaction():
+        await db.execute(backfill.DAY_SETTINGS)
+        plan = "\n".join(r[0] for r in await db.fetch("EXPLAIN " + backfill.LEDGER_SQL, *day))
+    assert "Nested Loop" not in plan, plan
+    assert "Hash Anti Join" in plan or "Merge Anti Join" in plan, plan
+
+
 async def test_a_transaction_counted_under_another_day_is_not_recorded_twice(
     db: asyncpg.Connection,
 ) -> None:
