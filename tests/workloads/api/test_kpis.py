@@ -539,7 +539,9 @@ async def test_daily_rates_are_those_of_fx_rate_ranges(db: asyncpg.Connection) -
             cte = _rates_cte(
                 first + timedelta(hours=3), first + timedelta(days=days), p.add(quote), p
             )
-            built = await db.fetch(f"WITH {cte} SELECT currency, fx_day, rate FROM r", *p.values)
+            built = await db.fetch(
+                f"WITH RECURSIVE {cte} SELECT currency, fx_day, rate FROM r", *p.values
+            )
             expected = await db.fetch(
                 definition, quote, first.date(), (first + timedelta(days=days - 1)).date()
             )
