@@ -9,18 +9,7 @@ from typing import Any
 
 import asyncpg
 
-MEASURES = (
-    "tx_count",
-    "succeeded_count",
-    "failed_count",
-    "pending_count",
-    "gross_volume_local",
-    "payment_count",
-    "payment_volume_local",
-    "refund_count",
-    "refund_volume_local",
-    "fee_local",
-)
+from molam_workloads.core.measures import KEYS, MEASURES, MONEY_MEASURES
 
 
 def hourly(
@@ -41,12 +30,12 @@ def hourly(
     }
     for m in MEASURES:
         v = measures.get(m, 0)
-        row[m] = Decimal(str(v)) if "volume" in m or m == "fee_local" else int(v)
+        row[m] = Decimal(str(v)) if m in MONEY_MEASURES else int(v)
     return row
 
 
 async def insert_hourly(conn: asyncpg.Connection, rows: list[dict[str, Any]]) -> None:
-    cols = ("hour", "merchant_id", "country", "currency", "channel", *MEASURES)
+    cols = ("hour", *KEYS, *MEASURES)
     placeholders = ", ".join(f"${i}" for i in range(1, len(cols) + 1))
     await conn.executemany(
         f"INSERT INTO txn_hourly_agg ({', '.join(cols)}) VALUES ({placeholders})",

@@ -36,6 +36,31 @@ def m(row: list[Any], name: str) -> Any:
     return row[MEASURES.index(name)]
 
 
+def mixed_statuses() -> list[TransactionEvent]:
+    """A succeeded payment, a failed and a pending one and a succeeded refund, in one bucket."""
+    return [
+        ev("a"),
+        ev("b", status="failed", amount="7"),
+        ev("c", status="pending", amount="3"),
+        ev("d", type="refund", amount="10", fee="0"),
+    ]
+
+
+def assert_mixed_statuses_row(rows: Rows) -> list[Any]:
+    """``mixed_statuses``' one hourly row, computed by hand: every transaction counts in
+    ``tx_count`` and the gross, only succeeded ones in the per-type splits and the fees."""
+    assert len(rows) == 1
+    ((key, row),) = rows.items()
+    assert key == (T0.replace(minute=0, second=0), "M-1", "SN", "XOF", "mobile_money")
+    assert m(row, "tx_count") == 4
+    assert m(row, "gross_volume_local") == Decimal("120.50")
+    assert (m(row, "succeeded_count"), m(row, "failed_count"), m(row, "pending_count")) == (2, 1, 1)
+    assert (m(row, "payment_count"), m(row, "payment_volume_local")) == (1, Decimal("100.50"))
+    assert (m(row, "refund_count"), m(row, "refund_volume_local")) == (1, Decimal("10"))
+    assert m(row, "fee_local") == Decimal("1.25")
+    return row
+
+
 def one_by_one(events: list[TransactionEvent], bucket: Callable[[datetime], datetime]) -> Rows:
     """The measures summed event by event, the obvious way."""
     rows: Rows = {}

@@ -19,28 +19,19 @@ from molam_workloads.ingest.aggregation import (
     truncate_minute,
 )
 
-from .reference import T0, ev, m, one_by_one, random_events
+from .reference import (
+    T0,
+    assert_mixed_statuses_row,
+    ev,
+    m,
+    mixed_statuses,
+    one_by_one,
+    random_events,
+)
 
 
 def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_the_splits() -> None:
-    rows = aggregate(
-        [
-            ev("a"),
-            ev("b", status="failed", amount="7"),
-            ev("c", status="pending", amount="3"),
-            ev("d", type="refund", amount="10", fee="0"),
-        ],
-        truncate_hour,
-    )
-    assert len(rows) == 1
-    ((key, row),) = rows.items()
-    assert key == (T0.replace(minute=0, second=0), "M-1", "SN", "XOF", "mobile_money")
-    assert m(row, "tx_count") == 4
-    assert m(row, "gross_volume_local") == Decimal("120.50")
-    assert (m(row, "succeeded_count"), m(row, "failed_count"), m(row, "pending_count")) == (2, 1, 1)
-    assert (m(row, "payment_count"), m(row, "payment_volume_local")) == (1, Decimal("100.50"))
-    assert (m(row, "refund_count"), m(row, "refund_volume_local")) == (1, Decimal("10"))
-    assert m(row, "fee_local") == Decimal("1.25")
+    row = assert_mixed_statuses_row(aggregate(mixed_statuses(), truncate_hour))
     assert all(isinstance(m(row, x), Decimal) for x in MEASURES if x.endswith("_local"))
 
 

@@ -17,7 +17,16 @@ from molam_workloads.core.measures import MEASURES
 from molam_workloads.ingest.aggregation import dedupe, summarize, truncate_hour, truncate_minute
 from molam_workloads.ingest.writer import BatchWriter
 
-from .reference import T0, Rows, ev, m, one_by_one, random_events
+from .reference import (
+    T0,
+    Rows,
+    assert_mixed_statuses_row,
+    ev,
+    m,
+    mixed_statuses,
+    one_by_one,
+    random_events,
+)
 
 
 async def write(
@@ -43,26 +52,9 @@ async def table(db: asyncpg.Connection, name: str, time_column: str) -> Rows:
 async def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_the_splits(
     db: asyncpg.Connection,
 ) -> None:
-    await write(
-        db,
-        [
-            ev("a"),
-            ev("b", status="failed", amount="7"),
-            ev("c", status="pending", amount="3"),
-            ev("d", type="refund", amount="10", fee="0"),
-        ],
-    )
-    hourly = await table(db, "txn_hourly_agg", "hour")
-    assert len(hourly) == 1
-    ((key, row),) = hourly.items()
-    assert key == (T0.replace(minute=0, second=0), "M-1", "SN", "XOF", "mobile_money")
-    assert m(row, "tx_count") == 4
-    assert m(row, "gross_volume_local") == Decimal("120.50")
-    assert (m(row, "succeeded_count"), m(row, "failed_count"), m(row, "pending_count")) == (2, 1, 1)
-    assert (m(row, "payment_count"), m(row, "payment_volume_local")) == (1, Decimal("100.50"))
-    assert (m(row, "refund_count"), m(row, "refund_volume_local")) == (1, Decimal("10"))
+    await write(db, mixed_statuses())
+    row = assert_mixed_statuses_row(await table(db, "txn_hourly_agg", "hour"))
     assert (m(row, "payout_count"), m(row, "payout_volume_local")) == (0, Decimal(0))
-    assert m(row, "fee_local") == Decimal("1.25")
 
 
 async def test_buckets_split_by_every_dimension_and_time(db: asyncpg.Connection) -> None:
