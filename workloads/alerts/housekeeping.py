@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from molam_workloads.alerts.settings import AlertsSettings
+from molam_workloads.core.db import delete_in_chunks
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +30,11 @@ class HousekeepingReport:
     minute_rows_deleted: int
 
 
-async def _batched(pool: asyncpg.Pool, sql: str, cutoff: datetime) -> int:
-    total = 0
-    while True:
-        result: str = await pool.execute(sql, cutoff, BATCH)
-        n = int(result.rsplit(" ", 1)[-1])
-        total += n
-        if n < BATCH:
-            return total
-
-
 async def housekeep(
     pool: asyncpg.Pool, settings: AlertsSettings, now: datetime | None = None
 ) -> HousekeepingReport:
     now = now or datetime.now(UTC)
-    alerts = await _batched(
+    alerts = await delete_in_chunks(
         pool,
         """
         DELETE FROM analytics_alerts WHERE id IN (
@@ -51,14 +42,16 @@ async def housekeep(
             WHERE state = 'resolved' AND resolved_at < $1 LIMIT $2)
         """,
         now - timedelta(days=settings.alerts_resolved_retention_days),
+        BATCH,
     )
-    minutes = await _batched(
+    minutes = await delete_in_chunks(
         pool,
         """
         DELETE FROM txn_minute_agg WHERE ctid = ANY(ARRAY(
             SELECT ctid FROM txn_minute_agg WHERE minute < $1 LIMIT $2))
         """,
         now - timedelta(hours=settings.minute_agg_retention_hours),
+        BATCH,
     )
     log.info(
         "housekeeping: deleted %d resolved alert(s) older than %d days, "

@@ -69,6 +69,19 @@ async def create_pool(
         await pool.close()
 
 
+async def delete_in_chunks(pool: asyncpg.Pool, sql: str, cutoff: object, chunk: int) -> int:
+    """Run the ``DELETE`` ``sql`` ($1 ``cutoff``, $2 ``chunk``: it deletes at most that many
+    rows) until it deletes fewer; returns how many in all. Each statement is its own short
+    transaction, so no lock on a large table is held for long."""
+    total = 0
+    while True:
+        status: str = await pool.execute(sql, cutoff, chunk)
+        deleted = int(status.rsplit(" ", 1)[-1])
+        total += deleted
+        if deleted < chunk:
+            return total
+
+
 def migration_files() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every migration shipped in the package, in order."""
     found = []

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from molam_workloads.core.db import delete_in_chunks
+
 TRIM_MARGIN = timedelta(days=1)
 # Rows deleted per statement: short transactions that never hold a batch's write up for long.
 TRIM_CHUNK = 10_000
@@ -39,11 +41,4 @@ def trim_before(now: datetime, days: int) -> datetime:
 
 async def trim(pool: asyncpg.Pool, before: datetime) -> int:
     """Delete the ledger rows of transactions that occurred before ``before``; how many."""
-    total = 0
-    while True:
-        async with pool.acquire() as conn:
-            status = await conn.execute(_TRIM_SQL, before, TRIM_CHUNK)
-        deleted = int(status.split()[-1])
-        total += deleted
-        if deleted < TRIM_CHUNK:
-            return total
+    return await delete_in_chunks(pool, _TRIM_SQL, before, TRIM_CHUNK)
