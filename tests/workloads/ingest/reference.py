@@ -46,6 +46,20 @@ def mixed_statuses() -> list[TransactionEvent]:
     ]
 
 
+def one_per_dimension() -> list[TransactionEvent]:
+    """``ev("a")`` and six events that each differ from it in one bucket dimension: no merchant,
+    country, currency (with its country), channel, the next hour, the next minute."""
+    return [
+        ev("a"),
+        ev("b", merchant_id=None, type="transfer"),
+        ev("c", country="CI"),
+        ev("d", currency="GHS", country="GH"),
+        ev("e", channel="card"),
+        ev("f", occurred_at=T0 + timedelta(hours=1)),
+        ev("g", occurred_at=T0 + timedelta(minutes=1)),
+    ]
+
+
 def assert_mixed_statuses_row(rows: Rows) -> list[Any]:
     """``mixed_statuses``' one hourly row, computed by hand: every transaction counts in
     ``tx_count`` and the gross, only succeeded ones in the per-type splits and the fees."""

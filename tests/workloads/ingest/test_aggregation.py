@@ -26,6 +26,7 @@ from .reference import (
     m,
     mixed_statuses,
     one_by_one,
+    one_per_dimension,
     random_events,
 )
 
@@ -36,15 +37,7 @@ def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_the_sp
 
 
 def test_buckets_split_by_every_dimension_and_time() -> None:
-    events = [
-        ev("a"),
-        ev("b", merchant_id=None, type="transfer"),
-        ev("c", country="CI"),
-        ev("d", currency="GHS", country="GH"),
-        ev("e", channel="card"),
-        ev("f", occurred_at=T0 + timedelta(hours=1)),
-        ev("g", occurred_at=T0 + timedelta(minutes=1)),
-    ]
+    events = one_per_dimension()
     assert len(aggregate(events, truncate_hour)) == 6
     assert len(aggregate(events, truncate_minute)) == 7
 

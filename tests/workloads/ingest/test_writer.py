@@ -25,6 +25,7 @@ from .reference import (
     m,
     mixed_statuses,
     one_by_one,
+    one_per_dimension,
     random_events,
 )
 
@@ -58,18 +59,7 @@ async def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_
 
 
 async def test_buckets_split_by_every_dimension_and_time(db: asyncpg.Connection) -> None:
-    await write(
-        db,
-        [
-            ev("a"),
-            ev("b", merchant_id=None, type="transfer"),
-            ev("c", country="CI"),
-            ev("d", currency="GHS", country="GH"),
-            ev("e", channel="card"),
-            ev("f", occurred_at=T0 + timedelta(hours=1)),
-            ev("g", occurred_at=T0 + timedelta(minutes=1)),
-        ],
-    )
+    await write(db, one_per_dimension())
     assert len(await table(db, "txn_hourly_agg", "hour")) == 6
     assert len(await table(db, "txn_minute_agg", "minute")) == 7
 
