@@ -39,6 +39,18 @@ CHANNELS = ("mobile_money", "card", "bank_transfer", "wallet")
 PLACES = (("XOF", "SN"), ("XOF", "CI"), ("GHS", "GH"), ("NGN", "NG"), ("KES", "KE"))
 
 
+def today_span(at_most: timedelta = timedelta(minutes=1)) -> timedelta:
+    """A span ending now that stays inside today's UTC day (``make_events`` counts back from
+    one second ago): a test about today's counters must not find its events on yesterday's
+    when it runs just after midnight UTC. Waits out the first seconds of a day."""
+    now = datetime.now(UTC)
+    since_midnight = now - now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if since_midnight < timedelta(seconds=3):
+        time.sleep(3 - since_midnight.total_seconds())
+        return today_span(at_most)
+    return min(at_most, since_midnight - timedelta(seconds=2))
+
+
 def make_events(
     n: int,
     *,

@@ -19,6 +19,7 @@ from ingest.support import (
     make_events,
     publish,
     running_consumer,
+    today_span,
     wait_until,
     with_duplicates,
 )
@@ -229,7 +230,7 @@ async def test_cli_prints_progress_and_a_summary(db: asyncpg.Connection, databas
 async def test_backfilling_today_hands_live_counters_back_to_postgres(
     stack: Stack, db: asyncpg.Connection, redis: Redis, database_url: str, redis_url: str
 ) -> None:
-    events = make_events(200, seed=111, span=timedelta(minutes=1))  # all today
+    events = make_events(200, seed=111, span=today_span())
     await insert_source(db, events[:150])
     await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in events[:150]])
     async with running_consumer():
@@ -250,7 +251,7 @@ async def test_backfilling_today_hands_live_counters_back_to_postgres(
     assert await counted(db) == 200
     assert [k async for k in redis.scan_iter(match=f"live:merchant:*:{today}")] == []
     # The consumer's next batch writes them again, equal to PostgreSQL.
-    late = make_events(5, seed=112, prefix="LATE", merchants=5)
+    late = make_events(5, seed=112, prefix="LATE", merchants=5, span=today_span())
     await insert_source(db, late)
     await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in late])
     async with running_consumer():
