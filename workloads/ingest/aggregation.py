@@ -10,9 +10,10 @@ PostgreSQL's core the work only it can do (the ledger, the upserts).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 import msgspec
@@ -169,32 +170,32 @@ class BatchAggregates:
 
     Computed while the previous batch is being written, on the assumption that every
     transaction is new; the few the ledger rejects are then subtracted (``without``), which is
-    far cheaper than aggregating again.
+    far cheaper than aggregating again. The JSON documents the write sends are computed once,
+    as text (asyncpg's jsonb parameter takes str), by ``encoded`` off the event loop.
     """
 
     events: list[TransactionEvent]
     hourly: dict[BucketKey, list[Any]]
     minute: dict[BucketKey, list[Any]]
     minute_since: datetime | None
-    _json: dict[str, bytes] = field(default_factory=dict, repr=False)
 
-    def hourly_json(self) -> bytes:
-        if "hourly" not in self._json:
-            self._json["hourly"] = rows_json(self.hourly)
-        return self._json["hourly"]
+    @cached_property
+    def hourly_json(self) -> str:
+        return rows_json(self.hourly).decode()
 
-    def ledger_json(self) -> bytes:
+    @cached_property
+    def minute_json(self) -> str:
+        return rows_json(self.minute).decode()
+
+    @cached_property
+    def ledger_json(self) -> str:
         """[txn_id, event_id, occurred_at] of every event, for the ledger insert."""
-        if "ledger" not in self._json:
-            self._json["ledger"] = _encode(
-                [(e.txn_id, e.event_id, e.occurred_at) for e in self.events]
-            )
-        return self._json["ledger"]
+        return _encode([(e.txn_id, e.event_id, e.occurred_at) for e in self.events]).decode()
 
-    def minute_json(self) -> bytes:
-        if "minute" not in self._json:
-            self._json["minute"] = rows_json(self.minute)
-        return self._json["minute"]
+    def encoded(self) -> BatchAggregates:
+        """This batch with its three JSON documents computed (in the caller's thread)."""
+        _ = (self.ledger_json, self.hourly_json, self.minute_json)  # reading caches them
+        return self
 
     def without(self, dropped: Sequence[TransactionEvent]) -> BatchAggregates:
         if not dropped:

@@ -78,11 +78,7 @@ class PreparedBatch:
 
 def _summarized(events: list[TransactionEvent], since: datetime | None) -> BatchAggregates:
     """``summarize``, with every JSON document the write will send already encoded."""
-    agg = summarize(events, since)
-    agg.ledger_json()
-    agg.hourly_json()
-    agg.minute_json()
-    return agg
+    return summarize(events, since).encoded()
 
 
 @dataclass

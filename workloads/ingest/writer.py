@@ -143,14 +143,14 @@ class BatchWriter:
                 days,
             )
             if events:
-                seen = {r[0] for r in await conn.fetch(_LEDGER_SQL, batch.ledger_json().decode())}
+                seen = {r[0] for r in await conn.fetch(_LEDGER_SQL, batch.ledger_json)}
                 if seen:
                     batch = batch.without([e for e in events if e.txn_id in seen])
             if batch.hourly or batch.minute or next_offsets:
                 await conn.execute(
                     _AGGREGATES_AND_OFFSETS_SQL,
-                    batch.hourly_json().decode(),
-                    batch.minute_json().decode(),
+                    batch.hourly_json,
+                    batch.minute_json,
                     self.group,
                     self.topic,
                     list(next_offsets),

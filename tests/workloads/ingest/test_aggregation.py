@@ -82,18 +82,18 @@ def test_removing_the_ledger_rejects_equals_aggregating_only_the_new() -> None:
     since = T0 - timedelta(hours=48)
     batch = summarize(events, since)
     assert [e.txn_id for e in batch.events] == ["a", "b", "c", "d"]
-    before = (dict(batch.hourly), dict(batch.minute), batch.hourly_json())
+    before = (dict(batch.hourly), dict(batch.minute), batch.hourly_json)
 
     rejected = [e for e in batch.events if e.txn_id in ("b", "c")]
     kept = batch.without(rejected)
     fresh = summarize([e for e in batch.events if e.txn_id not in ("b", "c")], since)
     assert kept.hourly == fresh.hourly and kept.minute == fresh.minute
-    assert kept.hourly_json() == fresh.hourly_json()
+    assert kept.hourly_json == fresh.hourly_json
     assert [e.txn_id for e in kept.events] == ["a", "d"]
     # The M-2 bucket held only a rejected transaction: it is gone, not left at zero.
     assert all(k[1] != "M-2" for k in kept.hourly)
     # The prepared batch is untouched (a failed write is retried from it).
-    assert (batch.hourly, batch.minute, batch.hourly_json()) == before
+    assert (batch.hourly, batch.minute, batch.hourly_json) == before
     assert batch.without([]) is batch
 
 
