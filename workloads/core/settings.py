@@ -7,10 +7,11 @@ class so tests can override by clearing the cache.
 
 from __future__ import annotations
 
+import os
 from functools import cache
-from typing import TypeVar
+from typing import Literal, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from molam_workloads.core.currencies import CURRENCIES
@@ -47,12 +48,33 @@ class RedisSettings(_Base):
         return v
 
 
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+# What aiokafka can do with a username and password; GSSAPI and OAUTHBEARER need more than that.
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
 class KafkaSettings(_Base):
     kafka_bootstrap_servers: str = Field(default="127.0.0.1:9092")
     kafka_topic: str = Field(default="wallet.transactions", min_length=1)
     kafka_consumer_group: str = Field(default="analytics-consumer-g", min_length=1)
     anomaly_topic: str = Field(default="analytics.anomaly", min_length=1)
     dlq_topic: str = Field(default="analytics.dlq", min_length=1)
+
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        default="PLAINTEXT", description="How clients talk to the brokers (TLS and/or SASL)."
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism = Field(
+        default="PLAIN", description="SASL mechanism (with a SASL_* security protocol)."
+    )
+    kafka_sasl_username: str | None = Field(default=None, min_length=1)
+    kafka_sasl_password: SecretStr | None = Field(default=None)
+    kafka_ssl_ca_file: str | None = Field(
+        default=None,
+        description="PEM CA bundle the brokers' certificates are checked against "
+        "(unset: the system's trusted CAs).",
+    )
+    kafka_ssl_cert_file: str | None = Field(default=None, description="PEM client certificate.")
+    kafka_ssl_key_file: str | None = Field(default=None, description="PEM client private key.")
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -61,6 +83,59 @@ class KafkaSettings(_Base):
         if not hosts or any(":" not in h for h in hosts):
             raise ValueError("must be host:port[,host:port...]")
         return ",".join(hosts)
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        # Kafka's own configuration spells these in capitals; accept sasl_ssl as well.
+        return v.strip().upper() if isinstance(v, str) else v
+
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_ssl_ca_file",
+        "kafka_ssl_cert_file",
+        "kafka_ssl_key_file",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, v: object) -> object:
+        # A chart or a shell often exports the variable empty rather than not at all.
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> KafkaSettings:
+        """Refuse combinations that would connect differently from what was meant."""
+        protocol = self.kafka_security_protocol
+        sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+        if sasl and (not self.kafka_sasl_username or self.kafka_sasl_password is None):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
+                "KAFKA_SASL_PASSWORD"
+            )
+        if not sasl and (self.kafka_sasl_username or self.kafka_sasl_password is not None):
+            raise ValueError(
+                f"KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD are set but KAFKA_SECURITY_PROTOCOL="
+                f"{protocol} does not authenticate with SASL (use SASL_SSL or SASL_PLAINTEXT)"
+            )
+        files = {
+            "KAFKA_SSL_CA_FILE": self.kafka_ssl_ca_file,
+            "KAFKA_SSL_CERT_FILE": self.kafka_ssl_cert_file,
+            "KAFKA_SSL_KEY_FILE": self.kafka_ssl_key_file,
+        }
+        given = [name for name, value in files.items() if value]
+        if given and not tls:
+            raise ValueError(
+                f"{', '.join(given)} set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
+                "(use SSL or SASL_SSL)"
+            )
+        if bool(self.kafka_ssl_cert_file) != bool(self.kafka_ssl_key_file):
+            raise ValueError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE go together (client TLS)")
+        for name in given:
+            path = files[name]
+            assert path is not None
+            if not os.path.isfile(path) or not os.access(path, os.R_OK):
+                raise ValueError(f"{name}={path} is not a readable file")
+        return self
 
 
 class ReportingSettings(_Base):
@@ -108,8 +183,11 @@ def load_settings(cls: type[S]) -> S:
     except ValidationError as exc:
         parts = []
         for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]).upper() or "?"
-            parts.append(f"{name}: {err['msg']}")
+            name = ".".join(str(p) for p in err["loc"]).upper()
+            # A rule across fields (a model validator) names its variables in its message.
+            parts.append(
+                f"{name}: {err['msg']}" if name else err["msg"].removeprefix("Value error, ")
+            )
         raise ConfigError("bad configuration: " + "; ".join(parts)) from None
 
 

@@ -60,7 +60,7 @@ def as_json(lag: GroupLag) -> str:
 async def run(args: argparse.Namespace) -> int:
     settings = load_settings(KafkaSettings)
     lag = await group_lag(
-        settings.kafka_bootstrap_servers,
+        settings,
         args.group or settings.kafka_consumer_group,
         args.topic or settings.kafka_topic,
     )

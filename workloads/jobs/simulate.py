@@ -212,7 +212,7 @@ async def _publish(
     chunk_size = max(1, min(CHUNK, int(args.rate / 4))) if args.rate else CHUNK
     later: list[tuple[int, bytes, bytes]] = []  # (due after n published, key, value)
     async with (
-        kafka_producer(kafka.kafka_bootstrap_servers, linger_ms=10) as prod,
+        kafka_producer(kafka, linger_ms=10) as prod,
         _source_pool(args.write_source) as pool,
     ):
         stream = transactions(market, spike, args, now)

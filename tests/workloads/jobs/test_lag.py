@@ -14,13 +14,12 @@ import pytest
 from ingest.support import Stack, make_events, publish, running_consumer, wait_until
 
 from molam_workloads.core.events import encode_event
+from molam_workloads.core.kafka import KafkaConnection, group_lag
 from molam_workloads.jobs import lag
 
 
 async def _kafka_committed(stack: Stack, n: int) -> bool:
-    from molam_workloads.core.kafka import group_lag
-
-    got = await group_lag(stack.bootstrap, stack.group, stack.topic)
+    got = await group_lag(KafkaConnection(stack.bootstrap), stack.group, stack.topic)
     return sum(p.committed or 0 for p in got.partitions) == n
 
 
@@ -56,6 +55,6 @@ async def test_lag_table_and_json(
 
 async def test_unknown_group_lags_by_everything(stack: Stack) -> None:
     await publish(stack.bootstrap, stack.topic, [b"x", b"y", b"z"], one_per_batch=True)
-    got = await lag.group_lag(stack.bootstrap, "nobody-ever", stack.topic)
+    got = await lag.group_lag(KafkaConnection(stack.bootstrap), "nobody-ever", stack.topic)
     assert got.total == 3 and not got.has_commits
     assert "-" in lag.table(got).splitlines()[1].split()
