@@ -64,6 +64,18 @@ def test_json_numbers_are_parsed_without_float_rounding() -> None:
     assert ev.fee == 0
 
 
+def test_money_needs_at_most_four_places_once_trailing_zeros_are_dropped() -> None:
+    # Storage is numeric(20,4): "125.50000" is 125.5 exactly, "1.00001" would be rounded.
+    for amount, fee in (("125.50000", "1.250000"), ("1E+2", "0.00010")):
+        ev = decode_event(raw(event(amount=amount, fee=fee)), now=NOW)
+        assert (ev.amount, ev.fee) == (Decimal(amount), Decimal(fee))
+    for amount in ("1.00001", "125.500001", "0.00005"):
+        with pytest.raises(InvalidEvent, match="more than 4 decimal places"):
+            decode_event(raw(event(amount=amount)), now=NOW)
+    with pytest.raises(InvalidEvent, match="too large"):
+        decode_event(raw(event(amount="1000000000000000.0")), now=NOW)
+
+
 def test_offset_timestamps_are_normalised_to_utc() -> None:
     ev = decode_event(raw(event(occurred_at="2025-07-01T12:15:00+02:00")), now=NOW)
     assert ev.occurred_at == datetime(2025, 7, 1, 10, 15, tzinfo=UTC)
