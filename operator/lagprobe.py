@@ -4,10 +4,11 @@ shared core's ``group_lag`` measure it, with the Kafka clients kept between poll
 Why not call ``group_lag`` every poll: it starts two clients, and each start fetches the
 metadata of every topic on the cluster — with 100 pipelines polling every 15 s on a broker with
 a few hundred topics, decoding that metadata was most of the operator's CPU (profiled). Here one
-consumer (end offsets) and one admin client (committed offsets) per bootstrap address live as
-long as the operator; their metadata is refreshed in the background, and a topic they do not
-know yet makes them reconnect at most every ``refresh_seconds``. Asking the broker for one
-named topic's metadata is not an option: brokers with topic auto-creation would create it.
+consumer (end offsets) and one admin client (committed offsets) per Kafka access (address and
+credentials, kafka_access.py) live as long as the operator; their metadata is refreshed in the
+background, and a topic they do not know yet makes them reconnect at most every
+``refresh_seconds``. Asking the broker for one named topic's metadata is not an option: brokers
+with topic auto-creation would create it.
 
 The lag arithmetic stays the core's (``PartitionLag``/``GroupLag``).
 """
@@ -18,13 +19,24 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from molam_operator import kafka_access
+from molam_operator.kafka_access import KafkaAccess
 from molam_operator.scaling import LagObservation, ProbeFailure
-from molam_workloads.core.kafka import CLIENT_ID, GroupLag, TopicNotFound, measure_lag
+from molam_workloads.core.errors import ConfigError
+from molam_workloads.core.kafka import (
+    CLIENT_ID,
+    GroupLag,
+    TopicNotFound,
+    client_options,
+    measure_lag,
+    tls_failure,
+)
 
 METADATA_MAX_AGE_MS = 30_000
 
@@ -50,6 +62,8 @@ def observe(lag: GroupLag) -> LagObservation | ProbeFailure:
 class _Clients:
     consumer: AIOKafkaConsumer
     admin: AIOKafkaAdminClient
+    options: dict[str, Any]  # what they were built with (the TLS context for diagnosis)
+    used: float = 0.0  # time.monotonic() of the last probe
 
     async def close(self) -> None:
         try:
@@ -59,77 +73,106 @@ class _Clients:
 
 
 class LagProber:
-    """Long-lived Kafka clients per bootstrap address; ``close()`` them at shutdown."""
+    """Long-lived Kafka clients per :class:`KafkaAccess`; ``close()`` them at shutdown.
 
-    def __init__(self, *, refresh_seconds: float = 10.0) -> None:
-        self._clients: dict[str, _Clients] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._refreshed: dict[str, float] = {}
+    Pipelines with the same brokers and credentials share clients. Clients no probe used for
+    ``idle_seconds`` are closed: those of a deleted pipeline, or of a rotated password.
+    """
+
+    def __init__(self, *, refresh_seconds: float = 10.0, idle_seconds: float = 600.0) -> None:
+        self._clients: dict[KafkaAccess, _Clients] = {}
+        self._locks: dict[KafkaAccess, asyncio.Lock] = {}
+        self._refreshed: dict[KafkaAccess, float] = {}
+        self._options: dict[KafkaAccess, dict[str, Any]] = {}
         self._refresh_seconds = refresh_seconds
+        self._idle_seconds = idle_seconds
 
-    async def _get(self, bootstrap: str) -> _Clients:
-        clients = self._clients.get(bootstrap)
+    def _client_options(self, access: KafkaAccess) -> dict[str, Any]:
+        # Built once per access: reconnecting reuses the TLS context (no PEM files written).
+        if access not in self._options:
+            with kafka_access.connection(access) as conn:
+                self._options[access] = client_options(conn)
+        return self._options[access]
+
+    async def _get(self, access: KafkaAccess) -> _Clients:
+        clients = self._clients.get(access)
         if clients is not None:
             return clients
-        async with self._locks.setdefault(bootstrap, asyncio.Lock()):
-            if bootstrap not in self._clients:
+        async with self._locks.setdefault(access, asyncio.Lock()):
+            if access not in self._clients:
+                options = self._client_options(access)
                 consumer = AIOKafkaConsumer(
-                    bootstrap_servers=bootstrap,
                     client_id=CLIENT_ID,
                     enable_auto_commit=False,
                     metadata_max_age_ms=METADATA_MAX_AGE_MS,
+                    **options,
                 )
                 admin = AIOKafkaAdminClient(
-                    bootstrap_servers=bootstrap,
-                    client_id=CLIENT_ID,
-                    metadata_max_age_ms=METADATA_MAX_AGE_MS,
+                    client_id=CLIENT_ID, metadata_max_age_ms=METADATA_MAX_AGE_MS, **options
                 )
-                clients = _Clients(consumer, admin)
+                clients = _Clients(consumer, admin, options)
                 try:
                     await consumer.start()
                     await admin.start()
                 except BaseException:
                     await clients.close()
                     raise
-                self._clients[bootstrap] = clients
-                self._refreshed[bootstrap] = time.monotonic()
-            return self._clients[bootstrap]
+                self._clients[access] = clients
+                self._refreshed[access] = time.monotonic()
+            return self._clients[access]
 
-    async def _drop(self, bootstrap: str) -> None:
-        clients = self._clients.pop(bootstrap, None)
+    async def _drop(self, access: KafkaAccess) -> None:
+        clients = self._clients.pop(access, None)
         if clients is not None:
             with contextlib.suppress(KafkaError, OSError):
                 await clients.close()
 
-    async def _partitions(self, bootstrap: str, topic: str) -> list[TopicPartition]:
-        clients = await self._get(bootstrap)
+    async def _drop_idle(self) -> None:
+        now = time.monotonic()
+        for access, clients in list(self._clients.items()):
+            if now - clients.used >= self._idle_seconds:
+                await self._drop(access)
+                self._options.pop(access, None)
+                self._locks.pop(access, None)
+                self._refreshed.pop(access, None)
+
+    async def _partitions(self, access: KafkaAccess, topic: str) -> list[TopicPartition]:
+        clients = await self._get(access)
         ids = clients.consumer.partitions_for_topic(topic)
-        stale = time.monotonic() - self._refreshed.get(bootstrap, 0.0) >= self._refresh_seconds
+        stale = time.monotonic() - self._refreshed.get(access, 0.0) >= self._refresh_seconds
         if not ids and stale:
             # Maybe created since the clients started: reconnect (a start reads all metadata).
-            await self._drop(bootstrap)
-            clients = await self._get(bootstrap)
+            await self._drop(access)
+            clients = await self._get(access)
             ids = clients.consumer.partitions_for_topic(topic)
         if not ids:
             raise TopicNotFound(f"topic {topic!r} does not exist")
         return [TopicPartition(topic, p) for p in sorted(ids)]
 
-    async def group_lag(self, bootstrap: str, group: str, topic: str) -> GroupLag:
-        parts = await self._partitions(bootstrap, topic)
-        clients = await self._get(bootstrap)
+    async def group_lag(self, access: KafkaAccess, group: str, topic: str) -> GroupLag:
+        parts = await self._partitions(access, topic)
+        clients = await self._get(access)
+        clients.used = time.monotonic()
         return await measure_lag(clients.consumer, clients.admin, group, parts)
 
     async def probe(
-        self, bootstrap: str, group: str, topic: str, *, timeout: float
+        self, access: KafkaAccess, group: str, topic: str, *, timeout: float
     ) -> tuple[LagObservation | ProbeFailure, str]:
         """Measure now; the second item is a one-line explanation for the LagProbe condition."""
+        await self._drop_idle()
         try:
-            measured = await asyncio.wait_for(self.group_lag(bootstrap, group, topic), timeout)
+            measured = await asyncio.wait_for(self.group_lag(access, group, topic), timeout)
         except TopicNotFound as exc:
             return ProbeFailure.topic_not_found, str(exc)
+        except ConfigError as exc:  # a PEM the TLS context cannot load
+            return ProbeFailure.kafka_secret_invalid, str(exc)
         except (KafkaError, OSError, TimeoutError) as exc:
-            await self._drop(bootstrap)  # start afresh next time
-            return ProbeFailure.broker_unreachable, f"Kafka at {bootstrap}: {exc!r}"
+            await self._drop(access)  # start afresh next time
+            options = self._options.get(access)
+            reason = await tls_failure(options) if options else None
+            return ProbeFailure.broker_unreachable, (
+                f"Kafka at {access.bootstrap_servers}: {reason or repr(exc)}"
+            )
         result = observe(measured)
         if result is ProbeFailure.no_committed_offsets:
             return result, f"group {group!r} has no committed offsets on topic {topic!r} yet"
@@ -140,5 +183,5 @@ class LagProber:
         )
 
     async def close(self) -> None:
-        for bootstrap in list(self._clients):
-            await self._drop(bootstrap)
+        for access in list(self._clients):
+            await self._drop(access)

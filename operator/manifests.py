@@ -32,6 +32,12 @@ API_REPLICAS_ANNOTATION = "analytics.molam.io/spec-replicas"
 # Last replica count the scaler wrote to the consumer: a different live value was set by hand.
 SCALED_REPLICAS_ANNOTATION = "analytics.molam.io/scaled-replicas"
 
+# Where the pods find the Kafka TLS Secret's files (KAFKA_SSL_*_FILE point inside).
+KAFKA_TLS_DIR = "/etc/molam/kafka-tls"
+KAFKA_TLS_VOLUME = "kafka-tls"
+# The workloads whose settings include Kafka's (they connect, or check the broker is up).
+KAFKA_COMPONENTS = ("api", "consumer")
+
 Component = Literal["api", "consumer", "alerts"]
 COMPONENTS: tuple[Component, ...] = ("api", "consumer", "alerts")
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
@@ -48,6 +54,41 @@ class InvalidSpec(ValueError):
 class SecretKey:
     name: str
     key: str
+
+
+@dataclass(frozen=True)
+class KafkaSasl:
+    mechanism: str
+    username: SecretKey
+    password: SecretKey
+
+
+@dataclass(frozen=True)
+class KafkaTls:
+    """A Secret mounted at KAFKA_TLS_DIR; each key given is one PEM file."""
+
+    secret: str
+    ca_key: str | None
+    cert_key: str | None
+    key_key: str | None
+
+    def refs(self) -> list[SecretKey]:
+        keys = (self.ca_key, self.cert_key, self.key_key)
+        return [SecretKey(self.secret, k) for k in keys if k]
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """spec.kafka's securityProtocol, sasl and tls (PLAINTEXT: neither)."""
+
+    protocol: str = "PLAINTEXT"
+    sasl: KafkaSasl | None = None
+    tls: KafkaTls | None = None
+
+    def refs(self) -> list[SecretKey]:
+        """The Secret keys the pods (and the lag probe) read, in a stable order."""
+        out = [self.sasl.username, self.sasl.password] if self.sasl else []
+        return out + (self.tls.refs() if self.tls else [])
 
 
 @dataclass(frozen=True)
@@ -90,6 +131,7 @@ class PipelineConfig:
     ledger_retention_days: int
     scaling: ConsumerScaling
     resources: Mapping[str, Any] = field(default_factory=dict)  # component -> resources
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 def _secret(ref: Mapping[str, Any] | None, default_key: str) -> SecretKey | None:
@@ -97,6 +139,53 @@ def _secret(ref: Mapping[str, Any] | None, default_key: str) -> SecretKey | None
         return None
     sr = ref["secretRef"]
     return SecretKey(name=str(sr["name"]), key=str(sr.get("key") or default_key))
+
+
+def parse_kafka_security(kafka: Mapping[str, Any]) -> KafkaSecurity:
+    """spec.kafka's security fields, with the rules the CRD's schema cannot say."""
+    protocol = str(kafka.get("securityProtocol", "PLAINTEXT"))
+    sasl_spec, tls_spec = kafka.get("sasl") or {}, kafka.get("tls") or {}
+    uses_sasl, uses_tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+    sasl = None
+    if uses_sasl:
+        ref = sasl_spec.get("secretRef") or {}
+        if not ref.get("name"):
+            raise InvalidSpec(
+                f"spec.kafka.sasl.secretRef: required with securityProtocol {protocol}"
+            )
+        sasl = KafkaSasl(
+            mechanism=str(sasl_spec.get("mechanism", "PLAIN")),
+            username=SecretKey(str(ref["name"]), str(ref.get("usernameKey") or "username")),
+            password=SecretKey(str(ref["name"]), str(ref.get("passwordKey") or "password")),
+        )
+    elif sasl_spec:
+        raise InvalidSpec(
+            f"spec.kafka.sasl: securityProtocol {protocol} does not use SASL "
+            "(SASL_SSL or SASL_PLAINTEXT)"
+        )
+    tls = None
+    if tls_spec and not uses_tls:
+        raise InvalidSpec(
+            f"spec.kafka.tls: securityProtocol {protocol} does not use TLS (SSL or SASL_SSL)"
+        )
+    if tls_spec:
+        ref = tls_spec.get("secretRef") or {}
+        if not ref.get("name"):
+            raise InvalidSpec("spec.kafka.tls.secretRef.name: required")
+        keys = {k: ref.get(k) or None for k in ("caKey", "certKey", "keyKey")}
+        if bool(keys["certKey"]) != bool(keys["keyKey"]):
+            raise InvalidSpec("spec.kafka.tls.secretRef: certKey and keyKey go together")
+        if not any(keys.values()):
+            raise InvalidSpec(
+                "spec.kafka.tls.secretRef: name caKey, or certKey and keyKey, or all three"
+            )
+        tls = KafkaTls(
+            secret=str(ref["name"]),
+            ca_key=keys["caKey"],
+            cert_key=keys["certKey"],
+            key_key=keys["keyKey"],
+        )
+    return KafkaSecurity(protocol=protocol, sasl=sasl, tls=tls)
 
 
 def parse_spec(spec: Mapping[str, Any]) -> PipelineConfig:
@@ -157,6 +246,7 @@ def parse_spec(spec: Mapping[str, Any]) -> PipelineConfig:
         sira_z_threshold=float(sect("sira").get("zThreshold", 3)),
         ledger_retention_days=int(consumer.get("ledgerRetentionDays", 0)),
         scaling=scaling,
+        kafka_security=parse_kafka_security(kafka),
         resources={
             c: dict(sect(s).get("resources") or DEFAULT_RESOURCES)
             for c, s in (
@@ -218,6 +308,7 @@ def build_config_map(pipeline: str, cfg: PipelineConfig) -> dict[str, Any]:
         "DB_POOL_MAX": str(cfg.db_pool_max),
         "ALERTS_INTERVAL_SECONDS": str(cfg.alerts_interval_seconds),
         "LOG_LEVEL": cfg.log_level,
+        **_kafka_security_config(cfg.kafka_security),
     }
     return {
         "apiVersion": "v1",
@@ -227,13 +318,33 @@ def build_config_map(pipeline: str, cfg: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def _kafka_security_config(sec: KafkaSecurity) -> dict[str, str]:
+    """The non-secret KAFKA_* security settings; none at all for PLAINTEXT, so a pipeline
+    without security keeps the ConfigMap (and the pods' checksum) it always had."""
+    if sec.protocol == "PLAINTEXT":
+        return {}
+    data = {"KAFKA_SECURITY_PROTOCOL": sec.protocol}
+    if sec.sasl:
+        data["KAFKA_SASL_MECHANISM"] = sec.sasl.mechanism
+    if sec.tls:
+        for var, key in (
+            ("KAFKA_SSL_CA_FILE", sec.tls.ca_key),
+            ("KAFKA_SSL_CERT_FILE", sec.tls.cert_key),
+            ("KAFKA_SSL_KEY_FILE", sec.tls.key_key),
+        ):
+            if key:
+                data[var] = f"{KAFKA_TLS_DIR}/{key}"
+    return data
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
 def secret_refs(cfg: PipelineConfig) -> list[SecretKey]:
     """The Secret keys the pods' environment reads."""
-    return [r for r in (cfg.database, cfg.redis, cfg.jwt_secret, cfg.webhook_secret) if r]
+    refs = [r for r in (cfg.database, cfg.redis, cfg.jwt_secret, cfg.webhook_secret) if r]
+    return refs + cfg.kafka_security.refs()
 
 
 def secrets_digest(values: Mapping[tuple[str, str], str | None]) -> str:
@@ -256,6 +367,7 @@ def config_checksum(config_map: Mapping[str, Any], cfg: PipelineConfig, secrets:
     password reaches them by a rollout.
     """
     refs = [cfg.database, cfg.redis, cfg.jwt_secret, cfg.webhook_secret]
+    refs += cfg.kafka_security.refs()  # none without Kafka security: checksums stay as they were
     doc = {
         "data": config_map.get("data", {}),
         "secrets": [[r.name, r.key] if r else None for r in refs],
@@ -280,6 +392,10 @@ def _env(cfg: PipelineConfig, component: str) -> list[dict[str, Any]]:
         env.append({"name": "METRICS_PORT", "value": str(ALERTS_METRICS_PORT)})
         if cfg.webhook_secret is not None:
             env.append(_secret_env("ALERT_WEBHOOK_SECRET", cfg.webhook_secret))
+    sasl = cfg.kafka_security.sasl
+    if component in KAFKA_COMPONENTS and sasl is not None:
+        env.append(_secret_env("KAFKA_SASL_USERNAME", sasl.username))
+        env.append(_secret_env("KAFKA_SASL_PASSWORD", sasl.password))
     return env
 
 
@@ -347,7 +463,7 @@ def _container(cfg: PipelineConfig, pipeline: str, component: str) -> dict[str, 
         "env": _env(cfg, component),
         "resources": _resources(cfg.resources.get(component)),
         "securityContext": CONTAINER_SECURITY,
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *_kafka_tls_mounts(cfg, component)],
     }
     if component == "api":
         container["ports"] = [{"name": "http", "containerPort": API_PORT, "protocol": "TCP"}]
@@ -357,6 +473,21 @@ def _container(cfg: PipelineConfig, pipeline: str, component: str) -> dict[str, 
     if component != "refresh-views":
         container.update(_probes(component))
     return container
+
+
+def _kafka_tls_mounts(cfg: PipelineConfig, component: str) -> list[dict[str, Any]]:
+    if cfg.kafka_security.tls is None or component not in KAFKA_COMPONENTS:
+        return []
+    return [{"name": KAFKA_TLS_VOLUME, "mountPath": KAFKA_TLS_DIR, "readOnly": True}]
+
+
+def _kafka_tls_volumes(cfg: PipelineConfig, component: str) -> list[dict[str, Any]]:
+    tls = cfg.kafka_security.tls
+    if tls is None or component not in KAFKA_COMPONENTS:
+        return []
+    # 0440 and the pod's fsGroup: readable by the workload's user only.
+    secret = {"secretName": tls.secret, "defaultMode": 0o440}
+    return [{"name": KAFKA_TLS_VOLUME, "secret": secret}]
 
 
 def _resources(res: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -392,7 +523,10 @@ def _pod_spec(cfg: PipelineConfig, pipeline: str, component: str) -> dict[str, A
         "terminationGracePeriodSeconds": 30,
         "initContainers": [_migrate_container(cfg, pipeline)],
         "containers": [_container(cfg, pipeline, component)],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+            *_kafka_tls_volumes(cfg, component),
+        ],
     }
 
 

@@ -26,9 +26,11 @@ import kopf
 from molam_operator import manifests, metrics
 from molam_operator.conditions import iso, now_iso, set_condition
 from molam_operator.context import OperatorContext, PipelineRuntime
+from molam_operator.kafka_access import KafkaAccess, KafkaSecretMissing
+from molam_operator.kafka_access import resolve as resolve_kafka_access
 from molam_operator.kube import STRATEGIC, KubeError, object_path, path
 from molam_operator.manifests import InvalidSpec, PipelineConfig
-from molam_operator.scaling import Decision, LagObservation, Reason, decide
+from molam_operator.scaling import Decision, LagObservation, ProbeFailure, Reason, decide
 from molam_operator.settings import GROUP, VERSION
 from molam_workloads.core.errors import ServiceUnavailable
 
@@ -91,6 +93,16 @@ async def secrets_digest(ctx: OperatorContext, namespace: str, cfg: PipelineConf
     refs = manifests.secret_refs(cfg)
     values = await asyncio.gather(*(ctx.secret_value(namespace, r.name, r.key) for r in refs))
     return manifests.secrets_digest({(r.name, r.key): v for r, v in zip(refs, values, strict=True)})
+
+
+async def kafka_access(ctx: OperatorContext, namespace: str, cfg: PipelineConfig) -> KafkaAccess:
+    """How the lag probe reaches the pipeline's Kafka: the pods' settings, with the Secret
+    values they mount read through the API (same cache as the digest)."""
+    refs = cfg.kafka_security.refs()
+    values = await asyncio.gather(*(ctx.secret_value(namespace, r.name, r.key) for r in refs))
+    return resolve_kafka_access(
+        cfg.bootstrap_servers, cfg.kafka_security, dict(zip(refs, values, strict=True))
+    )
 
 
 def build(
@@ -302,12 +314,18 @@ async def scale_once(
     """One poll: measure the lag, decide, set the consumer's replicas, report."""
     namespace, name = body.meta["namespace"], body.meta["name"]
     labels = (namespace, name)
-    observation, probe_message = await ctx.prober.probe(
-        cfg.bootstrap_servers,
-        cfg.consumer_group,
-        cfg.topic,
-        timeout=ctx.settings.operator_kafka_timeout_seconds,
-    )
+    observation: LagObservation | ProbeFailure
+    try:
+        access = await kafka_access(ctx, namespace, cfg)
+    except KafkaSecretMissing as exc:
+        observation, probe_message = ProbeFailure.kafka_secret_missing, str(exc)
+    else:
+        observation, probe_message = await ctx.prober.probe(
+            access,
+            cfg.consumer_group,
+            cfg.topic,
+            timeout=ctx.settings.operator_kafka_timeout_seconds,
+        )
     consumer = await _consumer(ctx, namespace, name)
     if consumer is None:  # being (re)created: check the children next time round
         rt.recheck = True

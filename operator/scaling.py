@@ -38,6 +38,8 @@ class ProbeFailure(StrEnum):
     broker_unreachable = "BrokerUnreachable"
     topic_not_found = "TopicNotFound"
     no_committed_offsets = "NoCommittedOffsets"
+    kafka_secret_missing = "KafkaSecretMissing"  # a Secret spec.kafka names is not there
+    kafka_secret_invalid = "KafkaSecretInvalid"  # its PEM files cannot be loaded
 
 
 @dataclass(frozen=True)

@@ -189,6 +189,26 @@ def test_schema_rejects_unknown_and_ill_typed_values(render: Renderer):
     assert proc.returncode != 0 and "watchNamespaces" in proc.stderr
 
 
+def test_pipeline_kafka_security_is_passed_to_the_spec(render: Renderer):
+    kafka = {
+        "securityProtocol": "SASL_SSL",
+        "sasl": {"mechanism": "SCRAM-SHA-512", "secretRef": {"name": "kafka-credentials"}},
+        "tls": {"secretRef": {"name": "kafka-tls", "caKey": "ca.crt"}},
+    }
+    objs = render({"pipeline": {"create": True, "kafka": kafka}})
+    spec = find(objs, "AnalyticsPipeline")["spec"]["kafka"]
+    assert {k: spec[k] for k in kafka} == kafka
+    assert (
+        find(render({"pipeline": {"create": True}}), "AnalyticsPipeline")["spec"]["kafka"][
+            "securityProtocol"
+        ]
+        == "PLAINTEXT"
+    )
+    for bad in ({"securityProtocol": "TLS"}, {"sasl": {"mechanism": "GSSAPI"}}):
+        proc = render.text({"pipeline": {"create": True, "kafka": bad}}, check=False)
+        assert proc.returncode != 0, bad
+
+
 def test_extra_spec_is_merged_without_touching_values(render: Renderer):
     extra = {"kafka": {"topic": "other"}, "extra": {"depth": 1}}
     objs = render({"pipeline": {"create": True, "extraSpec": extra}})

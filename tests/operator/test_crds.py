@@ -137,6 +137,18 @@ def test_invalid_alert_rules_are_refused_naming_the_field(
         ("spec.sira.zThreshold", 0, "spec.sira.zThreshold"),
         ("spec.imagePullPolicy", "Sometimes", "spec.imagePullPolicy"),
         ("spec.views.refreshSchedule", "every ten minutes", "spec.views.refreshSchedule"),
+        ("spec.kafka.securityProtocol", "TLS", "spec.kafka.securityProtocol"),
+        (
+            "spec.kafka.sasl",
+            {"mechanism": "GSSAPI", "secretRef": {"name": "c"}},
+            "spec.kafka.sasl.mechanism",
+        ),
+        ("spec.kafka.sasl", {"mechanism": "PLAIN"}, "spec.kafka.sasl.secretRef"),
+        (
+            "spec.kafka.tls",
+            {"secretRef": {"name": "t", "caKey": "../ca.crt/"}},
+            "spec.kafka.tls.secretRef.caKey",
+        ),
     ],
 )
 def test_invalid_pipelines_are_refused_naming_the_field(
@@ -154,6 +166,30 @@ def test_invalid_pipelines_are_refused_naming_the_field(
     )
     assert proc.returncode != 0
     assert field in proc.stderr, proc.stderr
+
+
+def test_kafka_security_is_accepted_with_defaults(namespace: str) -> None:
+    doc = sample("analyticspipeline.yaml", namespace)
+    doc["spec"]["kafka"].update(
+        securityProtocol="SASL_SSL",
+        sasl={"mechanism": "SCRAM-SHA-512", "secretRef": {"name": "kafka-credentials"}},
+        tls={"secretRef": {"name": "kafka-tls", "caKey": "ca.crt"}},
+    )
+    out = kubectl("apply", "--dry-run=server", "-o", "yaml", "-f", "-", stdin=yaml.safe_dump(doc))
+    kafka = yaml.safe_load(out.stdout)["spec"]["kafka"]
+    assert kafka["sasl"]["secretRef"] == {
+        "name": "kafka-credentials",
+        "usernameKey": "username",
+        "passwordKey": "password",
+    }
+    assert kafka["tls"] == {"secretRef": {"name": "kafka-tls", "caKey": "ca.crt"}}
+    plain = yaml.safe_load(
+        kubectl(
+            "apply", "--dry-run=server", "-o", "yaml", "-f", "-",
+            stdin=yaml.safe_dump(sample("analyticspipeline.yaml", namespace)),
+        ).stdout
+    )  # fmt: skip
+    assert plain["spec"]["kafka"]["securityProtocol"] == "PLAINTEXT"
 
 
 def test_printer_columns(namespace: str) -> None:

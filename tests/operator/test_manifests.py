@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +299,169 @@ def test_a_rotated_secret_value_changes_every_pod_template_and_nothing_else() ->
             assert before[key] != after[key], key
             before[key] = after[key] = None
         assert before[key] == after[key], key  # only the checksum annotation moved
+
+
+# ------------------------------------------------------------------------- kafka security
+
+SASL_SSL = {
+    "bootstrapServers": "kafka-1:9093",
+    "securityProtocol": "SASL_SSL",
+    "sasl": {"mechanism": "SCRAM-SHA-512", "secretRef": {"name": "kafka-credentials"}},
+    "tls": {
+        "secretRef": {
+            "name": "kafka-tls",
+            "caKey": "ca.crt",
+            "certKey": "tls.crt",
+            "keyKey": "tls.key",
+        }
+    },
+}
+
+
+def secured(kafka: dict[str, Any]) -> dict[str, Any]:
+    return {**sample_spec(), "kafka": kafka}
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj["spec"]
+    if obj["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]["spec"]  # type: ignore[no-any-return]
+
+
+def test_plaintext_adds_no_kafka_security_anywhere() -> None:
+    ch = children()
+    assert not [k for k in ch["ConfigMap/analytics-config"]["data"] if "SASL" in k or "SSL" in k]
+    for key, obj in ch.items():
+        if obj["kind"] in ("Deployment", "CronJob"):
+            assert [v["name"] for v in pod_spec(obj)["volumes"]] == ["tmp"], key
+            assert not [e for e in env_of(container(obj)) if e.startswith("KAFKA_")], key
+
+
+def test_sasl_ssl_reaches_the_pods_that_talk_to_kafka() -> None:
+    ch = children(secured(SASL_SSL))
+    data = ch["ConfigMap/analytics-config"]["data"]
+    assert {k: v for k, v in data.items() if k.startswith("KAFKA_S")} == {
+        "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SSL_CA_FILE": "/etc/molam/kafka-tls/ca.crt",
+        "KAFKA_SSL_CERT_FILE": "/etc/molam/kafka-tls/tls.crt",
+        "KAFKA_SSL_KEY_FILE": "/etc/molam/kafka-tls/tls.key",
+    }
+    for component in ("api", "consumer"):
+        obj = ch[f"Deployment/analytics-{component}"]
+        env = env_of(container(obj))
+        assert env["KAFKA_SASL_USERNAME"] == {
+            "secretKeyRef": {"name": "kafka-credentials", "key": "username"}
+        }
+        assert env["KAFKA_SASL_PASSWORD"] == {
+            "secretKeyRef": {"name": "kafka-credentials", "key": "password"}
+        }
+        assert {"name": "kafka-tls", "mountPath": "/etc/molam/kafka-tls", "readOnly": True} in (
+            container(obj)["volumeMounts"]
+        )
+        assert {
+            "name": "kafka-tls",
+            "secret": {"secretName": "kafka-tls", "defaultMode": 0o440},
+        } in (pod_spec(obj)["volumes"])
+        # The init container migrates the schema only: no Kafka credentials, no mount.
+        init = pod_spec(obj)["initContainers"][0]
+        assert [e["name"] for e in init["env"]] == ["DATABASE_URL"]
+        assert [m["name"] for m in init["volumeMounts"]] == ["tmp"]
+    for key in ("Deployment/analytics-alerts", "CronJob/analytics-refresh-views"):
+        assert "KAFKA_SASL_PASSWORD" not in env_of(container(ch[key]))
+        assert [v["name"] for v in pod_spec(ch[key])["volumes"]] == ["tmp"]
+
+
+def test_kafka_secrets_are_digested_and_named_in_the_checksum() -> None:
+    cfg = parse_spec(secured(SASL_SSL))
+    kafka_refs = {(r.name, r.key) for r in cfg.kafka_security.refs()}
+    assert kafka_refs == {
+        ("kafka-credentials", "username"),
+        ("kafka-credentials", "password"),
+        ("kafka-tls", "ca.crt"),
+        ("kafka-tls", "tls.crt"),
+        ("kafka-tls", "tls.key"),
+    }
+    assert kafka_refs <= {(r.name, r.key) for r in manifests.secret_refs(cfg)}
+    cm = manifests.build_config_map("analytics", cfg)
+    other_key = parse_spec(
+        secured({**SASL_SSL, "sasl": {**SASL_SSL["sasl"], "secretRef": {"name": "other"}}})
+    )
+    assert manifests.config_checksum(cm, cfg) != manifests.config_checksum(cm, other_key)
+
+
+def test_plaintext_checksum_is_what_it_was_before_kafka_security() -> None:
+    # Upgrading the operator must not roll the pods of pipelines that do not use it.
+    cfg = parse_spec(sample_spec())
+    cm = manifests.build_config_map("analytics", cfg)
+    assert manifests.config_checksum(cm, cfg, "d") == manifests.config_checksum(
+        cm, dataclasses.replace(cfg, kafka_security=manifests.KafkaSecurity()), "d"
+    )
+    doc = {
+        "data": cm["data"],
+        "secrets": [
+            [r.name, r.key] if r else None
+            for r in (cfg.database, cfg.redis, cfg.jwt_secret, cfg.webhook_secret)
+        ],
+        "values": "d",
+    }
+    expected = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    assert manifests.config_checksum(cm, cfg, "d") == expected
+
+
+def test_ssl_with_a_ca_only_and_sasl_defaults() -> None:
+    cfg = parse_spec(
+        secured(
+            {
+                "bootstrapServers": "k:9093",
+                "securityProtocol": "SSL",
+                "tls": {"secretRef": {"name": "ca", "caKey": "ca.crt"}},
+            }
+        )
+    )
+    data = manifests.build_config_map("analytics", cfg)["data"]
+    assert data["KAFKA_SSL_CA_FILE"] == "/etc/molam/kafka-tls/ca.crt"
+    assert "KAFKA_SSL_CERT_FILE" not in data and "KAFKA_SASL_MECHANISM" not in data
+    sasl = parse_spec(
+        secured(
+            {
+                "bootstrapServers": "k:9092",
+                "securityProtocol": "SASL_PLAINTEXT",
+                "sasl": {"secretRef": {"name": "creds"}},
+            }
+        )
+    ).kafka_security.sasl
+    assert sasl is not None and sasl.mechanism == "PLAIN"
+    assert (sasl.username.key, sasl.password.key) == ("username", "password")
+
+
+@pytest.mark.parametrize(
+    ("kafka", "message"),
+    [
+        ({"securityProtocol": "SASL_SSL"}, "spec.kafka.sasl.secretRef: required"),
+        (
+            {"securityProtocol": "SSL", "sasl": {"secretRef": {"name": "c"}}},
+            "spec.kafka.sasl: securityProtocol SSL does not use SASL",
+        ),
+        (
+            {
+                "securityProtocol": "SASL_PLAINTEXT",
+                "sasl": {"secretRef": {"name": "c"}},
+                "tls": {"secretRef": {"name": "t", "caKey": "ca.crt"}},
+            },
+            "spec.kafka.tls: securityProtocol SASL_PLAINTEXT does not use TLS",
+        ),
+        (
+            {"securityProtocol": "SSL", "tls": {"secretRef": {"name": "t", "keyKey": "k"}}},
+            "certKey and keyKey go together",
+        ),
+        (
+            {"securityProtocol": "SSL", "tls": {"secretRef": {"name": "t"}}},
+            "name caKey, or certKey and keyKey",
+        ),
+    ],
+)
+def test_inconsistent_kafka_security_names_the_field(kafka: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSpec, match=message):
+        parse_spec(secured({"bootstrapServers": "k:9093", **kafka}))
