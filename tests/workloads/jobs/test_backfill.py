@@ -149,8 +149,10 @@ async def test_backfill_then_late_stream_duplicates_are_not_counted(
     sources = await db.fetchval("SELECT array_agg(DISTINCT source) FROM ingested_transactions")
     assert sources == ["backfill"]
 
-    # The stream now delivers all of them (late), plus a few new transactions.
-    extra = make_events(30, seed=62, prefix="NEW")
+    # The stream now delivers all of them (late), plus a few new transactions of today: the
+    # consumer then writes today's live counters of the merchants they touch, read back from
+    # PostgreSQL, backfilled rows included (new ones of yesterday would write none).
+    extra = make_events(30, seed=62, prefix="NEW", span=today_span())
     await insert_source(db, extra)
     values = [encode_event(e) for e in events] + [encode_event(e) for e in extra]
     await publish(stack.bootstrap, stack.topic, values)
