@@ -16,6 +16,7 @@ from urllib.parse import urlparse, urlunparse
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from kafka_tls import TlsBroker, TlsFiles, make_tls_files, tls_broker
 from redis.asyncio import Redis
 
 from molam_workloads.core.db import migrate
@@ -166,3 +167,17 @@ def kafka_env(
 
     yield setup
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA, a server certificate for 127.0.0.1, a client certificate, and another CA."""
+    return make_tls_files(tmp_path_factory.mktemp("kafka-tls"))
+
+
+@pytest.fixture
+async def tls_kafka(tls_files: TlsFiles) -> AsyncIterator[TlsBroker]:
+    """A broker of its own reachable only over TLS with a client certificate
+    (``kafka_tls.tls_broker``: Tansu behind a TLS proxy that it advertises)."""
+    async with tls_broker(tls_files, client_certificates=True) as broker:
+        yield broker

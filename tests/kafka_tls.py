@@ -189,3 +189,15 @@ async def tls_broker(
             except TimeoutError:
                 broker.kill()
                 await broker.wait()
+
+
+def tls_env(broker: TlsBroker, files: TlsFiles, *, ca: str | None = None) -> dict[str, str]:
+    """The environment of a workload connecting to ``broker`` over TLS with a client
+    certificate (``ca``: another CA file, to see it refused)."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+        "KAFKA_SECURITY_PROTOCOL": "SSL",
+        "KAFKA_SSL_CA_FILE": ca or str(files.ca),
+        "KAFKA_SSL_CERT_FILE": str(files.client_cert),
+        "KAFKA_SSL_KEY_FILE": str(files.client_key),
+    }

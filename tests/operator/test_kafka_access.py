@@ -7,13 +7,12 @@ from __future__ import annotations
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka_tls import TlsBroker, TlsFiles, make_tls_files, tls_broker
+from kafka_tls import TlsBroker, TlsFiles
 
 from molam_operator import kafka_access
 from molam_operator.kafka_access import KafkaAccess, KafkaSecretMissing, resolve
@@ -68,20 +67,9 @@ def test_pem_files_exist_privately_and_only_inside_the_block() -> None:
 # ------------------------------------------------------------------------------- for real
 
 
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls_files(tmp_path_factory.mktemp("kafka-tls"))
-
-
-@pytest.fixture
-async def broker(tls_files: TlsFiles) -> AsyncIterator[TlsBroker]:
-    async with tls_broker(tls_files, client_certificates=True) as b:
-        yield b
-
-
-def _access(broker: TlsBroker, files: TlsFiles, ca: Path) -> KafkaAccess:
+def _access(tls_kafka: TlsBroker, files: TlsFiles, ca: Path) -> KafkaAccess:
     return KafkaAccess(
-        broker.bootstrap,
+        tls_kafka.bootstrap,
         "SSL",
         ca_pem=ca.read_text(),
         cert_pem=files.client_cert.read_text(),
@@ -89,8 +77,10 @@ def _access(broker: TlsBroker, files: TlsFiles, ca: Path) -> KafkaAccess:
     )
 
 
-async def test_lag_probe_over_tls_with_secret_pems(broker: TlsBroker, tls_files: TlsFiles) -> None:
-    access = _access(broker, tls_files, tls_files.ca)
+async def test_lag_probe_over_tls_with_secret_pems(
+    tls_kafka: TlsBroker, tls_files: TlsFiles
+) -> None:
+    access = _access(tls_kafka, tls_files, tls_files.ca)
     topic, group = f"tls.{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
     with kafka_access.connection(access) as conn:
         options = client_options(conn)
@@ -125,7 +115,7 @@ async def test_lag_probe_over_tls_with_secret_pems(broker: TlsBroker, tls_files:
         assert (observation.committed, observation.end_offsets) == (got, 3)
         assert observation.lag == 3 - got
 
-        wrong = _access(broker, tls_files, tls_files.other_ca)
+        wrong = _access(tls_kafka, tls_files, tls_files.other_ca)
         failure, message = await prober.probe(wrong, group, topic, timeout=10)
         assert failure is ProbeFailure.broker_unreachable
         assert "certificate verify failed" in message, message
@@ -133,10 +123,10 @@ async def test_lag_probe_over_tls_with_secret_pems(broker: TlsBroker, tls_files:
         await prober.close()
 
 
-async def test_a_pem_that_is_no_certificate_is_reported(broker: TlsBroker) -> None:
+async def test_a_pem_that_is_no_certificate_is_reported(tls_kafka: TlsBroker) -> None:
     prober = LagProber()
     try:
-        bad = KafkaAccess(broker.bootstrap, "SSL", ca_pem="not a certificate")
+        bad = KafkaAccess(tls_kafka.bootstrap, "SSL", ca_pem="not a certificate")
         failure, message = await prober.probe(bad, "g", "t", timeout=5)
     finally:
         await prober.close()

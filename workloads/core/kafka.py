@@ -183,7 +183,7 @@ async def producer(
     """A started producer, stopped on exit (idempotent: retries never duplicate a record).
 
     ``kafka``: the settings (or connection) to connect with; a bare bootstrap address connects
-    in PLAINTEXT (callers not yet passing their settings). A broker that refuses
+    in PLAINTEXT (tests and benchmarks against the local broker). A broker that refuses
     InitProducerId (Tansu answers UnknownError) gets a plain producer with ``acks="all"``
     instead: still durable, but a retry may publish a record twice.
     """

@@ -61,7 +61,7 @@ async def run(args: argparse.Namespace) -> int:
     async with (
         create_pool(settings, min_size=1) as pool,
         create_redis(settings) as redis,
-        kafka_producer(settings.kafka_bootstrap_servers, linger_ms=5) as producer,
+        kafka_producer(settings, linger_ms=5) as producer,
     ):
         live = LiveCounters(redis, settings.reporting_currency, settings.live_counter_ttl_seconds)
         detector = _make_detector(settings, pool, redis, producer)

@@ -29,7 +29,7 @@ from redis.exceptions import RedisError
 
 from molam_workloads.core import metrics
 from molam_workloads.core.events import InvalidEvent, TransactionEvent, decode_event
-from molam_workloads.core.kafka import CLIENT_ID
+from molam_workloads.core.kafka import CLIENT_ID, client_options
 from molam_workloads.ingest import ledger
 from molam_workloads.ingest.aggregation import BatchAggregates, horizon, summarize
 from molam_workloads.ingest.dead_letters import dead_letter
@@ -147,7 +147,7 @@ class Ingestor:
     def new_consumer(self) -> AIOKafkaConsumer:
         s = self.settings
         return AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap_servers,
+            **client_options(s),
             group_id=s.kafka_consumer_group,
             client_id=CLIENT_ID,
             enable_auto_commit=False,

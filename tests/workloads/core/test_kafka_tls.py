@@ -14,34 +14,17 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka_tls import TlsBroker, TlsFiles, tls_broker
+from kafka_tls import TlsBroker, TlsFiles, tls_env
 
 from molam_workloads.core.errors import ServiceUnavailable
 from molam_workloads.core.kafka import CLIENT_ID, client_options, group_lag, producer
 from molam_workloads.core.settings import KafkaSettings, get_settings, load_settings
 
 CLI = [sys.executable, "-c", "from molam_workloads.cli import main; raise SystemExit(main())"]
-
-
-@pytest.fixture
-async def broker(tls_files: TlsFiles) -> AsyncIterator[TlsBroker]:
-    async with tls_broker(tls_files, client_certificates=True) as b:
-        yield b
-
-
-def tls_env(broker: TlsBroker, files: TlsFiles, *, ca: str | None = None) -> dict[str, str]:
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-        "KAFKA_SECURITY_PROTOCOL": "SSL",
-        "KAFKA_SSL_CA_FILE": ca or str(files.ca),
-        "KAFKA_SSL_CERT_FILE": str(files.client_cert),
-        "KAFKA_SSL_KEY_FILE": str(files.client_key),
-    }
 
 
 @pytest.fixture
@@ -68,12 +51,12 @@ async def _command(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
 
 
 async def test_produce_consume_and_lag_over_tls(
-    broker: TlsBroker,
+    tls_kafka: TlsBroker,
     tls_files: TlsFiles,
     settings_for,  # type: ignore[no-untyped-def]
 ) -> None:
     topic, group = f"tls.{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
-    settings = settings_for(tls_env(broker, tls_files))
+    settings = settings_for(tls_env(tls_kafka, tls_files))
     admin = AIOKafkaAdminClient(client_id=CLIENT_ID, **client_options(settings))
     await admin.start()
     try:
@@ -110,7 +93,7 @@ async def test_produce_consume_and_lag_over_tls(
     assert [(p.end_offset, p.committed) for p in lag.partitions] == [(1, 1)]
 
     # The commands, as a user runs them, with the same environment.
-    env = {**tls_env(broker, tls_files), "KAFKA_TOPIC": topic, "KAFKA_CONSUMER_GROUP": group}
+    env = {**tls_env(tls_kafka, tls_files), "KAFKA_TOPIC": topic, "KAFKA_CONSUMER_GROUP": group}
     sim = await _command("simulate", "--count", "3", "--rate", "0", "--seed", "7", env=env)
     assert sim.returncode == 0, sim.stderr
     assert f"to {topic}" in sim.stdout
@@ -121,21 +104,21 @@ async def test_produce_consume_and_lag_over_tls(
     assert row["current_offset"] == 1 and row["log_end_offset"] > 1
 
     # Bootstrap and broker connections both came through the proxy (the broker advertises only it).
-    assert broker.proxy.handshakes >= 2
+    assert tls_kafka.proxy.handshakes >= 2
 
 
 async def test_a_wrong_ca_fails_with_the_tls_reason(
-    broker: TlsBroker,
+    tls_kafka: TlsBroker,
     tls_files: TlsFiles,
     settings_for,  # type: ignore[no-untyped-def]
 ) -> None:
-    env = tls_env(broker, tls_files, ca=str(tls_files.other_ca))
+    env = tls_env(tls_kafka, tls_files, ca=str(tls_files.other_ca))
     settings = settings_for(env)
     with pytest.raises(ServiceUnavailable) as info:
         async with producer(settings):
             pass
     message = str(info.value)
-    assert message.startswith(f"Kafka at {broker.bootstrap} is unreachable: TLS handshake")
+    assert message.startswith(f"Kafka at {tls_kafka.bootstrap} is unreachable: TLS handshake")
     assert "certificate verify failed" in message
 
     # Library log lines aside (aiokafka logs the refusal too): the contract is the CLI's line.
@@ -147,12 +130,12 @@ async def test_a_wrong_ca_fails_with_the_tls_reason(
 
 
 async def test_plaintext_to_a_tls_listener_is_refused(
-    broker: TlsBroker,
+    tls_kafka: TlsBroker,
     settings_for,  # type: ignore[no-untyped-def]
 ) -> None:
     settings = settings_for(
         {
-            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "KAFKA_BOOTSTRAP_SERVERS": tls_kafka.bootstrap,
             "KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
             "KAFKA_SSL_CA_FILE": "",
             "KAFKA_SSL_CERT_FILE": "",
