@@ -331,7 +331,15 @@ start_proc() { # NAME ARGS...
     printf '\n==== %s: starting %s\n' "$(date '+%F %T')" "$name" >>"$STATE/logs/$name.log"
     # fds 7-9 hold this script's flocks: the daemons must not inherit them
     setsid "$BIN/$name" "$@" </dev/null >>"$STATE/logs/$name.log" 2>&1 7>&- 8>&- 9>&- &
-    echo $! >"$STATE/$name.pid"
+    local pid=$! i
+    echo "$pid" >"$STATE/$name.pid"
+    # Until setsid has exec'd the daemon, $pid still runs under another name, and pid_alive
+    # (which checks the name) would take that gap for an exit: wait for the exec (or the end).
+    for ((i = 0; i < 250; i++)); do
+        pid_alive "$name" && return 0
+        [[ -r /proc/$pid/cmdline && -s /proc/$pid/cmdline ]] || return 0
+        sleep 0.02
+    done
 }
 
 wait_for() { # DESC TIMEOUT_S PROC CMD... : poll CMD until it succeeds; fail early if PROC died
