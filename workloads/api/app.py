@@ -44,6 +44,7 @@ from molam_workloads.api.routers import (
 )
 from molam_workloads.api.settings import ApiSettings
 from molam_workloads.core.db import create_pool
+from molam_workloads.core.kafka import client_options
 
 log = logging.getLogger(__name__)
 STATEMENT_TIMEOUT_MS = 15_000
@@ -100,6 +101,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 redis=redis,
                 cache=ResponseCache(redis, settings.cache_ttl_seconds),
                 rollup=refresher,
+                kafka=client_options(settings),
             )
             yield
         finally:

@@ -7,7 +7,7 @@ a ``Resources`` on ``app.state``; handlers receive them through these aliases.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
@@ -26,6 +26,8 @@ class Resources:
     redis: Redis
     cache: ResponseCache
     rollup: RollupRefresher
+    # core.kafka.client_options of the settings, resolved once (the TLS context loads its files).
+    kafka: dict[str, Any]
     tokens: TokenCache = field(default_factory=TokenCache)  # verified under settings' secret
 
 
@@ -56,6 +58,10 @@ async def get_rollup(request: Request) -> RollupRefresher:
     return get_resources(request).rollup
 
 
+async def get_kafka_options(request: Request) -> dict[str, Any]:
+    return get_resources(request).kafka
+
+
 async def get_principal(request: Request) -> Principal:
     resources = get_resources(request)
     secret = resources.settings.analytics_jwt_secret.get_secret_value()
@@ -69,4 +75,5 @@ PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 CacheDep = Annotated[ResponseCache, Depends(get_cache)]
 RollupDep = Annotated[RollupRefresher, Depends(get_rollup)]
+KafkaOptionsDep = Annotated[dict[str, Any], Depends(get_kafka_options)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from kafka_tls import TlsBroker, TlsFiles
 
 from .conftest import Api, api_settings, auth, running_api
 from .test_cache import closed_port
@@ -33,6 +34,30 @@ async def test_health_with_a_service_down(module_db: str, module_redis_url: str,
     assert checks[down]["status"] == "down" and checks[down]["error"]
     assert all(v["status"] == "up" for k, v in checks.items() if k != down)
     assert r.json()["status"] == "degraded"
+
+
+@pytest.mark.parametrize("right_ca", [True, False])
+async def test_health_checks_kafka_over_tls(
+    module_db: str, module_redis_url: str, tls_kafka: TlsBroker, tls_files: TlsFiles,
+    right_ca: bool,
+) -> None:  # fmt: skip
+    # A broker reachable only through TLS: a plain TCP connect would say "up" either way.
+    settings = api_settings(
+        module_db, module_redis_url, kafka_bootstrap_servers=tls_kafka.bootstrap,
+        kafka_security_protocol="SSL",
+        kafka_ssl_ca_file=str(tls_files.ca if right_ca else tls_files.other_ca),
+        kafka_ssl_cert_file=str(tls_files.client_cert),
+        kafka_ssl_key_file=str(tls_files.client_key),
+    )  # fmt: skip
+    async with running_api(settings) as api:
+        r = await api.client.get("/health")
+    kafka = r.json()["checks"]["kafka"]
+    if right_ca:
+        assert r.status_code == 200 and kafka["status"] == "up", r.text
+        assert tls_kafka.proxy.handshakes >= 1
+    else:
+        assert r.status_code == 503 and kafka["status"] == "down", r.text
+        assert "CERTIFICATE_VERIFY_FAILED" in kafka["error"]
 
 
 async def test_metrics(module_api: Api) -> None:

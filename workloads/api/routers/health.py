@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from molam_workloads.api.deps import PoolDep, RedisDep, SettingsDep
+from molam_workloads.api.deps import KafkaOptionsDep, PoolDep, RedisDep
 
 router = APIRouter(tags=["operations"])
 CHECK_TIMEOUT = 2.0
@@ -36,14 +36,18 @@ async def _timed(probe: Any) -> Check:
     return Check(status="up", latency_ms=round((time.perf_counter() - start) * 1000, 2))
 
 
-async def _kafka(bootstrap: str) -> None:
-    """Up when one bootstrap server accepts a TCP connection."""
+async def _kafka(options: dict[str, Any]) -> None:
+    """Up when one bootstrap server accepts a connection: over TLS, with the clients' own
+    context, when the settings say TLS, so that a wrong CA or an expired certificate shows
+    here. (SASL credentials are only checked by a Kafka session: the clients' errors and the
+    operator's lag probe report those.)"""
     errors = []
-    for hostport in bootstrap.split(","):
-        host, _, port = hostport.rpartition(":")
+    context = options.get("ssl_context")
+    for hostport in str(options["bootstrap_servers"]).split(","):
+        host, _, port = hostport.strip().rpartition(":")
         try:
-            _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-        except OSError as exc:
+            _, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=context)
+        except OSError as exc:  # ssl.SSLError included: the handshake's reason is kept
             errors.append(f"{hostport}: {exc}")
             continue
         writer.close()
@@ -57,11 +61,11 @@ async def _kafka(bootstrap: str) -> None:
     response_model=Health,
     responses={503: {"model": Health, "description": "A dependency is down"}},
 )
-async def health(pool: PoolDep, redis: RedisDep, settings: SettingsDep) -> JSONResponse:
+async def health(pool: PoolDep, redis: RedisDep, kafka: KafkaOptionsDep) -> JSONResponse:
     pg, rd, kf = await asyncio.gather(
         _timed(pool.fetchval("SELECT 1")),
         _timed(redis.ping()),
-        _timed(_kafka(settings.kafka_bootstrap_servers)),
+        _timed(_kafka(kafka)),
     )
     checks = {"postgresql": pg, "redis": rd, "kafka": kf}
     ok = all(c.status == "up" for c in checks.values())
