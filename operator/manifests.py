@@ -20,6 +20,7 @@ from molam_operator.settings import (
     LABEL_NAME,
     MANAGED_BY,
 )
+from molam_workloads.core.settings import uses_sasl, uses_tls
 
 API_PORT = 8082
 CONSUMER_METRICS_PORT = 9102
@@ -145,9 +146,9 @@ def parse_kafka_security(kafka: Mapping[str, Any]) -> KafkaSecurity:
     """spec.kafka's security fields, with the rules the CRD's schema cannot say."""
     protocol = str(kafka.get("securityProtocol", "PLAINTEXT"))
     sasl_spec, tls_spec = kafka.get("sasl") or {}, kafka.get("tls") or {}
-    uses_sasl, uses_tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+    sasl_on, tls_on = uses_sasl(protocol), uses_tls(protocol)
     sasl = None
-    if uses_sasl:
+    if sasl_on:
         ref = sasl_spec.get("secretRef") or {}
         if not ref.get("name"):
             raise InvalidSpec(
@@ -164,7 +165,7 @@ def parse_kafka_security(kafka: Mapping[str, Any]) -> KafkaSecurity:
             "(SASL_SSL or SASL_PLAINTEXT)"
         )
     tls = None
-    if tls_spec and not uses_tls:
+    if tls_spec and not tls_on:
         raise InvalidSpec(
             f"spec.kafka.tls: securityProtocol {protocol} does not use TLS (SSL or SASL_SSL)"
         )

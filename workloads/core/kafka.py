@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from molam_workloads.core.errors import ConfigError, MolamError, ServiceUnavailable
-from molam_workloads.core.settings import KafkaSettings
+from molam_workloads.core.settings import KafkaSettings, uses_sasl, uses_tls
 
 CLIENT_ID = "molam-analytics"
 log = logging.getLogger(__name__)
@@ -51,11 +51,11 @@ class KafkaConnection:
 
     @property
     def tls(self) -> bool:
-        return self.security_protocol in ("SSL", "SASL_SSL")
+        return uses_tls(self.security_protocol)
 
     @property
     def sasl(self) -> bool:
-        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        return uses_sasl(self.security_protocol)
 
     @classmethod
     def from_settings(cls, s: KafkaSettings) -> KafkaConnection:

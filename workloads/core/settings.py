@@ -49,6 +49,18 @@ class RedisSettings(_Base):
 
 
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+def uses_tls(protocol: str) -> bool:
+    """Whether Kafka's ``security.protocol`` encrypts (SSL, SASL_SSL)."""
+    return protocol in ("SSL", "SASL_SSL")
+
+
+def uses_sasl(protocol: str) -> bool:
+    """Whether Kafka's ``security.protocol`` authenticates with SASL."""
+    return protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+
 # What aiokafka can do with a username and password; GSSAPI and OAUTHBEARER need more than that.
 KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
@@ -106,7 +118,7 @@ class KafkaSettings(_Base):
     def _consistent_security(self) -> KafkaSettings:
         """Refuse combinations that would connect differently from what was meant."""
         protocol = self.kafka_security_protocol
-        sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+        sasl, tls = uses_sasl(protocol), uses_tls(protocol)
         if sasl and (not self.kafka_sasl_username or self.kafka_sasl_password is None):
             raise ValueError(
                 f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and "
