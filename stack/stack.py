@@ -174,8 +174,20 @@ def tansu_binary() -> Path:
 
 
 def free_port(preferred: int) -> int:
-    if not tcp_open("127.0.0.1", preferred):
-        return preferred
+    """``preferred`` if a server can bind it now, else any free port.
+
+    Bound, not merely unanswered: the connections of a broker stopped a moment ago linger in
+    TIME_WAIT on its port for a minute, and a server binding without SO_REUSEADDR (Tansu) then
+    fails with "Address in use" (and stays up without listening). A CI run that starts right
+    after a session stopped its stack met exactly that.
+    """
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            pass
+        else:
+            return preferred
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

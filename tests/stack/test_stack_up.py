@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -99,3 +100,30 @@ def test_a_service_that_never_comes_up_is_not_left_running(stack: ModuleType) ->
         )
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert marker not in ps.stdout
+
+
+def test_a_port_left_in_time_wait_is_not_chosen(stack: ModuleType) -> None:
+    # A server's side of a connection it closed first lingers in TIME_WAIT: nothing listens on
+    # the port any more, yet binding it without SO_REUSEADDR fails (as a just-stopped broker's
+    # port does for the next one).
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server closes first: its side goes to TIME_WAIT
+        client.recv(1)
+        client.close()
+    assert not stack.tcp_open("127.0.0.1", port)  # nothing listens
+    chosen = stack.free_port(port)
+    assert chosen != port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", chosen))  # and the one chosen can be bound
+
+
+def test_a_free_preferred_port_is_kept(stack: ModuleType) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert stack.free_port(port) == port
