@@ -335,9 +335,12 @@ start_proc() { # NAME ARGS...
     echo "$pid" >"$STATE/$name.pid"
     # Until setsid has exec'd the daemon, $pid still runs under another name, and pid_alive
     # (which checks the name) would take that gap for an exit: wait for the exec (or the end).
+    local state
     for ((i = 0; i < 250; i++)); do
         pid_alive "$name" && return 0
-        [[ -r /proc/$pid/cmdline && -s /proc/$pid/cmdline ]] || return 0
+        # Gone, or exited and not yet reaped (Z): the wait_for that follows reports it.
+        state=$(ps -o stat= -p "$pid") || return 0
+        [[ $state != Z* ]] || return 0
         sleep 0.02
     done
 }
@@ -483,11 +486,14 @@ cmd_status() {
     if is_up; then echo "KUBECONFIG=$STATE/kubeconfig"; else log "not up"; return 1; fi
 }
 
-case "${1:-}" in
-    build) cmd_build ;;
-    tools) cmd_tools ;;
-    up) shift; cmd_up "$@" ;;
-    down) shift; cmd_down "$@" ;;
-    status) shift; cmd_status "$@" ;;
-    *) usage ;;
-esac
+# Sourced (the tests of its process handling), it only defines the functions.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    case "${1:-}" in
+        build) cmd_build ;;
+        tools) cmd_tools ;;
+        up) shift; cmd_up "$@" ;;
+        down) shift; cmd_down "$@" ;;
+        status) shift; cmd_status "$@" ;;
+        *) usage ;;
+    esac
+fi
