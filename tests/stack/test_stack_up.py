@@ -6,7 +6,6 @@ embedded services, and a control plane whose start fails; no real service is sta
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import socket
@@ -16,16 +15,12 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-STACK_PY = Path(__file__).resolve().parents[2] / "stack" / "stack.py"
+from stack_module import load_stack
 
 
 @pytest.fixture
 def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("molam_stack_under_test", STACK_PY)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_stack()
     monkeypatch.setattr(module, "STATE", tmp_path)
     monkeypatch.setattr(module, "STARTED", tmp_path / "started.json")
     for probe in ("pg_reachable", "redis_reachable", "kafka_reachable"):

@@ -9,30 +9,36 @@ of groups, not every row.
 from __future__ import annotations
 
 
-def rate_join(alias: str, ts_expr: str, quote_param: str) -> str:
-    """SQL ``LEFT JOIN LATERAL`` giving ``fx.rate`` for ``alias.currency`` at ``ts_expr``.
+def rate_on(currency: str, day: str, quote_param: str) -> str:
+    """SQL expression of the rate of ``currency`` (an expression) on ``day`` (a date
+    expression), ``fx_rate_ranges``' meaning: the currency's latest rate on or before that day,
+    else its first rate; NULL when it has none.
 
-    ``quote_param`` is the placeholder of the reporting currency (e.g. ``$3``). The rate is
-    ``fx_rate_ranges``' one: the currency's latest rate on or before the UTC day of
-    ``ts_expr`` (a timestamptz), else its first rate. Found by two probes of the primary key
-    (quote, currency, day) rather than a join with the view, which numbers every rate ever
-    loaded for each row (with six years of daily rates of ten currencies the live counters'
-    query took 863 ms that way, 8 ms with the seed rates; 11 ms with the probes). A currency
-    equal to the reporting currency converts at 1 even without a row (``rate_expr``); one with
-    no rate at all yields NULL, which callers report as unconverted rather than silently
-    dropping.
+    Two probes of the primary key (quote, currency, day) rather than a join with the view,
+    which numbers every rate ever loaded for each row (with six years of daily rates of ten
+    currencies the live counters' query took 863 ms that way, 8 ms with the seed rates; 11 ms
+    with the probes). ``quote_param`` is the reporting currency's placeholder (e.g. ``$3``).
     """
     # bpchar on both sides: compared with a text parameter, the key columns would be cast to
     # text and the primary key left unused.
     probe = (
         f"SELECT x.rate FROM fx_rates x WHERE x.quote = ({quote_param})::bpchar "
-        f"AND x.currency = {alias}.currency"
+        f"AND x.currency = {currency}"
     )
     return (
-        f"LEFT JOIN LATERAL (SELECT coalesce(({probe} "
-        f"AND x.day <= ({ts_expr} AT TIME ZONE 'UTC')::date ORDER BY x.day DESC LIMIT 1), "
-        f"({probe} ORDER BY x.day LIMIT 1)) AS rate) fx ON true"
+        f"coalesce(({probe} AND x.day <= {day} ORDER BY x.day DESC LIMIT 1), "
+        f"({probe} ORDER BY x.day LIMIT 1))"
     )
+
+
+def rate_join(alias: str, ts_expr: str, quote_param: str) -> str:
+    """SQL ``LEFT JOIN LATERAL`` giving ``fx.rate`` for ``alias.currency`` at ``ts_expr`` (a
+    timestamptz): :func:`rate_on` its UTC day. A currency equal to the reporting currency
+    converts at 1 even without a row (``rate_expr``); one with no rate at all yields NULL,
+    which callers report as unconverted rather than silently dropping.
+    """
+    rate = rate_on(f"{alias}.currency", f"({ts_expr} AT TIME ZONE 'UTC')::date", quote_param)
+    return f"LEFT JOIN LATERAL (SELECT {rate} AS rate) fx ON true"
 
 
 def rate_expr(alias: str, quote_param: str) -> str:

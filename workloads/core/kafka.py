@@ -111,6 +111,15 @@ def client_options(kafka: KafkaConnection | KafkaSettings) -> dict[str, Any]:
     return options
 
 
+def bootstrap_addresses(options: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """(host, port) of each bootstrap server in ``options`` (:func:`client_options`)."""
+    out = []
+    for hostport in str(options["bootstrap_servers"]).split(","):
+        host, _, port = hostport.strip().rpartition(":")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
 async def tls_failure(options: Mapping[str, Any], timeout: float = 5.0) -> str | None:
     """Why a TLS handshake with the first bootstrap server fails (``options`` from
     :func:`client_options`), or None: no TLS, a handshake that succeeds, or a refused
@@ -122,10 +131,10 @@ async def tls_failure(options: Mapping[str, Any], timeout: float = 5.0) -> str |
     context = options.get("ssl_context")
     if context is None:
         return None
-    host, _, port = str(options["bootstrap_servers"]).split(",")[0].rpartition(":")
+    host, port = bootstrap_addresses(options)[0]
     try:
         _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host.strip("[]"), int(port), ssl=context), timeout
+            asyncio.open_connection(host, port, ssl=context), timeout
         )
     except ssl.SSLError as exc:
         return f"TLS handshake with {host}:{port} failed: {exc}"

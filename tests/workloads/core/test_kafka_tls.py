@@ -17,8 +17,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka_tls import TlsBroker, TlsFiles, tls_env
+from kafka_tls import TlsBroker, TlsFiles, create_topics, tls_env
 
 from molam_workloads.core.errors import ServiceUnavailable
 from molam_workloads.core.kafka import CLIENT_ID, client_options, group_lag, producer
@@ -57,12 +56,7 @@ async def test_produce_consume_and_lag_over_tls(
 ) -> None:
     topic, group = f"tls.{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
     settings = settings_for(tls_env(tls_kafka, tls_files))
-    admin = AIOKafkaAdminClient(client_id=CLIENT_ID, **client_options(settings))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    await create_topics(client_options(settings), (topic, 1))
 
     async with producer(settings) as prod:
         await prod.send_and_wait(topic, b'{"hello": "tls"}', key=b"k")

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka_tls import TlsBroker, TlsFiles, tls_env
+from kafka_tls import TlsBroker, TlsFiles, create_topics, tls_env
 
 from molam_workloads.core.events import encode_event
 from molam_workloads.core.kafka import CLIENT_ID, KafkaConnection, client_options, producer
@@ -33,12 +32,7 @@ async def test_consume_counts_and_dead_letters_over_tls(
         tls_kafka.bootstrap, "SSL", ssl_ca_file=str(tls_files.ca),
         ssl_cert_file=str(tls_files.client_cert), ssl_key_file=str(tls_files.client_key),
     )  # fmt: skip
-    admin = AIOKafkaAdminClient(client_id=CLIENT_ID, **client_options(kafka))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 2, 1), NewTopic(dlq, 1, 1)])
-    finally:
-        await admin.close()
+    await create_topics(client_options(kafka), (topic, 2), (dlq, 1))
     events = make_events(30, seed=71)
     async with producer(kafka) as prod:
         for value in [encode_event(e) for e in events] + [b"not json"]:

@@ -27,6 +27,7 @@ import asyncpg
 
 from molam_workloads.api.queries import Conn, rollup
 from molam_workloads.api.queries.rollup import DailySources, daily_sources
+from molam_workloads.core import fx
 from molam_workloads.core.currencies import CURRENCIES
 
 MV_NAME = "mv_txn_daily_agg"
@@ -127,10 +128,11 @@ def _rates_cte(start: datetime, end: datetime, quote: str, p: _Params) -> str:
     of the currency's latest rate on or before the day, or its first rate for days before it
     (``fx_rate_ranges``' meaning); 1 for the reporting currency itself.
 
-    Built from the range's own days: the rate in force on the first day (an index probe per
-    currency), then the rates loaded for the following days, carried forward over days
-    without one. Joining every day to ``fx_rate_ranges`` instead compares it with every range
-    ever loaded: with daily rates, it grows with the years of history.
+    Built from the range's own days: the rate in force on the first day
+    (``core.fx.rate_on``: two key probes per currency), then the rates loaded for the following
+    days, carried forward over days without one. Joining every day to ``fx_rate_ranges``
+    instead compares it with every range ever loaded: with daily rates, it grows with the
+    years of history.
     """
     first = start.astimezone(UTC).date()
     first_day = p.add(first)
@@ -155,11 +157,7 @@ def _rates_cte(start: datetime, end: datetime, quote: str, p: _Params) -> str:
       count(coalesce(f.rate, CASE WHEN d.day = {first_day}::date THEN cur.opening END))
         OVER (PARTITION BY cur.currency ORDER BY d.day) AS known
     FROM (
-      SELECT c.currency, coalesce(
-        (SELECT x.rate FROM fx_rates x WHERE x.quote = {quote} AND x.currency = c.currency
-           AND x.day <= {first_day}::date ORDER BY x.day DESC LIMIT 1),
-        (SELECT x.rate FROM fx_rates x WHERE x.quote = {quote} AND x.currency = c.currency
-           ORDER BY x.day LIMIT 1)) AS opening
+      SELECT c.currency, {fx.rate_on("c.currency", f"{first_day}::date", quote)} AS opening
       FROM (SELECT currency FROM fx_cur WHERE currency IS NOT NULL
             UNION SELECT {quote}::char(3)) c
     ) cur

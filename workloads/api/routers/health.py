@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from molam_workloads.api.deps import KafkaOptionsDep, PoolDep, RedisDep
+from molam_workloads.core.kafka import bootstrap_addresses
 
 router = APIRouter(tags=["operations"])
 CHECK_TIMEOUT = 2.0
@@ -43,12 +44,11 @@ async def _kafka(options: dict[str, Any]) -> None:
     operator's lag probe report those.)"""
     errors = []
     context = options.get("ssl_context")
-    for hostport in str(options["bootstrap_servers"]).split(","):
-        host, _, port = hostport.strip().rpartition(":")
+    for host, port in bootstrap_addresses(options):
         try:
-            _, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=context)
+            _, writer = await asyncio.open_connection(host, port, ssl=context)
         except OSError as exc:  # ssl.SSLError included: the handshake's reason is kept
-            errors.append(f"{hostport}: {exc}")
+            errors.append(f"{host}:{port}: {exc}")
             continue
         writer.close()
         await writer.wait_closed()
