@@ -6,7 +6,9 @@
 #   docker run --rm molam-analytics:0.1.0 --help
 
 # ---- build: the project and all its dependencies as wheels ----
-FROM python:3.11-slim-bookworm AS builder
+# The full image, not slim: the consumer's batch summary is a C extension and needs gcc and the
+# Python headers. Only the wheels leave this stage.
+FROM python:3.11-bookworm AS builder
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -20,7 +20,8 @@ help:
 	@echo "make stack-down  stop what 'make stack' started"
 	@echo "make bench       run the benchmarks in bench/ (not part of the tests)"
 
-$(BIN)/.installed: pyproject.toml setup.py
+# The C source too: pip install -e builds the consumer's extension in place.
+$(BIN)/.installed: pyproject.toml setup.py workloads/ingest/_summary.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,local]'

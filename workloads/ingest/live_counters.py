@@ -23,7 +23,6 @@ import asyncpg
 from redis.asyncio import Redis
 
 from molam_workloads.core.cache import live_key
-from molam_workloads.core.events import TransactionEvent
 from molam_workloads.core.live import read_totals
 
 # KEYS[1]: the hash; ARGV[1]: new tx_count, ARGV[2]: ttl seconds, ARGV[3..]: field, value, ...
@@ -35,10 +34,6 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
-
-
-def merchants_touched_on(events: Iterable[TransactionEvent], day: date) -> set[str | None]:
-    return {ev.merchant_id for ev in events if ev.occurred_at.date() == day}
 
 
 class LiveCounters:
@@ -53,7 +48,7 @@ class LiveCounters:
     ) -> int:
         """Rewrite today's hashes of ``merchants``; returns how many were set.
 
-        ``merchants``: those with transactions counted today (``merchants_touched_on``); the
+        ``merchants``: those with transactions counted today (``aggregation.merchants_on``); the
         platform's hash (``None``) is rewritten whenever any is.
         """
         now = now or datetime.now(UTC)

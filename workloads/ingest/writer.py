@@ -6,9 +6,10 @@ arrives again, however late, or that backfill already counted, is found in
 ``ingested_transactions`` and adds nothing: only the ledger's newly inserted ``txn_id`` values
 are aggregated.
 
-Batches travel as JSON documents (msgspec on this side, ``jsonb_array_elements`` on the
-database's), not as one parameter array per column: asyncpg inspects every element of an array
-parameter for nesting, which cost the consumer several times more CPU than the whole encoding.
+Batches travel as JSON documents (written by the compiled ``Summary``, read with
+``jsonb_array_elements`` on the database's side), not as one parameter array per column:
+asyncpg inspects every element of an array parameter for nesting, which cost the consumer
+several times more CPU than the whole encoding.
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from molam_workloads.core.db import INGEST_LOCK
-from molam_workloads.core.events import TransactionEvent
 from molam_workloads.core.measures import KEYS, MEASURES, MONEY_MEASURES
-from molam_workloads.ingest.aggregation import BatchAggregates, months
+from molam_workloads.ingest.aggregation import Summary, hours, months
 
-# Reads ``BatchAggregates.ledger_json``. Returns the batch's transactions that were already in
+# Reads ``Summary.ledger_json()``. Returns the batch's transactions that were already in
 # the ledger (usually none; an index probe each), so only the exceptions travel back, and inserts
 # the others. A plain INSERT, not ON CONFLICT: should another consumer or backfill insert one of
 # these ids meanwhile, the INSERT waits for it and fails with a unique violation, and
@@ -56,7 +56,8 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 
 
 def _upsert(table: str, time_column: str, param: int) -> str:
-    """Add a batch's rows (``aggregation.rows_json``, parameter ``$param``) to ``table``."""
+    """Add a batch's rows (``Summary.hourly_json()``/``minute_json()``: [bucket, keys...,
+    measures...] arrays, parameter ``$param``) to ``table``."""
     keys = [time_column, *KEYS]
     types = ["timestamptz", *("text" for _ in KEYS)]
     types += ["numeric" if m in MONEY_MEASURES else "bigint" for m in MEASURES]
@@ -108,17 +109,15 @@ class BatchWriter:
         self.topic = topic
         self._months: set[datetime] = set()
 
-    async def ensure_partitions(self, conn: Conn, hours: Iterable[datetime]) -> None:
+    async def ensure_partitions(self, conn: Conn, times: Iterable[datetime]) -> None:
         # Outside the batch transaction: the DDL locks the parent table, which must not stay
         # locked for a whole batch. Idempotent, so a race with another consumer is harmless.
-        for month in sorted(months(hours) - self._months):
+        for month in sorted(months(times) - self._months):
             await conn.execute("SELECT ensure_txn_hourly_partitions($1, $1)", month)
             self._months.add(month)
 
-    async def write(
-        self, conn: Conn, batch: BatchAggregates, next_offsets: Mapping[int, int]
-    ) -> list[TransactionEvent]:
-        """Commit one batch; returns the transactions it newly counted."""
+    async def write(self, conn: Conn, batch: Summary, next_offsets: Mapping[int, int]) -> Summary:
+        """Commit one batch; returns the part of it that was newly counted."""
         for run in range(1, LEDGER_RACES + 1):
             try:
                 return await self._write_once(conn, batch, next_offsets)
@@ -128,32 +127,31 @@ class BatchWriter:
         raise AssertionError("unreachable")
 
     async def _write_once(
-        self, conn: Conn, batch: BatchAggregates, next_offsets: Mapping[int, int]
-    ) -> list[TransactionEvent]:
-        events = batch.events
+        self, conn: Conn, batch: Summary, next_offsets: Mapping[int, int]
+    ) -> Summary:
         async with conn.transaction():
             # Per-day shared locks, ascending (see core.db.INGEST_LOCK): backfill rebuilding
             # one of these days waits for this batch, or this batch for it.
             # Every event's UTC day is the day of its hourly bucket (far fewer than events).
-            days = sorted({key[0].date().toordinal() for key in batch.hourly})
+            days = sorted({hour.date().toordinal() for hour in hours(batch)})
             await conn.execute(
                 "SELECT count(pg_advisory_xact_lock_shared(hashtext($1), d))"
                 " FROM unnest($2::int[]) AS d",
                 INGEST_LOCK,
                 days,
             )
-            if events:
-                seen = {r[0] for r in await conn.fetch(_LEDGER_SQL, batch.ledger_json)}
+            if len(batch):
+                seen = {r[0] for r in await conn.fetch(_LEDGER_SQL, batch.ledger_json())}
                 if seen:
-                    batch = batch.without([e for e in events if e.txn_id in seen])
-            if batch.hourly or batch.minute or next_offsets:
+                    batch = batch.without(seen)
+            if len(batch) or next_offsets:
                 await conn.execute(
                     _AGGREGATES_AND_OFFSETS_SQL,
-                    batch.hourly_json,
-                    batch.minute_json,
+                    batch.hourly_json(),
+                    batch.minute_json(),
                     self.group,
                     self.topic,
                     list(next_offsets),
                     list(next_offsets.values()),
                 )
-        return batch.events
+        return batch

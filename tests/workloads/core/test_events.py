@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +20,7 @@ from molam_workloads.core.events import (
     TransactionEvent,
     decode_event,
 )
+from molam_workloads.ingest.aggregation import Summary, add_event, micros
 
 NOW = datetime(2025, 7, 2, tzinfo=UTC)
 
@@ -245,3 +246,130 @@ def test_copies_of_a_decoded_event_can_be_updated() -> None:
     deep = ev.model_copy(update={"channel": "card"}, deep=True)
     assert (changed.fee, deep.channel) == (Decimal("2"), "card")
     assert ev.fee == Decimal("1.25") and ev.model_fields_set == set(TransactionEvent.model_fields)
+
+
+# The consumer's compiled reader (ingest/_summary.c) reads raw values itself: it must take only
+# what decode_event accepts, with the same values, and leave everything else to decode_event.
+_LO, _HI = micros(EARLIEST_EVENT), micros(NOW + MAX_CLOCK_SKEW)
+_SINCE = micros(NOW - timedelta(days=400))
+
+
+def compiled_reading(value: bytes) -> tuple[str, str, str, str] | None:
+    """The summary ``feed`` makes of ``value`` alone, or None when it leaves it to the model."""
+    summary = Summary(_SINCE)
+    stop, _ = summary.feed([value], 0, 1, _LO, _HI)
+    if stop == 0:
+        return None
+    return (
+        summary.ledger_json(),
+        summary.hourly_json(),
+        summary.minute_json(),
+        _merchants(summary),
+    )
+
+
+def model_reading(value: bytes) -> tuple[str, str, str, str]:
+    summary = Summary(_SINCE)
+    add_event(summary, decode_event(value, NOW))
+    return (
+        summary.ledger_json(),
+        summary.hourly_json(),
+        summary.minute_json(),
+        _merchants(summary),
+    )
+
+
+def _merchants(summary: Summary) -> str:
+    return repr(summary.merchants())
+
+
+def assert_read_as_the_model(value: bytes) -> bool:
+    """True when the compiled reader took ``value`` (and then read it as the model does)."""
+    got = compiled_reading(value)
+    if got is not None:
+        assert got == model_reading(value), value
+    return got is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [(f, v) for f, vs in VARIANTS.items() for v in vs]
+)  # fmt: skip
+def test_compiled_reader_takes_only_what_the_model_accepts_on_each_field(
+    field: str, value: Any
+) -> None:
+    assert_read_as_the_model(mutated({field: value}))
+
+
+def test_compiled_reader_takes_only_what_the_model_accepts_on_random_combinations() -> None:
+    rnd = random.Random(12)
+    taken = 0
+    for _ in range(3000):
+        over = {f: rnd.choice(vs) for f, vs in VARIANTS.items() if rnd.random() < 0.2}
+        taken += assert_read_as_the_model(mutated(over))
+    assert taken > 300  # it does read the usual events itself
+
+
+def _with_first(field: str) -> bytes:
+    """The usual event with ``field`` (raw JSON text) as its first member."""
+    return raw(event()).replace(b"{", b"{" + field.encode() + b", ", 1)
+
+
+NESTED_EXTRA = raw(event() | {"x": [1, {"a": [True, False, None, -0.5e-3, "s"]}, {}], "y": []})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b'\xef\xbb\xbf{"a": 1}', b"{}", b"{", b"[]", b"null", b" ", b"",
+     raw(event()).replace(b'"125.50"', b"NaN"), raw(event()).replace(b'"125.50"', b"1.5e2"),
+     raw(event()).replace(b'"125.50"', b"0125.5"), raw(event()).replace(b'"125.50"', b"125.50"),
+     raw(event()).replace(b'"125.50"', b"-1"), raw(event()).replace(b'"125.50"', b"1."),
+     raw(event()).replace(b'"amount"', b'"amount": "7", "amount"'),
+     raw(event()).replace(b'"txn_id": "', b'"txn_id": "\\u0041'),
+     raw(event()).replace(b'"T-100"', '"T-\u00e9"'.encode()),
+     raw(event()).replace(b'"T-100"', b'"T-\xff"'),
+     raw(event()) + b"x", raw(event()) + b" \n", b" \t" + raw(event()), NESTED_EXTRA,
+     _with_first('"x": [1, 2,]'), _with_first('"x": "\\u00e9"'), _with_first('"x": 01'),
+     _with_first('"x": ' + "[" * 40 + "1" + "]" * 40), _with_first('"x": tru'),
+     _with_first('"x": "a\tb"'), _with_first('"x": 1e5'), _with_first('"x": -'),
+     raw(event() | {"merchant_id": None}), raw({k: v for k, v in event().items() if k != "fee"})],
+)  # fmt: skip
+def test_compiled_reader_on_json_edge_cases(value: bytes) -> None:
+    assert_read_as_the_model(value)
+
+
+def test_compiled_reader_skips_unknown_fields_and_whitespace() -> None:
+    assert assert_read_as_the_model(NESTED_EXTRA)
+    assert assert_read_as_the_model(b" \t" + raw(event()) + b" \n")
+    assert assert_read_as_the_model(_with_first('"x": 1e5'))
+
+
+def test_compiled_reader_reads_the_usual_event_and_its_plain_variants() -> None:
+    for doc in (
+        event(),
+        event(merchant_id=None, fee="0"),
+        {k: v for k, v in event().items() if k not in ("fee", "merchant_id")},
+        event(occurred_at="2025-07-01T12:15:00.25+02:00", amount="0125.5000"),
+    ):
+        assert assert_read_as_the_model(raw(doc)), doc
+        assert assert_read_as_the_model(json.dumps(doc, separators=(",", ":")).encode())
+
+
+def test_compiled_reader_bounds_are_those_of_the_model() -> None:
+    for at, taken in (
+        (NOW + MAX_CLOCK_SKEW, True),
+        (NOW + MAX_CLOCK_SKEW + timedelta(microseconds=1), False),
+        (EARLIEST_EVENT, True),
+        (EARLIEST_EVENT - timedelta(microseconds=1), False),
+    ):
+        value = raw(event(occurred_at=at.isoformat().replace("+00:00", "Z")))
+        assert assert_read_as_the_model(value) is taken
+        if not taken:
+            with pytest.raises(InvalidEvent):
+                decode_event(value, NOW)
+
+
+def test_compiled_reader_leaves_non_bytes_and_oversized_values_to_the_model() -> None:
+    summary = Summary()
+    padded = raw(event() | {"pad": "x" * MAX_EVENT_BYTES})
+    assert summary.feed([None, padded, bytearray(raw(event()))], 0, 3, _LO, _HI) == (0, None)  # type: ignore[list-item]
+    assert summary.feed([padded], 0, 1, _LO, _HI) == (0, None)

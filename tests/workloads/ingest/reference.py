@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -30,6 +31,36 @@ def ev(txn: str, **kw: object) -> TransactionEvent:
         "fee": "1.25",
     }
     return TransactionEvent.model_validate(base | kw)
+
+
+def truncate_hour(ts: datetime) -> datetime:
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
+def truncate_minute(ts: datetime) -> datetime:
+    return ts.replace(second=0, microsecond=0)
+
+
+def dedupe(events: Iterable[TransactionEvent]) -> list[TransactionEvent]:
+    """The first event of each ``txn_id``."""
+    seen: dict[str, TransactionEvent] = {}
+    for e in events:
+        seen.setdefault(e.txn_id, e)
+    return list(seen.values())
+
+
+def rows_of(document: str) -> Rows:
+    """A summary's rows document (``hourly_json()``/``minute_json()``) as the reference's dict:
+    (bucket, merchant, country, currency, channel) -> measures, money as Decimal."""
+    rows: Rows = {}
+    for r in json.loads(document):
+        key = (datetime.fromisoformat(r[0]), *r[1:5])
+        assert key not in rows, f"bucket twice: {key}"
+        rows[key] = [
+            Decimal(v) if name.endswith("_local") else v
+            for name, v in zip(MEASURES, r[5:], strict=True)
+        ]
+    return rows
 
 
 def m(row: list[Any], name: str) -> Any:

@@ -1,74 +1,124 @@
-"""The pure batch arithmetic, without any service."""
+"""The batch arithmetic (the compiled ``Summary``), without any service, against the obvious
+event-by-event reference."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+import pytest
+
+from molam_workloads.core.events import encode_event
 from molam_workloads.core.measures import MEASURES
 from molam_workloads.ingest.aggregation import (
-    aggregate,
-    dedupe,
+    Summary,
+    add_event,
     horizon,
+    hours,
+    merchants_on,
+    micros,
     months,
-    recent,
-    rows_json,
     summarize,
-    truncate_hour,
-    truncate_minute,
 )
 
 from .reference import (
     T0,
     assert_mixed_statuses_row,
+    dedupe,
     ev,
     m,
     mixed_statuses,
     one_by_one,
     one_per_dimension,
     random_events,
+    rows_of,
+    truncate_hour,
+    truncate_minute,
 )
+
+LONG_AGO = T0 - timedelta(days=365)  # a minute horizon that every test event is after
 
 
 def test_every_transaction_counts_in_tx_count_and_gross_only_succeeded_in_the_splits() -> None:
-    row = assert_mixed_statuses_row(aggregate(mixed_statuses(), truncate_hour))
+    row = assert_mixed_statuses_row(rows_of(summarize(mixed_statuses(), None).hourly_json()))
     assert all(isinstance(m(row, x), Decimal) for x in MEASURES if x.endswith("_local"))
 
 
 def test_buckets_split_by_every_dimension_and_time() -> None:
+    batch = summarize(one_per_dimension(), LONG_AGO)
+    assert len(rows_of(batch.hourly_json())) == 6
+    assert len(rows_of(batch.minute_json())) == 7
+
+
+def test_minute_rows_from_the_horizon_on_and_all_of_them_without_one() -> None:
     events = one_per_dimension()
-    assert len(aggregate(events, truncate_hour)) == 6
-    assert len(aggregate(events, truncate_minute)) == 7
+    assert len(rows_of(summarize(events, None).minute_json())) == 7
+    later = summarize(events, T0 + timedelta(minutes=1))
+    # Only the next minute's and the next hour's events are at or after the horizon.
+    assert [k[0] for k in rows_of(later.minute_json())] == [
+        T0.replace(minute=16, second=0),
+        T0.replace(hour=11, second=0),
+    ]
+    assert len(rows_of(later.hourly_json())) == 6
 
 
-def test_dedupe_keeps_the_first_event_of_a_transaction() -> None:
-    out = dedupe([ev("a"), ev("b"), ev("a", amount="999")])
-    assert [e.txn_id for e in out] == ["a", "b"]
-    assert out[0].amount == Decimal("100.50")
+def test_the_first_event_of_a_transaction_counts() -> None:
+    batch = summarize([ev("a"), ev("b"), ev("a", amount="999")], None)
+    assert batch.txn_ids() == ["a", "b"]
+    (row,) = rows_of(batch.hourly_json()).values()
+    assert m(row, "gross_volume_local") == Decimal("201.00")
+    assert add_event(batch, ev("b")) is False and add_event(batch, ev("c")) is True
 
 
 def test_rows_travel_sorted_with_exact_money_and_utc_times() -> None:
-    rows = aggregate(
-        [ev("a", merchant_id="M-2"), ev("b", merchant_id=None, type="transfer"), ev("c")],
-        truncate_hour,
+    batch = summarize(
+        [ev("a", merchant_id="M-2"), ev("b", merchant_id=None, type="transfer"), ev("c")], None
     )
-    got = json.loads(rows_json(rows))
+    got = json.loads(batch.hourly_json())
     assert all(len(r) == 5 + len(MEASURES) for r in got)
     assert [r[1] for r in got] == ["M-1", "M-2", None]  # NULL merchant last, a stable lock order
     assert [r[5 + MEASURES.index("tx_count")] for r in got] == [1, 1, 1]
     assert got[0][0] == "2025-07-01T10:00:00Z"
-    assert got[0][5 + MEASURES.index("gross_volume_local")] == "100.50"
+    assert got[0][5 + MEASURES.index("gross_volume_local")] == "100.5000"
+
+
+def test_rows_are_sorted_by_code_point_as_python_sorts_them() -> None:
+    names = ["M-b", "M-a", "M-é", "M-Z", "M-ab", "M-\U0001f600", "M-\u00ff"]
+    batch = summarize([ev(str(i), merchant_id=n) for i, n in enumerate(names)], None)
+    assert [r[1] for r in json.loads(batch.hourly_json())] == sorted(names)
+
+
+def test_text_is_escaped_and_times_keep_their_microseconds() -> None:
+    odd = ev('q"\\\n\t\u00e9\U0001f600', merchant_id='M "x"', channel="c\\h")
+    at = T0.replace(microsecond=120034)
+    batch = summarize([odd, ev("b", occurred_at=at)], LONG_AGO)
+    ledger = json.loads(batch.ledger_json())
+    assert ledger == [
+        [odd.txn_id, odd.event_id, "2025-07-01T10:15:30.000000Z"],
+        ["b", "e-b", "2025-07-01T10:15:30.120034Z"],
+    ]
+    assert {k[1:] for k in rows_of(batch.hourly_json())} == {
+        ('M "x"', "SN", "XOF", "c\\h"),
+        ("M-1", "SN", "XOF", "mobile_money"),
+    }
+
+
+def test_money_keeps_every_place_up_to_the_largest_amount() -> None:
+    big = ev("a", amount="999999999999999.9999", fee="0.0001")
+    batch = summarize([big, ev("b", amount="999999999999999.9999"), ev("c", amount="0.0001")], None)
+    (row,) = rows_of(batch.hourly_json()).values()
+    assert m(row, "gross_volume_local") == Decimal("1999999999999999.9999")
+    assert m(row, "fee_local") == Decimal("2.5001")  # 0.0001 + 1.25 + 1.25
 
 
 def test_months_and_horizon() -> None:
     events = [ev("a"), ev("b", occurred_at=datetime(2024, 12, 31, 23, 59, tzinfo=UTC))]
     got = months(e.occurred_at for e in events)
     assert got == {datetime(2025, 7, 1, tzinfo=UTC), datetime(2024, 12, 1, tzinfo=UTC)}
-    since = horizon(T0, 48)
-    assert since == T0 - timedelta(hours=48)
-    assert [e.txn_id for e in recent(events, since)] == ["a"]
-    assert horizon(T0, 0) is None and len(recent(events, None)) == 2
+    assert horizon(T0, 48) == T0 - timedelta(hours=48)
+    assert horizon(T0, 0) is None
+    assert hours(summarize(events, None)) == {truncate_hour(e.occurred_at) for e in events}
 
 
 def test_removing_the_ledger_rejects_equals_aggregating_only_the_new() -> None:
@@ -81,27 +131,79 @@ def test_removing_the_ledger_rejects_equals_aggregating_only_the_new() -> None:
     ]
     since = T0 - timedelta(hours=48)
     batch = summarize(events, since)
-    assert [e.txn_id for e in batch.events] == ["a", "b", "c", "d"]
-    before = (dict(batch.hourly), dict(batch.minute), batch.hourly_json)
+    assert batch.txn_ids() == ["a", "b", "c", "d"]
+    before = (batch.hourly_json(), batch.minute_json(), batch.ledger_json())
 
-    rejected = [e for e in batch.events if e.txn_id in ("b", "c")]
-    kept = batch.without(rejected)
-    fresh = summarize([e for e in batch.events if e.txn_id not in ("b", "c")], since)
-    assert kept.hourly == fresh.hourly and kept.minute == fresh.minute
-    assert kept.hourly_json == fresh.hourly_json
-    assert [e.txn_id for e in kept.events] == ["a", "d"]
+    kept = batch.without({"b", "c"})
+    fresh = summarize([e for e in dedupe(events) if e.txn_id not in ("b", "c")], since)
+    assert kept.hourly_json() == fresh.hourly_json()
+    assert kept.minute_json() == fresh.minute_json()
+    assert kept.ledger_json() == fresh.ledger_json()
+    assert kept.txn_ids() == ["a", "d"] and kept.since_us == micros(since)
     # The M-2 bucket held only a rejected transaction: it is gone, not left at zero.
-    assert all(k[1] != "M-2" for k in kept.hourly)
+    assert all(k[1] != "M-2" for k in rows_of(kept.hourly_json()))
     # The prepared batch is untouched (a failed write is retried from it).
-    assert (batch.hourly, batch.minute, batch.hourly_json) == before
-    assert batch.without([]) is batch
+    assert (batch.hourly_json(), batch.minute_json(), batch.ledger_json()) == before
 
 
-def test_aggregate_equals_the_event_by_event_sums() -> None:
-    events = random_events(3000, seed=5)
-    for bucket in (truncate_hour, truncate_minute):
-        got, want = aggregate(events, bucket), one_by_one(events, bucket)
+def test_sums_equal_the_event_by_event_sums() -> None:
+    events = random_events(3000, seed=5) + random_events(300, seed=5)  # the copies count once
+    batch = summarize(events, LONG_AGO)
+    unique = dedupe(events)
+    assert len(batch) == len(unique) == 3000
+    for document, bucket in (
+        (batch.hourly_json(), truncate_hour),
+        (batch.minute_json(), truncate_minute),
+    ):
+        got, want = rows_of(document), one_by_one(unique, bucket)
         assert got == want
-        assert {k: [str(v) for v in r] for k, r in got.items()} == {
-            k: [str(v) for v in r] for k, r in want.items()
-        }
+
+
+def test_raw_values_and_validated_events_sum_alike() -> None:
+    """``feed`` (raw wire values) and ``add_event`` (validated events) give the same summary."""
+    events = random_events(2000, seed=9)
+    values: list[bytes | None] = [encode_event(e) for e in events]
+    fed = Summary(micros(LONG_AGO))
+    assert fed.feed(values, 0, len(values), micros(LONG_AGO), micros(T0 + timedelta(days=1))) == (
+        len(values),
+        max(micros(e.occurred_at) for e in events),
+    )
+    added = summarize(events, LONG_AGO)
+    assert fed.ledger_json() == added.ledger_json()
+    assert fed.hourly_json() == added.hourly_json()
+    assert fed.minute_json() == added.minute_json()
+
+
+def test_feed_reads_a_slice_and_stops_at_the_first_value_it_is_not_sure_of() -> None:
+    a, b, c = (encode_event(ev(t)) for t in "abc")
+    values: list[bytes | None] = [a, b, None, c, b"not json"]
+    summary = Summary()
+    bounds = (micros(LONG_AGO), micros(T0 + timedelta(days=1)))
+    assert summary.feed(values, 1, 5, *bounds) == (2, micros(T0))  # b taken, stops at None
+    assert summary.feed(values, 3, 5, *bounds) == (4, micros(T0))  # c taken, stops at the text
+    assert summary.feed(values, 0, 1, *bounds) == (1, micros(T0))
+    assert summary.feed(values, 4, 4, *bounds) == (4, None)  # an empty slice
+    assert summary.txn_ids() == ["b", "c", "a"]
+
+
+def test_merchants_of_a_day() -> None:
+    today = T0.date()
+    batch = summarize(
+        [ev("a"), ev("b", merchant_id="M-2", occurred_at=T0 - timedelta(days=1)),
+         ev("c", merchant_id=None)],
+        None,
+    )  # fmt: skip
+    assert merchants_on(batch, today) == {"M-1", None}
+    assert merchants_on(batch, date(2025, 6, 30)) == {"M-2"}
+    assert batch.merchants() == {"M-1", "M-2", None}
+
+
+def test_bad_arguments_are_refused() -> None:
+    summary = Summary()
+    with pytest.raises(TypeError):
+        summary.without(["a"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="out of range"):
+        summary.add("t", "e", None, "SN", "XOF", "card", 0, 9, 0, 1, 0)
+    with pytest.raises(TypeError):
+        summary.add("t", "e", 5, "SN", "XOF", "card", 0, 0, 0, 1, 0)  # type: ignore[arg-type]
+    assert len(summary) == 0

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
 from redis.asyncio import Redis
 
 from molam_workloads.core import metrics
-from molam_workloads.core.events import MAX_EVENT_BYTES, encode_event
+from molam_workloads.core.events import MAX_EVENT_BYTES, TransactionEvent, encode_event
 
 from .support import (
     Stack,
@@ -114,6 +114,39 @@ async def test_malformed_and_oversized_go_to_dlq(
     assert binary["reason"] == "not_json"
     oversized = next(d for d in docs if d["reason"] == "oversized")
     assert oversized["original_size"] > MAX_EVENT_BYTES and "original_text" in oversized
+
+
+def _unusual(ev: TransactionEvent) -> bytes:
+    """A valid spelling the compiled reader leaves to ``decode_event``: money as a JSON number,
+    a lower-case currency, a local time with its offset, padding the model strips."""
+    doc = json.loads(encode_event(ev))
+    doc["currency"] = doc["currency"].lower()
+    doc["channel"] = f" {doc['channel']} "
+    doc["occurred_at"] = ev.occurred_at.astimezone(timezone(timedelta(hours=-3))).isoformat()
+    text = json.dumps(doc)
+    return text.replace(f'"amount": "{doc["amount"]}"', f'"amount": {doc["amount"]}').encode()
+
+
+async def test_plain_and_unusual_spellings_of_one_transaction_count_once(
+    stack: Stack, db: asyncpg.Connection, redis: Redis
+) -> None:
+    events = make_events(80, seed=5)
+    await insert_source(db, events)
+    assert b'"amount": ' + str(events[0].amount).encode() in _unusual(events[0])
+    # Each transaction twice, once in each spelling, in alternating order.
+    values = [
+        v
+        for i, e in enumerate(events)
+        for v in ((encode_event(e), _unusual(e)) if i % 2 else (_unusual(e), encode_event(e)))
+    ]
+    await publish(stack.bootstrap, stack.topic, values)
+    async with running_consumer() as ingestor:
+        await wait_until(lambda: _consumed(db, stack.topic, len(values)))
+    assert ingestor.totals["duplicates"] == len(events)
+    assert ingestor.totals["dead"] == 0
+    assert await counted(db) == len(events)
+    await assert_totals_match_source(db)
+    await assert_live_matches_db(db, redis)
 
 
 @pytest.mark.parametrize("stack", [4], indirect=True)

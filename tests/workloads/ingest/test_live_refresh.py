@@ -13,6 +13,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from molam_workloads.core.events import TransactionEvent
+from molam_workloads.ingest.aggregation import summarize
 from molam_workloads.ingest.consumer import BatchReport, Ingestor
 from molam_workloads.ingest.settings import IngestSettings
 
@@ -45,7 +46,7 @@ def counted(txn: str, merchant: str) -> BatchReport:
             "status": "succeeded",
         }
     )
-    return BatchReport(records=1, counted=[ev])
+    return BatchReport(records=1, counted=summarize([ev], None))
 
 
 async def test_refreshes_coalesce_while_batches_come_and_a_failed_one_stays_due() -> None:
