@@ -9,6 +9,9 @@
    aggregates, offsets, live counters in Redis), timed from its first batch to its last.
 4. Floor: a naive consumer doing one transaction per event (ledger insert, one hourly upsert,
    offset update), run on the first FLOOR_EVENTS events and its rate extrapolated.
+5. For reference, PostgreSQL's share alone: the same batches, summed beforehand, written one
+   after the other by ``BatchWriter`` with no Kafka and nothing else running. No consumer
+   that keeps exactly-once in PostgreSQL this way can go faster on this machine.
 Then checks exactly-once: the hourly aggregates count every unique transaction exactly once.
 Each measured contender runs ROUNDS times and its best round is kept (the machine may be busy).
 
@@ -36,11 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_seconds, env, scratch_database, scratch_topics, table
 
 from molam_workloads.core.db import create_pool
-from molam_workloads.core.events import decode_event
+from molam_workloads.core.events import EARLIEST_EVENT, MAX_CLOCK_SKEW, decode_event
 from molam_workloads.core.heap import CONSUMER_GEN0_THRESHOLD, freeze_startup_heap
+from molam_workloads.ingest.aggregation import Summary, hours, micros
 from molam_workloads.ingest.consumer import Ingestor
 from molam_workloads.ingest.live_counters import LiveCounters
 from molam_workloads.ingest.settings import IngestSettings
+from molam_workloads.ingest.writer import BatchWriter
 from molam_workloads.jobs.traffic import Market, history_times, merchants
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
@@ -179,6 +184,34 @@ async def ours(settings: IngestSettings, n: int) -> tuple[float, dict[str, float
             await redis.aclose()
 
 
+async def writes_alone(dsn: str, values: list[bytes]) -> float:
+    """Seconds PostgreSQL takes to write the batches, summed beforehand, one after the other."""
+    now = datetime.now(UTC)
+    since = micros(now - timedelta(hours=IngestSettings().minute_agg_retention_hours))
+    batches = []
+    for i in range(0, len(values), MAX_RECORDS):
+        chunk: list[bytes | None] = list(values[i : i + MAX_RECORDS])
+        summary = Summary(since)
+        taken, _ = summary.feed(
+            chunk, 0, len(chunk), micros(EARLIEST_EVENT), micros(now + MAX_CLOCK_SKEW)
+        )
+        assert taken == len(chunk)  # the bench's events are all plainly valid
+        batches.append(summary)
+    conn = await asyncpg.connect(dsn)
+    try:
+        writer = BatchWriter("bench-writes", "bench")
+        await writer.ensure_partitions(conn, {h for b in batches for h in hours(b)})
+        started = time.perf_counter()
+        for n, batch in enumerate(batches, 1):
+            await writer.write(conn, batch, {0: n})
+        return time.perf_counter() - started
+    finally:
+        await conn.execute(
+            "TRUNCATE txn_hourly_agg, txn_minute_agg, ingested_transactions, consumer_offsets"
+        )
+        await conn.close()
+
+
 NAIVE_UPSERT = """
 INSERT INTO txn_hourly_agg (hour, merchant_id, country, currency, channel, tx_count,
     gross_volume_local)
@@ -288,12 +321,14 @@ async def main() -> None:
                 await conn.close()
         ours_s, ours_cpu = min(ours_rounds)
         print("consumer rounds (s): " + ", ".join(f"{r:.2f}" for r, _ in ours_rounds))
+        writes_s = min([await writes_alone(dsn, values) for _ in range(ROUNDS)])
         floor_s = await floor(dsn, bootstrap, topic, FLOOR_EVENTS)
 
     rates = {
         "raw aiokafka + json.loads (ceiling)": (len(values), ceiling_s),
         "aiokafka + decode_event (validation only)": (len(values), validated_s),
         "molam consume (Ingestor)": (len(values), ours_s),
+        "its PostgreSQL writes alone (no Kafka)": (len(values), writes_s),
         f"naive 1 txn/event (floor, {FLOOR_EVENTS} events)": (FLOOR_EVENTS, floor_s),
     }
     ceil_rate = len(values) / ceiling_s
