@@ -155,11 +155,11 @@ async def ours(settings: IngestSettings, n: int) -> tuple[float, dict[str, float
             ingestor = Ingestor(settings, pool, prod, live)
             prepare, commit = ingestor.prepare, ingestor.commit
 
-            async def first_batch(batch):  # type: ignore[no-untyped-def]
+            async def first_batch(batch, epoch=None):  # type: ignore[no-untyped-def]
                 if not first:
                     first.append(time.perf_counter())
                     cpu.append(cpu_now())
-                return await prepare(batch)
+                return await prepare(batch, epoch)
 
             async def counted(consumer, prepared):  # type: ignore[no-untyped-def]
                 nonlocal seen

@@ -445,6 +445,21 @@ static void rec_clear(Rec *r) {
     Py_XDECREF(r->channel);
 }
 
+/* Room for one more of n items of ``size`` bytes in *items (capacity *cap, doubled when full,
+ * ``first`` to start with); -1 with MemoryError set. */
+static int room_for_one(void **items, Py_ssize_t n, Py_ssize_t *cap, size_t size, Py_ssize_t first) {
+    if (n < *cap) return 0;
+    Py_ssize_t more = *cap ? *cap * 2 : first;
+    void *grown = PyMem_Realloc(*items, (size_t)more * size);
+    if (!grown) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    *items = grown;
+    *cap = more;
+    return 0;
+}
+
 static int table_init(Table *t) {
     t->index = PyDict_New();
     t->groups = NULL;
@@ -476,17 +491,12 @@ static int table_add(Table *t, int64_t bucket, const Rec *r) {
             Py_DECREF(key);
             return -1;
         }
-        if (t->n == t->cap) {
-            Py_ssize_t cap = t->cap ? t->cap * 2 : 64;
-            Group *grown = PyMem_Realloc(t->groups, (size_t)cap * sizeof(Group));
-            if (!grown) {
-                Py_DECREF(key);
-                PyErr_NoMemory();
-                return -1;
-            }
-            t->groups = grown;
-            t->cap = cap;
+        void *groups = t->groups;
+        if (room_for_one(&groups, t->n, &t->cap, sizeof(Group), 64) < 0) {
+            Py_DECREF(key);
+            return -1;
         }
+        t->groups = groups;
         PyObject *pos = PyLong_FromSsize_t(t->n);
         if (!pos || PyDict_SetItem(t->index, key, pos) < 0) {
             Py_XDECREF(pos);
@@ -522,17 +532,12 @@ static int accumulate(Summary *s, Rec *r) {
         rec_clear(r);
         return -1;
     }
-    if (s->n == s->cap) {
-        Py_ssize_t cap = s->cap ? s->cap * 2 : 1024;
-        Rec *grown = PyMem_Realloc(s->recs, (size_t)cap * sizeof(Rec));
-        if (!grown) {
-            rec_clear(r);
-            PyErr_NoMemory();
-            return -1;
-        }
-        s->recs = grown;
-        s->cap = cap;
+    void *recs = s->recs;
+    if (room_for_one(&recs, s->n, &s->cap, sizeof(Rec), 1024) < 0) {
+        rec_clear(r);
+        return -1;
     }
+    s->recs = recs;
     s->recs[s->n++] = *r;
     if (table_add(&s->hourly, floor_to(r->at, US_PER_HOUR), r) < 0) return -1;
     if ((!s->has_since || r->at >= s->since) &&
