@@ -58,8 +58,9 @@ ROUNDS = 2
 REDIS_DB = "13"
 # Local services whose CPU the consumer's work costs (read from /proc; 0 when remote).
 SERVICES = ("postgres", "tansu", "redis-server")
-# The ceiling reads batches as large as the consumer's (its default).
-MAX_RECORDS = IngestSettings.model_fields["ingest_batch_max_records"].default
+# The ceiling reads batches as large as the consumer's, with its fetch settings (its defaults).
+DEFAULTS = IngestSettings.model_construct()
+MAX_RECORDS = DEFAULTS.ingest_batch_max_records
 
 
 def synthetic(n: int) -> tuple[list[bytes], int]:
@@ -111,7 +112,8 @@ async def ceiling(
 ) -> tuple[float, dict[str, float]]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        max_partition_fetch_bytes=DEFAULTS.ingest_max_partition_fetch_bytes,
+        fetch_max_wait_ms=DEFAULTS.ingest_fetch_max_wait_ms,
     )  # fmt: skip
     await consumer.start()
     try:
@@ -161,9 +163,9 @@ async def ours(settings: IngestSettings, n: int) -> tuple[float, dict[str, float
                     cpu.append(cpu_now())
                 return await prepare(batch, epoch)
 
-            async def counted(consumer, prepared):  # type: ignore[no-untyped-def]
+            async def counted(consumer, prepared, previous=None):  # type: ignore[no-untyped-def]
                 nonlocal seen
-                report = await commit(consumer, prepared)
+                report = await commit(consumer, prepared, previous)
                 seen += 0 if report.abandoned else report.records
                 if seen >= n and not done.is_set():
                     cpu.append(cpu_now())
@@ -226,8 +228,9 @@ async def floor(dsn: str, bootstrap: str, topic: str, n: int) -> float:
     """One transaction per event: the obvious, slow design."""
     conn = await asyncpg.connect(dsn)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-    )
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
+        fetch_max_wait_ms=DEFAULTS.ingest_fetch_max_wait_ms,
+    )  # fmt: skip
     await consumer.start()
     try:
         await conn.execute("TRUNCATE txn_hourly_agg, ingested_transactions, consumer_offsets")

@@ -95,6 +95,10 @@ class PreparedBatch:
     watermark: datetime | None = None  # newest event time seen in the batch
     newest: dict[int, datetime] = field(default_factory=dict)  # per partition
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Set by commit(): True once the batch's transaction committed, False if it never will.
+    written: asyncio.Future[bool] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 @dataclass
@@ -115,14 +119,14 @@ class _SeekFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
         self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        # Let the in-flight batch finish its transaction first, so the next owner starts
-        # exactly where it ended (abandoning it would be safe too, only slower).
-        async with self._ingest.batch_lock:
-            self._ingest.epoch += 1  # batches read before now are abandoned, not written
-            log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
-            for tp in revoked:
-                with contextlib.suppress(KeyError):  # never measured on this consumer
-                    metrics.CONSUMER_LAG.remove(str(tp.partition))
+        self._ingest.epoch += 1  # batches read before now and not yet writing are abandoned
+        # Let the batches already writing finish their transactions first, so the next owner
+        # starts exactly where they ended (abandoning them would be safe too, only slower).
+        await self._ingest.settle()
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+        for tp in revoked:
+            with contextlib.suppress(KeyError):  # never measured on this consumer
+                metrics.CONSUMER_LAG.remove(str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         await self._ingest.seek_to_stored(self._consumer, assigned)
@@ -145,7 +149,10 @@ class Ingestor:
         self.live = live
         self.detector = detector
         self.writer = BatchWriter(settings.kafka_consumer_group, settings.kafka_topic)
-        self.batch_lock = asyncio.Lock()
+        self._writing: set[asyncio.Task[Any]] = set()  # commit() calls under way
+        # Held from a batch's COMMIT through its Kafka offset commit: batches that overlap in
+        # PostgreSQL still report, commit to Kafka and hand over their follow-ups in order.
+        self._reporting = asyncio.Lock()
         self.positions: dict[int, int] = {}
         # Newest event time consumed per assigned partition (for the SIRA watermark).
         self.newest: dict[int, datetime] = {}
@@ -174,6 +181,7 @@ class Ingestor:
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
             max_poll_interval_ms=s.kafka_max_poll_interval_ms,
             max_partition_fetch_bytes=s.ingest_max_partition_fetch_bytes,
+            fetch_max_wait_ms=s.ingest_fetch_max_wait_ms,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -190,33 +198,49 @@ class Ingestor:
             self.settings.kafka_topic,
             self.settings.kafka_consumer_group,
         )
+        # At most two batches write at once: the newer one writes its ledger while the older
+        # one adds its aggregates and commits (see BatchWriter.write).
+        older: asyncio.Task[BatchReport] | None = None
         writing: asyncio.Task[BatchReport] | None = None
+        previous: PreparedBatch | None = None
         try:
             while not stop.is_set():
                 batch, epoch = await self.fetch(consumer)
                 if batch:
                     prepared = await self.prepare(batch, epoch)
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.create_task(self.commit(consumer, prepared))
+                    if older is not None:
+                        await older
+                    older = writing
+                    writing = asyncio.create_task(self.commit(consumer, prepared, previous))
+                    previous = prepared
                 elif writing is not None and writing.done():
-                    await writing
-                    writing = None
+                    for done in (older, writing):
+                        if done is not None:
+                            await done
+                    older = writing = None
+                    previous = None
                     await self.drain()  # idle: live counters now, not with the next batch
                 self._maybe_trim()
                 self._observe(consumer)
-            if writing is not None:
-                await writing
-                writing = None
+            for last in (older, writing):
+                if last is not None:
+                    await last
+            older = writing = None
             await self.drain()
         finally:
-            for task in (writing, self._follow_up, self._trimming):
-                if task is not None and not task.done():
+            unfinished: list[asyncio.Task[Any] | None] = [
+                older,
+                writing,
+                self._follow_up,
+                self._trimming,
+            ]
+            for left in unfinished:
+                if left is not None and not left.done():
                     # Leaving on an error: nothing of an unfinished transaction is kept, and
                     # live counters are rewritten whole by the next batch anyway.
-                    task.cancel()
+                    left.cancel()
                     with contextlib.suppress(BaseException):
-                        await task
+                        await left
             await consumer.stop()
             log.info("consumer stopped")
 
@@ -386,41 +410,68 @@ class Ingestor:
         )
         return await self.producer.send(self.settings.dlq_topic, value, key=rec.key)
 
-    async def commit(self, consumer: AIOKafkaConsumer, prepared: PreparedBatch) -> BatchReport:
-        """Write a prepared batch (one transaction), then the best-effort follow-ups."""
+    async def commit(
+        self,
+        consumer: AIOKafkaConsumer,
+        prepared: PreparedBatch,
+        previous: PreparedBatch | None = None,
+    ) -> BatchReport:
+        """Write a prepared batch (one transaction), then the best-effort follow-ups.
+
+        ``previous``: the batch committed just before this one, which may still be writing; if
+        so, this one writes its ledger meanwhile and commits after it (``BatchWriter.write``).
+        """
         report = BatchReport(
             records=prepared.records,
             dead=prepared.dead,
             next_offsets=prepared.next_offsets,
             watermark=prepared.watermark,
         )
-        async with self.batch_lock:
+        task = asyncio.current_task()
+        assert task is not None
+        self._writing.add(task)
+        try:
             if prepared.epoch != self.epoch:
                 # Read before a rebalance: whoever owns the partitions now re-reads them from
                 # the offsets in PostgreSQL. Writing it would be harmless (the ledger dedupes)
                 # but pointless.
+                prepared.written.set_result(False)
                 report.abandoned = True
                 self.totals["abandoned"] += report.records
                 log.info("batch of %d record(s) abandoned after a rebalance", report.records)
                 return report
+            summary, after = prepared.summary, None
+            if previous is not None and not previous.written.done():
+                # Its transactions count when it commits, and this batch commits only after
+                # it: leaving them out here keeps the two ledger inserts from colliding.
+                summary = summary.without(set(previous.summary.txn_ids()))
+                after = previous.written
             started = time.perf_counter()
-            report.counted = await self._write(prepared.summary, prepared.next_offsets)
-            metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
-            self.positions.update(prepared.next_offsets)
-            for p, t in prepared.newest.items():
-                if p not in self.newest or t > self.newest[p]:
-                    self.newest[p] = t
-            assigned = [tp.partition for tp in consumer.assignment()]
-            report.event_time = watermark(
-                assigned,
-                self.newest,
-                self.positions,
-                {
-                    p: consumer.highwater(TopicPartition(self.settings.kafka_topic, p))
-                    for p in assigned
-                },
-            )
-            await self._commit_kafka(consumer, prepared.next_offsets)
+            try:
+                report.counted = await self._write(summary, prepared.next_offsets, after)
+            except BaseException:
+                prepared.written.set_result(False)
+                raise
+            async with self._reporting:
+                prepared.written.set_result(True)
+                metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
+                self.positions.update(prepared.next_offsets)
+                for p, t in prepared.newest.items():
+                    if p not in self.newest or t > self.newest[p]:
+                        self.newest[p] = t
+                assigned = [tp.partition for tp in consumer.assignment()]
+                report.event_time = watermark(
+                    assigned,
+                    self.newest,
+                    self.positions,
+                    {
+                        p: consumer.highwater(TopicPartition(self.settings.kafka_topic, p))
+                        for p in assigned
+                    },
+                )
+                await self._commit_kafka(consumer, prepared.next_offsets)
+        finally:
+            self._writing.discard(task)
         report.duplicates = prepared.accepted - len(report.counted)
         for key, n in (
             ("records", report.records),
@@ -441,6 +492,13 @@ class Ingestor:
         self._follow_up = asyncio.create_task(self._after_commit(report))
         return report
 
+    async def settle(self) -> None:
+        """Wait until no batch is being written (their outcome is commit()'s business)."""
+        current = asyncio.current_task()
+        pending = [t for t in self._writing if t is not current]
+        if pending:
+            await asyncio.wait(pending)
+
     async def drain(self) -> None:
         """Wait for the last batch's SIRA call and bring the live counters up to date."""
         if self._follow_up is not None:
@@ -448,12 +506,14 @@ class Ingestor:
             self._follow_up = None
         await self._refresh_live()
 
-    async def _write(self, batch: Summary, next_offsets: dict[int, int]) -> Summary:
+    async def _write(
+        self, batch: Summary, next_offsets: dict[int, int], after: asyncio.Future[bool] | None
+    ) -> Summary:
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
                 async with self.pool.acquire() as conn:
                     await self.writer.ensure_partitions(conn, hours(batch))
-                    return await self.writer.write(conn, batch, next_offsets)
+                    return await self.writer.write(conn, batch, next_offsets, after)
             except _RETRYABLE_DB as exc:
                 if attempt == WRITE_ATTEMPTS:
                     raise

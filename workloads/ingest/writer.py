@@ -14,7 +14,7 @@ several times more CPU than the whole encoding.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -101,6 +101,10 @@ async def load_offsets(
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
+class PreviousBatchNotWritten(RuntimeError):
+    """The batch before this one failed or was abandoned: this one rolls back too."""
+
+
 class BatchWriter:
     """Writes batches for one consumer group and topic; remembers which partitions exist."""
 
@@ -116,18 +120,35 @@ class BatchWriter:
             await conn.execute("SELECT ensure_txn_hourly_partitions($1, $1)", month)
             self._months.add(month)
 
-    async def write(self, conn: Conn, batch: Summary, next_offsets: Mapping[int, int]) -> Summary:
-        """Commit one batch; returns the part of it that was newly counted."""
+    async def write(
+        self,
+        conn: Conn,
+        batch: Summary,
+        next_offsets: Mapping[int, int],
+        after: Awaitable[bool] | None = None,
+    ) -> Summary:
+        """Commit one batch; returns the part of it that was newly counted.
+
+        ``after``: the previous batch's outcome (True once committed), when that batch is
+        still being written. This one's ledger is written meanwhile, but its aggregates and
+        offsets, and its COMMIT, only once the previous batch has committed: offsets never
+        overtake a batch that might still fail. The caller leaves the previous batch's
+        transactions out of this one (they are counted when it commits).
+        """
         for run in range(1, LEDGER_RACES + 1):
             try:
-                return await self._write_once(conn, batch, next_offsets)
+                return await self._write_once(conn, batch, next_offsets, after)
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != _LEDGER_KEY or run == LEDGER_RACES:
                     raise
         raise AssertionError("unreachable")
 
     async def _write_once(
-        self, conn: Conn, batch: Summary, next_offsets: Mapping[int, int]
+        self,
+        conn: Conn,
+        batch: Summary,
+        next_offsets: Mapping[int, int],
+        after: Awaitable[bool] | None,
     ) -> Summary:
         async with conn.transaction():
             # Per-day shared locks, ascending (see core.db.INGEST_LOCK): backfill rebuilding
@@ -144,6 +165,10 @@ class BatchWriter:
                 seen = {r[0] for r in await conn.fetch(_LEDGER_SQL, batch.ledger_json())}
                 if seen:
                     batch = batch.without(seen)
+            if after is not None and not await after:
+                raise PreviousBatchNotWritten(
+                    "the previous batch was not written: this one may not commit before it"
+                )
             if len(batch) or next_offsets:
                 await conn.execute(
                     _AGGREGATES_AND_OFFSETS_SQL,

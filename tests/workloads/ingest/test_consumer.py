@@ -116,6 +116,27 @@ async def test_malformed_and_oversized_go_to_dlq(
     assert oversized["original_size"] > MAX_EVENT_BYTES and "original_text" in oversized
 
 
+@pytest.mark.parametrize("stack", [2], indirect=True)
+async def test_small_batches_written_two_at_a_time_count_copies_once(
+    stack: Stack, db: asyncpg.Connection, redis: Redis
+) -> None:
+    """Batches of 30 records: the next batch writes its ledger while the one before commits, and
+    copies of a transaction in neighbouring batches (or the same one) still count once."""
+    events = make_events(400, seed=11, span=timedelta(hours=3))
+    await insert_source(db, events)
+    values = [encode_event(e) for e in events]
+    # Every fifth transaction again 10-40 records later: mostly in the next batch or the one after.
+    for i in range(len(events) - 1, 0, -5):
+        values.insert(min(len(values), i + 10 + i % 31), encode_event(events[i]))
+    await publish(stack.bootstrap, stack.topic, values)
+    async with running_consumer(ingest_batch_max_records=30) as ingestor:
+        await wait_until(lambda: _consumed(db, stack.topic, len(values)))
+    assert ingestor.totals["duplicates"] == len(values) - len(events)
+    assert await counted(db) == len(events)
+    await assert_totals_match_source(db)
+    await assert_live_matches_db(db, redis)
+
+
 def _unusual(ev: TransactionEvent) -> bytes:
     """A valid spelling the compiled reader leaves to ``decode_event``: money as a JSON number,
     a lower-case currency, a local time with its offset, padding the model strips."""

@@ -11,11 +11,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
+import pytest
 
 from molam_workloads.core.events import TransactionEvent
 from molam_workloads.core.measures import MEASURES
 from molam_workloads.ingest.aggregation import hours, summarize
-from molam_workloads.ingest.writer import BatchWriter
+from molam_workloads.ingest.writer import BatchWriter, PreviousBatchNotWritten
 
 from .reference import (
     T0,
@@ -144,3 +145,53 @@ async def test_a_transaction_inserted_meanwhile_by_another_writer_is_not_counted
     hourly = await table(db, "txn_hourly_agg", "hour")
     assert [m(r, "tx_count") for r in hourly.values()] == [2]
     assert await db.fetchval("SELECT count(*) FROM ingested_transactions") == 3
+
+
+async def _offsets(db: asyncpg.Connection) -> list[int]:
+    return [r[0] for r in await db.fetch("SELECT next_offset FROM consumer_offsets")]
+
+
+async def test_a_batch_commits_only_after_the_one_before_it(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    """The consumer writes a batch's ledger while the one before it finishes: its offsets and
+    sums wait until that one has committed."""
+    writer = BatchWriter("g", "t")
+    first, second = summarize([ev("a")], None), summarize([ev("b"), ev("c")], None)
+    await writer.ensure_partitions(db, hours(first))
+    before = asyncio.get_running_loop().create_future()
+    other = await asyncpg.connect(database_url)
+    try:
+        pending = asyncio.create_task(writer.write(other, second, {0: 9}, after=before))
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        assert await _offsets(db) == []  # nothing of the second batch is visible yet
+        await writer.write(db, first, {0: 5})
+        before.set_result(True)
+        assert (await asyncio.wait_for(pending, 10)).txn_ids() == ["b", "c"]
+    finally:
+        await other.close()
+    assert await _offsets(db) == [9]
+    assert await db.fetchval("SELECT sum(tx_count) FROM txn_hourly_agg") == 3
+
+
+async def test_a_batch_rolls_back_when_the_one_before_it_was_not_written(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    writer = BatchWriter("g", "t")
+    batch = summarize([ev("b")], None)
+    await writer.ensure_partitions(db, hours(batch))
+    before = asyncio.get_running_loop().create_future()
+    other = await asyncpg.connect(database_url)
+    try:
+        pending = asyncio.create_task(writer.write(other, batch, {0: 9}, after=before))
+        await asyncio.sleep(0.2)
+        before.set_result(False)
+        with pytest.raises(PreviousBatchNotWritten):
+            await asyncio.wait_for(pending, 10)
+    finally:
+        await other.close()
+    # Its ledger rows went with the rollback: the batch is read again and counted then.
+    assert await db.fetchval("SELECT count(*) FROM ingested_transactions") == 0
+    assert await _offsets(db) == []
+    assert await db.fetchval("SELECT count(*) FROM txn_hourly_agg") == 0
