@@ -435,7 +435,6 @@ class Ingestor:
                 # Read before a rebalance: whoever owns the partitions now re-reads them from
                 # the offsets in PostgreSQL. Writing it would be harmless (the ledger dedupes)
                 # but pointless.
-                prepared.written.set_result(False)
                 report.abandoned = True
                 self.totals["abandoned"] += report.records
                 log.info("batch of %d record(s) abandoned after a rebalance", report.records)
@@ -447,13 +446,11 @@ class Ingestor:
                 summary = summary.without(set(previous.summary.txn_ids()))
                 after = previous.written
             started = time.perf_counter()
-            try:
-                report.counted = await self._write(summary, prepared.next_offsets, after)
-            except BaseException:
-                prepared.written.set_result(False)
-                raise
+            report.counted = await self._write(summary, prepared.next_offsets, after)
+            # Before taking the lock: the next batch's COMMIT waits for this, not for the
+            # Kafka offset commit below (it queues for the lock behind this batch anyway).
+            prepared.written.set_result(True)
             async with self._reporting:
-                prepared.written.set_result(True)
                 metrics.INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
                 self.positions.update(prepared.next_offsets)
                 for p, t in prepared.newest.items():
@@ -471,6 +468,8 @@ class Ingestor:
                 )
                 await self._commit_kafka(consumer, prepared.next_offsets)
         finally:
+            if not prepared.written.done():  # failed before its COMMIT: the next may not commit
+                prepared.written.set_result(False)
             self._writing.discard(task)
         report.duplicates = prepared.accepted - len(report.counted)
         for key, n in (
