@@ -475,51 +475,97 @@ static void table_clear(Table *t) {
     t->n = t->cap = 0;
 }
 
-static int table_add(Table *t, int64_t bucket, const Rec *r) {
+/* The group of ``r`` at ``bucket``, created when missing if ``create``; NULL with an error set
+ * (or, not creating, with none when there is no such group). */
+static Group *group_of(Table *t, int64_t bucket, const Rec *r, int create) {
     PyObject *b = PyLong_FromLongLong(bucket);
-    if (!b) return -1;
+    if (!b) return NULL;
     PyObject *key = PyTuple_Pack(5, b, r->merchant, r->country, r->currency, r->channel);
     Py_DECREF(b);
-    if (!key) return -1;
+    if (!key) return NULL;
     PyObject *found = PyDict_GetItemWithError(t->index, key);
-    Group *g;
     if (found) {
-        g = &t->groups[PyLong_AsSsize_t(found)];
         Py_DECREF(key);
-    } else {
-        if (PyErr_Occurred()) {
-            Py_DECREF(key);
-            return -1;
-        }
-        void *groups = t->groups;
-        if (room_for_one(&groups, t->n, &t->cap, sizeof(Group), 64) < 0) {
-            Py_DECREF(key);
-            return -1;
-        }
-        t->groups = groups;
-        PyObject *pos = PyLong_FromSsize_t(t->n);
-        if (!pos || PyDict_SetItem(t->index, key, pos) < 0) {
-            Py_XDECREF(pos);
-            Py_DECREF(key);
-            return -1;
-        }
-        Py_DECREF(pos);
-        g = &t->groups[t->n++];
-        memset(g, 0, sizeof *g);
-        g->bucket = bucket;
-        g->key = key; /* the reference PyTuple_Pack gave */
+        return &t->groups[PyLong_AsSsize_t(found)];
     }
+    if (PyErr_Occurred() || !create) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    void *groups = t->groups;
+    if (room_for_one(&groups, t->n, &t->cap, sizeof(Group), 64) < 0) {
+        Py_DECREF(key);
+        return NULL;
+    }
+    t->groups = groups;
+    PyObject *pos = PyLong_FromSsize_t(t->n);
+    if (!pos || PyDict_SetItem(t->index, key, pos) < 0) {
+        Py_XDECREF(pos);
+        Py_DECREF(key);
+        return NULL;
+    }
+    Py_DECREF(pos);
+    Group *g = &t->groups[t->n++];
+    memset(g, 0, sizeof *g);
+    g->bucket = bucket;
+    g->key = key; /* the reference PyTuple_Pack gave */
+    return g;
+}
+
+/* Adds r's measures to g, or takes them away (they were added before: no sum goes negative).
+ * A group whose tx_count is back to 0 is left out of every output. */
+static void count_in(Group *g, const Rec *r, int away) {
     u128 *m = g->m;
-    m[i_tx] += 1;
-    m[i_gross] += r->amount;
-    m[i_status_count[r->status]] += 1;
-    if (r->status == succeeded) {
-        m[i_type_count[r->type]] += 1;
-        m[i_type_volume[r->type]] += r->amount;
-        m[i_fee] += r->fee;
+    u128 one = 1, amount = r->amount, fee = r->fee;
+    if (away) {
+        one = -one;
+        amount = -amount;
+        fee = -fee;
     }
+    m[i_tx] += one;
+    m[i_gross] += amount;
+    m[i_status_count[r->status]] += one;
+    if (r->status == succeeded) {
+        m[i_type_count[r->type]] += one;
+        m[i_type_volume[r->type]] += amount;
+        m[i_fee] += fee;
+    }
+}
+
+static int table_add(Table *t, int64_t bucket, const Rec *r) {
+    Group *g = group_of(t, bucket, r, 1);
+    if (!g) return -1;
+    count_in(g, r, 0);
     return 0;
 }
+
+static int table_remove(Table *t, int64_t bucket, const Rec *r) {
+    Group *g = group_of(t, bucket, r, 0);
+    if (!g) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_AssertionError, "no group for a record");
+        return -1;
+    }
+    count_in(g, r, 1);
+    return 0;
+}
+
+static int table_copy(Table *dst, const Table *src) {
+    dst->index = PyDict_Copy(src->index);
+    if (!dst->index) return -1;
+    Py_ssize_t cap = src->n ? src->n : 1;
+    dst->groups = PyMem_Malloc((size_t)cap * sizeof(Group));
+    if (!dst->groups) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(dst->groups, src->groups, (size_t)src->n * sizeof(Group));
+    for (Py_ssize_t i = 0; i < src->n; i++) Py_INCREF(dst->groups[i].key);
+    dst->n = src->n;
+    dst->cap = cap;
+    return 0;
+}
+
+static int in_window(const Summary *s, int64_t at) { return !s->has_since || at >= s->since; }
 
 /* Takes over r's references. 1: counted, 0: a repeat of a txn_id already taken. */
 static int accumulate(Summary *s, Rec *r) {
@@ -540,8 +586,7 @@ static int accumulate(Summary *s, Rec *r) {
     s->recs = recs;
     s->recs[s->n++] = *r;
     if (table_add(&s->hourly, floor_to(r->at, US_PER_HOUR), r) < 0) return -1;
-    if ((!s->has_since || r->at >= s->since) &&
-        table_add(&s->minute, floor_to(r->at, US_PER_MINUTE), r) < 0)
+    if (in_window(s, r->at) && table_add(&s->minute, floor_to(r->at, US_PER_MINUTE), r) < 0)
         return -1;
     return 1;
 }
@@ -667,18 +712,21 @@ static PyObject *rows_json(const Table *t) {
     Buf b = {0};
     SortKey *keys = PyMem_Calloc((size_t)(t->n ? t->n : 1), sizeof(SortKey));
     if (!keys) return PyErr_NoMemory();
+    Py_ssize_t n = 0;
     for (Py_ssize_t i = 0; i < t->n; i++) {
-        keys[i].g = &t->groups[i];
+        if (t->groups[i].m[i_tx] == 0) continue; /* emptied by without() */
+        keys[n].g = &t->groups[i];
         for (int k = 0; k < 4; k++) {
             PyObject *o = PyTuple_GET_ITEM(t->groups[i].key, k + 1);
             if (o == Py_None) continue;
-            keys[i].s[k] = PyUnicode_AsUTF8AndSize(o, &keys[i].n[k]);
-            if (!keys[i].s[k]) goto fail;
+            keys[n].s[k] = PyUnicode_AsUTF8AndSize(o, &keys[n].n[k]);
+            if (!keys[n].s[k]) goto fail;
         }
+        n++;
     }
-    qsort(keys, (size_t)t->n, sizeof(SortKey), cmp_keys);
+    qsort(keys, (size_t)n, sizeof(SortKey), cmp_keys);
     if (put(&b, "[", 1) < 0) goto fail;
-    for (Py_ssize_t i = 0; i < t->n; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         const Group *g = keys[i].g;
         if ((i && put(&b, ",", 1) < 0) || put(&b, "[", 1) < 0 || put_time(&b, g->bucket, 0) < 0)
             goto fail;
@@ -800,25 +848,56 @@ static PyObject *Summary_add(Summary *s, PyObject *args) {
     return PyBool_FromLong(counted);
 }
 
-static PyObject *Summary_without(Summary *s, PyObject *seen) {
-    if (!PyAnySet_Check(seen)) {
-        PyErr_SetString(PyExc_TypeError, "without() takes a set of txn ids");
+/* A new summary without the transactions in ``arg`` (a set of txn ids, or another summary's);
+ * this one unchanged, or itself when none of them is here. Their measures are taken away
+ * from copies of the groups, which costs what they are, not what the batch is. */
+static PyObject *Summary_without(Summary *s, PyObject *arg) {
+    PyObject *seen = arg;
+    if (PyObject_TypeCheck(arg, &SummaryType)) {
+        seen = ((Summary *)arg)->txns;
+    } else if (!PyAnySet_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "without() takes a set of txn ids or a Summary");
         return NULL;
+    }
+    Py_ssize_t dropped = 0;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        int drop = PySet_Contains(seen, s->recs[i].txn);
+        if (drop < 0) return NULL;
+        dropped += drop;
+    }
+    if (!dropped) {
+        Py_INCREF(s);
+        return (PyObject *)s;
     }
     Summary *out = summary_new(s->has_since, s->since);
     if (!out) return NULL;
+    table_clear(&out->hourly);
+    table_clear(&out->minute);
+    if (table_copy(&out->hourly, &s->hourly) < 0 || table_copy(&out->minute, &s->minute) < 0)
+        goto fail;
+    void *recs = NULL;
+    if (room_for_one(&recs, 0, &out->cap, sizeof(Rec), s->n - dropped + 1) < 0) goto fail;
+    out->recs = recs;
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        Rec r = s->recs[i];
-        int drop = PySet_Contains(seen, r.txn);
+        const Rec *r = &s->recs[i];
+        int drop = PySet_Contains(seen, r->txn);
         if (drop < 0) goto fail;
-        if (drop) continue;
-        Py_INCREF(r.txn);
-        Py_INCREF(r.event);
-        Py_INCREF(r.merchant);
-        Py_INCREF(r.country);
-        Py_INCREF(r.currency);
-        Py_INCREF(r.channel);
-        if (accumulate(out, &r) < 0) goto fail;
+        if (drop) {
+            if (table_remove(&out->hourly, floor_to(r->at, US_PER_HOUR), r) < 0) goto fail;
+            if (in_window(s, r->at) &&
+                table_remove(&out->minute, floor_to(r->at, US_PER_MINUTE), r) < 0)
+                goto fail;
+            continue;
+        }
+        if (PySet_Add(out->txns, r->txn) < 0) goto fail;
+        Rec *kept = &out->recs[out->n++];
+        *kept = *r;
+        Py_INCREF(kept->txn);
+        Py_INCREF(kept->event);
+        Py_INCREF(kept->merchant);
+        Py_INCREF(kept->country);
+        Py_INCREF(kept->currency);
+        Py_INCREF(kept->channel);
     }
     return (PyObject *)out;
 fail:
@@ -848,15 +927,17 @@ static PyObject *Summary_hourly_json(Summary *s, PyObject *unused) { return rows
 static PyObject *Summary_minute_json(Summary *s, PyObject *unused) { return rows_json(&s->minute); }
 
 static PyObject *Summary_hours(Summary *s, PyObject *unused) {
-    PyObject *out = PyList_New(s->hourly.n);
+    PyObject *out = PyList_New(0);
     if (!out) return NULL;
     for (Py_ssize_t i = 0; i < s->hourly.n; i++) {
+        if (s->hourly.groups[i].m[i_tx] == 0) continue;
         PyObject *v = PyLong_FromLongLong(s->hourly.groups[i].bucket);
-        if (!v) {
+        if (!v || PyList_Append(out, v) < 0) {
+            Py_XDECREF(v);
             Py_DECREF(out);
             return NULL;
         }
-        PyList_SET_ITEM(out, i, v);
+        Py_DECREF(v);
     }
     return out;
 }

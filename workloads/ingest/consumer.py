@@ -443,7 +443,7 @@ class Ingestor:
             if previous is not None and not previous.written.done():
                 # Its transactions count when it commits, and this batch commits only after
                 # it: leaving them out here keeps the two ledger inserts from colliding.
-                summary = summary.without(set(previous.summary.txn_ids()))
+                summary = summary.without(previous.summary)
                 after = previous.written
             started = time.perf_counter()
             report.counted = await self._write(summary, prepared.next_offsets, after)

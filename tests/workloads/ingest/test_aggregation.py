@@ -4,6 +4,7 @@ event-by-event reference."""
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -144,6 +145,33 @@ def test_removing_the_ledger_rejects_equals_aggregating_only_the_new() -> None:
     assert all(k[1] != "M-2" for k in rows_of(kept.hourly_json()))
     # The prepared batch is untouched (a failed write is retried from it).
     assert (batch.hourly_json(), batch.minute_json(), batch.ledger_json()) == before
+
+
+def test_without_equals_summing_only_what_is_left() -> None:
+    """``without`` takes the dropped transactions' measures away from copies of the groups;
+    summing the others from scratch must give the same documents, whatever is dropped."""
+    events = random_events(1500, seed=21)
+    batch = summarize(events, T0 + timedelta(hours=2))  # minute rows for half of them
+    before = (batch.hourly_json(), batch.minute_json())
+    rnd = random.Random(4)
+    for rate in (0.0, 0.01, 0.3, 0.9, 1.0):
+        gone = {e.txn_id for e in events if rnd.random() < rate}
+        kept = batch.without(gone)
+        fresh = summarize([e for e in events if e.txn_id not in gone], T0 + timedelta(hours=2))
+        assert kept.hourly_json() == fresh.hourly_json()
+        assert kept.minute_json() == fresh.minute_json()
+        assert kept.ledger_json() == fresh.ledger_json()
+        assert set(kept.hours()) == set(fresh.hours()) and len(kept) == len(fresh)
+        assert (kept is batch) == (not gone)
+    assert (batch.hourly_json(), batch.minute_json()) == before
+    # Another summary's transactions, as the consumer leaves out the batch before.
+    other = summarize(events[:100], None)
+    assert batch.without(other).ledger_json() == summarize(events[100:], None).ledger_json()
+    # What is left can be summed further, emptied buckets included.
+    again = batch.without({e.txn_id for e in events})
+    for e in events[:10]:
+        add_event(again, e)
+    assert again.hourly_json() == summarize(events[:10], None).hourly_json()
 
 
 def test_sums_equal_the_event_by_event_sums() -> None:
