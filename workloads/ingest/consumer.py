@@ -187,8 +187,9 @@ class Ingestor:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; the consumer is always left and closed.
 
-        Two batches are in flight at most: while batch N is written to PostgreSQL (another
-        core's work), batch N+1 is fetched and decoded here. Writes stay strictly in order.
+        While batches are written to PostgreSQL (another core's work), the next one is fetched
+        and decoded here. Two write at once at most, the newer one committing after the older
+        (see ``commit``): offsets and sums reach PostgreSQL strictly in order.
         """
         consumer = self.new_consumer()
         consumer.subscribe([self.settings.kafka_topic], listener=_SeekFromDatabase(self, consumer))
