@@ -436,6 +436,16 @@ static int scan_event(const char *buf, Py_ssize_t len, int64_t lo, int64_t hi, R
 
 /* ---- aggregation ---- */
 
+/* One more reference to each of r's objects (a record copied or taken from arguments). */
+static void rec_hold(Rec *r) {
+    Py_INCREF(r->txn);
+    Py_INCREF(r->event);
+    Py_INCREF(r->merchant);
+    Py_INCREF(r->country);
+    Py_INCREF(r->currency);
+    Py_INCREF(r->channel);
+}
+
 static void rec_clear(Rec *r) {
     Py_XDECREF(r->txn);
     Py_XDECREF(r->event);
@@ -832,12 +842,7 @@ static PyObject *Summary_add(Summary *s, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "status or type index out of range");
         return NULL;
     }
-    Py_INCREF(r.txn);
-    Py_INCREF(r.event);
-    Py_INCREF(r.merchant);
-    Py_INCREF(r.country);
-    Py_INCREF(r.currency);
-    Py_INCREF(r.channel);
+    rec_hold(&r);
     r.at = at;
     r.amount = amount;
     r.fee = fee;
@@ -892,12 +897,7 @@ static PyObject *Summary_without(Summary *s, PyObject *arg) {
         if (PySet_Add(out->txns, r->txn) < 0) goto fail;
         Rec *kept = &out->recs[out->n++];
         *kept = *r;
-        Py_INCREF(kept->txn);
-        Py_INCREF(kept->event);
-        Py_INCREF(kept->merchant);
-        Py_INCREF(kept->country);
-        Py_INCREF(kept->currency);
-        Py_INCREF(kept->channel);
+        rec_hold(kept);
     }
     return (PyObject *)out;
 fail:

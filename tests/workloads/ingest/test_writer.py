@@ -15,7 +15,7 @@ import pytest
 
 from molam_workloads.core.events import TransactionEvent
 from molam_workloads.core.measures import MEASURES
-from molam_workloads.ingest.aggregation import hours, summarize
+from molam_workloads.ingest.aggregation import Summary, hours, summarize
 from molam_workloads.ingest.writer import BatchWriter, PreviousBatchNotWritten
 
 from .reference import (
@@ -151,22 +151,29 @@ async def _offsets(db: asyncpg.Connection) -> list[int]:
     return [r[0] for r in await db.fetch("SELECT next_offset FROM consumer_offsets")]
 
 
+async def _write_after(
+    conn: asyncpg.Connection, events: list[TransactionEvent], offset: int
+) -> tuple[asyncio.Task[Summary], asyncio.Future[bool]]:
+    """``events`` written as a batch on ``conn`` after a previous batch (the future's outcome)."""
+    writer = BatchWriter("g", "t")
+    batch = summarize(events, None)
+    await writer.ensure_partitions(conn, hours(batch))
+    before: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    return asyncio.create_task(writer.write(conn, batch, {0: offset}, after=before)), before
+
+
 async def test_a_batch_commits_only_after_the_one_before_it(
     db: asyncpg.Connection, database_url: str
 ) -> None:
     """The consumer writes a batch's ledger while the one before it finishes: its offsets and
     sums wait until that one has committed."""
-    writer = BatchWriter("g", "t")
-    first, second = summarize([ev("a")], None), summarize([ev("b"), ev("c")], None)
-    await writer.ensure_partitions(db, hours(first))
-    before = asyncio.get_running_loop().create_future()
     other = await asyncpg.connect(database_url)
     try:
-        pending = asyncio.create_task(writer.write(other, second, {0: 9}, after=before))
+        pending, before = await _write_after(other, [ev("b"), ev("c")], 9)
         await asyncio.sleep(0.3)
         assert not pending.done()
         assert await _offsets(db) == []  # nothing of the second batch is visible yet
-        await writer.write(db, first, {0: 5})
+        await write(db, [ev("a")], offsets={0: 5})
         before.set_result(True)
         assert (await asyncio.wait_for(pending, 10)).txn_ids() == ["b", "c"]
     finally:
@@ -178,13 +185,9 @@ async def test_a_batch_commits_only_after_the_one_before_it(
 async def test_a_batch_rolls_back_when_the_one_before_it_was_not_written(
     db: asyncpg.Connection, database_url: str
 ) -> None:
-    writer = BatchWriter("g", "t")
-    batch = summarize([ev("b")], None)
-    await writer.ensure_partitions(db, hours(batch))
-    before = asyncio.get_running_loop().create_future()
     other = await asyncpg.connect(database_url)
     try:
-        pending = asyncio.create_task(writer.write(other, batch, {0: 9}, after=before))
+        pending, before = await _write_after(other, [ev("b")], 9)
         await asyncio.sleep(0.2)
         before.set_result(False)
         with pytest.raises(PreviousBatchNotWritten):
