@@ -10,8 +10,8 @@
 4. Floor: a naive consumer doing one transaction per event (ledger insert, one hourly upsert,
    offset update), run on the first FLOOR_EVENTS events and its rate extrapolated.
 5. For reference, PostgreSQL's share alone: the same batches, summed beforehand, written one
-   after the other by ``BatchWriter`` with no Kafka and nothing else running. No consumer
-   that keeps exactly-once in PostgreSQL this way can go faster on this machine.
+   after the other by ``BatchWriter`` with no Kafka and nothing else running (``consume``
+   overlaps two writes, so it can come close to this, or pass it on a quiet machine).
 Then checks exactly-once: the hourly aggregates count every unique transaction exactly once.
 Each measured contender runs ROUNDS times and its best round is kept (the machine may be busy).
 

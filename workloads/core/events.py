@@ -37,6 +37,9 @@ MAX_EVENT_BYTES = 64 * 1024
 # Money has at most 4 decimal places in storage (numeric(20,4)); more would be silently rounded.
 MAX_MONEY_EXPONENT = 4
 MAX_MONEY = Decimal("1e15")
+# Identifiers (event, transaction, merchant) and labels (channel), in characters.
+MAX_ID_CHARS = 128
+MAX_LABEL_CHARS = 64
 _STORAGE_PLACES = Decimal(1).scaleb(-MAX_MONEY_EXPONENT)
 # Enough digits for any amount under MAX_MONEY with MAX_MONEY_EXPONENT places: quantizing
 # only ever raises Inexact (digits lost), never for lack of precision.
@@ -108,12 +111,12 @@ def _storable(v: str) -> str:
 Money = Annotated[Decimal, BeforeValidator(_money)]
 Ident = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_ID_CHARS),
     AfterValidator(_storable),
 ]
 Label = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_LABEL_CHARS),
     AfterValidator(_storable),
 ]
 
@@ -172,7 +175,7 @@ _new_event = TransactionEvent.__new__
 _setattr = object.__setattr__
 _ZERO = Decimal(0)
 
-_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 
 
 class _Canonical(msgspec.Struct):
@@ -189,7 +192,7 @@ class _Canonical(msgspec.Struct):
     amount: Decimal
     currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
     country: Annotated[str, msgspec.Meta(min_length=2, max_length=2)]
-    channel: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    channel: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_LABEL_CHARS)]
     type: TxnType
     status: TxnStatus
     merchant_id: _Id | msgspec.UnsetType | None = msgspec.UNSET

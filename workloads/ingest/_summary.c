@@ -2,7 +2,7 @@
  *
  * Why C: in Python this work cost ~9 us of the consumer's core per event (msgspec decoding,
  * the model's checks, building the event, summing Decimals, encoding the ledger rows), more
- * than PostgreSQL's whole share; here it is about one.
+ * than PostgreSQL's whole share; here it is under two.
  *
  * Two doors in, one aggregation:
  * - Summary.feed() reads raw message values itself, but only what it is certain about: the
@@ -13,12 +13,13 @@
  *   with the same values).
  * - Summary.add() takes an event the model validated, as plain fields.
  * Both end in accumulate(): dedupe by txn_id (first wins), then the event's measures added to
- * its hourly bucket and, from ``since`` on (always, without one), to its minute bucket, as exact integers of 1e-4
- * units (money in storage has 4 places; amounts are < 1e15, so an event fits in 64 bits and
- * a batch's sums in 128).
+ * its hourly bucket and, from ``since`` on (always, without one), to its minute bucket, as
+ * exact integers of storage's smallest unit of money (an event fits in 64 bits, a batch's
+ * sums in 128).
  *
- * The measures' names and order come from core.measures through configure(); nothing about
- * them is repeated here.
+ * The measures' names and order, the kinds, the currencies and the event's limits (sizes,
+ * money's digits and places) come from core.measures and core.events through configure();
+ * none of them is written again here.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -29,7 +30,6 @@ typedef unsigned __int128 u128;
 
 #define MAX_MEASURES 32
 #define MAX_KINDS 8
-#define MAX_EVENT_BYTES (64 * 1024)
 #define MAX_DEPTH 32
 #define US_PER_MINUTE INT64_C(60000000)
 #define US_PER_HOUR INT64_C(3600000000)
@@ -43,6 +43,9 @@ static int i_status_count[MAX_KINDS], i_type_count[MAX_KINDS], i_type_volume[MAX
 static unsigned char is_money[MAX_MEASURES];
 static char status_name[MAX_KINDS][16], type_name[MAX_KINDS][16];
 static PyObject *currencies; /* frozenset of ISO 4217 codes */
+static Py_ssize_t max_event_bytes, max_id_chars, max_label_chars;
+static int money_digits, money_places; /* amounts < 10**money_digits, money_places decimals */
+static uint64_t unit_scale;            /* 10**money_places: money in the smallest unit */
 
 typedef struct {
     PyObject *txn, *event, *merchant, *country, *currency, *channel; /* merchant: str or None */
@@ -74,6 +77,7 @@ typedef struct {
 } Summary;
 
 static PyTypeObject SummaryType;
+static void rec_clear(Rec *r);
 
 /* ---- civil time ---- */
 
@@ -142,7 +146,7 @@ static const char *scan_string(const char *p, const char *e, Span *out) {
 
 static int is_digit(char c) { return c >= '0' && c <= '9'; }
 
-/* A JSON number (RFC 8259 grammar); frac/exp flags say which optional parts it had. */
+/* A JSON number (RFC 8259 grammar: no leading zeros); *has_exp says if it had an exponent. */
 static const char *scan_number(const char *p, const char *e, int *has_exp) {
     *has_exp = 0;
     if (p < e && *p == '-') p++;
@@ -213,36 +217,34 @@ static const char *skip_value(const char *p, const char *e, int depth) {
 }
 
 /* Money: digits, optionally '.' and digits, as a string or a JSON number (no sign, no
- * exponent). Taken only when storage holds it exactly and it is under 1e15, as the model. */
+ * exponent; scan_number already refused a JSON number's leading zeros). Taken only when
+ * storage holds it exactly and it is under the model's maximum. */
 static int money_units(const Span *s, uint64_t *units) {
-    const char *p = s->p, *e = s->p + s->n, *dot;
+    const char *p = s->p, *e = s->p + s->n;
     const char *int_start = p;
     while (p < e && is_digit(*p)) p++;
     if (p == int_start) return 0;
     const char *int_end = p;
     const char *frac_start = NULL, *frac_end = NULL;
     if (p < e && *p == '.') {
-        dot = p++;
-        frac_start = p;
+        frac_start = ++p;
         while (p < e && is_digit(*p)) p++;
         if (p == frac_start) return 0;
         frac_end = p;
-        (void)dot;
     }
     if (p != e) return 0;
-    if (!s->is_string && int_end - int_start > 1 && *int_start == '0') return 0; /* JSON: 01 */
     while (int_start < int_end - 1 && *int_start == '0') int_start++;
-    if (int_end - int_start > 15) return 0;
+    if (int_end - int_start > money_digits) return 0;
     if (frac_start) {
         while (frac_end > frac_start && frac_end[-1] == '0') frac_end--;
-        if (frac_end - frac_start > 4) return 0;
+        if (frac_end - frac_start > money_places) return 0;
     }
     uint64_t v = 0;
     for (const char *q = int_start; q < int_end; q++) v = v * 10 + (uint64_t)(*q - '0');
     int places = 0;
-    if (frac_start)
-        for (const char *q = frac_start; q < frac_end; q++, places++) v = v * 10 + (uint64_t)(*q - '0');
-    for (; places < 4; places++) v *= 10;
+    for (const char *q = frac_start; q && q < frac_end; q++, places++)
+        v = v * 10 + (uint64_t)(*q - '0');
+    for (; places < money_places; places++) v *= 10;
     *units = v;
     return 1;
 }
@@ -311,10 +313,15 @@ static int upper_letters(const Span *s, Py_ssize_t n) {
     return 1;
 }
 
+/* Whether the n bytes at p are exactly ``name``. */
+static int same(const char *p, Py_ssize_t n, const char *name) {
+    return (size_t)n == strlen(name) && memcmp(p, name, (size_t)n) == 0;
+}
+
 static int kind_of(const Span *s, char names[][16], int count) {
     if (!s->present || !s->is_string) return -1;
     for (int i = 0; i < count; i++)
-        if ((size_t)s->n == strlen(names[i]) && memcmp(s->p, names[i], (size_t)s->n) == 0) return i;
+        if (same(s->p, s->n, names[i])) return i;
     return -1;
 }
 
@@ -326,7 +333,7 @@ static const char *field_names[N_FIELDS] = {"event_id", "txn_id",  "merchant_id"
 
 static int field_of(const char *p, Py_ssize_t n) {
     for (int i = 0; i < N_FIELDS; i++)
-        if ((size_t)n == strlen(field_names[i]) && memcmp(p, field_names[i], (size_t)n) == 0) return i;
+        if (same(p, n, field_names[i])) return i;
     return -1;
 }
 
@@ -336,6 +343,7 @@ static PyObject *ascii(const Span *s) { return PyUnicode_DecodeASCII(s->p, s->n,
 static int scan_event(const char *buf, Py_ssize_t len, int64_t lo, int64_t hi, Rec *r) {
     Span f[N_FIELDS];
     memset(f, 0, sizeof f);
+    memset(r, 0, sizeof *r);
     const char *p = buf, *e = buf + len;
     p = skip_ws(p, e);
     if (p >= e || *p != '{') return 0;
@@ -383,9 +391,11 @@ static int scan_event(const char *buf, Py_ssize_t len, int64_t lo, int64_t hi, R
     if (skip_ws(p + 1, e) != e) return 0;
 
     /* The model's checks, strictest reading. */
-    if (!ident(&f[F_EVENT], 128) || !ident(&f[F_TXN], 128) || !ident(&f[F_CHANNEL], 64)) return 0;
+    if (!ident(&f[F_EVENT], max_id_chars) || !ident(&f[F_TXN], max_id_chars) ||
+        !ident(&f[F_CHANNEL], max_label_chars))
+        return 0;
     Span *mer = &f[F_MERCHANT];
-    if (mer->present && !mer->is_null && !ident(mer, 128)) return 0;
+    if (mer->present && !mer->is_null && !ident(mer, max_id_chars)) return 0;
     if (!upper_letters(&f[F_CURRENCY], 3) || !upper_letters(&f[F_COUNTRY], 2)) return 0;
     int type = kind_of(&f[F_TYPE], type_name, n_types);
     int status = kind_of(&f[F_STATUS], status_name, n_statuses);
@@ -399,14 +409,13 @@ static int scan_event(const char *buf, Py_ssize_t len, int64_t lo, int64_t hi, R
         return 0;
     if (f[F_FEE].present && (f[F_FEE].is_null || !money_units(&f[F_FEE], &fee))) return 0;
 
-    PyObject *currency = ascii(&f[F_CURRENCY]);
-    if (!currency) return -1;
-    int known = PySet_Contains(currencies, currency);
+    r->currency = ascii(&f[F_CURRENCY]);
+    if (!r->currency) return -1;
+    int known = PySet_Contains(currencies, r->currency);
     if (known <= 0) {
-        Py_DECREF(currency);
+        rec_clear(r);
         return known; /* unknown: the model's error message */
     }
-    r->currency = currency;
     r->txn = ascii(&f[F_TXN]);
     r->event = ascii(&f[F_EVENT]);
     r->country = ascii(&f[F_COUNTRY]);
@@ -418,12 +427,7 @@ static int scan_event(const char *buf, Py_ssize_t len, int64_t lo, int64_t hi, R
         Py_INCREF(Py_None);
     }
     if (!r->txn || !r->event || !r->country || !r->channel || !r->merchant) {
-        Py_XDECREF(r->txn);
-        Py_XDECREF(r->event);
-        Py_XDECREF(r->country);
-        Py_XDECREF(r->channel);
-        Py_XDECREF(r->merchant);
-        Py_DECREF(currency);
+        rec_clear(r);
         return -1;
     }
     r->at = at;
@@ -457,7 +461,8 @@ static void rec_clear(Rec *r) {
 
 /* Room for one more of n items of ``size`` bytes in *items (capacity *cap, doubled when full,
  * ``first`` to start with); -1 with MemoryError set. */
-static int room_for_one(void **items, Py_ssize_t n, Py_ssize_t *cap, size_t size, Py_ssize_t first) {
+static int room_for_one(void **items, Py_ssize_t n, Py_ssize_t *cap, size_t size,
+                        Py_ssize_t first) {
     if (n < *cap) return 0;
     Py_ssize_t more = *cap ? *cap * 2 : first;
     void *grown = PyMem_Realloc(*items, (size_t)more * size);
@@ -579,14 +584,11 @@ static int in_window(const Summary *s, int64_t at) { return !s->has_since || at 
 
 /* Takes over r's references. 1: counted, 0: a repeat of a txn_id already taken. */
 static int accumulate(Summary *s, Rec *r) {
-    int seen = PySet_Contains(s->txns, r->txn);
-    if (seen != 0) {
+    Py_ssize_t before = PySet_GET_SIZE(s->txns);
+    if (PySet_Add(s->txns, r->txn) < 0 || PySet_GET_SIZE(s->txns) == before) {
+        int failed = PyErr_Occurred() != NULL; /* one set lookup: a repeat leaves the size */
         rec_clear(r);
-        return seen < 0 ? -1 : 0;
-    }
-    if (PySet_Add(s->txns, r->txn) < 0) {
-        rec_clear(r);
-        return -1;
+        return failed ? -1 : 0;
     }
     void *recs = s->recs;
     if (room_for_one(&recs, s->n, &s->cap, sizeof(Rec), 1024) < 0) {
@@ -678,9 +680,10 @@ static int put_u128(Buf *b, u128 v) {
 }
 
 static int put_money(Buf *b, u128 units) {
-    char frac[8];
-    snprintf(frac, sizeof frac, ".%04d\"", (int)(units % 10000));
-    if (put(b, "\"", 1) < 0 || put_u128(b, units / 10000) < 0) return -1;
+    char frac[24];
+    snprintf(frac, sizeof frac, ".%0*llu\"", money_places,
+             (unsigned long long)(units % unit_scale));
+    if (put(b, "\"", 1) < 0 || put_u128(b, units / unit_scale) < 0) return -1;
     return put(b, frac, strlen(frac));
 }
 
@@ -814,7 +817,7 @@ static PyObject *Summary_feed(Summary *s, PyObject *args) {
     Py_ssize_t i = start < 0 ? 0 : start;
     for (; i < stop; i++) {
         PyObject *v = PyList_GET_ITEM(values, i);
-        if (!PyBytes_CheckExact(v) || PyBytes_GET_SIZE(v) > MAX_EVENT_BYTES) break;
+        if (!PyBytes_CheckExact(v) || PyBytes_GET_SIZE(v) > max_event_bytes) break;
         Rec r;
         int ok = scan_event(PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), lo, hi, &r);
         if (ok < 0) return NULL;
@@ -1037,10 +1040,18 @@ static int names(PyObject *seq, char out[][16], int *count) {
 
 static PyObject *configure(PyObject *mod, PyObject *args) {
     PyObject *measures, *money, *statuses, *types, *codes;
-    if (!PyArg_ParseTuple(args, "O!O!O!O!O!", &PyTuple_Type, &measures, &PyFrozenSet_Type, &money,
-                          &PyTuple_Type, &statuses, &PyTuple_Type, &types, &PyFrozenSet_Type,
-                          &codes))
+    Py_ssize_t event_bytes, id_chars, label_chars;
+    int digits, places;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!nnnii", &PyTuple_Type, &measures, &PyFrozenSet_Type,
+                          &money, &PyTuple_Type, &statuses, &PyTuple_Type, &types,
+                          &PyFrozenSet_Type, &codes, &event_bytes, &id_chars, &label_chars,
+                          &digits, &places))
         return NULL;
+    /* An event's money in the smallest unit must fit in 64 bits: < 10**(digits + places). */
+    if (digits < 1 || places < 0 || digits + places > 19) {
+        PyErr_SetString(PyExc_ValueError, "money does not fit 64 bits in its smallest unit");
+        return NULL;
+    }
     Py_ssize_t n = PyTuple_GET_SIZE(measures);
     if (n > MAX_MEASURES) {
         PyErr_SetString(PyExc_ValueError, "too many measures");
@@ -1075,6 +1086,13 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
         is_money[i] = (unsigned char)c;
     }
     n_measures = (int)n;
+    max_event_bytes = event_bytes;
+    max_id_chars = id_chars;
+    max_label_chars = label_chars;
+    money_digits = digits;
+    money_places = places;
+    unit_scale = 1;
+    for (int i = 0; i < places; i++) unit_scale *= 10;
     Py_INCREF(codes);
     Py_XSETREF(currencies, codes);
     configured = 1;

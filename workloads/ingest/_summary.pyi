@@ -7,6 +7,11 @@ def configure(
     statuses: tuple[str, ...],
     types: tuple[str, ...],
     currencies: frozenset[str],
+    max_event_bytes: int,
+    max_id_chars: int,
+    max_label_chars: int,
+    money_digits: int,
+    money_places: int,
 ) -> None: ...
 
 class Summary:

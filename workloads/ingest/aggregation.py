@@ -2,7 +2,7 @@
 
 The arithmetic is the compiled ``Summary`` (``_summary.c``): it dedupes a batch by ``txn_id``
 (first event wins) and sums the measures of ``core.measures`` per bucket, as exact integers of
-1e-4 units, for every transaction whatever its source:
+storage's smallest unit of money, for every transaction whatever its source:
 
 - ``Summary.feed`` reads raw Kafka values itself when they are plainly valid (the consumer's
   hot path) and stops at the first it is not sure of;
@@ -21,7 +21,16 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from molam_workloads.core.currencies import CURRENCIES
-from molam_workloads.core.events import TransactionEvent, TxnStatus, TxnType
+from molam_workloads.core.events import (
+    MAX_EVENT_BYTES,
+    MAX_ID_CHARS,
+    MAX_LABEL_CHARS,
+    MAX_MONEY,
+    MAX_MONEY_EXPONENT,
+    TransactionEvent,
+    TxnStatus,
+    TxnType,
+)
 from molam_workloads.core.measures import MEASURES, MONEY_MEASURES
 from molam_workloads.ingest import _summary
 from molam_workloads.ingest._summary import Summary
@@ -40,19 +49,24 @@ __all__ = [
 
 _STATUSES = tuple(TxnStatus)
 _TYPES = tuple(TxnType)
+# Everything the compiled reader checks comes from core.events and core.measures: the limits
+# are not written again in C.
 _summary.configure(
     MEASURES,
     MONEY_MEASURES,
     tuple(s.value for s in _STATUSES),
     tuple(t.value for t in _TYPES),
     frozenset(CURRENCIES),
+    MAX_EVENT_BYTES,
+    MAX_ID_CHARS,
+    MAX_LABEL_CHARS,
+    MAX_MONEY.adjusted(),  # digits before the point: amounts are < 10**that
+    MAX_MONEY_EXPONENT,
 )
 _STATUS_INDEX = {s: i for i, s in enumerate(_STATUSES)}
 _TYPE_INDEX = {t: i for i, t in enumerate(_TYPES)}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-# Money in storage has 4 places: the summary counts it in units of 1e-4.
-_UNITS_EXPONENT = 4
 
 
 def micros(ts: datetime) -> int:
@@ -65,10 +79,11 @@ def from_micros(us: int) -> datetime:
 
 
 def _units(amount: Decimal) -> int:
-    # Exact: a validated event's money has at most 4 places (core.events._bounded).
-    units = amount.scaleb(_UNITS_EXPONENT)
+    """Money in the summary's units, those of storage (10**-MAX_MONEY_EXPONENT). Exact: a
+    validated event's money has at most that many places (core.events._bounded)."""
+    units = amount.scaleb(MAX_MONEY_EXPONENT)
     if units != units.to_integral_value():
-        raise ValueError(f"{amount} has more than {_UNITS_EXPONENT} decimal places")
+        raise ValueError(f"{amount} has more than {MAX_MONEY_EXPONENT} decimal places")
     return int(units)
 
 

@@ -87,14 +87,14 @@ class PreparedBatch:
     """One fetched batch, decoded and summed, its dead letters already durable in the DLQ."""
 
     epoch: int  # assignment generation it was read under
+    now: datetime  # when it was read: decode_event's and the ledger retention's reference
+    summary: Summary  # unique transactions, summed
     records: int = 0
-    summary: Summary = field(default_factory=Summary)  # unique transactions, summed
     accepted: int = 0  # valid records, copies of one transaction included
     next_offsets: dict[int, int] = field(default_factory=dict)
     dead: int = 0
     watermark: datetime | None = None  # newest event time seen in the batch
     newest: dict[int, datetime] = field(default_factory=dict)  # per partition
-    now: datetime = field(default_factory=lambda: datetime.now(UTC))
     # Set by commit(): True once the batch's transaction committed, False if it never will.
     written: asyncio.Future[bool] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -328,46 +328,12 @@ class Ingestor:
             now=now,
             summary=Summary(None if since is None else micros(since)),
         )
-        summary = prepared.summary
         oldest = ledger.oldest_accepted(now, self.settings.ledger_retention_days)
-        # What decode_event and the retention check accept, as bounds of the summary's own
-        # reading (it leaves anything outside them to decode_event, which says why).
-        lo = micros(EARLIEST_EVENT if oldest is None else max(oldest, EARLIEST_EVENT))
-        hi = micros(now + MAX_CLOCK_SKEW)
         dead_sends: list[Any] = []
-        decided = 0  # values decided by the model
         for tp, records in batch.items():
             if not records:
                 continue
-            values = [rec.value for rec in records]
-            newest: int | None = None
-            i = 0
-            while i < len(values):
-                end = min(i + FEED_CHUNK, len(values))
-                stop, fed_newest = summary.feed(values, i, end, lo, hi)
-                prepared.accepted += stop - i
-                if fed_newest is not None and (newest is None or fed_newest > newest):
-                    newest = fed_newest
-                i = stop
-                if stop < end:  # not plainly valid: the model decides
-                    rec = records[stop]
-                    i = stop + 1
-                    decided += 1
-                    if decided % YIELD_EVERY == 0:
-                        await asyncio.sleep(0)
-                    try:
-                        ev = self._decode(rec.value, now, oldest)
-                    except InvalidEvent as exc:
-                        dead_sends.append(await self._send_dead_letter(rec, exc, now))
-                        continue
-                    add_event(summary, ev)
-                    prepared.accepted += 1
-                    at = micros(ev.occurred_at)
-                    if newest is None or at > newest:
-                        newest = at
-                else:
-                    # Let the previous batch's write task move on to its next statement.
-                    await asyncio.sleep(0)
+            newest = await self._read(records, prepared, oldest, dead_sends)
             if newest is not None:
                 prepared.newest[tp.partition] = from_micros(newest)
             prepared.records += len(records)
@@ -381,6 +347,49 @@ class Ingestor:
         if prepared.newest:
             prepared.watermark = max(prepared.newest.values())
         return prepared
+
+    async def _read(
+        self,
+        records: list[ConsumerRecord],
+        prepared: PreparedBatch,
+        oldest: datetime | None,
+        dead_sends: list[Any],
+    ) -> int | None:
+        """Add one partition's records to the batch's summary, in order; the newest event time
+        among them (epoch microseconds), None when none was valid."""
+        summary, now = prepared.summary, prepared.now
+        # What decode_event and the retention check accept, as bounds of the summary's own
+        # reading (it leaves anything outside them to decode_event, which says why).
+        lo = micros(EARLIEST_EVENT if oldest is None else max(oldest, EARLIEST_EVENT))
+        hi = micros(now + MAX_CLOCK_SKEW)
+        values = [rec.value for rec in records]
+        times: list[int] = []
+        decided = 0  # values decided by the model
+        i = 0
+        while i < len(values):
+            end = min(i + FEED_CHUNK, len(values))
+            stop, fed_newest = summary.feed(values, i, end, lo, hi)
+            prepared.accepted += stop - i
+            if fed_newest is not None:
+                times.append(fed_newest)
+            if stop == end:
+                i = end
+                # Let the previous batch's write task move on to its next statement.
+                await asyncio.sleep(0)
+                continue
+            i = stop + 1  # the summary was not sure of values[stop]: the model decides
+            decided += 1
+            if decided % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            try:
+                ev = self._decode(records[stop].value, now, oldest)
+            except InvalidEvent as exc:
+                dead_sends.append(await self._send_dead_letter(records[stop], exc, now))
+                continue
+            add_event(summary, ev)
+            prepared.accepted += 1
+            times.append(micros(ev.occurred_at))
+        return max(times, default=None)
 
     def _decode(
         self, value: bytes | None, now: datetime, oldest: datetime | None

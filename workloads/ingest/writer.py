@@ -102,7 +102,7 @@ async def load_offsets(
 
 
 class PreviousBatchNotWritten(RuntimeError):
-    """The batch before this one failed or was abandoned: this one rolls back too."""
+    """The batch before this one failed: this one rolls back too."""
 
 
 class BatchWriter:
@@ -165,6 +165,9 @@ class BatchWriter:
                 seen = {r[0] for r in await conn.fetch(_LEDGER_SQL, batch.ledger_json())}
                 if seen:
                     batch = batch.without(seen)
+            # Encoded before waiting for the previous batch: the wait ends when it commits, and
+            # PostgreSQL should get this batch's rows at once.
+            hourly, minute = batch.hourly_json(), batch.minute_json()
             if after is not None and not await after:
                 raise PreviousBatchNotWritten(
                     "the previous batch was not written: this one may not commit before it"
@@ -172,8 +175,8 @@ class BatchWriter:
             if len(batch) or next_offsets:
                 await conn.execute(
                     _AGGREGATES_AND_OFFSETS_SQL,
-                    batch.hourly_json(),
-                    batch.minute_json(),
+                    hourly,
+                    minute,
                     self.group,
                     self.topic,
                     list(next_offsets),
