@@ -39,7 +39,12 @@ as_root() {
     else die "need root (or sudo) for: $*"; fi
 }
 
-have_k8s_bins() { [[ -x "$BIN/kube-apiserver" && -x "$BIN/kube-controller-manager" ]]; }
+# The control plane, and the node (kubelet on Docker, kube-scheduler, kube-proxy): one cold build.
+K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+have_k8s_bins() {
+    local b
+    for b in "${K8S_BINS[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
+}
 have_tools() { [[ -x "$BIN/etcd" && -x "$BIN/kubectl" && -x "$BIN/helm" ]]; }
 
 # ---------------------------------------------------------------------------------------- build
@@ -113,24 +118,24 @@ compile() {
     ln -sfn ../../.. .go/src/k8s.io/kubernetes
     env GOPATH="$PWD/.go" GOCACHE="$BUILD_DIR/gocache" GOPROXY=off GOSUMDB=off GOFLAGS= \
         CGO_ENABLED=0 KUBE_GIT_VERSION="$K8S_VERSION" KUBE_GIT_TREE_STATE=clean \
-        make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
+        make WHAT="${K8S_BINS[*]/#/cmd/}"
 }
 
 install_bins() {
     local b out
     mkdir -p "$BIN"
-    for b in kube-controller-manager kube-apiserver; do
+    for b in "${K8S_BINS[@]}"; do
         out=$(find "$BUILD_DIR/k8s/_output" -type f -name "$b" -perm -u+x -print -quit)
         [[ -n $out ]] || { echo "built binary $b not found"; return 1; }
         install -m 0755 "$out" "$BIN/.$b.tmp"
         "$BIN/.$b.tmp" --version
     done
     # rename last so that have_k8s_bins only sees complete binaries
-    for b in kube-controller-manager kube-apiserver; do mv -f "$BIN/.$b.tmp" "$BIN/$b"; done
+    for b in "${K8S_BINS[@]}"; do mv -f "$BIN/.$b.tmp" "$BIN/$b"; done
 }
 
 cmd_build() {
-    if have_k8s_bins; then log "kube-apiserver/kube-controller-manager already built in $BIN"; return 0; fi
+    if have_k8s_bins; then log "${K8S_BINS[*]} already built in $BIN"; return 0; fi
     mkdir -p "$K8S_DIR"
     exec 8>"$K8S_DIR/build.lock"
     if ! flock -n 8; then log "another build is running; waiting for it"; flock 8; fi
@@ -144,7 +149,7 @@ cmd_build() {
     step "installing build dependencies (apt)" install_build_deps
     step "fetching the Debian kubernetes source (private apt config)" fetch_source
     step "replacing vendored reflect2/json-iterator with Debian's copies" vendor_fix
-    step "compiling kube-apiserver and kube-controller-manager (takes ~5 min)" compile
+    step "compiling ${K8S_BINS[*]} (takes ~10 min)" compile
     step "installing binaries into $BIN" install_bins
     step "removing the build tree" rm -rf "$BUILD_DIR"
     log "build done in $((SECONDS - t0)) s"
