@@ -11,13 +11,14 @@ export PYTHONSAFEPATH := 1
 WITH_STACK := set -a && . .stack/env && set +a &&
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps stack stack-down lint typecheck test run bench clean
+.PHONY: help venv system-deps stack stack-down image lint typecheck test run bench clean
 
 help:
 	@echo "make run         start the whole system locally (stack, migrate, consumer, API, alerts, operator)"
 	@echo "make test        set everything up from a clean clone and run lint, types and the test suite"
 	@echo "make stack       start (or reuse) PostgreSQL, Redis, Kafka and the control plane; writes .stack/env"
 	@echo "make stack-down  stop what 'make stack' started"
+	@echo "make image       build the image into the local Docker: molam-analytics:<version> and :dev"
 	@echo "make bench       run the benchmarks in bench/ (not part of the tests)"
 
 # The C source too: pip install -e builds the consumer's extension in place.
@@ -42,6 +43,10 @@ stack: venv
 
 stack-down:
 	@if [ -x $(BIN)/python ]; then $(BIN)/python stack/stack.py down; fi
+
+# Starts Docker if needed (stack/docker.sh); wheels are built on the host and cached.
+image: venv
+	PYTHON=$(abspath $(BIN)/python) bash stack/image.sh
 
 lint: venv
 	$(BIN)/ruff check .
