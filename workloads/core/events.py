@@ -7,7 +7,10 @@ format, whitespace to strip...) goes through ``json.loads`` and the pydantic mod
 which stays the single definition of what is valid and of every error message: the fast path
 only ever accepts what the model accepts, with the same values. Then a few business checks.
 Every rejection raises ``InvalidEvent`` with a short machine-friendly ``reason`` (the DLQ and
-``analytics_ingest_errors_total{reason=...}`` use it) and a human ``detail``.
+``analytics_ingest_errors_total{reason=...}`` use it) and a human ``detail``; ``decode_event``
+raises nothing else for any value (hostile ones included: deep nesting is ``too_deep``, numbers
+beyond the decimal module's range or not JSON's are ``bad_number``, a repeated field is
+``duplicate_field``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime, timedelta
-from decimal import Context, Decimal, Inexact
+from decimal import Context, Decimal, Inexact, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Self, TypeVar
 
@@ -200,6 +203,10 @@ class _Canonical(msgspec.Struct):
 
 
 _decode_canonical = msgspec.json.Decoder(_Canonical).decode
+# The event's field names as they appear, quoted, in a raw value (a repeat is ambiguous).
+_field_names = re.compile(
+    ('"(' + "|".join(sorted(TransactionEvent.model_fields)) + ')"').encode()
+).findall
 _WITHOUT = {
     (True, True): _FIELDS,
     (False, True): _FIELDS - {"merchant_id"},
@@ -214,8 +221,16 @@ def _fast(raw: bytes | bytearray | str) -> TransactionEvent | None:
     Must accept only what ``TransactionEvent.model_validate`` accepts, with equal values (the
     tests compare both on every case): when it returns None, the model decides.
     """
+    data = raw.encode() if isinstance(raw, str) else raw
+    # msgspec keeps the last of repeated fields; the model refuses them (see _slow). An
+    # escaped name could hide a repeat, so any backslash goes to the model too.
+    if b"\\" in data:
+        return None
+    names = _field_names(data)
+    if len(names) != len(set(names)):
+        return None
     try:
-        c = _decode_canonical(raw)
+        c = _decode_canonical(data)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
     merchant_id, fee, country = c.merchant_id, c.fee, c.country
@@ -278,15 +293,65 @@ def _validate(obj: dict[str, Any]) -> TransactionEvent:
         raise InvalidEvent(kind, f"{field}: {err['msg']}") from None
 
 
+class _Repeated(dict[str, Any]):
+    """A JSON object in which some name appeared more than once (the last value kept)."""
+
+    names: frozenset[str]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    again: set[str] = set()
+    for name, _ in pairs:
+        (again if name in seen else seen).add(name)
+    repeated = _Repeated(obj)
+    repeated.names = frozenset(again)
+    return repeated
+
+
+# Python's int() refuses more digits than this (ValueError); Decimal has no such limit, and
+# a long integer in a field the model ignores is as harmless as it is to the fast readers.
+_MAX_INT_DIGITS = 4300
+
+
+def _int(text: str) -> int | Decimal:
+    return int(text) if len(text) <= _MAX_INT_DIGITS else Decimal(text)
+
+
+def _decimal(text: str) -> Decimal:
+    # parse_float=Decimal keeps "amount": 12345678901234.5678 exact; a float would not.
+    try:
+        return Decimal(text)
+    except InvalidOperation:  # an exponent beyond the decimal module's limits
+        raise InvalidEvent("bad_number", f"number {text[:40]!r} is out of range") from None
+
+
+def _constant(name: str) -> Any:
+    raise InvalidEvent("bad_number", f"{name} is not a JSON number")
+
+
 def _slow(raw: bytes) -> TransactionEvent:
     """The model's verdict on anything the fast path was not sure of, with its error message."""
     try:
-        # parse_float=Decimal keeps "amount": 12345678901234.5678 exact; a float would not.
-        obj = json.loads(raw, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError):
+        obj = json.loads(
+            raw,
+            parse_float=_decimal,
+            parse_int=_int,
+            parse_constant=_constant,
+            object_pairs_hook=_object,
+        )
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, InvalidEvent):
+            raise
         raise InvalidEvent("not_json", "value is not valid UTF-8 JSON") from None
     if not isinstance(obj, dict):
         raise InvalidEvent("not_json", "value is not a JSON object")
+    if isinstance(obj, _Repeated) and obj.names & _FIELDS:
+        # Parsers disagree on which copy wins: an amount given twice is no amount at all.
+        raise InvalidEvent("duplicate_field", f"repeated: {', '.join(sorted(obj.names & _FIELDS))}")
     return _validate(obj)
 
 
@@ -296,7 +361,11 @@ def decode_event(raw: bytes | None, now: datetime | None = None) -> TransactionE
         raise InvalidEvent("empty", "message has no value")
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent("oversized", f"{len(raw)} bytes > {MAX_EVENT_BYTES}")
-    ev = _fast(raw) or _slow(raw)
+    try:
+        ev = _fast(raw) or _slow(raw)
+    except RecursionError:
+        # Both parsers recurse per level of nesting; an event is flat.
+        raise InvalidEvent("too_deep", "value is nested too deeply") from None
     if ev.currency not in CURRENCIES:
         raise InvalidEvent("unknown_currency", f"currency {ev.currency!r} is not ISO 4217")
     if ev.amount <= 0:

@@ -18,6 +18,7 @@ from molam_workloads.core.events import (
     MAX_EVENT_BYTES,
     InvalidEvent,
     TransactionEvent,
+    _fast,
     decode_event,
 )
 from molam_workloads.ingest.aggregation import Summary, add_event, micros
@@ -226,11 +227,9 @@ def test_fast_path_decides_as_the_model_on_random_combinations() -> None:
 @pytest.mark.parametrize(
     "value",
     [b'\xef\xbb\xbf{"a": 1}', '{"a": 1}'.encode("utf-16"), b"{}", b"{", b"[]", b"null", b"1.5",
-     b'{"amount": 1e400}', b'{"x": NaN}', b"\xff", raw(event()).replace(b'"125.50"', b"NaN"),
-     raw(event()).replace(b'"1.25"', b"-Infinity"), raw(event()).replace(b'"125.50"', b"1.5e2"),
-     # The last of repeated keys counts, in both decoders; lone surrogates, escapes, whitespace.
-     raw(event()).replace(b'"amount"', b'"amount": "7", "amount"'),
-     raw(event()).replace(b'"amount"', b'"amount": "-7", "amount"'),
+     b'{"amount": 1e400}', b"\xff", raw(event()).replace(b'"125.50"', b"1.5e2"),
+     # Repeats of a name outside the event's fields; lone surrogates, escapes, whitespace.
+     raw(event() | {"x": {"a": 1}}).replace(b'"a"', b'"a": 2, "a"'),
      raw(event()).replace(b'"txn_id": "', b'"txn_id": "\\ud800'),
      raw(event()).replace(b'"txn_id": "', b'"txn_id": "\\u0041'),
      raw(event()).replace(b'"status": "succeeded"', b'"status": "succ\\u0065eded"'),
@@ -238,6 +237,51 @@ def test_fast_path_decides_as_the_model_on_random_combinations() -> None:
 )  # fmt: skip
 def test_json_parsing_is_unchanged(value: bytes) -> None:
     assert outcome(decode_event, value) == outcome(reference, value)
+
+
+DEEP = b"[" * 6000
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (DEEP, "too_deep"),
+        (b'{"x": ' * 3000, "too_deep"),  # msgspec's limit (the fast path) as well as json's
+        (raw(event()).replace(b'"125.50"', b"[" * 5000 + b"]" * 5000), "too_deep"),
+        (raw(event()).replace(b'"125.50"', b"1e99999999999999999999"), "bad_number"),
+        (raw(event()).replace(b'"1.25"', b"1e-99999999999999999999"), "bad_number"),
+        (raw(event()).replace(b'"125.50"', b"9" * 5000), "invalid_field"),
+        (raw(event()).replace(b'"125.50"', b"NaN"), "bad_number"),
+        (raw(event()).replace(b'"1.25"', b"-Infinity"), "bad_number"),
+        (b'{"x": NaN}', "bad_number"),
+        (raw(event()).replace(b'"amount"', b'"amount": "7", "amount"'), "duplicate_field"),
+        (raw(event()).replace(b'"amount"', b'"amount": "-7", "amount"'), "duplicate_field"),
+        (raw(event()).replace(b'"txn_id"', b'"txn_id": "T-1", "txn_\\u0069d"'), "duplicate_field"),
+        (raw(event()).replace(b'"fee"', b'"fee": "1", "fee"'), "duplicate_field"),
+        (raw(event(merchant_id="M-1\x00")), "invalid_field"),
+        (b"\x00" * 100, "not_json"),
+    ],
+)
+def test_hostile_values_are_rejected_with_a_reason_and_nothing_else(
+    value: bytes, reason: str
+) -> None:
+    with pytest.raises(InvalidEvent) as exc:
+        decode_event(value, now=NOW)
+    assert (exc.value.reason, type(exc.value)) == (reason, InvalidEvent)
+    assert exc.value.detail
+
+
+def test_a_long_integer_in_an_ignored_field_is_accepted_as_by_the_fast_readers() -> None:
+    value = raw(event() | {"x": 1}).replace(b'"x": 1', b'"x": ' + b"9" * 5000)
+    assert decode_event(value, now=NOW).amount == Decimal("125.50")
+    assert compiled_reading(value) is not None
+
+
+def test_a_repeated_field_is_refused_by_the_fast_path_too() -> None:
+    # _fast alone (msgspec keeps the last copy): it must leave the value to the model.
+    value = raw(event()).replace(b'"amount"', b'"amount": "7", "amount"')
+    assert _fast(value) is None
+    assert _fast(raw(event())) is not None
 
 
 def test_copies_of_a_decoded_event_can_be_updated() -> None:
