@@ -131,8 +131,9 @@ print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$ROOT/pypro
     # sends only what changed).
     local context="$WHEELS/context"
     rm -rf "$context"
-    mkdir -p "$context/wheels"
-    ln "$DEPS_DIR"/*.whl "$PROJECT_DIR"/*.whl "$context/wheels/"
+    mkdir -p "$context/wheels/deps" "$context/wheels/project"
+    ln "$DEPS_DIR"/*.whl "$context/wheels/deps/"
+    ln "$PROJECT_DIR"/*.whl "$context/wheels/project/"
 
     log "building $IMAGE:$version and $IMAGE:dev on $BASE_IMAGE"
     DOCKER_BUILDKIT=1 "$DOCKER" build --network none --progress plain \

@@ -1,5 +1,6 @@
-"""The Dockerfile, checked statically (Docker cannot run here): hadolint at its default level,
-plus the properties the chart relies on: multi-stage, a fixed non-root UID, the one entrypoint."""
+"""The Dockerfile, checked statically: hadolint at its default level, plus the properties the
+chart relies on: multi-stage, a fixed non-root UID, the one entrypoint. test_image.py builds
+it and runs the image."""
 
 from __future__ import annotations
 
@@ -46,21 +47,83 @@ def test_hadolint_clean():
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
+def _arg_defaults() -> dict[str, str]:
+    """The build arguments declared before the first FROM, with their defaults."""
+    defaults = {}
+    for ins, args in _instructions():
+        if ins == "FROM":
+            break
+        if ins == "ARG" and "=" in args:
+            name, _, value = args.partition("=")
+            defaults[name] = value
+    return defaults
+
+
+def _stages(**build_args: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(base, name, instructions) per stage, the base's ``${ARG}`` resolved with the defaults
+    overridden by ``build_args``."""
+    values = {**_arg_defaults(), **build_args}
+    stages: list[tuple[str, str, list[tuple[str, str]]]] = []
+    for ins, args in _instructions():
+        if ins == "FROM":
+            base, _, name = args.partition(" AS ")
+            base = re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], base.strip())
+            stages.append((base, name.strip(), []))
+        elif stages:
+            stages[-1][2].append((ins, args))
+    return stages
+
+
+def _needed(stages: list[tuple[str, str, list[tuple[str, str]]]], target: str) -> list[str]:
+    """The stages BuildKit builds for ``target``: its base stages and its ``from=`` stages."""
+    by_name = {name: (base, body) for base, name, body in stages}
+    needed: list[str] = []
+    todo = [target]
+    while todo:
+        name = todo.pop()
+        if name in needed or name not in by_name:
+            continue
+        needed.append(name)
+        base, body = by_name[name]
+        todo.append(base)
+        for _, args in body:
+            todo += re.findall(r"(?<!\w)from=([\w.-]+)", args)
+    return needed
+
+
 def test_multi_stage_build_wheel_then_slim_runtime():
-    froms = [args for ins, args in _instructions() if ins == "FROM"]
-    assert len(froms) >= 2, froms
-    stages = [f.split()[-1] for f in froms]
-    assert stages[0] == "builder" and "runtime" in stages[-1]
-    for f in froms:
-        image = f.split()[0]
-        assert ":" in image and not image.endswith(":latest"), image
+    stages = _stages()
+    names = [name for _, name, _ in stages]
+    assert names[0] == "builder" and names[-1] == "runtime", names
+    for base, _, _ in stages:
+        if base not in names and base != "scratch":
+            assert ":" in base and not base.endswith(":latest"), base
     # The builder compiles the C extension (full image, with gcc); what ships is slim.
-    assert "slim" in froms[-1].split()[0], froms[-1]
+    assert "slim" in stages[-1][0], stages[-1][0]
     body = DOCKERFILE.read_text()
     runtime = body.split("AS runtime", 1)[1]
     assert "pip wheel" in body.split("AS runtime", 1)[0]
-    assert "from=builder" in runtime  # the runtime stage installs the builder's wheels only
+    assert "from=wheels" in runtime  # the runtime stage installs the wheels stage's wheels only
     assert "--no-index" in runtime
+    # By default the wheels are the builder's, so a plain `docker build .` compiles them.
+    needed = _needed(stages, "runtime")
+    assert "builder" in needed and "prebuilt" not in needed, needed
+
+
+def test_prebuilt_wheels_skip_the_builder():
+    """`make image` (WHEELS=prebuilt, the local base): the stages BuildKit then builds never
+    compile, never pull an official image and copy nothing from the repo."""
+    local = "molam-analytics-base:bookworm"
+    stages = _stages(WHEELS="prebuilt", BASE_IMAGE=local, BUILDER_IMAGE=local)
+    needed = _needed(stages, "runtime")
+    assert "builder" not in needed and "prebuilt" in needed, needed
+    for base, name, body in stages:
+        if name in needed:
+            assert base in (local, "scratch") or base in needed, (name, base)
+            for ins, args in body:
+                assert not (ins == "RUN" and "pip wheel" in args), name
+                if ins == "COPY" and "--from" not in args:
+                    assert args.split()[:-1] == ["wheels/"], args
 
 
 def test_runs_as_fixed_non_root_user():
@@ -128,7 +191,15 @@ def test_dockerignore_keeps_the_context_small():
         assert not in_context(path, patterns), path
     assert not in_context("workloads/__pycache__/cli.cpython-311.pyc", patterns)
     assert not in_context("workloads/ingest/_summary.cpython-311-x86_64-linux-gnu.so", patterns)
-    copied = [args for ins, args in _instructions() if ins == "COPY" and "--from" not in args]
+    # What the default build copies from the context (the prebuilt stage's context is the
+    # folder of wheels that stack/image.sh makes, not the repo).
+    copied = [
+        args
+        for _, name, body in _stages()
+        if name != "prebuilt"
+        for ins, args in body
+        if ins == "COPY" and "--from" not in args
+    ]
     for args in copied:
         for src in args.split()[:-1]:
             assert in_context(src.rstrip("/") + ("/x" if src.endswith("/") else ""), patterns), src
