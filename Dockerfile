@@ -66,13 +66,14 @@ RUN groupadd --system --gid 10001 molam \
     && useradd --system --uid 10001 --gid molam --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin molam
 
-# Offline from the wheels alone, the dependencies first; the venv stays owned by root.
-RUN --mount=type=bind,from=wheels,source=/wheels/deps,target=/wheels \
+# Offline from the wheels alone, the dependencies first; the venv stays owned by root. The
+# wheels are mounted on /mnt, which the base already has: a new mount point would stay behind.
+RUN --mount=type=bind,from=wheels,source=/wheels/deps,target=/mnt \
     python3 -m venv /opt/molam \
-    && pip install --no-index /wheels/*.whl
+    && pip install --no-index /mnt/*.whl
 # Without --no-deps: pip fails here if a dependency is missing from the layer above.
-RUN --mount=type=bind,from=wheels,source=/wheels/project,target=/wheels \
-    pip install --no-index --find-links=/wheels /wheels/molam_analytics-*.whl
+RUN --mount=type=bind,from=wheels,source=/wheels/project,target=/mnt \
+    pip install --no-index --find-links=/mnt /mnt/molam_analytics-*.whl
 
 WORKDIR /app
 USER 10001:10001
