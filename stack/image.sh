@@ -61,15 +61,20 @@ prune() {
         sort -rn | tail -n +$((KEEP + 1)) | cut -d' ' -f2- | xargs -r rm -rf
 }
 
-build_wheels() {
-    local host_tag deps_key project_key tmp
+# Prints the two cache keys: the dependencies', then the project's.
+wheel_keys() {
+    local host_tag
     host_tag=$(python_tag)
-    deps_key=$( (hash_of pyproject.toml setup.py; echo "$host_tag") | sha256sum | cut -c1-16)
+    (hash_of pyproject.toml setup.py; echo "$host_tag") | sha256sum | cut -c1-16
     # sha256sum prints each file's path beside its hash: a renamed file changes the key too.
-    project_key=$( (cd "$ROOT" && sources | xargs -d '\n' sha256sum; echo "$host_tag") |
-        sha256sum | cut -c1-16)
-    DEPS_DIR="$WHEELS/deps-$deps_key"
-    PROJECT_DIR="$WHEELS/project-$project_key"
+    (cd "$ROOT" && sources | xargs -d '\n' sha256sum; echo "$host_tag") | sha256sum | cut -c1-16
+}
+
+build_wheels() {
+    local keys tmp
+    keys=$(wheel_keys)
+    DEPS_DIR="$WHEELS/deps-$(sed -n 1p <<<"$keys")"
+    PROJECT_DIR="$WHEELS/project-$(sed -n 2p <<<"$keys")"
     [[ -d $DEPS_DIR && -d $PROJECT_DIR ]] && return 0
 
     tmp=$(mktemp -d "$WHEELS/.build.XXXXXX")
@@ -144,4 +149,5 @@ print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$ROOT/pypro
     echo "$IMAGE:$version"
 }
 
-main "$@"
+# Sourced (by the tests), it only defines its functions.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; fi
