@@ -137,8 +137,10 @@ print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$ROOT/pypro
     local context="$WHEELS/context"
     rm -rf "$context"
     mkdir -p "$context/wheels/deps" "$context/wheels/project"
-    ln "$DEPS_DIR"/*.whl "$context/wheels/deps/"
-    ln "$PROJECT_DIR"/*.whl "$context/wheels/project/"
+    cp --link "$DEPS_DIR"/*.whl "$context/wheels/deps/" 2>/dev/null ||
+        cp "$DEPS_DIR"/*.whl "$context/wheels/deps/"
+    cp --link --force "$PROJECT_DIR"/*.whl "$context/wheels/project/" 2>/dev/null ||
+        cp --force "$PROJECT_DIR"/*.whl "$context/wheels/project/"
 
     log "building $IMAGE:$version and $IMAGE:dev on $BASE_IMAGE"
     DOCKER_BUILDKIT=1 "$DOCKER" build --network none --progress plain \
