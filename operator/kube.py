@@ -73,6 +73,19 @@ def object_path(obj: Mapping[str, Any], *, collection: bool = False) -> str:
     )
 
 
+def bearer(token: str) -> str:
+    """The Authorization header for a token the ``kubernetes`` loaders stored.
+
+    The kubeconfig loader stores ``Bearer <token>``, the in-cluster one ``bearer <token>``, a
+    hand-made configuration the bare token: the scheme is case-insensitive (RFC 7235), so any
+    spelling of it is replaced by one ``Bearer``, never doubled.
+    """
+    scheme, _, credentials = token.strip().partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return f"Bearer {credentials.strip()}"
+    return f"Bearer {token.strip()}"
+
+
 class Kube:
     """One aiohttp session to the API server; create with :meth:`connect`, end with ``close``."""
 
@@ -110,7 +123,7 @@ class Kube:
         headers = {"Accept": "application/json"}
         token = self._cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
         if token:
-            headers["Authorization"] = token if token.startswith("Bearer ") else f"Bearer {token}"
+            headers["Authorization"] = bearer(token)
         if content_type:
             headers["Content-Type"] = content_type
         return headers
