@@ -69,7 +69,7 @@ def test_config_map_carries_the_spec_environment() -> None:
 @pytest.mark.parametrize(
     ("component", "args", "secrets"),
     [
-        ("api", ["api", "--port", "8082"], {"DATABASE_URL", "REDIS_URL"}),
+        ("api", ["api", "--port", "8082"], {"DATABASE_URL", "REDIS_URL", "ANALYTICS_JWT_SECRET"}),
         ("consumer", ["consume"], {"DATABASE_URL", "REDIS_URL"}),
         ("alerts", ["alerts"], {"DATABASE_URL"}),
     ],
