@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
 import subprocess
+import time
 import tomllib
 import uuid
 from dataclasses import dataclass
@@ -67,6 +69,33 @@ def image() -> Image:
     docker = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker")
     assert docker, "make image succeeded but no docker CLI is on this machine"
     return Image(docker, f"molam-analytics:{VERSION}")
+
+
+def _make_image() -> tuple[str, float]:
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "image"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr, time.monotonic() - started
+
+
+def test_nothing_changed_nothing_rebuilt(image: Image) -> None:
+    """Run again at once (the sources unchanged in between), `make image` builds no wheel and
+    reuses every layer: the same image, in a few seconds."""
+    _make_image()
+    log, seconds = _make_image()
+    assert "wheel on the host" not in log and "wheels on the host" not in log, log
+    steps = [line for line in log.splitlines() if re.match(r"#\d+ \[runtime \d+/\d+\] RUN", line)]
+    assert steps, log
+    for step in steps:
+        number = step.split()[0]
+        assert f"{number} CACHED" in log, f"rebuilt: {step}"
+    assert seconds < 20, f"make image took {seconds:.1f} s with nothing changed"
 
 
 def test_tagged_with_the_version_and_dev(image: Image) -> None:
