@@ -29,6 +29,11 @@ INGEST_EVENTS = Counter(
 INGEST_ERRORS = Counter(
     "analytics_ingest_errors", "Events sent to the dead-letter topic", ["reason"]
 )
+INGEST_UNREADABLE = Counter(
+    "analytics_ingest_unreadable_records",
+    "Offsets skipped because the client could not unpack their batch (dead-lettered)",
+    ["reason"],
+)  # reason: unsupported_codec | corrupt_batch | record_too_large | unreadable_batch
 INGEST_BATCH_SECONDS = Histogram(
     "analytics_ingest_batch_duration_seconds",
     "Time to commit one batch (aggregates + ledger + offsets)",

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +24,13 @@ from typing import Any, Protocol
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.consumer.fetcher import PartitionRecords
+from aiokafka.errors import (
+    CorruptRecordException,
+    KafkaError,
+    RecordTooLargeError,
+    UnsupportedCodecError,
+)
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from redis.exceptions import RedisError
 
@@ -76,6 +83,48 @@ FETCH_CHUNK = 2000
 # refresh after every batch.
 LIVE_REFRESH_SECONDS = 0.5
 _RETRYABLE_DB = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# aiokafka unpacks a fetched batch in this generator: an exception raised under it is about the
+# batch's own bytes (its CRC, its codec, its framing), and its frame holds the batch's offsets.
+_UNPACK = PartitionRecords._unpack_records.__code__
+# Reading the records before an unreadable batch, one getmany call each, stops after this many
+# calls that bring nothing (the broker then is the trouble, not the batch).
+UNREADABLE_IDLE_READS = 20
+
+
+@dataclass
+class UnreadableRecords(ConsumerRecord[bytes, bytes]):  # type: ignore[misc]
+    """Stands in a batch for offsets ``first_offset``..``offset`` of a partition that could not
+    be read at all (the fetcher raised while unpacking them): dead-lettered, then stepped over.
+    Its ``offset`` is the last one, so the batch's next offset moves past them in PostgreSQL."""
+
+    first_offset: int = 0
+    reason: str = ""
+    detail: str = ""
+
+
+def _unreadable_at(exc: BaseException) -> tuple[TopicPartition, int, int] | None:
+    """(partition, first offset, next offset) of the records ``exc`` came from while aiokafka
+    unpacked them; None when it did not come from a fetched batch's own bytes."""
+    if isinstance(exc, RecordTooLargeError) and len(exc.args) >= 3:
+        tp, offset = exc.args[1], exc.args[2]  # aiokafka's message arguments
+        if isinstance(tp, TopicPartition) and isinstance(offset, int):
+            return tp, offset, offset + 1
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code is _UNPACK:
+            tp, batch = frame.f_locals.get("tp"), frame.f_locals.get("next_batch")
+            if isinstance(tp, TopicPartition) and batch is not None:
+                return tp, int(batch.base_offset), int(batch.next_offset)
+    return None
+
+
+def _unreadable_reason(exc: BaseException) -> str:
+    if isinstance(exc, UnsupportedCodecError):
+        return "unsupported_codec"
+    if isinstance(exc, CorruptRecordException):
+        return "corrupt_batch"
+    if isinstance(exc, RecordTooLargeError):
+        return "record_too_large"
+    return "unreadable_batch"
 
 
 class Detector(Protocol):
@@ -157,6 +206,12 @@ class Ingestor:
         # Newest event time consumed per assigned partition (for the SIRA watermark).
         self.newest: dict[int, datetime] = {}
         self.epoch = 0  # bumped at every revocation and assignment
+        # Per assigned partition, the offset after the last record fetch() handed out (or the
+        # stored one); a partition missing here is read from its beginning.
+        self._next: dict[TopicPartition, int] = {}
+        # Per partition, the offset where unreadable records were last met: met there again,
+        # they are skipped.
+        self._unreadable: dict[TopicPartition, int] = {}
         self._follow_up: asyncio.Task[None] | None = None
         self._live_due: set[str | None] = set()  # merchants whose live counters are behind
         self._live_at = 0.0  # time.monotonic() of the last live-counter refresh
@@ -263,11 +318,13 @@ class Ingestor:
                 )
             self.epoch += 1
             self.newest = {}  # partitions and their progress change hands at a rebalance
+            self._next, self._unreadable = {}, {}
             fresh = []
             for tp in assigned:
                 if tp.partition in stored:
                     consumer.seek(tp, stored[tp.partition])
                     self.positions[tp.partition] = stored[tp.partition]
+                    self._next[tp] = stored[tp.partition]
                 else:
                     fresh.append(tp)
             if fresh:
@@ -294,8 +351,8 @@ class Ingestor:
         """Up to ``INGEST_BATCH_MAX_RECORDS`` records, ``FETCH_CHUNK`` at a time, and the
         assignment generation they were read under (a rebalance ends the batch early)."""
         most = self.settings.ingest_batch_max_records
-        batch = await consumer.getmany(
-            timeout_ms=self.settings.ingest_poll_timeout_ms, max_records=min(FETCH_CHUNK, most)
+        batch = await self._getmany(
+            consumer, self.settings.ingest_poll_timeout_ms, min(FETCH_CHUNK, most)
         )
         epoch = self.epoch
         total = sum(len(records) for records in batch.values())
@@ -303,13 +360,98 @@ class Ingestor:
             await asyncio.sleep(0)
             if self.epoch != epoch:
                 break  # prepared under the old generation, the batch is abandoned, not written
-            more = await consumer.getmany(timeout_ms=0, max_records=min(FETCH_CHUNK, most - total))
+            more = await self._getmany(consumer, 0, min(FETCH_CHUNK, most - total))
             if not more:
                 break
             for tp, records in more.items():
                 batch.setdefault(tp, []).extend(records)
                 total += len(records)
         return batch, epoch
+
+    async def _getmany(
+        self, consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """``consumer.getmany``; records the fetcher cannot unpack are met once more, then
+        stand in the result as one ``UnreadableRecords`` (dead-lettered by ``prepare``)."""
+        try:
+            got: dict[TopicPartition, list[ConsumerRecord]] = await consumer.getmany(
+                timeout_ms=timeout_ms, max_records=max_records
+            )
+        except Exception as exc:
+            where = _unreadable_at(exc)
+            if where is None:
+                raise  # not about the records' bytes: the broker, the group, a bug
+            return await self._unreadable_met(consumer, exc, *where)
+        for tp, records in got.items():
+            self._next[tp] = records[-1].offset + 1
+        return got
+
+    async def _rewind(self, consumer: AIOKafkaConsumer) -> None:
+        # A getmany that raised dropped what it had already read of every partition, and moved
+        # some of their positions past it: each goes back to the end of what fetch() handed out.
+        for tp in consumer.assignment():
+            if tp in self._next:
+                consumer.seek(tp, self._next[tp])
+            else:
+                await consumer.seek_to_beginning(tp)
+
+    async def _unreadable_met(
+        self, consumer: AIOKafkaConsumer, exc: Exception, tp: TopicPartition, first: int, end: int
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        await self._rewind(consumer)
+        reason = _unreadable_reason(exc)
+        if self._unreadable.get(tp) != first:
+            # Once more first: a batch damaged on the way (TCP's checksum is weak) reads fine
+            # when fetched again. Met at the same place again, it is skipped below.
+            self._unreadable[tp] = first
+            log.warning(
+                "records of %s from offset %d cannot be read (%r): fetching them again",
+                tp, first, exc,
+            )  # fmt: skip
+            return {}
+        del self._unreadable[tp]
+        if tp not in consumer.assignment():
+            return {}
+        records = await self._read_up_to(consumer, tp, first)
+        first = max(first, await consumer.position(tp))
+        skipped = UnreadableRecords(
+            topic=tp.topic, partition=tp.partition, offset=end - 1, timestamp=-1,
+            timestamp_type=0, key=None, value=None, checksum=None, serialized_key_size=-1,
+            serialized_value_size=-1, headers=(), first_offset=first, reason=reason,
+            detail=f"{type(exc).__name__}: {exc}"[:1000],
+        )  # fmt: skip
+        consumer.seek(tp, end)
+        self._next[tp] = end
+        log.error(
+            "records of %s at offsets %d..%d cannot be read (%s): dead-lettered and skipped",
+            tp, first, end - 1, reason,
+        )  # fmt: skip
+        return {tp: [*records, skipped]}
+
+    async def _read_up_to(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, first: int
+    ) -> list[ConsumerRecord]:
+        """The readable records of ``tp`` before offset ``first``, one getmany call each: a
+        call asked for one record stops before the next batch, so never reaches the bad one."""
+        records: list[ConsumerRecord] = []
+        idle = 0
+        while await consumer.position(tp) < first and idle < UNREADABLE_IDLE_READS:
+            try:
+                got = await consumer.getmany(
+                    tp, timeout_ms=self.settings.ingest_poll_timeout_ms, max_records=1
+                )
+            except Exception as exc:
+                if _unreadable_at(exc) is None:
+                    raise
+                break  # what is left before ``first`` are gaps (e.g. control records)
+            if got.get(tp):
+                records.extend(got[tp])
+                self._next[tp] = got[tp][-1].offset + 1
+            else:
+                idle += 1
+        if await consumer.position(tp) < first and idle >= UNREADABLE_IDLE_READS:
+            raise KafkaError(f"cannot read {tp} up to offset {first} to skip what follows")
+        return records
 
     async def prepare(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord]], epoch: int | None = None
@@ -381,12 +523,23 @@ class Ingestor:
             decided += 1
             if decided % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            try:
-                ev = self._decode(records[stop].value, now, oldest)
-            except InvalidEvent as exc:
-                dead_sends.append(await self._send_dead_letter(records[stop], exc, now))
+            rec = records[stop]
+            if type(rec) is UnreadableRecords:
+                dead_sends.append(await self._send_unreadable(rec, now))
                 continue
-            add_event(summary, ev)
+            try:
+                ev = self._decode(rec.value, now, oldest)
+                add_event(summary, ev)  # its checks refuse before they change anything
+            except InvalidEvent as exc:
+                dead_sends.append(await self._send_dead_letter(rec, exc, now))
+                continue
+            except Exception as exc:
+                # Whatever a record's own bytes make the model or the summary raise, that
+                # record goes to the DLQ: one record must never stop the partition.
+                log.warning("offset %d of %s not decodable: %r", rec.offset, rec.topic, exc)
+                invalid = InvalidEvent("undecodable", f"{type(exc).__name__}: {exc}"[:1000])
+                dead_sends.append(await self._send_dead_letter(rec, invalid, now))
+                continue
             prepared.accepted += 1
             times.append(micros(ev.occurred_at))
         return max(times, default=None)
@@ -419,6 +572,22 @@ class Ingestor:
             now=now,
         )
         return await self.producer.send(self.settings.dlq_topic, value, key=rec.key)
+
+    async def _send_unreadable(self, rec: UnreadableRecords, now: datetime) -> Any:
+        """Queue the dead letter of records that could not be read; the future of its delivery."""
+        metrics.INGEST_ERRORS.labels(rec.reason).inc()
+        metrics.INGEST_UNREADABLE.labels(rec.reason).inc(rec.offset + 1 - rec.first_offset)
+        value = dead_letter(
+            reason=rec.reason,
+            detail=rec.detail,
+            topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.first_offset,
+            last_offset=rec.offset,
+            value=None,
+            now=now,
+        )
+        return await self.producer.send(self.settings.dlq_topic, value)
 
     async def commit(
         self,

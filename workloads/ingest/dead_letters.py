@@ -26,8 +26,10 @@ def dead_letter(
     value: bytes | None,
     key: bytes | None = None,
     now: datetime | None = None,
+    last_offset: int | None = None,
 ) -> bytes:
-    """The JSON value published to the dead-letter topic for one rejected message."""
+    """The JSON value published to the dead-letter topic for one rejected message, or for the
+    records from ``offset`` to ``last_offset`` that could not be read at all (no value)."""
     doc: dict[str, Any] = {
         "reason": reason,
         "detail": detail,
@@ -38,6 +40,8 @@ def dead_letter(
         "original_size": None if value is None else len(value),
         "truncated": value is not None and len(value) > MAX_ORIGINAL_BYTES,
     }
+    if last_offset is not None:
+        doc["last_offset"] = last_offset
     if key is not None:
         doc["key"] = _text_or_base64(key)
     if value is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -14,7 +15,11 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.util import calc_crc32c
 from redis.asyncio import Redis
 
 from molam_workloads.core.cache import live_key
@@ -118,6 +123,67 @@ async def publish(
             await asyncio.gather(*futs)
     finally:
         await prod.stop()
+
+
+async def publish_compressed(
+    bootstrap: str, topic: str, values: Iterable[bytes | None], codec: str
+) -> None:
+    """Publish raw values in batches compressed with ``codec`` (gzip, snappy, lz4, zstd)."""
+    prod = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, compression_type=codec, linger_ms=20,
+        max_request_size=4 * 1024 * 1024,
+    )  # fmt: skip
+    await prod.start()
+    try:
+        futs = [await prod.send(topic, v, key=str(i).encode()) for i, v in enumerate(values)]
+        await asyncio.gather(*futs)
+    finally:
+        await prod.stop()
+
+
+# The v2 record batch header: CRC-32C at byte 17 covers everything from byte 21 (attributes) on;
+# the records (compressed as a whole when the batch is) start at byte 61.
+_CRC_AT, _CRC_FROM, _RECORDS_AT = 17, 21, 61
+
+
+def unreadable_batch(values: Sequence[bytes], damage: str) -> bytes:
+    """A record batch a consumer cannot unpack, as a broken producer could write it:
+    ``garbage_gzip`` (flagged gzip, its payload not gzip, CRC right) or ``bad_crc``."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=1 if damage == "garbage_gzip" else 0, is_transactional=0,
+        producer_id=-1, producer_epoch=-1, base_sequence=-1, batch_size=1 << 20,
+    )  # fmt: skip
+    for i, v in enumerate(values):
+        builder.append(i, timestamp=None, key=None, value=v, headers=[])
+    buf = bytearray(builder.build())
+    if damage == "garbage_gzip":
+        buf[_RECORDS_AT:] = b"A" * (len(buf) - _RECORDS_AT)
+        struct.pack_into(">I", buf, _CRC_AT, calc_crc32c(bytes(buf[_CRC_FROM:])))
+    elif damage == "bad_crc":
+        buf[_CRC_AT] ^= 0xFF
+    else:
+        raise ValueError(damage)
+    return bytes(buf)
+
+
+async def publish_batch(bootstrap: str, topic: str, partition: int, batch: bytes) -> int:
+    """Write one record batch as it is (a raw Produce request); its base offset."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    try:
+        await client.force_metadata_update()
+        leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+        request = ProduceRequest(
+            transactional_id=None, required_acks=-1, timeout=10000,
+            topics=[(topic, [(partition, batch)])],
+        )  # fmt: skip
+        response = await client.send(leader, request)
+        ((_, partitions),) = response.topics
+        ((_, error, offset, *_),) = partitions
+        assert error == 0, f"the broker refused the batch: error {error}"
+        return int(offset)
+    finally:
+        await client.close()
 
 
 async def insert_source(conn: asyncpg.Connection, events: Iterable[TransactionEvent]) -> None:
