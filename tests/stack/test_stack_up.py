@@ -55,13 +55,14 @@ def test_a_failing_step_stops_the_services_this_run_started(
     pids: list[int] = []
 
     def start(name: str):  # type: ignore[no-untyped-def]
-        def starter() -> tuple[str, dict[str, object]]:
+        def starter(*_host: str) -> tuple[str, dict[str, object]]:
             url, info = _sleeper(stack, name)
             pids.append(int(str(info["pid"])))
             return url, info
 
         return starter
 
+    monkeypatch.setenv("STACK_NODE", "0")  # the node's start (Docker, kubelet) is not under test
     monkeypatch.setattr(stack, "start_redis", start("redis"))
     monkeypatch.setattr(stack, "start_kafka", start("kafka"))
     kube_calls: list[list[str]] = []
