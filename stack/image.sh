@@ -148,6 +148,9 @@ print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$ROOT/pypro
         --build-arg WHEELS=prebuilt \
         -f "$ROOT/Dockerfile" -t "$IMAGE:$version" -t "$IMAGE:dev" "$context" >&2 ||
         die "docker build failed"
+    # The images this replaced, unless a container still uses them.
+    "$DOCKER" image prune --force \
+        --filter "label=org.opencontainers.image.title=$IMAGE" >/dev/null || true
     echo "$IMAGE:$version"
 }
 
