@@ -81,7 +81,7 @@ build_wheels() {
     trap 'rm -rf "$tmp"' EXIT
     stage_sources "$tmp/src"
     if [[ ! -d $DEPS_DIR ]]; then
-        log "building the project's and all dependencies' wheels on the host (cold: ~1 min)"
+        log "building the project's and all dependencies' wheels on the host (cold: 10-60 s)"
         "$PYTHON" -m pip wheel --quiet --wheel-dir "$tmp/all" "$tmp/src" >&2
         mkdir -p "$tmp/deps" "$tmp/project"
         mv "$tmp"/all/molam_analytics-*.whl "$tmp/project/"
