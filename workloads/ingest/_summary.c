@@ -34,6 +34,10 @@ typedef unsigned __int128 u128;
 #define US_PER_MINUTE INT64_C(60000000)
 #define US_PER_HOUR INT64_C(3600000000)
 #define US_PER_DAY INT64_C(86400000000)
+/* Instants the civil-time arithmetic and the output's %04d years hold: 0001-01-01 to the end
+ * of 9999 (days_from_civil(1, 1, 1) = -719162 and days_from_civil(10000, 1, 1) = 2932897). */
+#define MIN_AT_US (INT64_C(-719162) * US_PER_DAY)
+#define MAX_AT_US (INT64_C(2932897) * US_PER_DAY - 1)
 
 /* ---- layout, from configure() ---- */
 static int configured;
@@ -46,6 +50,7 @@ static PyObject *currencies; /* frozenset of ISO 4217 codes */
 static Py_ssize_t max_event_bytes, max_id_chars, max_label_chars;
 static int money_digits, money_places; /* amounts < 10**money_digits, money_places decimals */
 static uint64_t unit_scale;            /* 10**money_places: money in the smallest unit */
+static uint64_t max_units;             /* 10**(money_digits + money_places): above any amount */
 
 typedef struct {
     PyObject *txn, *event, *merchant, *country, *currency, *channel; /* merchant: str or None */
@@ -829,26 +834,51 @@ static PyObject *Summary_feed(Summary *s, PyObject *args) {
     return Py_BuildValue("nL", i, (long long)newest);
 }
 
+/* Money in the smallest unit, from a Python int: 0 <= units < max_units. */
+static int units_of(PyObject *o, uint64_t *out) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    if (v >= max_units) {
+        PyErr_SetString(PyExc_ValueError, "money out of range");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static PyObject *Summary_add(Summary *s, PyObject *args) {
     Rec r;
     int status, type;
     long long at;
-    unsigned long long amount, fee;
-    if (!PyArg_ParseTuple(args, "UUOUUULiiKK", &r.txn, &r.event, &r.merchant, &r.country,
-                          &r.currency, &r.channel, &at, &status, &type, &amount, &fee))
+    PyObject *amount, *fee;
+    if (!PyArg_ParseTuple(args, "UUOUUULiiO!O!", &r.txn, &r.event, &r.merchant, &r.country,
+                          &r.currency, &r.channel, &at, &status, &type, &PyLong_Type, &amount,
+                          &PyLong_Type, &fee))
         return NULL;
-    if (r.merchant != Py_None && !PyUnicode_Check(r.merchant)) {
-        PyErr_SetString(PyExc_TypeError, "merchant_id must be str or None");
+    /* Exact str only: a subclass's __hash__ or __eq__ would run Python code inside the
+     * summary's set and dict updates, which may call back into this summary midway. */
+    if (!PyUnicode_CheckExact(r.txn) || !PyUnicode_CheckExact(r.event) ||
+        !PyUnicode_CheckExact(r.country) || !PyUnicode_CheckExact(r.currency) ||
+        !PyUnicode_CheckExact(r.channel) ||
+        (r.merchant != Py_None && !PyUnicode_CheckExact(r.merchant))) {
+        PyErr_SetString(PyExc_TypeError, "text fields must be str (merchant_id: str or None)");
         return NULL;
     }
     if (status < 0 || status >= n_statuses || type < 0 || type >= n_types) {
         PyErr_SetString(PyExc_ValueError, "status or type index out of range");
         return NULL;
     }
+    /* Bucketing (floor_to) and the output's dates are defined on these instants only. */
+    if (at < MIN_AT_US || at > MAX_AT_US) {
+        PyErr_SetString(PyExc_ValueError, "at_us out of range (years 1 to 9999)");
+        return NULL;
+    }
+    uint64_t amount_units, fee_units;
+    if (units_of(amount, &amount_units) < 0 || units_of(fee, &fee_units) < 0) return NULL;
     rec_hold(&r);
     r.at = at;
-    r.amount = amount;
-    r.fee = fee;
+    r.amount = amount_units;
+    r.fee = fee_units;
     r.status = (uint8_t)status;
     r.type = (uint8_t)type;
     int counted = accumulate(s, &r);
@@ -887,9 +917,11 @@ static PyObject *Summary_without(Summary *s, PyObject *arg) {
     if (room_for_one(&recs, 0, &out->cap, sizeof(Rec), s->n - dropped + 1) < 0) goto fail;
     out->recs = recs;
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        const Rec *r = &s->recs[i];
-        int drop = PySet_Contains(seen, r->txn);
+        int drop = PySet_Contains(seen, s->recs[i].txn);
         if (drop < 0) goto fail;
+        /* After the lookup: a set member's __eq__ may have run Python code that added to this
+         * summary (moving its records), and may answer otherwise than in the first pass. */
+        const Rec *r = &s->recs[i];
         if (drop) {
             if (table_remove(&out->hourly, floor_to(r->at, US_PER_HOUR), r) < 0) goto fail;
             if (in_window(s, r->at) &&
@@ -897,6 +929,9 @@ static PyObject *Summary_without(Summary *s, PyObject *arg) {
                 goto fail;
             continue;
         }
+        recs = out->recs;
+        if (room_for_one(&recs, out->n, &out->cap, sizeof(Rec), 1024) < 0) goto fail;
+        out->recs = recs;
         if (PySet_Add(out->txns, r->txn) < 0) goto fail;
         Rec *kept = &out->recs[out->n++];
         *kept = *r;
@@ -1093,6 +1128,8 @@ static PyObject *configure(PyObject *mod, PyObject *args) {
     money_places = places;
     unit_scale = 1;
     for (int i = 0; i < places; i++) unit_scale *= 10;
+    max_units = unit_scale;
+    for (int i = 0; i < digits; i++) max_units *= 10;
     Py_INCREF(codes);
     Py_XSETREF(currencies, codes);
     configured = 1;
