@@ -1,5 +1,10 @@
-"""The lag probe: ListOffsets (latest) + OffsetFetch, as ``kafka-consumer-groups`` and the
-shared core's ``group_lag`` measure it, with the Kafka clients kept between polls.
+"""The lag probe: ListOffsets (latest and earliest) + OffsetFetch, as ``kafka-consumer-groups``
+and the shared core's ``group_lag`` measure it, with the Kafka clients kept between polls.
+
+A partition the group has not committed on yet is read by the consumer from its log start
+(``auto_offset_reset="earliest"``, CONSUMER_OFFSET_RESET): its lag counts from the log start
+offset, as KEDA's Kafka scaler does with ``offsetResetPolicy: earliest`` (KEDA counts from 0;
+the log start is exact once retention has deleted the oldest records).
 
 Why not call ``group_lag`` every poll: it starts two clients, and each start fetches the
 metadata of every topic on the cluster — with 100 pipelines polling every 15 s on a broker with
@@ -18,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,22 +45,29 @@ from molam_workloads.core.kafka import (
 )
 
 METADATA_MAX_AGE_MS = 30_000
+# Where the ingest consumer starts on a partition without a committed offset (its
+# auto_offset_reset; tests/operator/test_lagprobe.py checks the two agree).
+CONSUMER_OFFSET_RESET = "earliest"
 
 
-def observe(lag: GroupLag) -> LagObservation | ProbeFailure:
-    """A measured group lag as the scaler sees it.
+def positions(lag: GroupLag, starts: Mapping[int, int]) -> dict[int, int]:
+    """Where the consumer reads each partition from: its committed offset, or the log start
+    (``starts``: ListOffsets EARLIEST) where it has none or the commit fell behind retention."""
+    return {
+        p.partition: max(p.committed if p.committed is not None else 0, starts.get(p.partition, 0))
+        for p in lag.partitions
+    }
 
-    A group that never committed is a failure, not "everything is lag": before the consumer's
-    first commit the backlog says nothing about how far behind it is (it may start from the
-    latest offset), and scaling on it would jump to the maximum and back.
-    """
-    if not lag.has_commits:
-        return ProbeFailure.no_committed_offsets
+
+def observe(lag: GroupLag, starts: Mapping[int, int]) -> LagObservation:
+    """A measured group lag as the scaler sees it: the end offsets minus where the consumer
+    reads from, so a new group with a backlog scales on that backlog."""
+    at = positions(lag, starts)
     return LagObservation(
-        lag=lag.total,
+        lag=sum(max(p.end_offset - at[p.partition], 0) for p in lag.partitions),
         partitions=len(lag.partitions),
         end_offsets=sum(p.end_offset for p in lag.partitions),
-        committed=sum(p.committed if p.committed is not None else 0 for p in lag.partitions),
+        committed=sum(min(at[p.partition], p.end_offset) for p in lag.partitions),
     )
 
 
@@ -149,11 +162,16 @@ class LagProber:
             raise TopicNotFound(f"topic {topic!r} does not exist")
         return [TopicPartition(topic, p) for p in sorted(ids)]
 
-    async def group_lag(self, access: KafkaAccess, group: str, topic: str) -> GroupLag:
+    async def group_lag(
+        self, access: KafkaAccess, group: str, topic: str
+    ) -> tuple[GroupLag, dict[int, int]]:
+        """The group's lag and each partition's log start offset."""
         parts = await self._partitions(access, topic)
         clients = await self._get(access)
         clients.used = time.monotonic()
-        return await measure_lag(clients.consumer, clients.admin, group, parts)
+        measured = await measure_lag(clients.consumer, clients.admin, group, parts)
+        starts = await clients.consumer.beginning_offsets(parts)
+        return measured, {tp.partition: int(offset) for tp, offset in starts.items()}
 
     async def probe(
         self, access: KafkaAccess, group: str, topic: str, *, timeout: float
@@ -161,7 +179,7 @@ class LagProber:
         """Measure now; the second item is a one-line explanation for the LagProbe condition."""
         await self._drop_idle()
         try:
-            measured = await asyncio.wait_for(self.group_lag(access, group, topic), timeout)
+            measured, starts = await asyncio.wait_for(self.group_lag(access, group, topic), timeout)
         except TopicNotFound as exc:
             return ProbeFailure.topic_not_found, str(exc)
         except ConfigError as exc:  # a PEM the TLS context cannot load
@@ -173,14 +191,18 @@ class LagProber:
             return ProbeFailure.broker_unreachable, (
                 f"Kafka at {access.bootstrap_servers}: {reason or repr(exc)}"
             )
-        result = observe(measured)
-        if result is ProbeFailure.no_committed_offsets:
-            return result, f"group {group!r} has no committed offsets on topic {topic!r} yet"
-        assert isinstance(result, LagObservation)
-        return result, (
+        result = observe(measured, starts)
+        message = (
             f"lag {result.lag} over {result.partitions} partition(s) of {topic!r} "
             f"for group {group!r}"
         )
+        uncommitted = sum(1 for p in measured.partitions if p.committed is None)
+        if uncommitted:
+            message += (
+                f" ({uncommitted} partition(s) without a committed offset counted from the log "
+                f"start, where the consumer begins: auto_offset_reset={CONSUMER_OFFSET_RESET})"
+            )
+        return result, message
 
     async def close(self) -> None:
         for access in list(self._clients):

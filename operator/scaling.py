@@ -14,7 +14,7 @@ Both are clamped to ``[minReplicas, min(maxReplicas, partitions)]`` (``minReplic
 topic has fewer partitions: it is the user's floor). Scale-up is immediate; scale-down waits until
 every recommendation for ``scaleDownStabilizationSeconds`` was lower than the current count, and
 then goes to the highest of them (as the HPA does). ``paused`` means 0. A failed probe (broker
-unreachable, topic missing, group without committed offsets) keeps the current count.
+unreachable, topic missing, Kafka Secret missing) keeps the current count.
 
 Nothing here does I/O or reads a clock: time comes in as ``now`` (seconds, monotonic).
 """
@@ -37,7 +37,6 @@ class ProbeFailure(StrEnum):
 
     broker_unreachable = "BrokerUnreachable"
     topic_not_found = "TopicNotFound"
-    no_committed_offsets = "NoCommittedOffsets"
     kafka_secret_missing = "KafkaSecretMissing"  # a Secret spec.kafka names is not there
     kafka_secret_invalid = "KafkaSecretInvalid"  # its PEM files cannot be loaded
 
@@ -49,7 +48,7 @@ class LagObservation:
     lag: int
     partitions: int
     end_offsets: int  # sum of the partitions' end offsets
-    committed: int  # sum of the group's committed offsets
+    committed: int  # sum of where the group reads from (committed offset, else the log start)
 
 
 @dataclass(frozen=True)

@@ -254,9 +254,20 @@ def group(*parts: tuple[int, int | None]) -> GroupLag:
 
 
 def test_observe_sums_partitions() -> None:
-    o = observe(group((100, 40), (50, 50), (10, None)))
+    o = observe(group((100, 40), (50, 50), (10, None)), {0: 0, 1: 0, 2: 0})
     assert o == LagObservation(lag=60 + 0 + 10, partitions=3, end_offsets=160, committed=90)
 
 
-def test_observe_without_commits_is_a_failure() -> None:
-    assert observe(group((100, None), (5, None))) is ProbeFailure.no_committed_offsets
+def test_a_new_group_lags_from_the_log_start() -> None:
+    # No commits yet: the consumer (auto_offset_reset=earliest) reads from each log start,
+    # which retention may have moved past 0.
+    o = observe(group((100, None), (5, None)), {0: 30, 1: 0})
+    assert o == LagObservation(lag=70 + 5, partitions=2, end_offsets=105, committed=30)
+    policy = replace(POLICY, lag_threshold=10)
+    assert decide(policy, current=1, observation=o, now=0, memory=ScalerMemory()).desired == 2
+
+
+def test_a_commit_behind_the_log_start_lags_from_the_log_start() -> None:
+    # The records after the commit are gone: the consumer resets to the log start.
+    o = observe(group((100, 10), (50, 20)), {0: 40, 1: 0})
+    assert o == LagObservation(lag=60 + 30, partitions=2, end_offsets=150, committed=60)
