@@ -263,12 +263,22 @@ def parse_spec(spec: Mapping[str, Any]) -> PipelineConfig:
 # ------------------------------------------------------------------------------------ names
 
 
+# Every child's name: <pipeline>-<component> (analytics-api, analytics-config, ...).
+CHILD_NAME_TEMPLATE = "{pipeline}-{component}"
+
+
 def child_name(pipeline: str, component: str) -> str:
-    return f"{pipeline}-{component}"
+    return CHILD_NAME_TEMPLATE.format(pipeline=pipeline, component=component)
 
 
 def config_map_name(pipeline: str) -> str:
-    return f"{pipeline}-config"
+    return child_name(pipeline, "config")
+
+
+def component_of(child: Mapping[str, Any]) -> str | None:
+    """Which part of its pipeline a child is: its component label (never its name, which a
+    pipeline's own name may resemble: the API of pipeline ``consumer-x`` is ``consumer-x-api``)."""
+    return ((child.get("metadata") or {}).get("labels") or {}).get(LABEL_COMPONENT)
 
 
 def selector_labels(pipeline: str, component: str) -> dict[str, str]:

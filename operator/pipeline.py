@@ -114,7 +114,7 @@ def build(
     # Owner reference (garbage collection when the pipeline goes), namespace, owner's labels.
     kopf.adopt(children, owner=body)
     for child in children:
-        if child["kind"] == "Deployment" and "consumer" in child["metadata"]["name"]:
+        if child["kind"] == "Deployment" and manifests.component_of(child) == "consumer":
             replicas = str(child["spec"].get("replicas", 0))
             child["metadata"]["annotations"][manifests.SCALED_REPLICAS_ANNOTATION] = replicas
     return children
@@ -205,7 +205,7 @@ async def _set_ready(
     }
     if ok and rt.observed_generation is not None:
         status["observedGeneration"] = rt.observed_generation
-    api = await ctx.kube.get(path("apps/v1", "Deployment", body.meta["namespace"], f"{name}-api"))
+    api = await ctx.kube.get(_deployment_path(body.meta["namespace"], name, "api"))
     if api is not None:
         status["apiReplicas"] = int((api.get("spec") or {}).get("replicas", 0))
     await write_status(
@@ -273,8 +273,12 @@ async def write_status(
 # -------------------------------------------------------------------------------- scaling
 
 
+def _deployment_path(namespace: str, pipeline: str, component: str) -> str:
+    return path("apps/v1", "Deployment", namespace, manifests.child_name(pipeline, component))
+
+
 async def _consumer(ctx: OperatorContext, namespace: str, name: str) -> dict[str, Any] | None:
-    return await ctx.kube.get(path("apps/v1", "Deployment", namespace, f"{name}-consumer"))
+    return await ctx.kube.get(_deployment_path(namespace, name, "consumer"))
 
 
 async def last_refresh(
@@ -297,7 +301,12 @@ async def last_refresh(
         except (ServiceUnavailable, asyncpg.PostgresError, OSError, TimeoutError):
             pass
     cron = await ctx.kube.get(
-        path(ctx.cron_job_api_version, "CronJob", namespace, f"{name}-refresh-views")
+        path(
+            ctx.cron_job_api_version,
+            "CronJob",
+            namespace,
+            manifests.child_name(name, "refresh-views"),
+        )
     )
     value = ((cron or {}).get("status") or {}).get("lastScheduleTime")
     return str(value) if value else None
@@ -347,7 +356,7 @@ async def scale_once(
     )
     rt.scaler = decision.memory
     if decision.desired != current:
-        url = path("apps/v1", "Deployment", namespace, f"{name}-consumer")
+        url = _deployment_path(namespace, name, "consumer")
         await ctx.kube.patch(
             url,
             {
@@ -365,7 +374,10 @@ async def scale_once(
             body,
             type="Normal",
             reason=f"Consumer{decision.reason}",
-            message=f"{name}-consumer {current} -> {decision.desired}: {decision.message}",
+            message=(
+                f"{manifests.child_name(name, 'consumer')} {current} -> {decision.desired}: "
+                f"{decision.message}"
+            ),
         )
         logger.info(f"consumer {current} -> {decision.desired}: {decision.message}")
         current = decision.desired

@@ -512,3 +512,29 @@ async def test_trend_sizing_scales_a_growing_backlog_the_threshold_rule_ignores(
                           and status(namespace))  # fmt: skip
     assert st["arrivalRate"] > 0 and st["consumeRatePerReplica"] > 0
     assert st["lag"] < 100000 and "trend rule" in st["lastScaleReason"]
+
+
+async def test_a_pipeline_named_like_a_component_keeps_its_children_apart(
+    operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
+    kafka_bootstrap: str, topic: str, ids: dict[str, str], lag: Lag,
+) -> None:  # fmt: skip
+    # "consumer-x": its API Deployment, consumer-x-api, has "consumer" in its name.
+    installed(name="consumer-x", bootstrap=kafka_bootstrap, topic=topic, group=ids["group"])
+    await eventually(
+        "children", lambda: get(namespace, "deployment", "consumer-x-consumer")
+        and get(namespace, "deployment", "consumer-x-api"),
+    )  # fmt: skip
+    api = get(namespace, "deployment", "consumer-x-api")
+    consumer = get(namespace, "deployment", "consumer-x-consumer")
+    scaled = "analytics.molam.io/scaled-replicas"
+    assert scaled not in api["metadata"]["annotations"] and api["spec"]["replicas"] == 2
+    assert consumer["metadata"]["annotations"][scaled] == "1"
+    # Lag scales the consumer, and only the consumer.
+    await lag.produce(5)  # a new group: lag 20 over a threshold of 10
+    await eventually("consumer scaled", lambda: replicas(namespace, "consumer-x-consumer") == 2)
+    assert replicas(namespace, "consumer-x-api") == 2
+    assert status(namespace, "consumer-x")["apiReplicas"] == 2
+    names = {
+        d["metadata"]["name"] for d in kubectl_json("get", "deployments", "-n", namespace)["items"]
+    }
+    assert names == {"consumer-x-api", "consumer-x-consumer", "consumer-x-alerts"}
