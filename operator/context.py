@@ -43,6 +43,8 @@ class PipelineRuntime:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)  # ends the daemon's nap
     recheck: bool = False  # a child changed: re-check the children
+    rollouts_changed: bool = False  # a child Deployment's availability changed: re-judge Ready
+    children_ok: bool = False  # the last reconcile brought every child in shape
     poll_now: bool = True  # the scaling settings changed: poll now
     scaler: ScalerMemory = field(default_factory=ScalerMemory)
     conditions: list[dict[str, Any]] | None = None
@@ -64,6 +66,7 @@ class OperatorContext:
     _pools: dict[str, asyncpg.Pool] = field(default_factory=dict)
     _pool_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _generations: dict[str, int | None] = field(default_factory=dict)
+    _rollouts: dict[str, tuple[bool, str]] = field(default_factory=dict)  # uid -> last seen
     _cache: dict[Hashable, _Cached] = field(default_factory=dict)
     _cache_locks: dict[Hashable, asyncio.Lock] = field(default_factory=dict)
 
@@ -110,17 +113,39 @@ class OperatorContext:
         rt.poll_now = True
         rt.wakeup.set()
 
+    def rollouts_changed(self, namespace: str, name: str) -> None:
+        """Wake the pipeline's daemon to judge its Ready condition again (pods came or went)."""
+        rt = self.pipelines.get((namespace, name))
+        if rt is not None:
+            rt.rollouts_changed = True
+            rt.wakeup.set()
+
     def child_event(
-        self, event: str | None, *, uid: str, generation: int | None, namespace: str, pipeline: str
+        self,
+        event: str | None,
+        *,
+        uid: str,
+        generation: int | None,
+        namespace: str,
+        pipeline: str,
+        rollout: tuple[bool, str] | None = None,
     ) -> bool:
         """A watch event of a child: kick its pipeline if it was deleted or its desired state
         changed. Status-only updates (the controllers' bookkeeping, which leaves
-        ``metadata.generation`` alone) do not, so a cold start is not flooded with re-checks.
+        ``metadata.generation`` alone) do not, so a cold start is not flooded with re-checks;
+        but a Deployment's ``rollout`` (``rollout.signature``) that changed re-judges Ready.
         """
         if event == "DELETED":
             self._generations.pop(uid, None)
+            self._rollouts.pop(uid, None)
             self.kick(namespace, pipeline)
             return True
+        if rollout is not None:
+            before = self._rollouts.get(uid)
+            self._rollouts[uid] = rollout
+            # The initial listing (event None) is judged by the daemon's first reconcile.
+            if event is not None and before != rollout:
+                self.rollouts_changed(namespace, pipeline)
         seen = self._generations.get(uid)
         self._generations[uid] = generation
         if event == "MODIFIED" and (generation is None or seen is None or generation != seen):

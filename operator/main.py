@@ -16,7 +16,7 @@ from typing import Any
 
 import kopf
 
-from molam_operator import alertrule, pipeline, startup
+from molam_operator import alertrule, pipeline, rollout, startup
 from molam_operator.alertrule import PipelineDatabase
 from molam_operator.context import get_context
 from molam_operator.settings import GROUP, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, VERSION
@@ -86,7 +86,8 @@ async def scale_pipeline(
     await pipeline.run(get_context(memo), body, stopped=stopped, logger=logger)
 
 
-# Children deleted or edited by hand: wake their pipeline's daemon, which re-checks them now.
+# Children deleted or edited by hand: wake their pipeline's daemon, which re-checks them now;
+# a Deployment whose pods became available (or stopped being): it judges Ready again.
 @kopf.on.event("apps", "v1", "deployments", labels=CHILD)
 @kopf.on.event("", "v1", "services", labels=CHILD)
 @kopf.on.event("", "v1", "configmaps", labels=CHILD)
@@ -94,6 +95,8 @@ async def scale_pipeline(
 @kopf.on.event("batch", "v1beta1", "cronjobs", labels=CHILD)
 async def child_changed(
     type: str | None,
+    resource: kopf.Resource,
+    body: kopf.Body,
     namespace: str,
     uid: str,
     meta: kopf.Meta,
@@ -107,6 +110,7 @@ async def child_changed(
         generation=meta.get("generation"),
         namespace=namespace,
         pipeline=labels[LABEL_INSTANCE],
+        rollout=rollout.signature(body) if resource.plural == "deployments" else None,
     )
 
 

@@ -294,6 +294,12 @@ def labels(pipeline: str, component: str) -> dict[str, str]:
     return {**selector_labels(pipeline, component), LABEL_MANAGED_BY: MANAGED_BY}
 
 
+def children_selector(pipeline: str) -> str:
+    """The label selector of every child of the pipeline (never another pipeline's or Helm's)."""
+    chosen = {LABEL_NAME: "molam-analytics", LABEL_INSTANCE: pipeline, LABEL_MANAGED_BY: MANAGED_BY}
+    return ",".join(f"{k}={v}" for k, v in chosen.items())
+
+
 def api_selector(pipeline: str) -> str:
     """The API pods' selector as a string (the scale subresource's labelSelectorPath)."""
     return ",".join(f"{k}={v}" for k, v in selector_labels(pipeline, "api").items())

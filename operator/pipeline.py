@@ -5,8 +5,9 @@ Three entry points, all serialised per pipeline by ``PipelineRuntime.lock``:
 * :func:`reconcile` — build every child from the spec (manifests.py) and create or patch it
   (called from the create/update/resume handlers and when a child drifts);
 * :func:`run` — the per-pipeline daemon: polls the lag every ``pollSeconds`` (read from the live
-  spec, so a change applies at the next poll), scales, writes the status, and re-checks the
-  children as soon as a child watch kicks it;
+  spec, so a change applies at the next poll), scales, writes the status, re-checks the
+  children as soon as a child watch kicks it, and judges Ready again when a child Deployment's
+  pods become available or stop being (rollout.py);
 * :func:`scale_once` — one poll: probe, decide (scaling.py, pure), apply, report.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 import asyncpg
 import kopf
 
-from molam_operator import manifests, metrics
+from molam_operator import manifests, metrics, rollout
 from molam_operator.conditions import iso, now_iso, set_condition
 from molam_operator.context import OperatorContext, PipelineRuntime
 from molam_operator.kafka_access import KafkaAccess, KafkaSecretMissing
@@ -139,7 +140,7 @@ async def reconcile(
         cfg = manifests.parse_spec(body.spec)
     except InvalidSpec as exc:
         metrics.RECONCILE_ERRORS.labels(KIND, "InvalidSpec").inc()
-        await _set_ready(ctx, body, rt, False, "InvalidSpec", str(exc))
+        await _set_not_ready(ctx, body, rt, "InvalidSpec", str(exc))
         raise kopf.PermanentError(str(exc)) from None
     started = time.monotonic()
     async with rt.lock:
@@ -152,7 +153,7 @@ async def reconcile(
         except KubeError as exc:
             metrics.RECONCILE_ERRORS.labels(KIND, "SecretUnreadable").inc()
             with contextlib.suppress(KubeError):
-                await _set_ready(ctx, body, rt, False, "SecretUnreadable", str(exc))
+                await _set_not_ready(ctx, body, rt, "SecretUnreadable", str(exc))
             # Not guessed: a wrong digest would roll every pod.
             raise kopf.TemporaryError(
                 f"cannot read a Secret the pods use: {exc}", delay=10
@@ -167,7 +168,7 @@ async def reconcile(
         except KubeError as exc:
             metrics.RECONCILE_ERRORS.labels(KIND, exc.reason or str(exc.status)).inc()
             with contextlib.suppress(KubeError):  # the API may be what is failing
-                await _set_ready(ctx, body, rt, False, "ChildrenFailed", str(exc))
+                await _set_not_ready(ctx, body, rt, "ChildrenFailed", str(exc))
             if exc.status in (400, 403, 422):
                 raise kopf.PermanentError(f"cannot write a child: {exc}") from None
             raise kopf.TemporaryError(f"cannot write a child: {exc}", delay=5) from None
@@ -185,31 +186,55 @@ async def reconcile(
                     reason="ChildrenRestored",
                     message=", ".join(f"{k} {v}" for k, v in sorted(changed.items())),
                 )
-        await _set_ready(ctx, body, rt, True, "ChildrenReady", "all children are in shape")
+        rt.children_ok = True
+        try:
+            await refresh_ready(ctx, body, rt)
+        except KubeError as exc:
+            rt.rollouts_changed = True  # the children are in shape: the daemon judges Ready later
+            logger.warning(f"cannot judge the children's rollouts: {exc}")
     metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
     return outcomes
 
 
-async def _set_ready(
-    ctx: OperatorContext,
-    body: kopf.Body,
-    rt: PipelineRuntime,
-    ok: bool,
-    reason: str,
-    message: str,
-) -> None:
-    name = body.meta["name"]
-    status: dict[str, Any] = {
-        "apiSelector": manifests.api_selector(name),
+def _ready_fields(ctx: OperatorContext, body: kopf.Body) -> dict[str, Any]:
+    return {
+        "apiSelector": manifests.api_selector(body.meta["name"]),
         "cronJobApiVersion": ctx.cron_job_api_version,
     }
-    if ok and rt.observed_generation is not None:
-        status["observedGeneration"] = rt.observed_generation
-    api = await ctx.kube.get(_deployment_path(body.meta["namespace"], name, "api"))
-    if api is not None:
-        status["apiReplicas"] = int((api.get("spec") or {}).get("replicas", 0))
+
+
+async def _set_not_ready(
+    ctx: OperatorContext, body: kopf.Body, rt: PipelineRuntime, reason: str, message: str
+) -> None:
+    """Ready=False because the children could not be brought in shape (spec, Secret, API)."""
+    rt.children_ok = False
     await write_status(
-        ctx, body, rt, status, conditions=[("Ready", ok, reason, message)], phase=None
+        ctx, body, rt, _ready_fields(ctx, body), conditions=[("Ready", False, reason, message)]
+    )
+
+
+async def refresh_ready(ctx: OperatorContext, body: kopf.Body, rt: PipelineRuntime) -> None:
+    """Ready from the child Deployments' rollouts, once the children are in shape.
+
+    Call with ``rt.lock`` held. The Deployments are found by their labels (instance, component),
+    and judged as ``kubectl rollout status`` does (rollout.py).
+    """
+    if not rt.children_ok:
+        return
+    rt.rollouts_changed = False  # an event from now on asks for another look
+    namespace, name = body.meta["namespace"], body.meta["name"]
+    deployments = await ctx.kube.list(
+        path("apps/v1", "Deployment", namespace), label_selector=manifests.children_selector(name)
+    )
+    state = rollout.availability(name, deployments)
+    fields = _ready_fields(ctx, body)
+    if rt.observed_generation is not None:
+        fields["observedGeneration"] = rt.observed_generation
+    for dep in deployments:
+        if manifests.component_of(dep) == "api":
+            fields["apiReplicas"] = int((dep.get("spec") or {}).get("replicas", 0))
+    await write_status(
+        ctx, body, rt, fields, conditions=[("Ready", state.ok, state.reason, state.message)]
     )
 
 
@@ -227,14 +252,17 @@ def _phase(conditions: list[dict[str, Any]], paused: bool) -> str:
     ready = by_type.get("Ready")
     if ready is None:
         return "Pending"
-    if ready["status"] != "True":
+    waiting = ready["status"] != "True" and ready["reason"] == rollout.WAITING_REASON
+    # A problem first (the spec, the API, a rollout past its progress deadline, the lag probe
+    # while the consumer should run), then pods still starting, then the user's pause.
+    if ready["status"] != "True" and not waiting:
         return "Degraded"
-    if paused:
-        return "Paused"
     probe = by_type.get("LagProbe")
-    if probe is not None and probe["status"] == "False":
+    if not paused and probe is not None and probe["status"] == "False":
         return "Degraded"
-    return "Running"
+    if waiting:
+        return "Pending"
+    return "Paused" if paused else "Running"
 
 
 async def write_status(
@@ -439,7 +467,8 @@ async def run(
     stopped: kopf.DaemonStopped,
     logger: logging.Logger | kopf.Logger,
 ) -> None:
-    """The pipeline's daemon: poll and scale every pollSeconds, repair children when kicked."""
+    """The pipeline's daemon: poll and scale every pollSeconds, repair children when kicked,
+    judge Ready again when a child Deployment's pods become available (or stop being)."""
     namespace, name = body.meta["namespace"], body.meta["name"]
     rt = ctx.runtime(namespace, name)
     next_poll = 0.0
@@ -461,6 +490,13 @@ async def run(
                     await reconcile(ctx, body, logger=logger, cause=cause, unless_started_after=now)
                 except (kopf.TemporaryError, kopf.PermanentError) as exc:
                     logger.warning(f"children not in shape: {exc}")
+            if rt.rollouts_changed and rt.children_ok:
+                try:
+                    async with rt.lock:
+                        await refresh_ready(ctx, body, rt)
+                except KubeError as exc:
+                    rt.rollouts_changed = True  # look again after the nap
+                    logger.warning(f"cannot judge the children's rollouts: {exc}")
             if rt.poll_now or time.monotonic() >= next_poll:
                 rt.poll_now = False
                 next_poll = time.monotonic() + cfg.scaling.poll_seconds

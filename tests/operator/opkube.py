@@ -4,6 +4,7 @@ __init__, which would shadow the standard library's ``operator``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -18,6 +19,8 @@ from typing import Any
 import kopf
 import yaml
 from kopf.testing import KopfRunner
+
+from molam_operator.kube import Kube, KubeError, path
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
@@ -111,3 +114,63 @@ def release_finalizers(namespace: str) -> None:
                 "patch", ref, "-n", namespace, "--type=merge",
                 "-p", '{"metadata": {"finalizers": null}}', check=False,
             )  # fmt: skip
+
+
+class StandInKubelet:
+    """Marks the namespace's unscheduled pods Running and Ready, as a kubelet does once their
+    containers pass their readiness probes.
+
+    A stand-in for what cannot run here: the local control plane has no node, so pods stay
+    Pending and nothing else writes their status. Everything downstream is real: the ReplicaSet
+    controller counts these pods available, the Deployment controller sums that into the
+    Deployment's status, and the operator sees it through its watch. Pods that a scheduler did
+    bind to a node are left to that node's kubelet.
+    """
+
+    def __init__(self, namespace: str, *, interval: float = 0.2) -> None:
+        self.namespace = namespace
+        self.interval = interval
+        self.marked: set[str] = set()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _mark(self, kube: Kube) -> None:
+        for pod in await kube.list(path("v1", "pods", self.namespace)):
+            meta, status = pod["metadata"], pod.get("status") or {}
+            if pod["spec"].get("nodeName") or meta.get("deletionTimestamp"):
+                continue
+            if any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in status.get("conditions") or []):  # fmt: skip
+                continue
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            conditions = [
+                {"type": t, "status": "True", "lastTransitionTime": now}
+                for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+            ]
+            patch = {"status": {"phase": "Running", "startTime": now, "conditions": conditions}}
+            try:
+                await kube.patch(path("v1", "pods", self.namespace, meta["name"], "status"), patch)
+            except KubeError as exc:
+                if exc.status not in (404, 409):  # gone, or changed meanwhile: next round
+                    raise
+            else:
+                self.marked.add(meta["name"])
+
+    async def _run(self) -> None:
+        kube = Kube.connect()
+        try:
+            while not self._stop.is_set():
+                await self._mark(kube)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.interval)
+        finally:
+            await kube.close()
+
+    async def __aenter__(self) -> StandInKubelet:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.wait_for(self._task, 30)

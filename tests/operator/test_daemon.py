@@ -92,3 +92,19 @@ def test_status_only_updates_of_children_do_not_kick() -> None:
     assert not event("ADDED", 1, uid="u2")
     # A pipeline the operator does not know (yet): nothing to wake, no error.
     assert ctx.child_event("DELETED", uid="x", generation=1, namespace="ns", pipeline="gone")
+
+
+def test_a_deployment_whose_pods_change_asks_for_ready_again() -> None:
+    ctx = context()
+    rt = ctx.runtime("ns", "p")
+
+    def event(kind: str | None, rollout: tuple[bool, str]) -> None:
+        ctx.child_event(kind, uid="d1", generation=1, namespace="ns", pipeline="p", rollout=rollout)
+
+    waiting = (False, "0 of 2 updated replicas are available")
+    event(None, waiting)  # initial listing: the daemon's first reconcile judges it
+    assert not rt.rollouts_changed and not rt.wakeup.is_set()
+    event("MODIFIED", waiting)  # a status update that changes nothing Ready depends on
+    assert not rt.rollouts_changed
+    event("MODIFIED", (True, "2 of 2 replicas available"))  # the pods became available
+    assert rt.rollouts_changed and rt.wakeup.is_set() and not rt.recheck

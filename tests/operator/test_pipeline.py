@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from opkube import apply, eventually, kubectl, kubectl_json, running_operator, sample
+from opkube import (
+    StandInKubelet,
+    apply,
+    eventually,
+    kubectl,
+    kubectl_json,
+    running_operator,
+    sample,
+)
 
 from molam_operator import context
 
@@ -32,15 +40,22 @@ CHILDREN = [
 ]
 
 
+# More than any node offers: should the stack gain a node, these pods still stay unscheduled,
+# Pending until a test's StandInKubelet marks them Ready.
+UNSCHEDULABLE = {"requests": {"cpu": "64"}, "limits": {"memory": "512Mi"}}
+
+
 def secrets(namespace: str, database_url: str, redis_url: str) -> list[dict[str, Any]]:
+    values = (("analytics-db", "url", database_url), ("analytics-redis", "url", redis_url),
+              ("analytics-jwt", "secret", "k" * 48))  # fmt: skip
     return [
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": name, "namespace": namespace},
-            "stringData": {"url": url},
+            "stringData": {key: value},
         }
-        for name, url in (("analytics-db", database_url), ("analytics-redis", redis_url))
+        for name, key, value in values
     ]
 
 
@@ -62,15 +77,18 @@ def pipeline(
             "kafka": {"bootstrapServers": bootstrap, "topic": topic, "consumerGroup": group},
             "database": {"secretRef": {"name": "analytics-db", "key": "url"}},
             "redis": {"secretRef": {"name": "analytics-redis", "key": "url"}},
-            "api": {"replicas": 2},
+            "jwtSecret": {"secretRef": {"name": "analytics-jwt", "key": "secret"}},
+            "api": {"replicas": 2, "resources": UNSCHEDULABLE},
             "consumer": {
                 "minReplicas": 1,
                 "maxReplicas": 4,
                 "lagThreshold": 10,
                 "pollSeconds": 1,
                 "scaleDownStabilizationSeconds": 3,
+                "resources": UNSCHEDULABLE,
                 **consumer,
             },
+            "alerts": {"resources": UNSCHEDULABLE},
             "views": {"refreshSchedule": "*/10 * * * *"},
         },
     }
@@ -180,6 +198,13 @@ async def lag(kafka_bootstrap: str, topic: str, ids: dict[str, str]) -> AsyncIte
         await lag.stop()
 
 
+@pytest.fixture
+async def kubelet(namespace: str) -> AsyncIterator[StandInKubelet]:
+    """The namespace's pods marked Ready as they come (see StandInKubelet)."""
+    async with StandInKubelet(namespace) as stand_in:
+        yield stand_in
+
+
 async def test_children_owners_rollout_restore_and_garbage_collection(
     operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
     kafka_bootstrap: str, topic: str, ids: dict[str, str],
@@ -197,10 +222,17 @@ async def test_children_owners_rollout_restore_and_garbage_collection(
     assert children[("deployment", "analytics-api")]["spec"]["replicas"] == 2
     svc = children[("service", "analytics-api")]
     assert svc["spec"]["ports"][0]["port"] == 8082
-    await eventually("Ready", lambda: condition(namespace, "Ready").get("status") == "True")
+    # Children in shape, but no pod runs (no node): not Ready, and the reason says so.
+    await eventually(
+        "Ready=False PodsNotAvailable",
+        lambda: (
+            "analytics-api: 0 of 2 updated replicas are available"
+            in condition(namespace, "Ready").get("message", "")
+        ),
+    )
     st = status(namespace)
     assert st["observedGeneration"] == 1 and st["cronJobApiVersion"].startswith("batch/")
-    assert st["apiReplicas"] == 2
+    assert st["apiReplicas"] == 2 and st["phase"] == "Pending"
 
     # A config change rolls the pods: new pod-template checksum, a new ReplicaSet.
     api_before = children[("deployment", "analytics-api")]
@@ -306,6 +338,7 @@ async def test_a_rotated_secret_rolls_the_pods(
 async def test_scales_on_real_lag_down_after_the_window_and_pauses(
     operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
     kafka_bootstrap: str, topic: str, ids: dict[str, str], lag: Lag, db: Any,
+    kubelet: StandInKubelet,
 ) -> None:  # fmt: skip
     installed(bootstrap=kafka_bootstrap, topic=topic, group=ids["group"])
     # The last view refresh, as `refresh-views` records it, shows in the status.
@@ -330,7 +363,9 @@ async def test_scales_on_real_lag_down_after_the_window_and_pauses(
     st = await eventually("status", lambda: status(namespace).get("desiredReplicas") == 4
                           and status(namespace))  # fmt: skip
     assert st["lag"] == 32 and st["currentReplicas"] == 4 and st["partitions"] == 4
-    assert st["phase"] == "Running" and st["lastScaleTime"]
+    assert st["lastScaleTime"]
+    # Running once the new consumer pods are available too (marked Ready by the stand-in).
+    await eventually("Running", lambda: status(namespace).get("phase") == "Running")
     assert condition(namespace, "LagProbe")["status"] == "True"
     events = kubectl_json("get", "events", "-n", namespace, "--field-selector",
                           "reason=ConsumerScaledUp")["items"]  # fmt: skip
@@ -353,7 +388,9 @@ async def test_scales_on_real_lag_down_after_the_window_and_pauses(
     await lag.produce(10)
     await eventually("lag seen while paused", lambda: status(namespace).get("lag") == 40)
     assert replicas(namespace) == 0
-    assert status(namespace)["phase"] == "Paused"
+    # 0 consumers of 0 wanted are all available: Ready holds, and the phase says Paused.
+    await eventually("Paused", lambda: status(namespace).get("phase") == "Paused")
+    assert condition(namespace, "Ready")["status"] == "True"
 
     # The runbook's emergency pause by hand is honoured too (and resumed by scaling up).
     merge(namespace, {"consumer": {"paused": False}})
@@ -457,10 +494,13 @@ async def test_a_spec_the_schema_cannot_catch_is_reported_not_applied(
     assert "spec.consumer.minReplicas" in ready["message"]
     assert status(namespace)["phase"] == "Degraded"
     assert get(namespace, "deployment", "analytics-api") is None
-    # Fixing the spec applies it.
+    # Fixing the spec applies it: the children are made, and Ready waits for their pods.
     merge(namespace, {"consumer": {"minReplicas": 1}})
     await eventually("children", lambda: all_children(namespace), timeout=15)
-    await eventually("Ready", lambda: condition(namespace, "Ready").get("status") == "True")
+    await eventually(
+        "Ready waits for pods",
+        lambda: condition(namespace, "Ready").get("reason") == "PodsNotAvailable",
+    )
 
 
 async def test_the_published_samples_reconcile(
@@ -514,6 +554,57 @@ async def test_trend_sizing_scales_a_growing_backlog_the_threshold_rule_ignores(
     assert st["lag"] < 100000 and "trend rule" in st["lastScaleReason"]
 
 
+def ready(namespace: str, name: str = "analytics") -> tuple[str, str, str]:
+    c = condition(namespace, "Ready", name)
+    return c.get("status", ""), c.get("reason", ""), c.get("message", "")
+
+
+async def test_ready_means_the_pods_are_available(
+    operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
+    kafka_bootstrap: str, topic: str, ids: dict[str, str],
+) -> None:  # fmt: skip
+    installed(bootstrap=kafka_bootstrap, topic=topic, group=ids["group"])
+    waiting = (
+        "waiting for analytics-api: 0 of 2 updated replicas are available; "
+        "analytics-consumer: 0 of 1 updated replicas are available; "
+        "analytics-alerts: 0 of 1 updated replicas are available"
+    )
+    await eventually("Ready=False naming every child", lambda: ready(namespace)[2] == waiting)
+    assert ready(namespace)[:2] == ("False", "PodsNotAvailable")
+    assert status(namespace)["phase"] == "Pending"
+    # The pods stay Pending (no node): several polls and a resync later, still not Ready.
+    await asyncio.sleep(4)
+    assert ready(namespace) == ("False", "PodsNotAvailable", waiting)
+    pods = kubectl_json("get", "pods", "-n", namespace)["items"]
+    assert len(pods) == 4 and {p["status"]["phase"] for p in pods} == {"Pending"}
+    generation = get(namespace, "analyticspipeline", "analytics")["metadata"]["generation"]
+
+    # The pods become Ready (a stand-in kubelet writes their status; the ReplicaSet and
+    # Deployment controllers count them available): Ready turns True, the pipeline untouched.
+    async with StandInKubelet(namespace) as kubelet:
+        await eventually("Ready=True", lambda: ready(namespace)[0] == "True", timeout=20)
+        assert ready(namespace)[1] == "ChildrenAvailable"
+        api = get(namespace, "deployment", "analytics-api")["status"]
+        assert api["availableReplicas"] == api["updatedReplicas"] == 2
+        await eventually("Running", lambda: status(namespace).get("phase") == "Running")
+    assert len(kubelet.marked) == 4
+    assert get(namespace, "analyticspipeline", "analytics")["metadata"]["generation"] == generation
+
+    # An API pod lost, its replacement Pending: Ready goes False and names the API.
+    api_pod = next(p for p in pods if p["metadata"]["labels"]["app.kubernetes.io/component"]
+                   == "api")["metadata"]["name"]  # fmt: skip
+    kubectl("delete", "pod", api_pod, "-n", namespace, "--grace-period=0", "--force")
+    await eventually(
+        "Ready=False for the API",
+        lambda: (
+            ready(namespace)[:2] == ("False", "PodsNotAvailable")
+            and ready(namespace)[2]
+            == "waiting for analytics-api: 1 of 2 updated replicas are available"
+        ),
+        timeout=20,
+    )
+
+
 async def test_a_pipeline_named_like_a_component_keeps_its_children_apart(
     operator: Any, installed: Callable[..., dict[str, Any]], namespace: str,
     kafka_bootstrap: str, topic: str, ids: dict[str, str], lag: Lag,
@@ -534,6 +625,8 @@ async def test_a_pipeline_named_like_a_component_keeps_its_children_apart(
     await eventually("consumer scaled", lambda: replicas(namespace, "consumer-x-consumer") == 2)
     assert replicas(namespace, "consumer-x-api") == 2
     assert status(namespace, "consumer-x")["apiReplicas"] == 2
+    msg = ready(namespace, "consumer-x")[2]
+    assert "consumer-x-api: 0 of 2 updated" in msg and "consumer-x-consumer: " in msg
     names = {
         d["metadata"]["name"] for d in kubectl_json("get", "deployments", "-n", namespace)["items"]
     }
