@@ -246,6 +246,11 @@ readyz_ok() {
         "https://127.0.0.1:$APISERVER_PORT/readyz" >/dev/null 2>&1
 }
 
+# The control plane was started by this version of the script (its flags, certificates and
+# tokens): a plane started by an older one is restarted rather than reused.
+KUBE_SH_SUM=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)
+same_version() { [[ -f $STATE/kube.sh.sum && $(<"$STATE/kube.sh.sum") == "$KUBE_SH_SUM" ]]; }
+
 is_up() {
     local p
     for p in "${PROCS[@]}"; do pid_alive "$p" || return 1; done
@@ -414,7 +419,9 @@ cmd_up() {
     local want_port=${2:-}
     exec 9>"$STATE/.kube.lock"
     flock -w 900 9 || die "another 'up' or 'down' of $STATE holds $STATE/.kube.lock"
-    if is_up; then
+    if is_up && ! same_version; then
+        log "up, but started by another version of kube.sh: restarting"
+    elif is_up; then
         # shellcheck disable=SC1091
         source "$STATE/ports.env"
         if [[ -z $want_port || $want_port == "$APISERVER_PORT" ]]; then
@@ -486,6 +493,7 @@ cmd_up() {
         --bind-address=127.0.0.1 --secure-port=0 --port=0
     wait_for "controller-manager (default ServiceAccount)" 60 kube-controller-manager default_sa_exists
 
+    echo "$KUBE_SH_SUM" >"$STATE/kube.sh.sum"
     log "up in $((SECONDS - t0)) s: https://127.0.0.1:$APISERVER_PORT (logs: $STATE/logs)"
     echo "KUBECONFIG=$STATE/kubeconfig"
 }
