@@ -16,7 +16,8 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run         start the whole system locally (stack, migrate, consumer, API, alerts, operator)"
 	@echo "make test        set everything up from a clean clone and run lint, types and the test suite"
-	@echo "make stack       start (or reuse) PostgreSQL, Redis, Kafka and the control plane; writes .stack/env"
+	@echo "make stack       start (or reuse) PostgreSQL, Redis, Kafka, the control plane and, where Docker"
+	@echo "                 can run, a node that runs pods (STACK_NODE=0: none); writes .stack/env"
 	@echo "make stack-down  stop what 'make stack' started"
 	@echo "make image       build the image into the local Docker: molam-analytics:<version> and :dev"
 	@echo "make bench       run the benchmarks in bench/ (not part of the tests)"
