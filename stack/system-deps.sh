@@ -2,10 +2,11 @@
 # Debian packages some tests need and pip cannot provide; installs only what is missing.
 #   chromium  headless browser for the dashboard test (tests/workloads/api/test_dashboard.py)
 #   wrk       HTTP load generator of bench/api.py
+#   prometheus-alertmanager  a real Alertmanager 0.25 + amtool (tests/workloads/alerts)
 # Idempotent: run as root (or with sudo available); a no-op when everything is present.
 set -euo pipefail
 
-PACKAGES=(chromium wrk)
+PACKAGES=(chromium wrk prometheus-alertmanager)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
