@@ -8,12 +8,20 @@ to Kafka (what lag tools read), let SIRA look at the batch and, at most every
 source of truth for offsets: on every assignment each partition is sought to the offset stored
 beside the data, and a batch read before a rebalance is abandoned rather than written (its
 partitions are re-read by their owner from those offsets).
+
+No record stops a partition. A value that cannot be decoded, whatever it makes the decoder
+raise, goes to the DLQ with its reason. Records the Kafka client cannot unpack at all (a codec
+it lacks, a bad CRC, a corrupt compressed batch) are fetched once more, then go to the DLQ as
+one dead letter with their offsets and are stepped over; the step is stored in PostgreSQL with
+the batch's offsets, in the same transaction, like any other record's. Only errors outside a
+record's own bytes (the broker, the group, PostgreSQL) stop the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import traceback
@@ -102,6 +110,10 @@ class UnreadableRecords(ConsumerRecord[bytes, bytes]):  # type: ignore[misc]
     detail: str = ""
 
 
+# The counter of each reason, found once (a labels() lookup costs more than the increment).
+_errors = functools.cache(metrics.INGEST_ERRORS.labels)
+
+
 def _unreadable_at(exc: BaseException) -> tuple[TopicPartition, int, int] | None:
     """(partition, first offset, next offset) of the records ``exc`` came from while aiokafka
     unpacked them; None when it did not come from a fetched batch's own bytes."""
@@ -112,8 +124,16 @@ def _unreadable_at(exc: BaseException) -> tuple[TopicPartition, int, int] | None
     for frame, _ in traceback.walk_tb(exc.__traceback__):
         if frame.f_code is _UNPACK:
             tp, batch = frame.f_locals.get("tp"), frame.f_locals.get("next_batch")
-            if isinstance(tp, TopicPartition) and batch is not None:
-                return tp, int(batch.base_offset), int(batch.next_offset)
+            if not isinstance(tp, TopicPartition):
+                return None
+            # A v0/v1 message set has no base offset: it starts where reading stopped.
+            first = getattr(batch, "base_offset", None)
+            if not isinstance(first, int):
+                first = getattr(frame.f_locals.get("self"), "next_fetch_offset", None)
+            end = getattr(batch, "next_offset", None)
+            if not isinstance(first, int):
+                return None
+            return tp, first, end if isinstance(end, int) and end > first else first + 1
     return None
 
 
@@ -133,7 +153,7 @@ class Detector(Protocol):
 
 @dataclass
 class PreparedBatch:
-    """One fetched batch, decoded and summed, its dead letters already durable in the DLQ."""
+    """One fetched batch, decoded and summed, its dead letters on their way to the DLQ."""
 
     epoch: int  # assignment generation it was read under
     now: datetime  # when it was read: decode_event's and the ledger retention's reference
@@ -142,6 +162,8 @@ class PreparedBatch:
     accepted: int = 0  # valid records, copies of one transaction included
     next_offsets: dict[int, int] = field(default_factory=dict)
     dead: int = 0
+    # The deliveries of its dead letters: commit() waits for them before the offsets move.
+    dead_letters: list[asyncio.Future[Any]] = field(default_factory=list)
     watermark: datetime | None = None  # newest event time seen in the batch
     newest: dict[int, datetime] = field(default_factory=dict)  # per partition
     # Set by commit(): True once the batch's transaction committed, False if it never will.
@@ -456,7 +478,8 @@ class Ingestor:
     async def prepare(
         self, batch: Mapping[TopicPartition, list[ConsumerRecord]], epoch: int | None = None
     ) -> PreparedBatch:
-        """Decode and sum a batch; malformed records go to the DLQ, durably, before anything else.
+        """Decode and sum a batch; malformed records are sent to the DLQ (``commit`` waits until
+        the broker has them, before anything of the batch is written).
 
         The summing happens here, while the previous batch is still being written. The compiled
         summary reads the plainly valid values itself, ``FEED_CHUNK`` at a time; each value it
@@ -481,10 +504,7 @@ class Ingestor:
             prepared.records += len(records)
             prepared.next_offsets[tp.partition] = records[-1].offset + 1
         if dead_sends:
-            # Durable before the offsets move past them (a crash re-reads and re-sends them:
-            # the DLQ is at-least-once).
-            await asyncio.gather(*dead_sends)
-            prepared.dead = len(dead_sends)
+            prepared.dead_letters, prepared.dead = dead_sends, len(dead_sends)
             log.warning("%d malformed event(s) sent to %s", prepared.dead, self.settings.dlq_topic)
         if prepared.newest:
             prepared.watermark = max(prepared.newest.values())
@@ -560,7 +580,7 @@ class Ingestor:
 
     async def _send_dead_letter(self, rec: ConsumerRecord, exc: InvalidEvent, now: datetime) -> Any:
         """Queue ``rec`` for the DLQ; returns the future of its delivery."""
-        metrics.INGEST_ERRORS.labels(exc.reason).inc()
+        _errors(exc.reason).inc()
         value = dead_letter(
             reason=exc.reason,
             detail=exc.detail,
@@ -575,7 +595,7 @@ class Ingestor:
 
     async def _send_unreadable(self, rec: UnreadableRecords, now: datetime) -> Any:
         """Queue the dead letter of records that could not be read; the future of its delivery."""
-        metrics.INGEST_ERRORS.labels(rec.reason).inc()
+        _errors(rec.reason).inc()
         metrics.INGEST_UNREADABLE.labels(rec.reason).inc(rec.offset + 1 - rec.first_offset)
         value = dead_letter(
             reason=rec.reason,
@@ -610,6 +630,10 @@ class Ingestor:
         assert task is not None
         self._writing.add(task)
         try:
+            if prepared.dead_letters:
+                # Durable before the offsets move past them (a crash re-reads and re-sends them:
+                # the DLQ is at-least-once). Waited for here, beside the next batch's decoding.
+                await asyncio.gather(*prepared.dead_letters)
             if prepared.epoch != self.epoch:
                 # Read before a rebalance: whoever owns the partitions now re-reads them from
                 # the offsets in PostgreSQL. Writing it would be harmless (the ledger dedupes)

@@ -8,9 +8,10 @@ UTF-8 and base64 otherwise. Huge originals are cut so the dead letter itself sta
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 # Below the broker's default 1 MiB message limit even once base64 has grown it by a third.
 MAX_ORIGINAL_BYTES = 256 * 1024
@@ -46,7 +47,8 @@ def dead_letter(
         doc["key"] = _text_or_base64(key)
     if value is not None:
         doc.update(_original(value[:MAX_ORIGINAL_BYTES]))
-    return json.dumps(doc, separators=(",", ":")).encode()
+    # msgspec: a fifth of json.dumps's time, which a stream full of poison pays per record.
+    return msgspec.json.encode(doc)
 
 
 def _original(value: bytes) -> dict[str, str]:

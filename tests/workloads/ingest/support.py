@@ -144,11 +144,13 @@ async def publish_compressed(
 # The v2 record batch header: CRC-32C at byte 17 covers everything from byte 21 (attributes) on;
 # the records (compressed as a whole when the batch is) start at byte 61.
 _CRC_AT, _CRC_FROM, _RECORDS_AT = 17, 21, 61
+_ATTRIBUTES_AT = 21  # int16, the codec in its low 3 bits
 
 
 def unreadable_batch(values: Sequence[bytes], damage: str) -> bytes:
     """A record batch a consumer cannot unpack, as a broken producer could write it:
-    ``garbage_gzip`` (flagged gzip, its payload not gzip, CRC right) or ``bad_crc``."""
+    ``garbage_gzip`` (flagged gzip, its payload not gzip, CRC right), ``bad_crc``, or
+    ``unknown_codec`` (codec 5, which no client knows; brokers refuse it)."""
     builder = DefaultRecordBatchBuilder(
         magic=2, compression_type=1 if damage == "garbage_gzip" else 0, is_transactional=0,
         producer_id=-1, producer_epoch=-1, base_sequence=-1, batch_size=1 << 20,
@@ -161,6 +163,9 @@ def unreadable_batch(values: Sequence[bytes], damage: str) -> bytes:
         struct.pack_into(">I", buf, _CRC_AT, calc_crc32c(bytes(buf[_CRC_FROM:])))
     elif damage == "bad_crc":
         buf[_CRC_AT] ^= 0xFF
+    elif damage == "unknown_codec":
+        buf[_ATTRIBUTES_AT + 1] = (buf[_ATTRIBUTES_AT + 1] & ~0x07) | 5
+        struct.pack_into(">I", buf, _CRC_AT, calc_crc32c(bytes(buf[_CRC_FROM:])))
     else:
         raise ValueError(damage)
     return bytes(buf)

@@ -5,6 +5,7 @@ Bounded: a fixed number of examples each (hypothesis), a few seconds in all."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -164,3 +165,6 @@ async def test_every_record_is_counted_or_dead_lettered(
         len(values) - valid,
     )
     assert prepared.next_offsets == {0: len(values)}
+    # commit() waits for these before the offsets move: each dead letter reaches the broker.
+    delivered = await asyncio.gather(*prepared.dead_letters)
+    assert len(delivered) == prepared.dead
