@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("molam_workloads.jobs.simulate", "publish synthetic transaction events"),
     "fx": ("molam_workloads.jobs.fx", "FX rates: fx load FILE"),
     "operator": ("molam_operator.command", "run the Kopf operator"),
+    "delete-pipelines": (
+        "molam_operator.uninstall",
+        "delete AnalyticsPipelines and wait until the operator lets them go",
+    ),
 }
 
 

@@ -54,7 +54,10 @@ def test_default_render_is_operator_only(render: Renderer):
 def test_all_features_render(render: Renderer):
     objs = render(ALL_FEATURES)
     kinds = {o["kind"] for o in objs}
-    assert kinds == DEFAULT_KINDS | {"Secret", "AnalyticsPipeline", "PrometheusRule", "PodMonitor"}
+    # Job, Role, RoleBinding: the pre-delete hook that deletes the pipeline before the operator.
+    assert kinds == DEFAULT_KINDS | {
+        "Secret", "AnalyticsPipeline", "PrometheusRule", "PodMonitor", "Job", "Role", "RoleBinding"
+    }  # fmt: skip
     pipeline = find(objs, "AnalyticsPipeline", "analytics")
     spec = pipeline["spec"]
     assert spec["image"] == "molam-analytics:0.1.0"
