@@ -81,7 +81,10 @@ EOF
 start_daemon() {
     write_runc_wrapper
     log "starting dockerd (no bridge, no iptables; log: $LOG)"
-    as_root setsid dockerd --pidfile="$PIDFILE" --bridge=none --iptables=false --ip-masq=false \
+    # Images are made here and never pulled: a pull (a pod naming an image that is not local)
+    # meets a closed loopback port at once instead of looking for a registry off the machine.
+    as_root env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
+        setsid dockerd --pidfile="$PIDFILE" --bridge=none --iptables=false --ip-masq=false \
         --exec-opt native.cgroupdriver=cgroupfs \
         --add-runtime "$RUNTIME=$DIR/runc-wrapper" --default-runtime "$RUNTIME" \
         </dev/null >>"$LOG" 2>&1 7>&- 8>&- 9>&- &

@@ -476,7 +476,7 @@ cmd_up() {
         --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
         --service-cluster-ip-range=10.0.0.0/24 \
         --enable-priority-and-fairness=false --endpoint-reconciler-type=none \
-        --kubelet-preferred-address-types=InternalIP \
+        --kubelet-preferred-address-types=InternalIP --enable-admission-plugins=PodNodeSelector \
         --kubelet-client-certificate="$pki/kubelet-client.crt" --kubelet-client-key="$pki/kubelet-client.key"
     wait_for "kube-apiserver /readyz" 120 kube-apiserver readyz_ok
 

@@ -132,6 +132,10 @@ EOF
     write_kubeconfig "$d/node.kubeconfig" "$(<"$STATE/node.token")" "system:node:$NODE_NAME"
 }
 
+node_untainted() {
+    [[ -z $(kubectl_admin get node "$NODE_NAME" -o 'jsonpath={.spec.taints}' 2>/dev/null) ]]
+}
+
 service_rules() { iptables -t nat -S KUBE-SERVICES 2>/dev/null | grep -q "default/kubernetes:https"; }
 
 # Pods may reach this machine only: whatever they send towards another interface is dropped
@@ -209,6 +213,7 @@ node_up() {
             --metrics-bind-address=127.0.0.1:10249 --conntrack-max-per-core=0
     fi
     wait_for "node $NODE_NAME Ready" 120 kubelet node_ready
+    wait_for "the node-lifecycle controller to lift the not-ready taint" 60 kubelet node_untainted
     wait_for "kube-proxy's rules for the kubernetes Service" 60 kube-proxy service_rules
     log "node $NODE_NAME Ready ($NODE_IP, pods $POD_CIDR)"
     echo "NODE_IP=$NODE_IP"

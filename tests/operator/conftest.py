@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from helpers.kube import NO_PODS
 from kopf.testing import KopfRunner
 from opkube import CRDS, kubectl, release_finalizers, running_operator
 
@@ -35,6 +36,8 @@ def crds(kube: str) -> None:
 def namespace(crds: None) -> Iterator[str]:
     name = f"op-{uuid.uuid4().hex[:8]}"
     kubectl("create", "namespace", name)
+    # The operator is under test here, not the pods: they stay Pending on the stack's node too.
+    kubectl("annotate", "namespace", name, NO_PODS)
     try:
         yield name
     finally:
