@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import gc
 
-# The consumer allocates a few container objects per event (the event, its dict, sums), all
-# gone after their batch. At CPython's default gen0 threshold of 700 it collected every few
-# hundred events, each time also walking the survivors of the batch in progress. Measured on
-# decode_event over 30,000 events: 11.7 us per event with the defaults, 7.3-8.2 frozen, 6.6
-# frozen with a threshold of 100,000; 50,000 sits between (not measured on its own).
+# The consumer's per-event objects all die with their batch, so it collects young objects
+# every 50,000 allocations rather than CPython's 700 (docs/decisions/008-startup-heap.md).
 CONSUMER_GEN0_THRESHOLD = 50_000
 
 

@@ -19,10 +19,8 @@ class IngestSettings(
     metrics_port: int = Field(
         default=9102, ge=0, le=65535, description="Prometheus /metrics port (0: not served)."
     )
-    # Only reached when a backlog is waiting (live traffic makes small batches). Large: the
-    # per-batch work (hourly upserts of the same buckets, commit, live counters) is then shared
-    # by more events; 20,000 ran ~25% faster than 5,000 in bench/ingest (one getmany of two
-    # partitions at the default fetch size).
+    # Only reached under a backlog; large, so the per-batch work is shared by more events
+    # (docs/decisions/007-batch-size.md).
     ingest_batch_max_records: int = Field(
         default=20_000, ge=1, le=100_000, description="Most records committed in one transaction."
     )
@@ -30,10 +28,9 @@ class IngestSettings(
         default=500, ge=1, le=60_000, description="How long getmany() waits for records."
     )
     ingest_max_partition_fetch_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
-    # How long the broker may hold a fetch while it has less than one byte to send. Tansu held
-    # some fetches for the whole of it although records were there: at aiokafka's default
-    # (500 ms) a catching-up consumer stalled ~0.4 s every few batches (bench/ingest: 92-102k
-    # against 119-127k events/s at 100 ms). An idle consumer polls at most this often.
+    # How long the broker may hold a fetch while it has less than one byte to send: short,
+    # since a broker may hold it although records are there; an idle consumer polls at most
+    # this often (docs/decisions/002-fetch-max-wait.md).
     ingest_fetch_max_wait_ms: int = Field(default=100, ge=10, le=10_000)
     # Group liveness. Lower in tests so a killed consumer's partitions move quickly.
     kafka_session_timeout_ms: int = Field(default=30_000, ge=1000)
