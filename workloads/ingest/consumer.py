@@ -74,21 +74,16 @@ log = logging.getLogger(__name__)
 # offsets in PostgreSQL.
 WRITE_ATTEMPTS = 5
 KAFKA_COMMIT_TIMEOUT = 5.0
-# Decoding yields to the event loop after this many values read by the compiled summary (~2 ms
-# of CPU) or decided by the model (a few ms), so the write of the previous batch (waiting on
-# PostgreSQL) is not held up behind a whole batch of CPU work.
+# Decoding yields to the event loop after this many values, so the previous batch's write is
+# not held up behind a whole batch of CPU work (docs/decisions/001-fetch-chunk.md).
 FEED_CHUNK = 2000
 YIELD_EVERY = 50
-# aiokafka parses the records one getmany returns in a single piece (~3.7 us each): asked for a
-# whole 20,000-record batch at once, it held the event loop for ~70 ms, during which the
-# previous batch's write could not send its next statement and PostgreSQL sat idle. A batch is
-# fetched this many records at a time instead, the loop getting a turn in between.
+# A batch is fetched this many records at a time, the event loop getting a turn in between:
+# aiokafka parses one getmany's records in a single piece (docs/decisions/001-fetch-chunk.md).
 FETCH_CHUNK = 2000
-# While batches keep coming, live counters are refreshed at most this often (a refresh reads the
-# day's totals of the merchants touched since the last one and rewrites their hashes: ~25 ms
-# here, whatever the number of batches it covers), and as soon as the consumer is idle. So
-# Redis trails PostgreSQL by at most this plus one batch, and a backlog is not slowed by a
-# refresh after every batch.
+# While batches keep coming, live counters are refreshed at most this often, and as soon as
+# the consumer is idle: Redis trails PostgreSQL by at most this plus one batch
+# (docs/decisions/003-live-refresh.md).
 LIVE_REFRESH_SECONDS = 0.5
 _RETRYABLE_DB = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 # aiokafka unpacks a fetched batch in this generator: an exception raised under it is about the
