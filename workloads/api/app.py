@@ -55,9 +55,9 @@ STATEMENT_TIMEOUT_MS = 15_000
 # - no parallel workers: under concurrent requests they compete for the same cores;
 # - work_mem 32MB: a 90-day top-merchants aggregation hashes ~50k groups without spilling;
 # - no merge joins: the planner cannot see that the day rates (a few hundred rows, already
-#   ordered by currency) are best hashed, and sorts ~40k rows of a 90-day range to merge them
-#   instead (3x slower);
+#   ordered by currency) are best hashed, and sorts a 90-day range to merge them instead;
 # - statement_timeout: one runaway query cannot hold a connection (answered 503).
+# The figures behind these: docs/decisions/014-api-session-settings.md.
 SESSION_SETTINGS = {
     "jit": "off",
     "max_parallel_workers_per_gather": "0",

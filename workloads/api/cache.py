@@ -72,9 +72,8 @@ class ResponseCache:
         the hit it serves (``fastpath``) or goes on to ``get``, which counts.
 
         The lookups of one turn of the event loop are read from Redis together, one ``MGET``
-        (each key's value as a ``GET`` of it then would return it): under concurrent requests
-        one round trip through redis-py costs ~60 us of CPU, about as much as the rest of a
-        cached answer, and each further key of an ``MGET`` adds ~5-15 us."""
+        (each key's value as a ``GET`` of it then would return it): a round trip costs far more
+        than a further key (docs/decisions/015-cached-answers.md)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bytes | None] = loop.create_future()
         if self._batch is None:

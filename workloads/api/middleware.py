@@ -47,9 +47,9 @@ class MetricsMiddleware:
             latency.observe(time.perf_counter() - start)
 
 
-# The labelled series, looked up once: ``labels()`` (a lock and a tuple of checked strings)
-# was ~8% of a cached answer's CPU. As many entries as the registry has series (nothing here
-# removes series from these metrics).
+# The labelled series, looked up once rather than by ``labels()`` on every request
+# (docs/decisions/016-metric-series.md). As many entries as the registry has series (nothing
+# here removes series from these metrics).
 _SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
 

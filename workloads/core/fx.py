@@ -15,9 +15,9 @@ def rate_on(currency: str, day: str, quote_param: str) -> str:
     else its first rate; NULL when it has none.
 
     Two probes of the primary key (quote, currency, day) rather than a join with the view,
-    which numbers every rate ever loaded for each row (with six years of daily rates of ten
-    currencies the live counters' query took 863 ms that way, 8 ms with the seed rates; 11 ms
-    with the probes). ``quote_param`` is the reporting currency's placeholder (e.g. ``$3``).
+    which numbers every rate ever loaded for each row, so the cost does not grow with history
+    (docs/decisions/018-fx-rate-probes.md). ``quote_param`` is the reporting currency's
+    placeholder (e.g. ``$3``).
     """
     # bpchar on both sides: compared with a text parameter, the key columns would be cast to
     # text and the primary key left unused.

@@ -140,8 +140,8 @@ def _rates_cte(start: datetime, end: datetime, quote: str, p: _Params) -> str:
     # so the connection's prepared statement is reused instead of parsed and planned again.
     n_days = p.add(((end - timedelta(microseconds=1)).astimezone(UTC).date() - first).days)
     # fx_cur: the currencies with a rate, by a loose index scan (one probe of the primary key
-    # per currency; DISTINCT read every rate ever loaded: ~3 ms with six years of daily rates
-    # of ten currencies, 0.4 ms this way). Needs WITH RECURSIVE.
+    # per currency, where DISTINCT reads every rate ever loaded). Needs WITH RECURSIVE.
+    # See docs/decisions/018-fx-rate-probes.md.
     return f"""fx_cur AS (
   SELECT min(currency) AS currency FROM fx_rates WHERE quote = {quote}
   UNION ALL
