@@ -40,8 +40,8 @@ CHILDREN = [
 ]
 
 
-# More than any node offers: should the stack gain a node, these pods still stay unscheduled,
-# Pending until a test's StandInKubelet marks them Ready.
+# More CPU than the stack's node (when it has one) offers: these pods are never scheduled and
+# stay Pending, whatever the stack runs, until a test's StandInKubelet marks them Ready.
 UNSCHEDULABLE = {"requests": {"cpu": "64"}, "limits": {"memory": "512Mi"}}
 
 
