@@ -1,8 +1,7 @@
 /* The consumer's per-event work, compiled: decode, validate, dedupe and sum a batch.
  *
- * Why C: in Python this work cost ~9 us of the consumer's core per event (msgspec decoding,
- * the model's checks, building the event, summing Decimals, encoding the ledger rows), more
- * than PostgreSQL's whole share; here it is under two.
+ * Why C: in Python this work cost the consumer more CPU per event than PostgreSQL's whole
+ * share (docs/decisions/004-compiled-summary.md).
  *
  * Two doors in, one aggregation:
  * - Summary.feed() reads raw message values itself, but only what it is certain about: the
