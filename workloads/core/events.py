@@ -1,4 +1,4 @@
-"""The transaction event (SPEC §4): decoding and validation of one Kafka message value.
+"""The transaction event (docs/events.md): decoding and validation of one Kafka message value.
 
 ``decode_event`` is on the consumer's hot path: msgspec decodes the usual, well-formed event
 straight into typed fields (in C; money as exact ``Decimal``, never a float) and a few checks
@@ -154,8 +154,8 @@ class TransactionEvent(BaseModel):
             raise ValueError("must carry a time zone (e.g. 2025-07-01T10:15:00Z)")
         return v.astimezone(UTC)
 
-    # The fast path shares one frozenset of field names between its events (a set each cost
-    # ~1 us per event, mostly in the garbage collector); copies get a set of their own, which
+    # The fast path shares one frozenset of field names between its events
+    # (docs/decisions/020-event-fields-set.md); copies get a set of their own, which
     # ``model_copy(update=...)`` adds to.
     def __copy__(self) -> Self:
         return _own_fields_set(super().__copy__())
