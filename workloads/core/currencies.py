@@ -1,6 +1,6 @@
 """ISO 4217 currency codes accepted in events, with their minor-unit exponent.
 
-An event whose currency is not in this table is malformed (SPEC §4) and goes to the DLQ.
+An event whose currency is not in this table is malformed (docs/events.md) and goes to the DLQ.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prometheus metrics with the names the runbook and SPEC §6 use.
+"""Prometheus metrics, among them the names the runbook (docs/analytics-runbook.md) queries.
 
 They live in one module so that every name is defined once; each process exports the ones it
 moves (the others stay at zero). Labels are kept low-cardinality: no merchant ids.

@@ -1,4 +1,4 @@
-"""Typed configuration read from the environment (SPEC §3).
+"""Typed configuration read from the environment (listed in docs/configuration.md).
 
 Each component composes the pieces it needs into its own settings class; the environment
 variable names are the contract and never change. ``get_settings(cls)`` caches one instance per

@@ -1,8 +1,8 @@
--- Molam Analytics schema, version 1. Names used by the runbook are fixed by SPEC §5.
+-- Molam Analytics schema, version 1. The runbook uses these names: they never change.
 -- Money is numeric (never float); times are timestamptz; day boundaries in the stored
 -- aggregates are UTC (the API shifts them to the caller's time zone).
 
--- Source rows written by the wallet system; backfill reads them (SPEC §5).
+-- Source rows written by the wallet system; backfill reads them.
 CREATE TABLE wallet_transactions (
     id           text PRIMARY KEY,
     merchant_id  text,
@@ -81,7 +81,7 @@ BEGIN
     RETURN created;
 END $$;
 
--- Daily aggregates (SPEC §5); REFRESH ... CONCURRENTLY needs the unique index below.
+-- Daily aggregates; REFRESH ... CONCURRENTLY needs the unique index below.
 CREATE MATERIALIZED VIEW mv_txn_daily_agg AS
 SELECT (hour AT TIME ZONE 'UTC')::date       AS day,
        merchant_id, country, currency, channel,
@@ -156,7 +156,7 @@ CREATE TABLE consumer_offsets (
 );
 
 -- Alert rules (runbook: "SELECT * FROM analytics_alert_rules WHERE is_active = true").
--- `spec` is the AlertRule custom resource's spec document (SPEC §7), kept verbatim; the
+-- `spec` is the AlertRule custom resource's spec document, kept verbatim; the
 -- columns beside it are its typed projection for set-based evaluation.
 CREATE TABLE analytics_alert_rules (
     id                uuid PRIMARY KEY DEFAULT gen_random_uuid(),
