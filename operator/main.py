@@ -27,7 +27,7 @@ CHILD: Mapping[str, Any] = {
     LABEL_MANAGED_BY: MANAGED_BY,
     LABEL_INSTANCE: kopf.PRESENT,
 }
-# How often an AlertRule's status mirrors the evaluator (SPEC: "within seconds").
+# How often an AlertRule's status mirrors the evaluator: within seconds of a change.
 RULE_STATUS_SECONDS = 5.0
 
 

@@ -309,7 +309,7 @@ def api_selector(pipeline: str) -> str:
 
 
 def build_config_map(pipeline: str, cfg: PipelineConfig) -> dict[str, Any]:
-    """The non-secret environment shared by every workload (SPEC §3 names)."""
+    """The non-secret environment shared by every workload (docs/configuration.md names)."""
     data = {
         "KAFKA_BOOTSTRAP_SERVERS": cfg.bootstrap_servers,
         "KAFKA_TOPIC": cfg.topic,

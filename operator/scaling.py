@@ -2,7 +2,7 @@
 
 Two sizing rules:
 
-* **threshold** (SPEC §7, KEDA's Kafka scaler): ``ceil(lag / lagThreshold)``;
+* **threshold** (as KEDA's Kafka scaler): ``ceil(lag / lagThreshold)``;
 * **trend** (``targetDrainSeconds``): from successive offset samples the operator knows the
   arrival rate λ (growth of the end offsets) and what one replica consumes, μ (growth of the
   committed offsets per replica while there was a backlog); it picks the fewest replicas ``r``
