@@ -1,9 +1,10 @@
 """``molam-analytics alerts [--once] [--interval SECONDS]``: the alerts evaluator.
 
-The loop runs three independent tasks on one pool: evaluation cycles every
-``ALERTS_INTERVAL_SECONDS``, the webhook notifier (so a slow receiver never delays a cycle)
-and housekeeping. ``--once`` runs one cycle, sends what it queued (one attempt each; failures
-stay queued for the next run), housekeeps once and exits: scheduled as a job, it keeps the
+The loop runs four independent tasks on one pool: evaluation cycles every
+``ALERTS_INTERVAL_SECONDS``, the webhook notifier (so a slow receiver never delays a cycle),
+the Alertmanager pusher and housekeeping. ``--once`` runs one cycle, sends what it queued (one
+attempt each; failures stay queued for the next run), pushes one round to the Alertmanagers,
+housekeeps once and exits: scheduled as a job, it keeps the
 tables bounded like the loop does. Metrics are served on ``METRICS_PORT`` (9103) by the
 loop only, so several ``--once`` runs never fight over the port.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from molam_workloads.alerts.alertmanager import AlertmanagerPusher
 from molam_workloads.alerts.evaluator import run_cycle
 from molam_workloads.alerts.housekeeping import housekeep
 from molam_workloads.alerts.notifier import Notifier
@@ -58,10 +60,13 @@ async def run(args: argparse.Namespace) -> int:
         if args.once:
             report = await run_cycle(pool, settings)
             notifier = Notifier(pool, settings)
+            pusher = AlertmanagerPusher(pool, settings)
             try:
                 sent = await notifier.drain_once()
+                await pusher.push_once()
             finally:
                 await notifier.aclose()
+                await pusher.aclose()
             print(
                 f"evaluated {report.rules} rule(s): {report.firing} firing, "
                 f"{report.pending} pending, {len(report.fired)} fired, "
@@ -101,6 +106,8 @@ async def loop(pool: asyncpg.Pool, settings: AlertsSettings) -> None:
     """Cycles, notifier and housekeeping until cancelled; every task cancelled and awaited."""
     notifier = Notifier(pool, settings)
     notify_task = asyncio.create_task(notifier.run(), name="alerts-notifier")
+    pusher = AlertmanagerPusher(pool, settings)
+    push_task = asyncio.create_task(pusher.run(), name="alerts-alertmanager")
     house_task = asyncio.create_task(_housekeeping(pool, settings), name="alerts-housekeeping")
     log.info(
         "alerts evaluator started: interval=%gs, reporting currency %s",
@@ -114,6 +121,8 @@ async def loop(pool: asyncpg.Pool, settings: AlertsSettings) -> None:
                 report = await run_cycle(pool, settings)
                 if report.notifications:
                     notifier.wake()
+                if report.fired or report.resolved:
+                    pusher.wake()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 ALERT_RULE_FAILURES.labels("evaluation").inc()
                 log.error("alerts cycle failed: %s", exc)
@@ -121,9 +130,9 @@ async def loop(pool: asyncpg.Pool, settings: AlertsSettings) -> None:
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(settings.alerts_interval_seconds - elapsed, 0.0))
     finally:
-        for t in (notify_task, house_task):
+        for t in (notify_task, push_task, house_task):
             t.cancel()
-        await asyncio.gather(notify_task, house_task, return_exceptions=True)
+        await asyncio.gather(notify_task, push_task, house_task, return_exceptions=True)
 
 
 async def _housekeeping(pool: asyncpg.Pool, settings: AlertsSettings) -> None:

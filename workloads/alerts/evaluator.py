@@ -116,9 +116,9 @@ def _rollups() -> str:
 
 EVALUATE_SQL = f"""
 WITH rules AS (
-    SELECT r.id, r.name, r.metric, r.comparison, r.threshold, r.window_minutes,
-           r.for_seconds, r.severity, r.scope_merchant_id, r.scope_country, r.scope_currency,
-           r.scope_channel,
+    SELECT r.id, r.name, r.source, r.runbook_url, r.metric, r.comparison, r.threshold,
+           r.window_minutes, r.for_seconds, r.severity, r.scope_merchant_id, r.scope_country,
+           r.scope_currency, r.scope_channel,
            (CASE WHEN r.scope_merchant_id IS NULL THEN 0 ELSE 8 END
             | CASE WHEN r.scope_country IS NULL THEN 0 ELSE 4 END
             | CASE WHEN r.scope_currency IS NULL THEN 0 ELSE 2 END
@@ -197,7 +197,8 @@ anomalies AS (
      AND an.detected_at < $1::timestamptz
     GROUP BY aw.w, ROLLUP (an.merchant_id)
 )
-SELECT r.id, r.name, r.metric, r.comparison, r.threshold, r.window_minutes, r.for_seconds,
+SELECT r.id, r.name, r.source, r.runbook_url, r.metric, r.comparison, r.threshold,
+       r.window_minutes, r.for_seconds,
        r.severity, r.scope_merchant_id, r.scope_country, r.scope_currency, r.scope_channel,
        CASE r.metric
            WHEN 'tx_count' THEN coalesce(c.tx, 0)
@@ -230,6 +231,8 @@ class RuleEval:
 
     id: uuid.UUID
     name: str
+    source: str
+    runbook_url: str | None
     metric: str
     comparison: str
     threshold: Decimal
@@ -250,6 +253,8 @@ class RuleEval:
         return cls(
             id=r["id"],
             name=r["name"],
+            source=r["source"],
+            runbook_url=r["runbook_url"],
             metric=r["metric"],
             comparison=r["comparison"],
             threshold=r["threshold"],
@@ -486,7 +491,7 @@ async def _fire(
             _dumps(
                 alert_labels(
                     rule_name=ev.name,
-                    rule_id=str(ev.id),
+                    source=ev.source,
                     metric=ev.metric,
                     severity=ev.severity,
                     scope=ev.scope,
@@ -502,6 +507,7 @@ async def _fire(
                     value=ev.value,
                     window_minutes=ev.window_minutes,
                     scope=ev.scope,
+                    runbook_url=ev.runbook_url,
                 )
             )
         )
@@ -512,9 +518,10 @@ async def _fire(
         """
         INSERT INTO analytics_alerts AS a (
             rule_id, rule_name, metric, severity, state, value, threshold, comparison, scope,
-            started_at, labels, annotations, webhooks, window_minutes)
+            started_at, labels, annotations, webhooks, window_minutes, alertmanagers)
         SELECT r.id, r.name, r.metric, r.severity, 'firing', u.value, r.threshold,
-               r.comparison, u.scope, $1, u.labels, u.annotations, r.webhooks, r.window_minutes
+               r.comparison, u.scope, $1, u.labels, u.annotations, r.webhooks, r.window_minutes,
+               r.alertmanagers
         FROM unnest($2::uuid[], $3::numeric[], $4::jsonb[], $5::jsonb[], $6::jsonb[])
              AS u(rule_id, value, scope, labels, annotations)
         JOIN analytics_alert_rules r ON r.id = u.rule_id

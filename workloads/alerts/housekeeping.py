@@ -2,6 +2,8 @@
 
 - resolved alerts older than ALERTS_RESOLVED_RETENTION_DAYS (30) are deleted, with their
   history and outbox rows (ON DELETE CASCADE);
+- delivery-ledger rows and answered test requests older than ALERTS_DELIVERY_RETENTION_DAYS
+  (7): re-posts to Alertmanager add a row per open alert and minute;
 - ``txn_minute_agg`` rows older than MINUTE_AGG_RETENTION_HOURS (48) are deleted: minute
   buckets only serve short alert windows; longer windows read ``txn_hourly_agg``.
 
@@ -42,6 +44,25 @@ async def housekeep(
             WHERE state = 'resolved' AND resolved_at < $1 LIMIT $2)
         """,
         now - timedelta(days=settings.alerts_resolved_retention_days),
+        BATCH,
+    )
+    ledger_cutoff = now - timedelta(days=settings.alerts_delivery_retention_days)
+    await delete_in_chunks(
+        pool,
+        """
+        DELETE FROM analytics_alert_deliveries WHERE id IN (
+            SELECT id FROM analytics_alert_deliveries WHERE at < $1 LIMIT $2)
+        """,
+        ledger_cutoff,
+        BATCH,
+    )
+    await delete_in_chunks(
+        pool,
+        """
+        DELETE FROM analytics_alert_tests WHERE id IN (
+            SELECT id FROM analytics_alert_tests WHERE requested_at < $1 LIMIT $2)
+        """,
+        ledger_cutoff,
         BATCH,
     )
     minutes = await delete_in_chunks(

@@ -13,6 +13,13 @@ records the outcome, so a slow or dead receiver only ever holds its own slot:
   incremented; after ``ALERTS_WEBHOOK_MAX_ATTEMPTS`` the row is given up (``failed_at``,
   event ``notify_failed``, ``kind="webhook_gave_up"``).
 
+Every attempt increments the alert's ``notify_attempts`` and is a row of the delivery ledger
+(``delivery.record``). Connections go only where ``ALERT_WEBHOOK_ALLOW`` allows
+(``egress``); a refused destination fails like a refused connection, visibly. Each webhook is
+signed with its own secret, else ``ALERT_WEBHOOK_SECRET``. The same worker answers the API's
+test requests (``analytics_alert_tests``): one attempt per destination of the rule, outcomes
+written back for the API to return.
+
 Every attempt increments the alert's ``notify_attempts``. Several notifiers (two evaluators)
 never claim one row at once; the only duplicate possible is a process dying after a receiver
 answered but before the outcome was written — the lease expires and the row is sent again with
@@ -22,16 +29,28 @@ the same ``X-Molam-Delivery`` id, for the receiver to drop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import httpx
 from asyncpg.pool import PoolConnectionProxy
 
-from molam_workloads.alerts.payload import DELIVERY_HEADER, SIGNATURE_HEADER, sign
+from molam_workloads.alerts.delivery import Attempt, Outcome, post_once, record
+from molam_workloads.alerts.egress import guarded_client, url_host
+from molam_workloads.alerts.payload import (
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    alert_labels,
+    alertmanager_alert,
+    sign,
+    webhook_payload,
+)
 from molam_workloads.alerts.settings import AlertsSettings
 from molam_workloads.core.metrics import ALERT_RULE_FAILURES
 
@@ -42,7 +61,8 @@ Conn = asyncpg.Connection | PoolConnectionProxy
 _CLAIM_SQL = """
 UPDATE analytics_alert_notifications n
 SET locked_until = now() + make_interval(secs => $2), attempts = n.attempts + 1
-WHERE n.id IN (
+FROM analytics_alerts a
+WHERE a.id = n.alert_id AND n.id IN (
     SELECT id FROM analytics_alert_notifications
     WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= now()
       AND (locked_until IS NULL OR locked_until <= now())
@@ -50,7 +70,19 @@ WHERE n.id IN (
     ORDER BY next_attempt_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED)
-RETURNING n.id, n.alert_id, n.url, n.status, n.payload::text AS body, n.attempts
+RETURNING n.id, n.alert_id, n.url, n.status, n.payload::text AS body, n.attempts,
+          a.rule_name,
+          (SELECT h->>'secret' FROM jsonb_array_elements(a.webhooks) h
+           WHERE h->>'url' = n.url AND h ? 'secret' LIMIT 1) AS secret
+"""
+
+_CLAIM_TESTS_SQL = """
+UPDATE analytics_alert_tests t SET locked_until = now() + make_interval(secs => $2)
+WHERE t.id IN (
+    SELECT id FROM analytics_alert_tests
+    WHERE done_at IS NULL AND (locked_until IS NULL OR locked_until <= now())
+    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING t.id, t.rule_name
 """
 
 
@@ -62,6 +94,8 @@ class Delivery:
     status: str
     body: bytes
     attempt: int
+    rule_name: str = ""
+    secret: str | None = None
 
 
 def backoff_seconds(attempt: int, base: float, cap: float, rnd: float = 1.0) -> float:
@@ -89,23 +123,25 @@ class Notifier:
         self._own_client = client is None
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._tests: asyncio.Task[int] | None = None
 
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.settings.alerts_webhook_timeout_seconds),
-                follow_redirects=False,
-                headers={"User-Agent": "molam-analytics-alerts"},
-                limits=httpx.Limits(max_connections=self.settings.alerts_notify_concurrency),
+            self._client = guarded_client(
+                self.settings.egress_policy(),
+                timeout=self.settings.alerts_webhook_timeout_seconds,
+                max_connections=self.settings.alerts_notify_concurrency,
             )
         return self._client
 
     async def aclose(self) -> None:
-        for t in list(self._inflight):
+        tasks = [*self._inflight, *([self._tests] if self._tests else [])]
+        for t in tasks:
             t.cancel()
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._tests = None
         if self._own_client and self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -123,7 +159,14 @@ class Notifier:
         rows = await self.pool.fetch(_CLAIM_SQL, limit, self._lease_seconds, list(exclude))
         return [
             Delivery(
-                r["id"], r["alert_id"], r["url"], r["status"], r["body"].encode(), r["attempts"]
+                r["id"],
+                r["alert_id"],
+                r["url"],
+                r["status"],
+                r["body"].encode(),
+                r["attempts"],
+                r["rule_name"],
+                r["secret"],
             )
             for r in rows
         ]
@@ -142,6 +185,7 @@ class Notifier:
             total += len(batch)
             tried.extend(d.id for d in batch)
             await asyncio.gather(*(one(d) for d in batch))
+        await self.run_tests()
         return total
 
     async def run(self) -> None:
@@ -159,6 +203,9 @@ class Notifier:
                     task = asyncio.create_task(self.deliver(d), name=f"webhook-{d.id}")
                     self._inflight.add(task)
                     task.add_done_callback(self._inflight.discard)
+                if not self._tests or self._tests.done():
+                    # Test requests from the API, beside deliveries: one at a time is plenty.
+                    self._tests = asyncio.create_task(self.run_tests(), name="alert-tests")
                 if claimed and len(claimed) == free:
                     await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                     continue
@@ -178,31 +225,37 @@ class Notifier:
 
     async def deliver(self, d: Delivery) -> None:
         """One attempt: POST, then record success, retry time or giving up."""
-        error = await self._post(d)
+        outcome = await self._post(d)
         try:
-            await self._record(d, error)
+            await self._record(d, outcome)
         except (OSError, asyncpg.PostgresError) as exc:
             # The lease expires and the row is tried again; nothing is lost.
             log.warning("could not record webhook delivery %d: %s", d.id, exc)
 
-    async def _post(self, d: Delivery) -> str | None:
-        headers = {"Content-Type": "application/json", DELIVERY_HEADER: str(d.id)}
-        secret = self.settings.webhook_secret
-        if secret:
-            headers[SIGNATURE_HEADER] = sign(secret, d.body)
-        try:
-            resp = await self.client.post(d.url, content=d.body, headers=headers)
-        except httpx.TimeoutException:
-            return f"timeout after {self.settings.alerts_webhook_timeout_seconds:g}s"
-        except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if 200 <= resp.status_code < 300:
-            return None
-        return f"HTTP {resp.status_code}"
+    def _headers(self, body: bytes, secret: str | None, delivery: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", DELIVERY_HEADER: delivery}
+        key = secret.encode() if secret else self.settings.webhook_secret
+        if key:
+            headers[SIGNATURE_HEADER] = sign(key, body)
+        return headers
 
-    async def _record(self, d: Delivery, error: str | None) -> None:
+    async def _post(self, d: Delivery) -> Outcome:
+        return await post_once(
+            self.client,
+            d.url,
+            d.body,
+            self._headers(d.body, d.secret, str(d.id)),
+            self.settings.alerts_webhook_timeout_seconds,
+        )
+
+    async def _record(self, d: Delivery, outcome: Outcome) -> None:
         s = self.settings
+        error = outcome.error
+        host = outcome.destination
         async with self.pool.acquire() as conn, conn.transaction():
+            await record(
+                conn, [Attempt("webhook", d.status, d.rule_name, d.attempt, outcome, d.alert_id)]
+            )
             if error is None:
                 await conn.execute(
                     """
@@ -221,14 +274,14 @@ class Notifier:
                     WHERE id = $1
                     """,
                     d.alert_id,
-                    d.url,
+                    host,
                 )
                 await _event(conn, d, "notified", None)
                 log.info(
-                    "webhook delivered: alert=%d status=%s url=%s attempt=%d",
+                    "webhook delivered: alert=%d status=%s host=%s attempt=%d",
                     d.alert_id,
                     d.status,
-                    d.url,
+                    host,
                     d.attempt,
                 )
                 return
@@ -259,7 +312,7 @@ class Notifier:
                 WHERE id = $1
                 """,
                 d.alert_id,
-                d.url,
+                host,
                 error,
             )
             ALERT_RULE_FAILURES.labels("webhook").inc()
@@ -267,23 +320,137 @@ class Notifier:
                 ALERT_RULE_FAILURES.labels("webhook_gave_up").inc()
                 await _event(conn, d, "notify_failed", error)
                 log.error(
-                    "webhook given up after %d attempts: alert=%d status=%s url=%s error=%s",
+                    "webhook given up after %d attempts: alert=%d status=%s host=%s error=%s",
                     d.attempt,
                     d.alert_id,
                     d.status,
-                    d.url,
+                    host,
                     error,
                 )
             else:
                 log.warning(
-                    "webhook failed (attempt %d/%d, retry in %.1fs): alert=%d url=%s error=%s",
+                    "webhook failed (attempt %d/%d, retry in %.1fs): alert=%d host=%s error=%s",
                     d.attempt,
                     s.alerts_webhook_max_attempts,
                     delay,
                     d.alert_id,
-                    d.url,
+                    host,
                     error,
                 )
+
+    async def run_tests(self) -> int:
+        """Answer the API's pending test requests; returns how many."""
+        try:
+            claimed = await self.pool.fetch(_CLAIM_TESTS_SQL, 8, self._lease_seconds)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("notifier cannot read the test requests: %s", exc)
+            return 0
+        for t in claimed:
+            results = await self.send_test(t["id"], t["rule_name"])
+            await self.pool.execute(
+                "UPDATE analytics_alert_tests SET done_at = now(), results = $2::jsonb "
+                "WHERE id = $1",
+                t["id"],
+                json.dumps(results),
+            )
+        return len(claimed)
+
+    async def send_test(self, test_id: int, rule_name: str) -> list[dict[str, Any]]:
+        """One test notification to each destination of the rule, concurrently, once each."""
+        rule = await self.pool.fetchrow(
+            """
+            SELECT name, source, metric, severity, scope_merchant_id, scope_country,
+                   scope_currency, scope_channel, webhooks::text, alertmanagers::text, runbook_url
+            FROM analytics_alert_rules WHERE name = $1
+            """,
+            rule_name,
+        )
+        if rule is None:
+            return []
+        now = datetime.now(UTC)
+        labels = alert_labels(
+            rule_name=rule["name"],
+            source=rule["source"],
+            metric=rule["metric"],
+            severity=rule["severity"],
+            scope={
+                "merchant_id": rule["scope_merchant_id"],
+                "country": rule["scope_country"],
+                "currency": rule["scope_currency"],
+                "channel": rule["scope_channel"],
+            },
+        ) | {"test": "true"}
+        annotations = {
+            "summary": f"Test notification of alert rule {rule_name}",
+            "description": "Sent on request (POST /v1/alert-rules/{name}/test); nothing fired.",
+        }
+        if rule["runbook_url"]:
+            annotations["runbook_url"] = rule["runbook_url"]
+        s = self.settings
+        webhook_body = json.dumps(
+            webhook_payload(
+                status="firing",
+                alert_id=0,
+                labels=labels,
+                annotations=annotations,
+                starts_at=now,
+                ends_at=None,
+                external_url=s.alerts_external_url,
+                receiver=s.alerts_receiver,
+            ),
+            separators=(",", ":"),
+        ).encode()
+        am_body = json.dumps(
+            [
+                alertmanager_alert(
+                    labels=labels,
+                    annotations=annotations,
+                    starts_at=now,
+                    ends_at=now + timedelta(minutes=5),
+                    generator_url=f"{s.alerts_external_url.rstrip('/')}/v1/alert-rules",
+                )
+            ],
+            separators=(",", ":"),
+        ).encode()
+        sends: list[tuple[str, Any]] = []
+        for hook in {h["url"]: h for h in json.loads(rule["webhooks"])}.values():
+            headers = self._headers(webhook_body, hook.get("secret"), f"test-{test_id}")
+            sends.append(
+                (
+                    "webhook",
+                    post_once(
+                        self.client,
+                        hook["url"],
+                        webhook_body,
+                        headers,
+                        s.alerts_webhook_timeout_seconds,
+                    ),
+                )
+            )
+        ams = [u.rstrip("/") for u in json.loads(rule["alertmanagers"])]
+        for am in dict.fromkeys([*ams, *s.alertmanagers]):
+            sends.append(
+                (
+                    "alertmanager",
+                    post_once(
+                        self.client,
+                        am + "/api/v2/alerts",
+                        am_body,
+                        {"Content-Type": "application/json"},
+                        s.alertmanager_timeout_seconds,
+                    ),
+                )
+            )
+        outcomes = await asyncio.gather(*(c for _, c in sends))
+        kinds = [k for k, _ in sends]
+        await record(
+            self.pool,
+            [
+                Attempt(k, "test", rule_name, 1, o, test_id=test_id)
+                for k, o in zip(kinds, outcomes, strict=True)
+            ],
+        )
+        return [{"kind": k, **o.as_json()} for k, o in zip(kinds, outcomes, strict=True)]
 
 
 async def _event(conn: Conn, d: Delivery, event: str, error: str | None) -> None:
@@ -291,11 +458,11 @@ async def _event(conn: Conn, d: Delivery, event: str, error: str | None) -> None
         """
         INSERT INTO analytics_alert_events (alert_id, event, actor, detail)
         VALUES ($1, $2, 'notifier', jsonb_strip_nulls(jsonb_build_object(
-            'url', $3::text, 'status', $4::text, 'attempts', $5::int, 'error', $6::text)))
+            'host', $3::text, 'status', $4::text, 'attempts', $5::int, 'error', $6::text)))
         """,
         d.alert_id,
         event,
-        d.url,
+        url_host(d.url),
         d.status,
         d.attempt,
         error,

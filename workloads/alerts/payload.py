@@ -12,11 +12,17 @@ works unchanged::
                  "startsAt": RFC 3339, "endsAt": RFC 3339 (0001-01-01T00:00:00Z while firing),
                  "generatorURL": "<externalURL>/v1/alerts/<id>", "fingerprint": 16 hex}]}
 
-Signature: when ``ALERT_WEBHOOK_SECRET`` is set, every POST carries
-``X-Molam-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes with that key>``; a
-receiver recomputes it over the raw body and compares in constant time
-(``hmac.compare_digest``). ``X-Molam-Delivery`` (the outbox id) is the same on every retry
-of one delivery, so a receiver can drop the rare duplicate left by a crash mid-send.
+Signature (Stripe's scheme): each POST carries
+``X-Molam-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + the exact body bytes>``,
+keyed with the webhook's own secret, else ``ALERT_WEBHOOK_SECRET``. The timestamp is inside
+what is signed, so a captured request cannot be replayed later: a receiver recomputes the HMAC
+over the raw body, compares in constant time and refuses a ``t`` more than 5 minutes from its
+clock (``verify``; docs/alerting.md shows it). ``X-Molam-Delivery`` (the outbox id) is the
+same on every retry of one delivery, so a receiver can drop the rare duplicate left by a crash
+mid-send.
+
+``fingerprint`` is Alertmanager's own (prometheus/common ``model.LabelsToSignature``), so a
+webhook receiver and an Alertmanager name one alert with one id.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +41,13 @@ DELIVERY_HEADER = "X-Molam-Delivery"
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's endsAt of an alert still firing
 _OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _SCOPE_LABELS = ("merchant_id", "country", "currency", "channel")
+REPLAY_TOLERANCE_SECONDS = 300  # receivers refuse a signature older (or newer) than this
+# FNV-1a 64 (prometheus/common model/fnv.go) and the byte between names and values that cannot
+# occur in UTF-8.
+_FNV_OFFSET = 14695981039346656037
+_FNV_PRIME = 1099511628211
+_SEP = 0xFF
+_MASK = (1 << 64) - 1
 
 
 def rfc3339(ts: datetime) -> str:
@@ -50,10 +64,18 @@ def fmt_number(v: Decimal | None) -> str:
 
 
 def alert_labels(
-    *, rule_name: str, rule_id: str, metric: str, severity: str, scope: Mapping[str, str | None]
+    *, rule_name: str, source: str, metric: str, severity: str, scope: Mapping[str, str | None]
 ) -> dict[str, str]:
-    """The alert's identity: rule, metric, severity and the scope it is restricted to."""
-    labels = {"alertname": rule_name, "severity": severity, "metric": metric, "rule_id": rule_id}
+    """The alert's identity, as Prometheus would label it: ``alertname`` (the rule's own name),
+    ``severity``, ``metric``, ``rule`` (its name in the database), ``namespace`` for a rule
+    from a custom resource (stored as "<namespace>/<name>"), and the scope it is restricted to.
+    """
+    namespace, short = "", rule_name
+    if source == "crd" and "/" in rule_name:
+        namespace, short = rule_name.split("/", 1)
+    labels = {"alertname": short, "severity": severity, "metric": metric, "rule": rule_name}
+    if namespace:
+        labels["namespace"] = namespace
     for key in _SCOPE_LABELS:
         value = scope.get(key)
         if value:
@@ -69,22 +91,32 @@ def alert_annotations(
     value: Decimal | None,
     window_minutes: int,
     scope: Mapping[str, str | None],
+    runbook_url: str | None = None,
 ) -> dict[str, str]:
     where = ", ".join(f"{k}={v}" for k, v in scope.items() if v) or "all traffic"
     op = _OPS.get(comparison, comparison)
-    return {
+    annotations = {
         "summary": f"{metric} {fmt_number(value)} {op} {fmt_number(threshold)}",
         "description": (
             f"{metric} over the last {window_minutes} min ({where}) was {fmt_number(value)}, "
             f"threshold {op} {fmt_number(threshold)}."
         ),
     }
+    if runbook_url:
+        annotations["runbook_url"] = runbook_url
+    return annotations
 
 
 def fingerprint(labels: Mapping[str, str]) -> str:
-    """16 hex digits identifying the label set (stable across firings of one rule and scope)."""
-    text = "\xff".join(f"{k}\xfe{labels[k]}" for k in sorted(labels))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """Alertmanager's fingerprint of a label set: FNV-1a 64 over the names sorted byte-wise,
+    each name and value followed by 0xff, as 16 lower-case hex digits."""
+    h = _FNV_OFFSET
+    for name in sorted(labels, key=lambda n: n.encode()):
+        for part in (name, labels[name]):
+            for byte in part.encode():
+                h = ((h ^ byte) * _FNV_PRIME) & _MASK
+            h = ((h ^ _SEP) * _FNV_PRIME) & _MASK
+    return f"{h:016x}"
 
 
 def webhook_payload(
@@ -124,11 +156,60 @@ def webhook_payload(
     }
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    """Value of the ``X-Molam-Signature`` header for ``body``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def sign(secret: bytes, body: bytes, at: int | None = None) -> str:
+    """Value of the ``X-Molam-Signature`` header for ``body`` sent at unix time ``at``."""
+    t = int(time.time()) if at is None else at
+    mac = hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
 
 
-def verify(secret: bytes, body: bytes, header: str | None) -> bool:
-    """What a receiver does: recompute the signature over the raw body, compare in constant time."""
-    return header is not None and hmac.compare_digest(sign(secret, body), header)
+def verify(
+    secret: bytes,
+    body: bytes,
+    header: str | None,
+    *,
+    now: float | None = None,
+    tolerance: float = REPLAY_TOLERANCE_SECONDS,
+) -> bool:
+    """What a receiver does: parse ``t`` and every ``v1``, refuse a ``t`` outside the
+    tolerance (a replay), recompute the HMAC of "<t>.<body>" and compare in constant time."""
+    if not header:
+        return False
+    t: int | None = None
+    macs: list[str] = []
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t" and value.isdigit():
+            t = int(value)
+        elif key == "v1":
+            macs.append(value)
+    if t is None or not macs:
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance:
+        return False
+    expected = hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, m) for m in macs)
+
+
+def alertmanager_alert(
+    *,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str],
+    starts_at: datetime,
+    ends_at: datetime,
+    generator_url: str,
+) -> dict[str, Any]:
+    """One element of the list ``POST /api/v2/alerts`` takes, as Prometheus sends it."""
+    return {
+        "labels": dict(labels),
+        "annotations": dict(annotations),
+        "startsAt": rfc3339(starts_at),
+        "endsAt": rfc3339(ends_at),
+        "generatorURL": generator_url,
+    }
+
+
+def firing_ends_at(now: datetime, interval_seconds: float, resend_seconds: float) -> datetime:
+    """``endsAt`` of a firing alert: four times the longer of the evaluation interval and the
+    resend delay ahead (Prometheus's rule), so a missed post or two never resolves it."""
+    return now + timedelta(seconds=4 * max(interval_seconds, resend_seconds))

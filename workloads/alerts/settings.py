@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, model_validator
+from urllib.parse import urlsplit
 
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from molam_workloads.alerts.egress import EgressPolicy
 from molam_workloads.core.settings import DatabaseSettings, ReportingSettings
 
 
@@ -17,7 +20,49 @@ class AlertsSettings(DatabaseSettings, ReportingSettings):
     # Webhooks (receivers speak Alertmanager's webhook format).
     alert_webhook_secret: SecretStr | None = Field(
         default=None,
-        description="HMAC-SHA256 key: each POST carries X-Molam-Signature: sha256=<hex of body>.",
+        description=(
+            "Default HMAC-SHA256 key of webhooks without their own secret: each POST carries "
+            "X-Molam-Signature: t=<unix>,v1=<hex HMAC of '<t>.<body>'>."
+        ),
+    )
+    alert_webhook_allow: str = Field(
+        default="public",
+        description=(
+            "Where webhooks and a rule's Alertmanagers may connect, checked on the resolved "
+            "addresses: 'public' (globally routable), host names, IPs or CIDRs, comma-separated."
+            " Loopback, link-local and private addresses are refused unless listed."
+        ),
+    )
+    # Alertmanager (Prometheus's alert-push protocol, POST /api/v2/alerts).
+    alertmanager_urls: str = Field(
+        default="",
+        description=(
+            "Alertmanagers every rule's alerts are pushed to (comma-separated base URLs, e.g. "
+            "http://alertmanager.monitoring:9093); their hosts are allowed by name."
+        ),
+    )
+    alertmanager_resend_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=60,
+        description=(
+            "Firing alerts are re-posted this often (Prometheus's resend_delay), so "
+            "Alertmanager never resolves them on its own."
+        ),
+    )
+    alertmanager_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    alertmanager_max_attempts: int = Field(
+        default=5, ge=1, le=20, description="Attempts of one post before waiting for the next."
+    )
+    alertmanager_resolved_resend_minutes: int = Field(
+        default=15,
+        ge=1,
+        le=1440,
+        description="Resolved alerts are re-posted this long, so an Alertmanager that was "
+        "down when they cleared still learns it (as Prometheus does).",
+    )
+    alerts_delivery_retention_days: int = Field(
+        default=7, ge=1, le=366, description="Delivery-ledger rows older than this are deleted."
     )
     alerts_webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     alerts_webhook_max_attempts: int = Field(default=8, ge=1, le=100)
@@ -59,6 +104,21 @@ class AlertsSettings(DatabaseSettings, ReportingSettings):
     alerts_resolved_retention_days: int = Field(default=30, ge=1)
     alerts_housekeeping_interval_seconds: float = Field(default=3600.0, gt=0)
 
+    @field_validator("alertmanager_urls")
+    @classmethod
+    def _am_urls(cls, v: str) -> str:
+        for url in (u.strip() for u in v.split(",") if u.strip()):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return v
+
+    @field_validator("alert_webhook_allow")
+    @classmethod
+    def _allow(cls, v: str) -> str:
+        EgressPolicy.parse(v.split(","))
+        return v
+
     @model_validator(mode="after")
     def _backoff(self) -> AlertsSettings:
         if self.alerts_webhook_backoff_cap_seconds < self.alerts_webhook_backoff_base_seconds:
@@ -69,3 +129,14 @@ class AlertsSettings(DatabaseSettings, ReportingSettings):
     def webhook_secret(self) -> bytes | None:
         s = self.alert_webhook_secret
         return s.get_secret_value().encode() if s and s.get_secret_value() else None
+
+    @property
+    def alertmanagers(self) -> list[str]:
+        """The default Alertmanagers' base URLs, without a trailing slash."""
+        return [u.strip().rstrip("/") for u in self.alertmanager_urls.split(",") if u.strip()]
+
+    def egress_policy(self) -> EgressPolicy:
+        return EgressPolicy.parse(
+            self.alert_webhook_allow.split(","),
+            extra_hosts=[urlsplit(u).hostname or "" for u in self.alertmanagers],
+        )

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 
 MAX_WINDOW_MINUTES = 44640  # 31 days: the longest window the minute/hour tables can answer
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -59,6 +59,9 @@ def parse_duration(text: str) -> int:
     return h * 3600 + mi * 60 + s
 
 
+HttpUrlText = Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2048)]
+
+
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
@@ -72,13 +75,43 @@ class Scope(_Doc):
     channel: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
 
 
+class SecretKeyRef(_Doc):
+    """A key of a Secret in the custom resource's namespace (the operator reads it)."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")] = Field(
+        max_length=253
+    )
+    key: Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253)]
+
+
 class Webhook(_Doc):
     url: Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2048)]
     send_resolved: bool = Field(default=True, alias="sendResolved")
+    # Write-only: stored for signing, never part of the document the API or the CR shows.
+    secret: SecretStr | None = Field(
+        default=None,
+        exclude=True,
+        min_length=16,
+        max_length=512,
+        description="HMAC key of this webhook's X-Molam-Signature (write-only).",
+    )
+    secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        alias="secretRef",
+        description="Secret key holding this webhook's HMAC key (custom resources).",
+    )
+
+
+AlertmanagerUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^/?#]+", max_length=2048)]
 
 
 class Notify(_Doc):
     webhooks: list[Webhook] = Field(default_factory=list, max_length=20)
+    alertmanagers: list[AlertmanagerUrl] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Alertmanager base URLs the rule's alerts are pushed to (/api/v2/alerts).",
+    )
 
 
 class AlertRuleSpec(_Doc):
@@ -91,6 +124,7 @@ class AlertRuleSpec(_Doc):
     scope: Scope = Field(default_factory=Scope)
     notify: Notify = Field(default_factory=Notify)
     enabled: bool = True
+    runbook_url: HttpUrlText | None = Field(default=None, alias="runbookUrl")
 
     @field_validator("threshold", mode="before")
     @classmethod
@@ -125,8 +159,9 @@ async def save_rule(
         INSERT INTO analytics_alert_rules AS r (
             name, source, metric, comparison, threshold, window_minutes, for_seconds, severity,
             scope_merchant_id, scope_country, scope_currency, scope_channel, webhooks,
-            is_active, spec)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15::jsonb)
+            is_active, spec, alertmanagers, runbook_url)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15::jsonb,
+                $16::jsonb, $17)
         ON CONFLICT (name) DO UPDATE SET
             source = excluded.source, metric = excluded.metric,
             comparison = excluded.comparison, threshold = excluded.threshold,
@@ -134,7 +169,9 @@ async def save_rule(
             severity = excluded.severity, scope_merchant_id = excluded.scope_merchant_id,
             scope_country = excluded.scope_country, scope_currency = excluded.scope_currency,
             scope_channel = excluded.scope_channel, webhooks = excluded.webhooks,
-            is_active = excluded.is_active, spec = excluded.spec, updated_at = now()
+            is_active = excluded.is_active, spec = excluded.spec,
+            alertmanagers = excluded.alertmanagers, runbook_url = excluded.runbook_url,
+            updated_at = now()
         RETURNING id
         """,
         name,
@@ -149,13 +186,23 @@ async def save_rule(
         spec.scope.country,
         spec.scope.currency,
         spec.scope.channel,
-        json.dumps([w.model_dump(mode="json", by_alias=True) for w in spec.notify.webhooks]),
+        json.dumps([_webhook_row(w) for w in spec.notify.webhooks]),
         spec.enabled,
         json.dumps(spec.document()),
+        json.dumps([u.rstrip("/") for u in spec.notify.alertmanagers]),
+        spec.runbook_url,
     )
     assert row is not None
     rule_id: uuid.UUID = row["id"]
     return rule_id
+
+
+def _webhook_row(w: Webhook) -> dict[str, Any]:
+    """What the evaluator needs of a webhook: the document plus its secret, if any."""
+    row = w.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if w.secret is not None:
+        row["secret"] = w.secret.get_secret_value()
+    return row
 
 
 async def delete_rule(conn: asyncpg.Connection, name: str) -> bool:

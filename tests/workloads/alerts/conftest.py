@@ -42,6 +42,8 @@ def settings(database_url: str) -> AlertsSettings:
         alerts_webhook_max_attempts=4,
         alerts_notify_poll_seconds=0.05,
         alerts_external_url="http://analytics.test:8082",
+        # The receivers below listen on loopback, which the egress policy refuses by default.
+        alert_webhook_allow="127.0.0.1",
     )
 
 

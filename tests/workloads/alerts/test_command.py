@@ -31,6 +31,7 @@ async def _once(database_url: str) -> tuple[int, str]:
         **os.environ,
         "DATABASE_URL": database_url,
         "ALERT_WEBHOOK_SECRET": SECRET,
+        "ALERT_WEBHOOK_ALLOW": "127.0.0.1",
         "PYTHONSAFEPATH": "1",
     }
     proc = await asyncio.create_subprocess_exec(
@@ -117,6 +118,7 @@ async def test_loop_evaluates_notifies_serves_metrics_and_stops_on_sigterm(
         "DATABASE_URL": database_url,
         "METRICS_PORT": str(port),
         "ALERTS_NOTIFY_POLL_SECONDS": "0.1",
+        "ALERT_WEBHOOK_ALLOW": "127.0.0.1",
         "PYTHONSAFEPATH": "1",
     }
     proc = await asyncio.create_subprocess_exec(

@@ -108,7 +108,9 @@ async def test_dead_webhook_gives_up_visibly_and_never_blocks_others(
     for name, error in (("slow", "timeout after 0.5s"), ("dead", "ConnectError")):
         alert = await _alert(db, name)
         assert alert["notify_attempts"] == 4 and alert["notified_at"] is None
-        assert alert["notify_error"].startswith("http://127.0.0.1:")
+        # The host only: a webhook's path and query often carry a token.
+        assert alert["notify_error"].startswith("127.0.0.1:")
+        assert "/hook" not in alert["notify_error"]
         assert error in alert["notify_error"]
         events = await db.fetch(
             "SELECT event, detail->>'attempts' AS n FROM analytics_alert_events "

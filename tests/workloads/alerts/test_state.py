@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -77,13 +79,13 @@ def test_compare_no_data() -> None:
 def test_payload_is_alertmanager_v4_and_signed() -> None:
     scope = {"merchant_id": "M-1", "country": "SN", "currency": None, "channel": None}
     labels = alert_labels(
-        rule_name="high-fail", rule_id="r1", metric="failure_rate", severity="critical", scope=scope
+        rule_name="high-fail", source="api", metric="failure_rate", severity="critical", scope=scope
     )
     assert labels == {
         "alertname": "high-fail",
         "severity": "critical",
         "metric": "failure_rate",
-        "rule_id": "r1",
+        "rule": "high-fail",
         "merchant_id": "M-1",
         "country": "SN",
     }
@@ -115,10 +117,39 @@ def test_payload_is_alertmanager_v4_and_signed() -> None:
     assert a["endsAt"] == ZERO_TIME
     assert a["generatorURL"] == "http://x:8082/v1/alerts/7"
     assert a["fingerprint"] == fingerprint(labels) and len(a["fingerprint"]) == 16
+
+
+def test_labels_of_a_custom_resource_rule_name_its_namespace() -> None:
+    labels = alert_labels(
+        rule_name="payments/high-fail",
+        source="crd",
+        metric="failure_rate",
+        severity="warning",
+        scope={},
+    )
+    assert labels == {
+        "alertname": "high-fail",
+        "severity": "warning",
+        "metric": "failure_rate",
+        "rule": "payments/high-fail",
+        "namespace": "payments",
+    }
+
+
+def test_signature_binds_the_timestamp_and_refuses_replays() -> None:
     raw = b'{"a":1}'
-    header = sign(b"k", raw)
-    assert header.startswith("sha256=") and verify(b"k", raw, header)
-    assert not verify(b"other", raw, header) and not verify(b"k", raw + b" ", header)
+    header = sign(b"k", raw, at=1_700_000_000)
+    t, v1 = header.split(",")
+    assert t == "t=1700000000" and v1.startswith("v1=") and len(v1) == 3 + 64
+    expected = hmac.new(b"k", b"1700000000." + raw, hashlib.sha256).hexdigest()
+    assert v1 == f"v1={expected}"
+    assert verify(b"k", raw, header, now=1_700_000_000 + 299)
+    assert not verify(b"k", raw, header, now=1_700_000_000 + 301)  # a replay
+    assert not verify(b"other", raw, header, now=1_700_000_000)
+    assert not verify(b"k", raw + b" ", header, now=1_700_000_000)
+    # The timestamp cannot be moved forward without the key.
+    assert not verify(b"k", raw, f"t=1700000100,{v1}", now=1_700_000_100)
+    assert not verify(b"k", raw, None) and not verify(b"k", raw, "v1=abc")
 
 
 def test_backoff_doubles_with_jitter_and_cap() -> None:
