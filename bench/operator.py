@@ -6,7 +6,7 @@ Against the local stack (``make bench``: KUBECONFIG, DATABASE_URL, KAFKA_BOOTSTR
 1. **Scale latency** — from the moment a consumer group's lag crosses the threshold (offsets
    committed so that lag/lagThreshold wants more replicas) to the moment the consumer
    Deployment carries the new replica count, over several trials at random poll phases, for
-   ``pollSeconds`` 5 and 15 (the SPEC's default). Target: one poll interval + 2 s. Reference:
+   ``pollSeconds`` 5 and 15 (the CRD's default). Target: one poll interval + 2 s. Reference:
    KEDA's defaults poll every 30 s and hand a metric to the HPA, which acts on its 15 s sync
    (up to ~45 s, ~22 s on average) — a stated reference, not measured here.
 2. **Cold start** — 100 AnalyticsPipelines (100 namespaces) and 1,000 AlertRules created while

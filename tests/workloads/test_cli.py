@@ -1,4 +1,4 @@
-"""The command-line contract of SPEC §2: every command prints --help, and bad configuration or
+"""The command-line contract: every command prints --help, and bad configuration or
 an unreachable service ends it with exit 2 and one readable ``error:`` line, not a traceback."""
 
 from __future__ import annotations
