@@ -354,8 +354,8 @@ async def _cycle(conn: Conn, settings: AlertsSettings, now: datetime) -> CycleRe
         return CycleReport(ran=False)
 
     # The planner cannot know how few distinct windows there are, so its cost estimates are
-    # large enough to trigger JIT compilation, which costs far more than the query (~1.7 s
-    # for 1,000 rules in the benchmark). A roomier work_mem keeps the sorts in memory.
+    # large enough to trigger JIT compilation, which costs far more than the query
+    # (docs/decisions/019-alerts-jit-off.md). A roomier work_mem keeps the sorts in memory.
     await conn.execute("SET LOCAL jit = off")
     await conn.execute(f"SET LOCAL work_mem = '{settings.alerts_work_mem_mb}MB'")
     evals = await evaluate(conn, now, settings)

@@ -1,5 +1,5 @@
 """Alert rules: the one document shared by the ``AlertRule`` custom resource's ``spec``, the
-API's alert-rule endpoints and the ``analytics_alert_rules`` table (SPEC §6–7).
+API's alert-rule endpoints and the ``analytics_alert_rules`` table (docs/custom-resources.md).
 
 ``AlertRuleSpec`` validates the document (camelCase, as in the CR); ``save_rule`` /
 ``delete_rule`` write its typed projection that the evaluator queries set-wise, and
