@@ -216,7 +216,11 @@ class AlertmanagerPusher:
             delay = backoff_seconds(
                 attempt, 0.5, s.alertmanager_resend_seconds / 2, random.random()
             )
-            last = attempt == s.alertmanager_max_attempts or loop.time() + delay >= deadline
+            last = (
+                outcome.refused
+                or attempt == s.alertmanager_max_attempts
+                or loop.time() + delay >= deadline
+            )
             log.warning(
                 "Alertmanager %s: %d alert(s) not posted (attempt %d%s): %s",
                 outcome.destination,

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 from asyncpg.pool import PoolConnectionProxy
 
-from molam_workloads.alerts.egress import url_host
+from molam_workloads.alerts.egress import DestinationRefused, url_host
 
 Conn = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
@@ -29,6 +29,7 @@ class Outcome:
     status_code: int | None
     latency_ms: float
     error: str | None
+    refused: bool = False  # by ALERT_WEBHOOK_ALLOW: retrying cannot help
 
     @property
     def ok(self) -> bool:
@@ -62,14 +63,17 @@ async def post_once(
     started = time.perf_counter()
     status: int | None = None
     error: str | None = None
+    refused = False
     try:
         resp = await client.post(url, content=body, headers=dict(headers), timeout=timeout)
         status = resp.status_code
         if not 200 <= status < 300:
             error = f"HTTP {status}"
     except httpx.HTTPError as exc:
-        error = _describe(exc, url, timeout)
-    return Outcome(url_host(url), status, (time.perf_counter() - started) * 1000, error)
+        refused = isinstance(exc.__cause__, DestinationRefused)
+        error = f"refused: {exc}" if refused else _describe(exc, url, timeout)
+    latency = (time.perf_counter() - started) * 1000
+    return Outcome(url_host(url), status, latency, error, refused)
 
 
 @dataclass(frozen=True)

@@ -285,7 +285,7 @@ class Notifier:
                     d.attempt,
                 )
                 return
-            give_up = d.attempt >= s.alerts_webhook_max_attempts
+            give_up = d.attempt >= s.alerts_webhook_max_attempts or outcome.refused
             delay = backoff_seconds(
                 d.attempt,
                 s.alerts_webhook_backoff_base_seconds,
