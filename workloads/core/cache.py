@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from molam_workloads.core.errors import ServiceUnavailable
+from molam_workloads.core.redact import redact_url
 from molam_workloads.core.settings import RedisSettings
 
 # The runbook clears caches with these patterns: `analytics:*` and `live:merchant:<id>:*`.
@@ -29,7 +30,9 @@ async def create_redis(settings: RedisSettings) -> AsyncIterator[Redis]:
         await client.ping()  # type: ignore[misc]  # redis-py types ping as sync|async
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise ServiceUnavailable(f"Redis at {settings.redis_url} is unreachable: {exc}") from None
+        raise ServiceUnavailable(
+            f"Redis at {redact_url(settings.redis_url)} is unreachable: {exc}"
+        ) from None
     try:
         yield client
     finally:

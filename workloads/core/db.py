@@ -11,6 +11,7 @@ from importlib import resources
 import asyncpg
 
 from molam_workloads.core.errors import ServiceUnavailable
+from molam_workloads.core.redact import redact_url
 from molam_workloads.core.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,11 @@ INGEST_LOCK = "molam.ingest"
 _MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 
-def _redact(dsn: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", dsn)
-
-
 async def connect(dsn: str) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(dsn, timeout=10)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise ServiceUnavailable(f"PostgreSQL at {_redact(dsn)} is unreachable: {exc}") from None
+        raise ServiceUnavailable(f"PostgreSQL at {redact_url(dsn)} is unreachable: {exc}") from None
 
 
 @asynccontextmanager
@@ -61,7 +58,7 @@ async def create_pool(
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise ServiceUnavailable(
-            f"PostgreSQL at {_redact(settings.database_url)} is unreachable: {exc}"
+            f"PostgreSQL at {redact_url(settings.database_url)} is unreachable: {exc}"
         ) from None
     try:
         yield pool

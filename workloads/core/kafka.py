@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 
 from molam_workloads.core.errors import ConfigError, MolamError, ServiceUnavailable
+from molam_workloads.core.redact import redact_hosts
 from molam_workloads.core.settings import KafkaSettings, uses_sasl, uses_tls
 
 CLIENT_ID = "molam-analytics"
@@ -153,7 +154,9 @@ async def tls_failure(options: Mapping[str, Any], timeout: float = 5.0) -> str |
 async def unreachable(options: Mapping[str, Any], exc: BaseException) -> ServiceUnavailable:
     """The error for clients that could not reach the brokers, with the TLS reason if any."""
     detail = await tls_failure(options) or str(exc) or repr(exc)
-    return ServiceUnavailable(f"Kafka at {options['bootstrap_servers']} is unreachable: {detail}")
+    return ServiceUnavailable(
+        f"Kafka at {redact_hosts(str(options['bootstrap_servers']))} is unreachable: {detail}"
+    )
 
 
 @dataclass(frozen=True)
@@ -267,6 +270,5 @@ async def group_lag(
     except (KafkaConnectionError, TimeoutError) as exc:
         raise await unreachable(options, exc) from None
     except KafkaError as exc:
-        raise ServiceUnavailable(
-            f"Kafka at {options['bootstrap_servers']} answered with an error: {exc!r}"
-        ) from None
+        where = redact_hosts(str(options["bootstrap_servers"]))
+        raise ServiceUnavailable(f"Kafka at {where} answered with an error: {exc!r}") from None
