@@ -39,8 +39,8 @@ class Outcome:
         return {
             "destination": self.destination,
             "ok": self.ok,
-            "statusCode": self.status_code,
-            "latencyMs": round(self.latency_ms, 1),
+            "status_code": self.status_code,
+            "latency_ms": round(self.latency_ms, 1),
             "error": self.error,
         }
 

@@ -39,6 +39,7 @@ from molam_workloads.api.routers import (
     live,
     me,
     metrics,
+    notifications,
     timeseries,
     top_merchants,
 )
@@ -215,6 +216,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         live,
         alert_rules,
         alerts,
+        notifications,
         anomalies,
         dashboard,
     ):

@@ -15,12 +15,27 @@ from molam_workloads.core.settings import RedisSettings
 
 # The runbook clears caches with these patterns: `analytics:*` and `live:merchant:<id>:*`.
 CACHE_PREFIX = "analytics:"
-PLATFORM = "_all"  # live counters across every merchant
+# SIRA's name of the platform-wide series (``ingest/sira.py``); live counters do not use it.
+PLATFORM = "_all"
 
 
 def live_key(merchant_id: str | None, day: date) -> str:
-    """Hash of today's absolute counters for one merchant (or the whole platform)."""
-    return f"live:merchant:{merchant_id or PLATFORM}:{day.isoformat()}"
+    """Hash of a day's absolute counters for one merchant, or for the whole platform (None).
+
+    Merchants live under ``live:merchant:<id>:<day>`` and the platform under
+    ``live:platform:<day>``: the prefixes differ, so no merchant id (``_all`` included) can name
+    the platform's hash, and the fixed-width day at the end keeps merchants apart from each
+    other. (The platform's hash used to be ``live:merchant:_all:<day>``; such hashes are no
+    longer read or written and expire with their TTL, ``LIVE_COUNTER_TTL_SECONDS``.)
+    """
+    if merchant_id is None:
+        return f"live:platform:{day.isoformat()}"
+    return f"live:merchant:{merchant_id}:{day.isoformat()}"
+
+
+def live_key_patterns(day: date) -> tuple[str, ...]:
+    """SCAN patterns that match every live-counter hash of ``day`` (merchants and platform)."""
+    return (f"live:merchant:*:{day.isoformat()}", live_key(None, day))
 
 
 @asynccontextmanager

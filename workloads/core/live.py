@@ -7,7 +7,9 @@ and the API falls back to the same reader when a hash is missing, so both agree 
 - ``payment_count``, ``refund_count``, ``payout_count``, ``transfer_count`` — succeeded ones;
 - ``gross_volume:<CUR>`` and ``fee:<CUR>`` — decimal strings in each currency seen today;
 - ``gross_volume_reporting`` — all of it converted to ``reporting_currency`` (absent when a
-  currency has no FX rate), ``as_of`` — when it was read.
+  currency has no FX rate), ``as_of`` — when it was read;
+- ``owner`` — whose figures these are (``owner_tag``): a reader serves a hash only when it names
+  the owner asked for, so a hash left under another layout's key is never taken for another's.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ COUNT_FIELDS = (
 
 _SUMS = ", ".join(f"sum(a.{c})::bigint AS {c}" for c in COUNT_FIELDS)
 
+OWNER_FIELD = "owner"
+
 # A connection of its own or one lent by the pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
 
@@ -57,6 +61,11 @@ FROM (SELECT {owner} AS owner, a.currency, {_SUMS},
 
 _MERCHANTS_SQL = _totals_sql("a.merchant_id", "AND a.merchant_id = ANY($4::text[])")
 _PLATFORM_SQL = _totals_sql("NULL::text", "")
+
+
+def owner_tag(merchant_id: str | None) -> str:
+    """The ``owner`` field of a hash: ``platform``, or ``merchant:<id>``."""
+    return "platform" if merchant_id is None else f"merchant:{merchant_id}"
 
 
 def fold(
@@ -91,6 +100,7 @@ def fold(
             fields["gross_volume_reporting"] = str(h["_rep"])
         fields["reporting_currency"] = reporting
         fields["as_of"] = now.isoformat()
+        fields[OWNER_FIELD] = owner_tag(owner)
         out[owner] = fields
     return out
 

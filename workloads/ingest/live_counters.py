@@ -7,11 +7,12 @@ them whole, so Redis cannot drift from the database however often a batch is ret
 replayed.
 
 One hash per merchant per UTC day, ``core.cache.live_key`` (``live:merchant:<id>:<day>``, the
-platform under ``_all``), with the fields ``core.live`` reads from PostgreSQL.
+platform's ``live:platform:<day>``), with the fields ``core.live`` reads from PostgreSQL.
 
 Two consumers may finish batches in either order; a small script keeps the write whose
 ``tx_count`` is not lower than what Redis holds (counts only grow within a day), so an older
-read never overwrites a newer one.
+read never overwrites a newer one. Only a hash of the same ``owner`` is compared: one of
+another owner (a platform hash left under the old key ``live:merchant:_all:<day>``) is replaced.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ import asyncpg
 from redis.asyncio import Redis
 
 from molam_workloads.core.cache import live_key
-from molam_workloads.core.live import read_totals
+from molam_workloads.core.live import OWNER_FIELD, read_totals
 
-# KEYS[1]: the hash; ARGV[1]: new tx_count, ARGV[2]: ttl seconds, ARGV[3..]: field, value, ...
+# KEYS[1]: the hash; ARGV[1]: new tx_count, ARGV[2]: ttl seconds, ARGV[3]: owner,
+# ARGV[4..]: field, value, ...
 _SET_IF_NOT_OLDER = """
-local current = redis.call('HGET', KEYS[1], 'tx_count')
-if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
+local held = redis.call('HMGET', KEYS[1], 'tx_count', 'owner')
+if held[1] and held[2] == ARGV[3] and tonumber(held[1]) > tonumber(ARGV[1]) then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
@@ -66,7 +68,7 @@ class LiveCounters:
     async def write(self, day: date, totals: dict[str | None, dict[str, str]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for merchant, fields in totals.items():
-                args: list[str | int] = [fields["tx_count"], self._ttl]
+                args: list[str | int] = [fields["tx_count"], self._ttl, fields[OWNER_FIELD]]
                 for k, v in fields.items():
                     args += [k, v]
                 await self._script(keys=[live_key(merchant, day)], args=args, client=pipe)

@@ -25,7 +25,7 @@ import asyncpg
 from pydantic import Field
 from redis.asyncio import Redis
 
-from molam_workloads.core.cache import create_redis, live_key
+from molam_workloads.core.cache import create_redis, live_key_patterns
 from molam_workloads.core.db import INGEST_LOCK, create_pool
 from molam_workloads.core.errors import ConfigError, ServiceUnavailable
 from molam_workloads.core.measures import KEYS, MEASURES, grouped_select
@@ -209,7 +209,11 @@ async def forget_live_counters(redis: Redis, day: date) -> int:
     Backfill may change today's totals behind the consumer's back; without its hash the API
     reads PostgreSQL, until the consumer's next batch writes the absolute values again.
     """
-    keys = [key async for key in redis.scan_iter(match=live_key("*", day), count=1000)]
+    keys = [
+        key
+        for pattern in live_key_patterns(day)
+        async for key in redis.scan_iter(match=pattern, count=1000)
+    ]
     if keys:
         await redis.delete(*keys)
     return len(keys)

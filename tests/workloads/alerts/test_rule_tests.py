@@ -57,7 +57,7 @@ async def test_a_test_request_reaches_every_destination_once_and_reports_each(
     row = await db.fetchrow("SELECT done_at, results FROM analytics_alert_tests")
     assert row is not None and row["done_at"] is not None
     results = json.loads(row["results"])
-    assert [(r["kind"], r["ok"], r["statusCode"]) for r in results] == [
+    assert [(r["kind"], r["ok"], r["status_code"]) for r in results] == [
         ("webhook", True, 200),
         ("webhook", True, 200),
         ("webhook", False, 503),

@@ -177,7 +177,8 @@ async def test_live_reads_redis_then_postgresql(
     platform = (await api.get("/v1/live")).json()
     assert platform["merchant_id"] is None and platform["counters"]["tx_count"] == "4"
 
-    await redis.hset(live_key("M-1", now.date()), mapping={"tx_count": "42", "as_of": "x"})
+    held = {"tx_count": "42", "as_of": "x", "owner": "merchant:M-1"}
+    await redis.hset(live_key("M-1", now.date()), mapping=held)
     r = (await api.get("/v1/live", "merchant", "M-1")).json()
     assert r == {
         "merchant_id": "M-1",

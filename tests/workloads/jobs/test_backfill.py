@@ -25,6 +25,7 @@ from ingest.support import (
 )
 from redis.asyncio import Redis
 
+from molam_workloads.core.cache import live_key, live_key_patterns
 from molam_workloads.core.db import create_pool
 from molam_workloads.core.errors import ConfigError
 from molam_workloads.core.events import TransactionEvent, encode_event
@@ -251,11 +252,12 @@ async def test_backfilling_today_hands_live_counters_back_to_postgres(
     assert proc.returncode == 0, err.decode()
     assert "cleared" in out.decode()
     assert await counted(db) == 200
-    assert [k async for k in redis.scan_iter(match=f"live:merchant:*:{today}")] == []
+    day = datetime.now(UTC).date()
+    assert [k for p in live_key_patterns(day) async for k in redis.scan_iter(match=p)] == []
     # The consumer's next batch writes them again, equal to PostgreSQL.
     late = make_events(5, seed=112, prefix="LATE", merchants=5, span=today_span())
     await insert_source(db, late)
     await publish(stack.bootstrap, stack.topic, [encode_event(e) for e in late])
     async with running_consumer():
         await wait_until(lambda: _at(db, 205))
-    assert await redis.exists(f"live:merchant:_all:{today}")
+    assert await redis.exists(live_key(None, day))

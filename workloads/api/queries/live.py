@@ -6,13 +6,21 @@ from __future__ import annotations
 from datetime import date
 
 from molam_workloads.api.queries import Conn
-from molam_workloads.core.live import read_totals
+from molam_workloads.core.live import OWNER_FIELD, owner_tag, read_totals
+
+
+def counters_of(held: dict[str, str], merchant_id: str | None) -> dict[str, str]:
+    """The counters of a stored hash if it is ``merchant_id``'s (None: the platform's), without
+    its ``owner`` field; empty (missing) when the hash names another owner or none."""
+    fields = dict(held)
+    if fields.pop(OWNER_FIELD, None) != owner_tag(merchant_id):
+        return {}
+    return fields
 
 
 async def live_from_db(
     conn: Conn, merchant_id: str | None, day: date, reporting: str
 ) -> dict[str, str]:
-    if merchant_id is None:
-        return (await read_totals(conn, day, (), reporting))[None]
-    totals = await read_totals(conn, day, (merchant_id,), reporting, platform=False)
-    return totals[merchant_id]
+    merchants = () if merchant_id is None else (merchant_id,)
+    totals = await read_totals(conn, day, merchants, reporting, platform=merchant_id is None)
+    return counters_of(totals[merchant_id], merchant_id)

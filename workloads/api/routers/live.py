@@ -1,7 +1,8 @@
 """Live counters for today (UTC): ``GET /v1/live`` and ``GET /v1/merchants/{id}/live``.
 
-Read from the Redis hash the consumer keeps (``live:merchant:<id>:<day>``), or from PostgreSQL
-when the hash is missing or Redis is down (``source`` tells which).
+Read from the Redis hash the consumer keeps (``core.cache.live_key``: ``live:merchant:<id>:<day>``,
+the platform's ``live:platform:<day>``), or from PostgreSQL when the hash is missing, is not the
+owner's (``owner`` field), or Redis is down (``source`` tells which).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from redis.exceptions import RedisError
 
 from molam_workloads.api.deps import PoolDep, RedisDep, SettingsDep
 from molam_workloads.api.permissions import Reader, ScopedMerchant
-from molam_workloads.api.queries.live import live_from_db
+from molam_workloads.api.queries.live import counters_of, live_from_db
 from molam_workloads.api.schemas.analytics import LiveResponse
 from molam_workloads.api.schemas.common import READ_ERRORS
 from molam_workloads.api.settings import ApiSettings
@@ -32,10 +33,11 @@ async def _live(
 ) -> LiveResponse:
     day = datetime.now(UTC).date()
     try:
-        counters: dict[str, str] = await redis.hgetall(live_key(merchant_id, day))  # type: ignore[misc]
+        held: dict[str, str] = await redis.hgetall(live_key(merchant_id, day))  # type: ignore[misc]
     except (RedisError, OSError) as exc:
         log.warning("live counters: Redis unavailable, reading PostgreSQL: %r", exc)
-        counters = {}
+        held = {}
+    counters = counters_of(held, merchant_id)
     if counters:
         source = "redis"
     else:
