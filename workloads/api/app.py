@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from molam_workloads.api.auth import TokenPolicy
 from molam_workloads.api.cache import ResponseCache
 from molam_workloads.api.deps import Resources
 from molam_workloads.api.errors import ApiError, error_body
@@ -103,6 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 cache=ResponseCache(redis, settings.cache_ttl_seconds),
                 rollup=refresher,
                 kafka=client_options(settings),
+                token_policy=TokenPolicy.from_settings(settings),
             )
             yield
         finally:

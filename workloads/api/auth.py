@@ -2,8 +2,13 @@
 
 Claims: ``sub`` (who), ``role`` (admin, ops, analyst, merchant), ``merchant_id`` (required for
 the merchant role) and ``exp`` (required). A token that cannot be trusted (missing, malformed,
-wrongly signed, another algorithm, expired) is a 401; a trusted token whose claims grant nothing
-(unknown role, merchant without ``merchant_id``) is a 403. Every refusal is logged and counted.
+wrongly signed, another algorithm, expired, living longer than
+``ANALYTICS_JWT_MAX_LIFETIME_SECONDS``, or without the configured ``iss``/``aud``) is a 401; a
+trusted token whose claims grant nothing (unknown role, merchant without ``merchant_id``) is a
+403. Every refusal is logged and counted.
+
+Keys rotate without downtime: tokens verify with ``ANALYTICS_JWT_SECRET`` or any of
+``ANALYTICS_JWT_PREVIOUS_SECRETS``; ``issue_token`` signs with the first only.
 """
 
 from __future__ import annotations
@@ -20,10 +25,63 @@ import jwt
 from starlette.requests import Request
 
 from molam_workloads.api.errors import Forbidden, Unauthorized
+from molam_workloads.api.settings import ApiSettings
 from molam_workloads.core.metrics import AUTH_DENIALS
 
 log = logging.getLogger(__name__)
 ALGORITHM = "HS256"
+# An ``iat`` this far ahead of our clock is a clock skew we tolerate; further, a forgery.
+IAT_SKEW_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class TokenPolicy:
+    """What a token must satisfy besides its signature; built once from the settings."""
+
+    keys: tuple[str, ...]  # the first signs; all verify
+    max_lifetime_seconds: int
+    issuer: str | None = None
+    audience: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ApiSettings) -> TokenPolicy:
+        return cls(
+            keys=settings.jwt_keys,
+            max_lifetime_seconds=settings.analytics_jwt_max_lifetime_seconds,
+            issuer=settings.analytics_jwt_issuer,
+            audience=settings.analytics_jwt_audience,
+        )
+
+    @property
+    def required_claims(self) -> list[str]:
+        claims = ["exp", "sub", "role"]
+        return claims + (["iss"] if self.issuer else []) + (["aud"] if self.audience else [])
+
+
+def issue_token(
+    policy: TokenPolicy,
+    sub: str,
+    role: Role,
+    merchant_id: str | None = None,
+    lifetime_seconds: int | None = None,
+    now: float | None = None,
+) -> str:
+    """A token this API accepts, signed with the current key (the first of ``policy.keys``)."""
+    issued = int(time.time() if now is None else now)
+    lifetime = min(lifetime_seconds or policy.max_lifetime_seconds, policy.max_lifetime_seconds)
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "role": role.value,
+        "iat": issued,
+        "exp": issued + lifetime,
+    }
+    if merchant_id is not None:
+        claims["merchant_id"] = merchant_id
+    if policy.issuer:
+        claims["iss"] = policy.issuer
+    if policy.audience:
+        claims["aud"] = policy.audience
+    return jwt.encode(claims, policy.keys[0], algorithm=ALGORITHM)
 
 
 class Role(StrEnum):
@@ -86,7 +144,7 @@ class TokenCache:
     used first out). Checking an HS256 signature and the claims costs more than the rest of a
     cached answer; a token that verified once verifies again until it expires, so the cache
     only skips repeating that. Refusals are never cached: each is logged and counted again.
-    One cache per secret (``Resources``)."""
+    One cache per ``TokenPolicy`` (``Resources``)."""
 
     def __init__(self, size: int = 4096, clock: Callable[[], float] = time.time) -> None:
         self.size = size
@@ -121,7 +179,44 @@ def bearer_token(header: str) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def authenticate(request: Request, secret: str, tokens: TokenCache | None = None) -> Principal:
+def _decode(token: str, policy: TokenPolicy) -> dict[str, Any]:
+    """The verified claims; a signature that fails with one key is tried with the next."""
+    for key in policy.keys[:-1]:
+        try:
+            return _decode_with(token, key, policy)
+        except jwt.InvalidSignatureError:
+            continue
+    return _decode_with(token, policy.keys[-1], policy)
+
+
+def _decode_with(token: str, key: str, policy: TokenPolicy) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        key,
+        algorithms=[ALGORITHM],
+        issuer=policy.issuer,
+        audience=policy.audience,
+        options={"require": policy.required_claims},
+    )
+    return claims
+
+
+def _lifetime_problem(claims: dict[str, Any], policy: TokenPolicy) -> str | None:
+    """Why the token lives too long (None: it does not)."""
+    now = time.time()
+    exp, iat = claims["exp"], claims.get("iat")
+    if iat is not None and (not isinstance(iat, int | float) or iat > now + IAT_SKEW_SECONDS):
+        return "token 'iat' claim is not a past time"
+    # Without iat, what is left of the token's life counts: it may not outlast the maximum.
+    lifetime = exp - (iat if iat is not None else now)
+    if lifetime > policy.max_lifetime_seconds:
+        return f"token lives longer than the {policy.max_lifetime_seconds} s allowed"
+    return None
+
+
+def authenticate(
+    request: Request, policy: TokenPolicy, tokens: TokenCache | None = None
+) -> Principal:
     header = request.headers.get("authorization")
     if not header:
         raise _unauthorized(request, "missing bearer token")
@@ -131,12 +226,7 @@ def authenticate(request: Request, secret: str, tokens: TokenCache | None = None
     if tokens is not None and (known := tokens.get(token)) is not None:
         return known
     try:
-        claims: dict[str, Any] = jwt.decode(
-            token,
-            secret,
-            algorithms=[ALGORITHM],
-            options={"require": ["exp", "sub", "role"]},
-        )
+        claims = _decode(token, policy)
     except jwt.ExpiredSignatureError:
         raise _unauthorized(request, "token expired") from None
     except jwt.InvalidSignatureError:
@@ -145,9 +235,15 @@ def authenticate(request: Request, secret: str, tokens: TokenCache | None = None
         raise _unauthorized(request, f"token lacks the {exc.claim!r} claim") from None
     except jwt.InvalidAlgorithmError:
         raise _unauthorized(request, f"token must be signed with {ALGORITHM}") from None
+    except jwt.InvalidIssuerError:
+        raise _unauthorized(request, "token 'iss' claim is not the expected issuer") from None
+    except jwt.InvalidAudienceError:
+        raise _unauthorized(request, "token 'aud' claim is not this API's audience") from None
     except jwt.PyJWTError:
         raise _unauthorized(request, "token is malformed") from None
 
+    if (problem := _lifetime_problem(claims, policy)) is not None:
+        raise _unauthorized(request, problem)
     sub, role, merchant_id = claims.get("sub"), claims.get("role"), claims.get("merchant_id")
     if not isinstance(sub, str) or not sub:
         raise _unauthorized(request, "token 'sub' claim must be a non-empty string")

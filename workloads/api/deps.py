@@ -13,7 +13,7 @@ import asyncpg
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
-from molam_workloads.api.auth import Principal, TokenCache, authenticate
+from molam_workloads.api.auth import Principal, TokenCache, TokenPolicy, authenticate
 from molam_workloads.api.cache import ResponseCache
 from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.settings import ApiSettings
@@ -28,7 +28,8 @@ class Resources:
     rollup: RollupRefresher
     # core.kafka.client_options of the settings, resolved once (the TLS context loads its files).
     kafka: dict[str, Any]
-    tokens: TokenCache = field(default_factory=TokenCache)  # verified under settings' secret
+    token_policy: TokenPolicy
+    tokens: TokenCache = field(default_factory=TokenCache)  # verified under token_policy
 
 
 def get_resources(request: Request) -> Resources:
@@ -64,8 +65,7 @@ async def get_kafka_options(request: Request) -> dict[str, Any]:
 
 async def get_principal(request: Request) -> Principal:
     resources = get_resources(request)
-    secret = resources.settings.analytics_jwt_secret.get_secret_value()
-    principal = authenticate(request, secret, resources.tokens)
+    principal = authenticate(request, resources.token_policy, resources.tokens)
     request.state.principal = principal
     return principal
 

@@ -7,13 +7,15 @@ import base64
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import jwt
 import pytest
 
 from molam_workloads.core.metrics import AUTH_DENIALS
 
-from .conftest import SECRET, Api, make_token
+from .conftest import SECRET, Api, api_settings, make_token, running_api
 
 
 def _b64(data: dict[str, object]) -> str:
@@ -182,3 +184,105 @@ async def test_a_cached_token_keeps_its_role_and_merchant(module_api: Api) -> No
         assert AUTH_DENIALS.labels("403")._value.get() == before + 1
         top = await module_api.client.get("/v1/top-merchants", headers=headers)
         assert top.status_code == 403
+
+
+# ---- lifetime, issuer and audience, key rotation ---------------------------------------------
+
+OLD_KEY = "previous-key-0123456789-abcdefghijklmnop"
+RETIRED_KEY = "retired-key-0123456789-abcdefghijklmnopq"
+NEW_KEY = "current-key-0123456789-abcdefghijklmnopqr"
+
+
+@pytest.fixture(scope="module")
+async def strict_api(module_db: str, module_redis_url: str) -> AsyncIterator[Api]:
+    """An API with a rotated key, a one-hour maximum lifetime, an issuer and an audience."""
+    settings = api_settings(
+        module_db,
+        module_redis_url,
+        analytics_jwt_secret=NEW_KEY,
+        analytics_jwt_previous_secrets=f" {OLD_KEY} , ",
+        analytics_jwt_max_lifetime_seconds=3600,
+        analytics_jwt_issuer="https://id.molam.example",
+        analytics_jwt_audience="molam-analytics",
+    )
+    async with running_api(settings) as api:
+        yield api
+
+
+def _strict(secret: str = NEW_KEY, **claims: Any) -> str:
+    now = int(time.time())
+    base: dict[str, Any] = {
+        "sub": "rotator",
+        "role": "analyst",
+        "iat": now,
+        "exp": now + 600,
+        "iss": "https://id.molam.example",
+        "aud": "molam-analytics",
+    }
+    base.update(claims)
+    return jwt.encode({k: v for k, v in base.items() if v is not None}, secret, algorithm="HS256")
+
+
+STRICT_REFUSED = {
+    "exp - iat above the maximum": lambda: _strict(exp=int(time.time()) + 3601),
+    "no iat and exp beyond the maximum": lambda: _strict(iat=None, exp=int(time.time()) + 7200),
+    "iat in the future": lambda: _strict(iat=int(time.time()) + 3000),
+    "no exp": lambda: _strict(exp=None),
+    "no iss": lambda: _strict(iss=None),
+    "another iss": lambda: _strict(iss="https://evil.example"),
+    "no aud": lambda: _strict(aud=None),
+    "another aud": lambda: _strict(aud="another-service"),
+    "a retired key": lambda: _strict(secret=RETIRED_KEY),
+}
+
+
+@pytest.mark.parametrize("kind", list(STRICT_REFUSED))
+async def test_strict_policy_refuses(strict_api: Api, kind: str) -> None:
+    before = AUTH_DENIALS.labels("401")._value.get()
+    token = STRICT_REFUSED[kind]()
+    r = await strict_api.client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401, (kind, r.text)
+    assert AUTH_DENIALS.labels("401")._value.get() == before + 1
+
+
+async def test_rotated_keys_verify_and_the_first_signs(strict_api: Api) -> None:
+    from molam_workloads.api.auth import Role, issue_token
+
+    accepted = {
+        "current key": _strict(),
+        "previous key": _strict(secret=OLD_KEY),
+        "no iat, within the maximum": _strict(iat=None, exp=int(time.time()) + 3000),
+        "exactly the maximum": _strict(exp=int(time.time()) + 3600),
+    }
+    for kind, token in accepted.items():
+        r = await strict_api.client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, (kind, r.text)
+    policy = strict_api.app.state.resources.token_policy
+    assert policy.keys == (NEW_KEY, OLD_KEY)
+    issued = issue_token(policy, "svc", Role.ops, lifetime_seconds=10 * 86400)
+    claims = jwt.decode(
+        issued, NEW_KEY, algorithms=["HS256"], audience="molam-analytics", issuer=policy.issuer
+    )
+    assert claims["exp"] - claims["iat"] == 3600  # capped at the maximum
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(issued, OLD_KEY, algorithms=["HS256"], audience="molam-analytics")
+    r = await strict_api.client.get("/v1/me", headers={"Authorization": f"Bearer {issued}"})
+    assert r.status_code == 200 and r.json()["role"] == "ops"
+
+
+async def test_without_a_configured_audience_a_token_with_one_is_refused(module_api: Api) -> None:
+    """A token minted for another service (it names its audience) is not ours to accept."""
+    token = make_token("admin", aud="another-service")
+    r = await module_api.client.get("/v1/me", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 401
+
+
+def test_previous_keys_must_be_long_enough() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        api_settings(
+            "postgresql://u@127.0.0.1/db",
+            "redis://127.0.0.1:1/0",
+            analytics_jwt_previous_secrets=f"{OLD_KEY},short",
+        )
