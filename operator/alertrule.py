@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import asyncpg
 import kopf
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from molam_operator import metrics
 from molam_operator.conditions import iso, set_condition
@@ -34,9 +34,13 @@ STATES_TTL_SECONDS = 2.0
 # The set-wise twin of molam_workloads.core.rules.rule_status (same columns, same state rule).
 _STATES_SQL = """
     SELECT r.name, r.is_active, s.state, s.last_value, s.last_evaluated_at, s.last_fired_at,
-           s.current_alert_id
+           s.current_alert_id, d.at AS delivery_at, d.kind AS delivery_kind,
+           d.destination AS delivery_destination, d.error AS delivery_error
     FROM analytics_alert_rules r
     LEFT JOIN analytics_alert_rule_state s ON s.rule_id = r.id
+    LEFT JOIN LATERAL (
+        SELECT at, kind, destination, error FROM analytics_alert_deliveries
+        WHERE rule_name = r.name ORDER BY id DESC LIMIT 1) d ON true
     WHERE r.source = 'crd'
 """
 
@@ -165,6 +169,11 @@ async def sync(
         metrics.RECONCILE_ERRORS.labels(KIND, "InvalidSpec").inc()
         raise kopf.PermanentError(message) from None
     try:
+        rule = await with_webhook_secrets(ctx, namespace, rule)
+    except kopf.TemporaryError as exc:
+        synced(False, "SecretUnavailable", str(exc))
+        raise
+    try:
         t = await target(ctx, namespace, labels, pipelines)
     except (kopf.TemporaryError, kopf.PermanentError) as exc:
         synced(False, "NoDatabase", str(exc))
@@ -197,6 +206,34 @@ async def sync(
         + ("" if rule.enabled else " (disabled: is_active = false)"),
     )
     metrics.RECONCILE_SECONDS.labels(KIND).observe(time.monotonic() - started)
+
+
+async def with_webhook_secrets(
+    ctx: OperatorContext, namespace: str, rule: AlertRuleSpec
+) -> AlertRuleSpec:
+    """The rule with each ``secretRef`` webhook's signing key read from its Secret (the CR
+    names the Secret; only the database row, never the CR, holds the key)."""
+    if not any(w.secret_ref for w in rule.notify.webhooks):
+        return rule
+    hooks = []
+    for w in rule.notify.webhooks:
+        ref = w.secret_ref
+        if ref is None:
+            hooks.append(w)
+            continue
+        try:
+            value = await ctx.secret_value(namespace, ref.name, ref.key)
+        except KubeError as exc:
+            raise kopf.TemporaryError(
+                f"cannot read secret {ref.name!r}: {exc}", delay=RETRY_DELAY
+            ) from None
+        if not value or len(value) < 16:
+            raise kopf.TemporaryError(
+                f"secret {ref.name!r} has no key {ref.key!r} of at least 16 characters",
+                delay=RETRY_DELAY * 6,
+            )
+        hooks.append(w.model_copy(update={"secret": SecretStr(value)}))
+    return rule.model_copy(update={"notify": rule.notify.model_copy(update={"webhooks": hooks})})
 
 
 async def remove(
@@ -240,8 +277,21 @@ async def _load_states(ctx: OperatorContext, dsn: str) -> dict[str, RuleStatus]:
             last_evaluated_at=r["last_evaluated_at"],
             last_fired_at=r["last_fired_at"],
             current_alert_id=r["current_alert_id"],
+            last_delivery=_delivery(r),
         )
         for r in rows
+    }
+
+
+def _delivery(r: asyncpg.Record) -> dict[str, Any] | None:
+    """status.lastDelivery: when, what kind, which host, and ``ok`` or the error."""
+    if r["delivery_at"] is None:
+        return None
+    return {
+        "at": iso(r["delivery_at"]),
+        "kind": r["delivery_kind"],
+        "destination": r["delivery_destination"],
+        "result": r["delivery_error"] or "ok",
     }
 
 
@@ -281,6 +331,7 @@ async def mirror_status(
         "lastEvaluated": iso(st.last_evaluated_at),
         "lastFired": iso(st.last_fired_at),
         "currentAlertId": st.current_alert_id,
+        "lastDelivery": st.last_delivery,
     }
     for key, value in wanted.items():
         if status.get(key) != value:

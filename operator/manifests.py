@@ -133,6 +133,7 @@ class PipelineConfig:
     scaling: ConsumerScaling
     resources: Mapping[str, Any] = field(default_factory=dict)  # component -> resources
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    alertmanagers: tuple[str, ...] = ()  # ALERTMANAGER_URLS of the alerts evaluator
 
 
 def _secret(ref: Mapping[str, Any] | None, default_key: str) -> SecretKey | None:
@@ -241,6 +242,7 @@ def parse_spec(spec: Mapping[str, Any]) -> PipelineConfig:
         api_replicas=int(api.get("replicas", 2)),
         cache_ttl_seconds=int(api.get("cacheTtlSeconds", 30)),
         alerts_interval_seconds=int(sect("alerts").get("intervalSeconds", 60)),
+        alertmanagers=tuple(str(u) for u in sect("alerts").get("alertmanagers") or ()),
         refresh_schedule=str(sect("views").get("refreshSchedule", "*/10 * * * *")),
         refresh_suspend=bool(sect("views").get("suspend", False)),
         sira_enabled=bool(sect("sira").get("enabled", True)),
@@ -409,6 +411,8 @@ def _env(cfg: PipelineConfig, component: str) -> list[dict[str, Any]]:
         env.append({"name": "METRICS_PORT", "value": str(ALERTS_METRICS_PORT)})
         if cfg.webhook_secret is not None:
             env.append(_secret_env("ALERT_WEBHOOK_SECRET", cfg.webhook_secret))
+        if cfg.alertmanagers:
+            env.append({"name": "ALERTMANAGER_URLS", "value": ",".join(cfg.alertmanagers)})
     sasl = cfg.kafka_security.sasl
     if component in KAFKA_COMPONENTS and sasl is not None:
         env.append(_secret_env("KAFKA_SASL_USERNAME", sasl.username))

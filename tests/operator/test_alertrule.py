@@ -142,6 +142,70 @@ async def test_rule_without_a_pipeline_uses_the_operators_database(
     )
 
 
+async def test_a_webhook_secret_ref_is_resolved_and_the_last_delivery_shows(
+    operator: Any, namespace: str, database_url: str, db: asyncpg.Connection
+) -> None:
+    apply(pipeline_with_db(namespace, database_url))
+    key = "0123456789abcdef-hook-key"
+    apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "hook-keys", "namespace": namespace},
+                "stringData": {"ops": key},
+            },
+            {
+                "apiVersion": "analytics.molam.io/v1",
+                "kind": "AlertRule",
+                "metadata": {"name": "signed", "namespace": namespace},
+                "spec": {
+                    "metric": "tx_count",
+                    "comparison": "lt",
+                    "threshold": 1,
+                    "windowMinutes": 5,
+                    "runbookUrl": "https://runbooks.example/tx",
+                    "notify": {
+                        "webhooks": [
+                            {
+                                "url": "https://hooks.example/ops",
+                                "secretRef": {"name": "hook-keys", "key": "ops"},
+                            }
+                        ],
+                        "alertmanagers": ["http://am.monitoring:9093"],
+                    },
+                },
+            },
+        ]
+    )
+    name = f"{namespace}/signed"
+    got = await eventually("row", lambda: row(db, name), timeout=15)
+    [hook] = json.loads(got["webhooks"])
+    assert hook["secret"] == key and hook["secretRef"] == {"name": "hook-keys", "key": "ops"}
+    assert key not in got["spec"]  # the document the CR and the API show
+    assert json.loads(got["alertmanagers"]) == ["http://am.monitoring:9093"]
+    assert got["runbook_url"] == "https://runbooks.example/tx"
+    assert key not in json.dumps(ar(namespace, "signed"))
+
+    await db.execute(
+        """INSERT INTO analytics_alert_deliveries (rule_name, kind, status, destination,
+               attempt, status_code, latency_ms, ok, error)
+           VALUES ($1, 'webhook', 'test', 'hooks.example', 1, 503, 3.5, false, 'HTTP 503')""",
+        name,
+    )
+
+    def delivery() -> Any:
+        return (ar(namespace, "signed").get("status") or {}).get("lastDelivery")
+
+    await eventually("lastDelivery", delivery, timeout=15)
+    d = delivery()
+    assert d["result"] == "HTTP 503" and d["destination"] == "hooks.example" and d["at"]
+    assert d["kind"] == "webhook"
+    header, line = kubectl("get", "ar", "signed", "-n", namespace).stdout.splitlines()[:2]
+    assert "DELIVERY" in header.split()
+    assert "HTTP 503" in line
+
+
 def test_validation_message_names_the_fields() -> None:
     with pytest.raises(ValidationError) as info:
         AlertRuleSpec.model_validate(

@@ -211,6 +211,20 @@ def test_webhook_secret_only_for_the_alerts_evaluator() -> None:
     assert "ALERT_WEBHOOK_SECRET" not in env_of(container(ch["Deployment/analytics-api"]))
 
 
+def test_alertmanagers_of_the_pipeline_reach_only_the_alerts_evaluator() -> None:
+    spec = sample_spec()
+    alerts = container(children(spec)["Deployment/analytics-alerts"])
+    assert "ALERTMANAGER_URLS" not in env_of(alerts)
+    spec["alerts"] = {"alertmanagers": ["http://am-0.monitoring:9093", "http://am-1:9093"]}
+    ch = children(spec)
+    assert (
+        env_of(container(ch["Deployment/analytics-alerts"]))["ALERTMANAGER_URLS"]
+        == "http://am-0.monitoring:9093,http://am-1:9093"
+    )
+    for other in ("api", "consumer"):
+        assert "ALERTMANAGER_URLS" not in env_of(container(ch[f"Deployment/analytics-{other}"]))
+
+
 @pytest.mark.parametrize(
     ("patch", "field"),
     [

@@ -218,6 +218,8 @@ class RuleStatus:
     last_evaluated_at: datetime | None
     last_fired_at: datetime | None
     current_alert_id: int | None
+    # The last notification attempt, as status.lastDelivery shows it (the operator fills it).
+    last_delivery: dict[str, Any] | None = None
 
 
 async def rule_status(conn: asyncpg.Connection, name: str) -> RuleStatus | None:
