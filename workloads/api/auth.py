@@ -1,4 +1,4 @@
-"""Bearer tokens: HS256 JWTs signed with ``ANALYTICS_JWT_SECRET`` (SPEC §6).
+"""Bearer tokens: HS256 JWTs signed with ``ANALYTICS_JWT_SECRET``.
 
 Claims: ``sub`` (who), ``role`` (admin, ops, analyst, merchant), ``merchant_id`` (required for
 the merchant role) and ``exp`` (required). A token that cannot be trusted (missing, malformed,

@@ -92,10 +92,10 @@ INSERT INTO txn_hourly_agg (hour, {", ".join(KEYS)}, {", ".join(MEASURES)})
 {_select("hour", "hour")}
 """
 # The day's transactions not yet in the ledger. The usual case, a plain INSERT after a hash
-# anti-join against the ledger rows of the same day (their BRIN index on occurred_at), measured
-# ~2x cheaper per row than ON CONFLICT's speculative insertion and per-row index probes. While
-# the day's lock is held only a transaction counted under another day's time (its event and its
-# source row disagree on the day) can collide; then the savepoint falls back to ON CONFLICT.
+# anti-join against the ledger rows of the same day (their BRIN index on occurred_at), cheaper
+# than ON CONFLICT (docs/decisions/011-backfill-anti-join.md). While the day's lock is held
+# only a transaction counted under another day's time (its event and its source row disagree
+# on the day) can collide; then the savepoint falls back to ON CONFLICT.
 _LEDGER_INSERT = """
 INSERT INTO ingested_transactions (txn_id, event_id, occurred_at, source)
 SELECT id, NULL, occurred_at, 'backfill'
