@@ -8,6 +8,7 @@ to uncached answers and the live counters to PostgreSQL when it is down.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from molam_workloads.api.cache import ResponseCache
 from molam_workloads.api.deps import Resources
 from molam_workloads.api.errors import ApiError, error_body
 from molam_workloads.api.fastpath import CachedAnswers
+from molam_workloads.api.hardening import RequestGuard, SecurityHeaders
 from molam_workloads.api.middleware import MetricsMiddleware
 from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.routers import (
@@ -47,6 +49,7 @@ from molam_workloads.api.routers import (
 from molam_workloads.api.settings import ApiSettings
 from molam_workloads.core.db import create_pool
 from molam_workloads.core.kafka import client_options
+from molam_workloads.core.redact import redact_urls_in
 
 log = logging.getLogger(__name__)
 STATEMENT_TIMEOUT_MS = 15_000
@@ -77,6 +80,7 @@ _HTTP_CODES = {
     406: "not_acceptable",
     409: "conflict",
     413: "payload_too_large",
+    431: "header_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
     503: "unavailable",
@@ -138,13 +142,42 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first["loc"])
         return _json(422, "invalid_request", f"{where}: {first['msg']}", details)
 
+    # The database's own words (table, column, constraint names, values) stay in the logs: the
+    # client gets a generic message and the request id that finds them there.
     @app.exception_handler(asyncpg.DataError)
     async def bad_value(request: Request, exc: asyncpg.DataError) -> JSONResponse:
-        return _json(422, "invalid_request", f"invalid parameter value: {exc}")
+        rid = _request_id()
+        log.warning(
+            "%s %s: value refused by PostgreSQL (request %s): %r",
+            request.method,
+            request.url.path,
+            rid,
+            exc,
+        )
+        return _json(
+            422,
+            "invalid_request",
+            f"a parameter value is out of range or malformed (request {rid})",
+            {"request_id": rid},
+            headers={"X-Request-Id": rid},
+        )
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("%s %s: a dependency is unavailable: %r", request.method, request.url, exc)
-        return _json(503, "unavailable", "a backing service is unavailable; retry shortly")
+        rid = _request_id()
+        log.warning(
+            "%s %s: a dependency is unavailable (request %s): %s",
+            request.method,
+            request.url.path,
+            rid,
+            redact_urls_in(repr(exc)),
+        )
+        return _json(
+            503,
+            "unavailable",
+            f"a backing service is unavailable; retry shortly (request {rid})",
+            {"request_id": rid},
+            headers={"X-Request-Id": rid},
+        )
 
     for exc_type in (
         OSError,
@@ -157,8 +190,20 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return _json(500, "internal", "internal error")
+        rid = _request_id()
+        log.exception("%s %s failed (request %s)", request.method, request.url.path, rid)
+        return _json(
+            500,
+            "internal",
+            f"internal error (request {rid})",
+            {"request_id": rid},
+            headers={"X-Request-Id": rid},
+        )
+
+
+def _request_id() -> str:
+    """Names one failed request in the logs and in its answer."""
+    return uuid.uuid4().hex[:16]
 
 
 def _openapi(app: FastAPI) -> Any:
@@ -199,7 +244,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.state.settings = settings
     _install_error_handlers(app)
     app.add_middleware(CachedAnswers, api=app)  # inside MetricsMiddleware: hits are measured
+    app.add_middleware(RequestGuard)  # before the token cache and any JWT work; measured too
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(SecurityHeaders)  # on every answer, refusals included
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,

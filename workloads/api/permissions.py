@@ -18,7 +18,7 @@ from fastapi import Depends, Query, Request
 
 from molam_workloads.api.auth import ALERT_MANAGERS, Principal, deny
 from molam_workloads.api.deps import CurrentPrincipal
-from molam_workloads.api.errors import Forbidden
+from molam_workloads.api.errors import Forbidden, NotFound
 
 
 class Permission(ABC):
@@ -104,11 +104,16 @@ class MerchantScope:
         return merchant_id if principal.reads_all_merchants else principal.merchant_id
 
 
-def ensure_can_read(request: Request, principal: Principal, merchant_id: str | None) -> None:
-    """For a single stored resource (an alert, a rule) owned by ``merchant_id``."""
+def ensure_visible(
+    request: Request, principal: Principal, merchant_id: str | None, missing: NotFound
+) -> None:
+    """For a single stored resource (an alert, a rule) owned by ``merchant_id`` (None: the
+    platform). One the caller may not read is answered as ``missing`` (404, the very answer
+    of an id or name that does not exist), so another merchant's alerts and rules cannot be
+    found by guessing; the refusal is still logged and counted."""
     if not principal.can_read_merchant(merchant_id):
-        deny(request, 403, "resource belongs to another merchant", principal)
-        raise Forbidden(OwnMerchantOnly.message)
+        deny(request, 404, "resource belongs to another merchant", principal)
+        raise missing
 
 
 ScopedMerchant = Annotated[str | None, Depends(MerchantScope())]

@@ -82,7 +82,7 @@ async def test_dashboard_for_staff(
         alerts = (await client.get("/v1/alerts?state=firing")).json()["items"]
         anomalies = (await client.get("/v1/anomalies")).json()["items"]
 
-    await asyncio.to_thread(browser.navigate, f"{live_server}/?token={token}")
+    await asyncio.to_thread(browser.navigate, f"{live_server}/#token={token}")
     await asyncio.to_thread(browser.wait_for, "document.body.dataset.state === 'ready'")
     _check_tiles(await asyncio.to_thread(_tiles, browser), kpis)
     assert kpis["tx_count"] > 0
@@ -105,7 +105,7 @@ async def test_dashboard_for_staff(
     assert (
         await asyncio.to_thread(browser.evaluate, "document.querySelectorAll('.uplot').length") == 2
     )
-    assert await asyncio.to_thread(browser.evaluate, "location.search") == ""
+    assert await asyncio.to_thread(browser.evaluate, "location.href") == f"{live_server}/"
     login_display = "getComputedStyle(document.querySelector('#login')).display"
     assert await asyncio.to_thread(browser.evaluate, login_display) == "none"
     assert browser.errors == []
@@ -120,11 +120,52 @@ async def test_dashboard_for_a_merchant(
         base_url=live_server, headers={"Authorization": f"Bearer {token}"}
     ) as client:
         kpis = (await client.get("/v1/kpis")).json()["kpis"]
-    await asyncio.to_thread(browser.navigate, f"{live_server}/dashboard?token={token}")
+    await asyncio.to_thread(browser.navigate, f"{live_server}/dashboard?range=7d#token={token}")
     await asyncio.to_thread(browser.wait_for, "document.body.dataset.state === 'ready'")
     _check_tiles(await asyncio.to_thread(_tiles, browser), kpis)
     assert await asyncio.to_thread(browser.evaluate, "document.querySelector('#top-card').hidden")
+    # The fragment is gone; the rest of the address stays.
+    assert (
+        await asyncio.to_thread(browser.evaluate, "location.search + location.hash") == "?range=7d"
+    )
     assert browser.errors == []
+
+
+async def test_a_token_in_the_query_is_not_used(
+    live_server: str, db: asyncpg.Connection, browser: Browser
+) -> None:
+    """A ?token= link has sent its token to the server already: the page drops it from the
+    address bar, does not sign in with it, and says how to open the page instead."""
+    token = make_token("analyst", sub="dash")
+    await asyncio.to_thread(browser.navigate, f"{live_server}/?token={token}")
+    await asyncio.to_thread(browser.wait_for, "document.body.dataset.state === 'login'")
+    assert await asyncio.to_thread(browser.evaluate, "location.search") == ""
+    stored = "sessionStorage.getItem('molam.analytics.token')"
+    assert await asyncio.to_thread(browser.evaluate, stored) is None
+    notice = await asyncio.to_thread(
+        browser.evaluate, "document.querySelector('#login-error').textContent"
+    )
+    assert "#token=" in notice
+    assert browser.errors == []
+
+
+async def test_the_policy_blocks_inline_script_and_the_browser_reports_it(
+    live_server: str, browser: Browser
+) -> None:
+    """The pages run under the Content-Security-Policy, and a violation is a console error
+    (so the tests above, which want none, would see one)."""
+    await asyncio.to_thread(browser.navigate, f"{live_server}/")
+    await asyncio.to_thread(browser.wait_for, "document.body.dataset.state === 'login'")
+    assert browser.errors == []
+    injected = """(() => { window.ran = false; const s = document.createElement('script');
+        s.textContent = 'window.ran = true'; document.body.append(s); return window.ran; })()"""
+    assert await asyncio.to_thread(browser.evaluate, injected) is False
+    for _ in range(50):  # the report arrives as an event, read while awaiting other answers
+        if any("Content Security Policy" in e for e in browser.errors):
+            break
+        await asyncio.to_thread(browser.evaluate, "1")
+        await asyncio.sleep(0.02)
+    assert any("Content Security Policy" in e for e in browser.errors), browser.errors
 
 
 async def test_dashboard_asks_for_a_token(live_server: str, browser: Browser) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from kafka_tls import TlsBroker, TlsFiles
 
@@ -22,18 +24,36 @@ async def test_health_all_up(module_api: Api) -> None:
 
 
 @pytest.mark.parametrize("down", ["redis", "kafka"])
-async def test_health_with_a_service_down(module_db: str, module_redis_url: str, down: str) -> None:
+async def test_health_with_a_service_down(
+    module_db: str, module_redis_url: str, down: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without a token: statuses only (the error names hosts); the error is in the log, and in
+    the answer for an ops token only."""
     port = closed_port()
-    redis_url = f"redis://127.0.0.1:{port}/0" if down == "redis" else module_redis_url
+    redis_url = (
+        f"redis://:hunter2-secret@127.0.0.1:{port}/0" if down == "redis" else module_redis_url
+    )
     overrides = {"kafka_bootstrap_servers": f"127.0.0.1:{port}"} if down == "kafka" else {}
     settings = api_settings(module_db, redis_url, **overrides)
     async with running_api(settings) as api:
-        r = await api.client.get("/health")
+        with caplog.at_level(logging.WARNING, logger="molam_workloads.api"):
+            r = await api.client.get("/health")
+        ops = await api.client.get("/health", headers=auth("ops"))
+        analyst = await api.client.get("/health", headers=auth("analyst"))
+        forged = await api.client.get("/health", headers=auth("ops", secret="x" * 40))
     assert r.status_code == 503, r.text
     checks = r.json()["checks"]
-    assert checks[down]["status"] == "down" and checks[down]["error"]
-    assert all(v["status"] == "up" for k, v in checks.items() if k != down)
+    assert checks == {k: {"status": "down" if k == down else "up"} for k in checks}
     assert r.json()["status"] == "degraded"
+    logged = [
+        rec.getMessage() for rec in caplog.records if f"health: {down} is down" in rec.getMessage()
+    ]
+    assert logged and all("hunter2" not in m for m in caplog.messages)
+    assert ops.status_code == 503 and ops.json()["checks"][down]["error"]
+    assert ops.json()["checks"][down]["error"] in logged[0]
+    for answer in (analyst, forged):
+        assert answer.status_code == 503
+        assert answer.json()["checks"][down] == {"status": "down"}
 
 
 @pytest.mark.parametrize("right_ca", [True, False])
@@ -50,7 +70,7 @@ async def test_health_checks_kafka_over_tls(
         kafka_ssl_key_file=str(tls_files.client_key),
     )  # fmt: skip
     async with running_api(settings) as api:
-        r = await api.client.get("/health")
+        r = await api.client.get("/health", headers=auth("admin"))
     kafka = r.json()["checks"]["kafka"]
     if right_ca:
         assert r.status_code == 200 and kafka["status"] == "up", r.text

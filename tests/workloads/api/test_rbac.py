@@ -3,6 +3,7 @@ token that names no merchant is scoped to its own data (never another's, never e
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -144,13 +145,26 @@ async def test_merchant_path(world: dict[str, Any], role: str, target: str) -> N
 @pytest.mark.parametrize("owner", [OWN, OTHER, None], ids=["own", "other", "platform"])
 @pytest.mark.parametrize("role", ROLES)
 async def test_single_rule_and_alert(world: dict[str, Any], role: str, owner: str | None) -> None:
+    """Another merchant's (or the platform's) rule or alert answers a merchant token exactly as
+    one that does not exist: 404, the same body, so guessing names or ids finds nothing."""
     api: Api = world["api"]
     headers = auth(role, OWN if role == "merchant" else None)
     tag = owner or "platform"
     allowed = role != "merchant" or owner == OWN
-    for url in (f"/v1/alert-rules/rule-{tag.lower()}", f"/v1/alerts/{world[f'alert:{tag}']}"):
+    missing = {
+        f"/v1/alert-rules/rule-{tag.lower()}": "/v1/alert-rules/no-such-rule",
+        f"/v1/alerts/{world[f'alert:{tag}']}": "/v1/alerts/999999999",
+    }
+    for url, absent in missing.items():
         r = await api.client.get(url, headers=headers)
-        assert r.status_code == (200 if allowed else 403), (url, r.text)
+        if allowed:
+            assert r.status_code == 200, (url, r.text)
+            continue
+        assert r.status_code == 404, (url, r.text)
+        unknown = await api.client.get(absent, headers=headers)
+        assert unknown.status_code == 404
+        name = url.rsplit("/", 1)[1]
+        assert r.json() == json.loads(unknown.text.replace(absent.rsplit("/", 1)[1], name))
 
 
 def _rule_body(name: str) -> dict[str, Any]:

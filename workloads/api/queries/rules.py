@@ -48,12 +48,17 @@ async def lock_name(conn: Conn, name: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('molam.rule:' || $1))", name)
 
 
-def as_document(row: asyncpg.Record) -> dict[str, Any]:
+def as_document(row: asyncpg.Record, *, with_notify: bool = True) -> dict[str, Any]:
+    """The rule as the API shows it; ``with_notify=False`` leaves out ``spec.notify`` (its URLs
+    carry credentials: a merchant's view never shows them)."""
+    spec = json.loads(row["spec"])
+    if not with_notify:
+        spec.pop("notify", None)
     return {
         "id": row["id"],
         "name": row["name"],
         "source": row["source"],
-        "spec": json.loads(row["spec"]),
+        "spec": spec,
         "status": {
             "state": row["state"],
             "last_value": row["last_value"],

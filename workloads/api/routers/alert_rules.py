@@ -9,6 +9,7 @@ from typing import Annotated, cast
 import asyncpg
 from fastapi import APIRouter, Path, Request, Response, status
 
+from molam_workloads.api.auth import Principal
 from molam_workloads.api.deps import PoolDep
 from molam_workloads.api.errors import Conflict, NotFound
 from molam_workloads.api.params import PageDep
@@ -16,7 +17,7 @@ from molam_workloads.api.permissions import (
     AlertManager,
     Reader,
     ScopedMerchant,
-    ensure_can_read,
+    ensure_visible,
 )
 from molam_workloads.api.queries.rules import as_document, get_rule, list_rules, lock_name
 from molam_workloads.api.schemas.alerts import (
@@ -32,6 +33,11 @@ router = APIRouter(prefix="/v1/alert-rules", tags=["alert rules"])
 NamePath = Annotated[RuleName, Path(description="The rule's name.")]
 
 
+def _view(row: asyncpg.Record, principal: Principal) -> AlertRuleOut:
+    # Webhook URLs carry credentials: only staff roles see where a rule notifies.
+    return AlertRuleOut.model_validate(as_document(row, with_notify=principal.reads_all_merchants))
+
+
 def _crd_conflict(name: str) -> Conflict:
     return Conflict(
         f"alert rule {name!r} is managed by an AlertRule custom resource: edit the custom "
@@ -45,12 +51,12 @@ async def list_alert_rules(
     principal: Reader, merchant_id: ScopedMerchant, page: PageDep, pool: PoolDep
 ) -> AlertRulePage:
     """Rules by name. ``merchant_id`` keeps the rules scoped to that merchant; a merchant token
-    sees only the rules scoped to itself."""
+    sees only the rules scoped to itself, without their ``notify`` targets."""
     limit, offset = page
     async with pool.acquire() as conn:
         rows, total = await list_rules(conn, merchant_id, limit, offset)
     return AlertRulePage(
-        items=[AlertRuleOut.model_validate(as_document(r)) for r in rows],
+        items=[_view(r, principal) for r in rows],
         total=total,
         limit=limit,
         offset=offset,
@@ -61,12 +67,15 @@ async def list_alert_rules(
 async def get_alert_rule(
     request: Request, principal: Reader, name: NamePath, pool: PoolDep
 ) -> AlertRuleOut:
+    """One rule; a merchant token reads only a rule scoped to itself (any other is a 404), and
+    without its ``notify`` targets."""
+    missing = NotFound(f"no alert rule named {name!r}")
     async with pool.acquire() as conn:
         row = await get_rule(conn, name)
     if row is None:
-        raise NotFound(f"no alert rule named {name!r}")
-    ensure_can_read(request, principal, row["scope_merchant_id"])
-    return AlertRuleOut.model_validate(as_document(row))
+        raise missing
+    ensure_visible(request, principal, row["scope_merchant_id"], missing)
+    return _view(row, principal)
 
 
 @router.post(

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from molam_workloads.api.deps import PoolDep
 from molam_workloads.api.errors import Conflict, NotFound
 from molam_workloads.api.params import PageDep
-from molam_workloads.api.permissions import AlertManager, Reader, ScopedMerchant, ensure_can_read
+from molam_workloads.api.permissions import AlertManager, Reader, ScopedMerchant, ensure_visible
 from molam_workloads.api.queries.alerts import alert_document, get_alert, list_alerts, transition
 from molam_workloads.api.schemas.alerts import AlertAction, AlertOut, AlertPage
 from molam_workloads.api.schemas.common import error_responses
@@ -64,12 +64,15 @@ async def list_alerts_route(
 async def get_alert_route(
     request: Request, principal: Reader, alert_id: AlertId, pool: PoolDep
 ) -> AlertOut:
+    """One alert; a merchant token reads only the alerts of rules scoped to itself (any other
+    is a 404, as a missing one)."""
+    missing = NotFound(f"no alert {alert_id}")
     async with pool.acquire() as conn:
         row = await get_alert(conn, alert_id)
     if row is None:
-        raise NotFound(f"no alert {alert_id}")
+        raise missing
     doc = alert_document(row)
-    ensure_can_read(request, principal, doc["scope"].get("merchantId"))
+    ensure_visible(request, principal, doc["scope"].get("merchantId"), missing)
     return AlertOut.model_validate(doc)
 
 

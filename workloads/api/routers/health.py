@@ -1,18 +1,27 @@
-"""``GET /health`` (no auth): PostgreSQL, Redis and Kafka each checked; 503 if one is down."""
+"""``GET /health`` (no auth): PostgreSQL, Redis and Kafka each checked; 503 if one is down.
+
+Anyone may ask, so the answer says only up or down: why a check failed (an error's text names
+hosts, users and certificates) goes to the log, and into the answer only for an admin or ops
+token."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from molam_workloads.api.deps import KafkaOptionsDep, PoolDep, RedisDep
+from molam_workloads.api.auth import ALERT_MANAGERS, authenticate
+from molam_workloads.api.deps import KafkaOptionsDep, PoolDep, RedisDep, get_resources
+from molam_workloads.api.errors import ApiError
 from molam_workloads.core.kafka import bootstrap_addresses
+from molam_workloads.core.redact import redact_urls_in
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
 CHECK_TIMEOUT = 2.0
 
@@ -28,13 +37,27 @@ class Health(BaseModel):
     checks: dict[str, Check]
 
 
-async def _timed(probe: Any) -> Check:
+async def _timed(name: str, probe: Any) -> Check:
     start = time.perf_counter()
     try:
         await asyncio.wait_for(probe, CHECK_TIMEOUT)
     except Exception as exc:  # any failure of a probe means the service is down
-        return Check(status="down", error=f"{type(exc).__name__}: {exc}"[:300])
+        error = redact_urls_in(f"{type(exc).__name__}: {exc}")[:300]
+        log.warning("health: %s is down: %s", name, error)
+        return Check(status="down", error=error)
     return Check(status="up", latency_ms=round((time.perf_counter() - start) * 1000, 2))
+
+
+def _sees_details(request: Request) -> bool:
+    """Whether the caller holds a valid admin or ops token (none at all: no, silently)."""
+    if "authorization" not in request.headers:
+        return False
+    resources = get_resources(request)
+    try:
+        principal = authenticate(request, resources.token_policy, resources.tokens)
+    except ApiError:  # refused, logged and counted by authenticate; the statuses still answer
+        return False
+    return principal.role in ALERT_MANAGERS
 
 
 async def _kafka(options: dict[str, Any]) -> None:
@@ -61,13 +84,18 @@ async def _kafka(options: dict[str, Any]) -> None:
     response_model=Health,
     responses={503: {"model": Health, "description": "A dependency is down"}},
 )
-async def health(pool: PoolDep, redis: RedisDep, kafka: KafkaOptionsDep) -> JSONResponse:
+async def health(
+    request: Request, pool: PoolDep, redis: RedisDep, kafka: KafkaOptionsDep
+) -> JSONResponse:
+    """Each check's status; its latency and error too for an admin or ops bearer token."""
     pg, rd, kf = await asyncio.gather(
-        _timed(pool.fetchval("SELECT 1")),
-        _timed(redis.ping()),
-        _timed(_kafka(kafka)),
+        _timed("postgresql", pool.fetchval("SELECT 1")),
+        _timed("redis", redis.ping()),
+        _timed("kafka", _kafka(kafka)),
     )
     checks = {"postgresql": pg, "redis": rd, "kafka": kf}
     ok = all(c.status == "up" for c in checks.values())
+    if not _sees_details(request):
+        checks = {name: Check(status=c.status) for name, c in checks.items()}
     body = Health(status="ok" if ok else "degraded", checks=checks)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ok else 503)

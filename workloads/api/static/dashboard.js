@@ -14,15 +14,27 @@
   const state = { me: null, timer: null, charts: {}, loads: 0, busy: false };
 
   // ---- token ------------------------------------------------------------------------------
+  // A link carries the token in its fragment (/#token=...): browsers never send a fragment to
+  // a server, so it stays out of access logs, proxies and Referer headers. It is dropped from
+  // the address bar at once. A token in the query (?token=...) has already been sent: it is
+  // removed from the address bar too, but not used, so such links stop working visibly.
+  let urlNotice = "";
   function takeTokenFromUrl() {
-    const params = new URLSearchParams(window.location.search);
-    const token = params.get("token");
-    if (token) {
-      sessionStorage.setItem(TOKEN_KEY, token.trim());
-      params.delete("token");
-      const rest = params.toString();
-      window.history.replaceState(null, "", window.location.pathname + (rest ? "?" + rest : ""));
+    const fragment = new URLSearchParams(window.location.hash.slice(1));
+    const query = new URLSearchParams(window.location.search);
+    const given = fragment.get("token");
+    if (given) sessionStorage.setItem(TOKEN_KEY, given.trim());
+    if (query.has("token") && !given) {
+      urlNotice = "A token in the page's query (?token=) is not accepted: it travels to " +
+        "servers and their logs. Open the page with #token=… or paste the token here.";
     }
+    if (!fragment.has("token") && !query.has("token")) return;
+    fragment.delete("token");
+    query.delete("token");
+    const rest = query.toString();
+    const hash = fragment.toString();
+    window.history.replaceState(null, "",
+      window.location.pathname + (rest ? "?" + rest : "") + (hash ? "#" + hash : ""));
   }
   const token = () => sessionStorage.getItem(TOKEN_KEY);
 
@@ -268,7 +280,7 @@
   }
 
   async function start() {
-    if (!token()) return signOut("");
+    if (!token()) return signOut(urlNotice);
     try {
       state.me = await api("/v1/me");
     } catch (e) {
