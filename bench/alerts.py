@@ -19,6 +19,11 @@ after every batch) on the same minute data: the first call (learns 48 buckets), 
 closes a 15-minute bucket (judges every merchant and the platform, both metrics), and the
 common call that closes nothing. Redis database ``BENCH_SIRA_REDIS_DB`` (12) is flushed.
 
+Then a 10,000-rule cycle where 1 % of the rules push to an Alertmanager (a real one,
+Debian's ``prometheus-alertmanager`` on a loopback port): the cycle, then the pusher's round
+(every open alert of those rules, ``POST /api/v2/alerts`` in batches of 64), first and
+steady (the re-post Alertmanager needs every minute).
+
 Usage: ``python bench/alerts.py [--merchants 500] [--hours 48] [--cycles 5]`` with
 ``DATABASE_URL`` set (``make bench`` does it). Target: a 10,000-rule cycle under 2 s.
 """
@@ -31,16 +36,21 @@ import json
 import logging
 import os
 import random
+import shutil
+import socket
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import asyncpg
 
+from molam_workloads.alerts.alertmanager import AlertmanagerPusher
 from molam_workloads.alerts.evaluator import run_cycle
 from molam_workloads.alerts.settings import AlertsSettings
 from molam_workloads.core import fx
@@ -423,8 +433,100 @@ async def run(pool: asyncpg.Pool, dsn: str, args: argparse.Namespace) -> int:
             f"{n:>7,} | {first.duration_s * 1000:>16.0f} ms | {med * 1000:>18.0f} ms | "
             f"{base * 1000:>13.0f} ms | {base / med:>7.1f}x | {report.firing}{note}"
         )
+    await bench_alertmanager(pool, dsn, now, max(counts), args.cycles)
     await bench_sira(pool, dsn, now, args.merchants)
     return 0
+
+
+async def _start_alertmanager(tmp: Path) -> tuple[asyncio.subprocess.Process, str] | None:
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        return None
+    (tmp / "am.yml").write_text(
+        "route: {receiver: blackhole, group_wait: 30s}\nreceivers: [{name: blackhole}]\n"
+    )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        binary,
+        f"--config.file={tmp / 'am.yml'}",
+        f"--storage.path={tmp}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=error",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):  # ready within 10 s
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return proc, url
+        except OSError:
+            await asyncio.sleep(0.1)
+    proc.terminate()
+    return None
+
+
+async def bench_alertmanager(
+    pool: asyncpg.Pool, dsn: str, now: datetime, n: int, cycles: int
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-am-") as tmp:
+        started = await _start_alertmanager(Path(tmp))
+        if started is None:
+            print("Alertmanager: skipped (prometheus-alertmanager not installed)")
+            return
+        proc, url = started
+        try:
+            await pool.execute(
+                """
+                UPDATE analytics_alert_rules SET is_active = (name <= $1),
+                    alertmanagers = CASE WHEN right(name, 2) = '00' THEN $2::jsonb
+                                         ELSE '[]'::jsonb END
+                """,
+                f"bench-{n - 1:05d}",
+                json.dumps([url]),
+            )
+            await pool.execute("DELETE FROM analytics_alerts")
+            await pool.execute("DELETE FROM analytics_alert_rule_state")
+            settings = AlertsSettings(database_url=dsn, alert_webhook_allow="127.0.0.1")
+            pusher = AlertmanagerPusher(pool, settings)
+            am_rules = await pool.fetchval(
+                "SELECT count(*) FROM analytics_alert_rules "
+                "WHERE is_active AND alertmanagers <> '[]'"
+            )
+            try:
+                first = await run_cycle(pool, settings, now=now)
+                t = time.perf_counter()
+                outcomes = await pusher.push_once()
+                first_push = time.perf_counter() - t
+                cycle_s, push_s = [], []
+                for _ in range(1, cycles):
+                    report = await run_cycle(pool, settings, now=now)
+                    cycle_s.append(report.duration_s)
+                    t = time.perf_counter()
+                    outcomes = await pusher.push_once()
+                    push_s.append(time.perf_counter() - t)
+            finally:
+                await pusher.aclose()
+            posted = await pool.fetchval(
+                "SELECT count(*) FROM analytics_alerts WHERE alertmanagers <> '[]'"
+            )
+            assert all(o.ok for o in outcomes), outcomes
+            cyc = statistics.median(cycle_s) if cycle_s else first.duration_s
+            push = statistics.median(push_s) if push_s else first_push
+            print(
+                f"Alertmanager: {n:,} rules, {am_rules} pushing to a real Alertmanager, "
+                f"{posted} alert(s) posted per round in {len(outcomes)} POST(s): cycle "
+                f"{first.duration_s * 1000:.0f} ms then {cyc * 1000:.0f} ms (median); push "
+                f"round {first_push * 1000:.0f} ms then {push * 1000:.0f} ms; cycle + push "
+                f"{(cyc + push) * 1000:.0f} ms (target < 2000 ms)"
+            )
+        finally:
+            proc.terminate()
+            await proc.wait()
 
 
 async def bench_sira(pool: asyncpg.Pool, dsn: str, now: datetime, merchants: int) -> None:
