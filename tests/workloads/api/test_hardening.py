@@ -188,6 +188,23 @@ async def test_security_headers_on_every_answer(module_api: Api, path: str) -> N
     assert r.headers["referrer-policy"] == "no-referrer"
 
 
+async def test_security_headers_on_answers_from_the_fast_path(module_api: Api) -> None:
+    """A cached answer served by ``fastpath.CachedAnswers`` (no FastAPI) carries them too, and
+    an oversized header is refused before the fast path's token lookup."""
+    url = "/v1/kpis?from=2025-01-01&to=2025-01-02"
+    headers = auth("analyst", sub="fast-path")
+    sources = []
+    for _ in range(3):
+        r = await module_api.client.get(url, headers=headers)
+        assert r.status_code == 200, r.text
+        sources.append(r.headers.get("x-cache"))
+        assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert r.headers["x-content-type-options"] == "nosniff"
+    assert sources[-1] == "hit", sources
+    big = {"Authorization": headers["Authorization"] + " " * MAX_AUTHORIZATION_BYTES}
+    assert (await module_api.client.get(url, headers=big)).status_code == 431
+
+
 @pytest.mark.parametrize("page", ["index.html", "docs.html"])
 def test_pages_have_no_inline_script_or_style(page: str) -> None:
     """What the policy would block: <script> without src, <style>, style= and on*= attributes,
