@@ -17,7 +17,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -38,7 +38,8 @@ IAT_SKEW_SECONDS = 60
 class TokenPolicy:
     """What a token must satisfy besides its signature; built once from the settings."""
 
-    keys: tuple[str, ...]  # the first signs; all verify
+    # The first signs; all verify. Kept out of repr: a logged policy shows no key.
+    keys: tuple[str, ...] = field(repr=False)
     max_lifetime_seconds: int
     issuer: str | None = None
     audience: str | None = None

@@ -26,8 +26,9 @@ class Resources:
     redis: Redis
     cache: ResponseCache
     rollup: RollupRefresher
-    # core.kafka.client_options of the settings, resolved once (the TLS context loads its files).
-    kafka: dict[str, Any]
+    # core.kafka.client_options of the settings, resolved once (the TLS context loads its files);
+    # out of repr, which would show the SASL password.
+    kafka: dict[str, Any] = field(repr=False)
     token_policy: TokenPolicy
     tokens: TokenCache = field(default_factory=TokenCache)  # verified under token_policy
 

@@ -23,9 +23,12 @@ class _Base(BaseSettings):
 
 
 class DatabaseSettings(_Base):
+    # URLs carry passwords: out of repr, so a logged settings object shows none (core.redact
+    # renders one for a message).
     database_url: str = Field(
         default="postgresql://postgres@127.0.0.1:5432/postgres",
         description="PostgreSQL DSN (postgresql://user:pass@host:port/db or ?host=/socket/dir).",
+        repr=False,
     )
     db_pool_max: int = Field(default=10, ge=1, le=500, description="Max connections per process.")
 
@@ -38,7 +41,7 @@ class DatabaseSettings(_Base):
 
 
 class RedisSettings(_Base):
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL.")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL.", repr=False)
 
     @field_validator("redis_url")
     @classmethod

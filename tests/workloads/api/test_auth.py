@@ -259,6 +259,8 @@ async def test_rotated_keys_verify_and_the_first_signs(strict_api: Api) -> None:
         assert r.status_code == 200, (kind, r.text)
     policy = strict_api.app.state.resources.token_policy
     assert policy.keys == (NEW_KEY, OLD_KEY)
+    shown = repr(strict_api.app.state.resources)  # what logging the resources would print
+    assert NEW_KEY not in shown and OLD_KEY not in shown
     issued = issue_token(policy, "svc", Role.ops, lifetime_seconds=10 * 86400)
     claims = jwt.decode(
         issued, NEW_KEY, algorithms=["HS256"], audience="molam-analytics", issuer=policy.issuer

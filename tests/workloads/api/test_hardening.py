@@ -14,7 +14,7 @@ import pytest
 from molam_workloads.api.hardening import CONTENT_SECURITY_POLICY, MAX_AUTHORIZATION_BYTES
 from molam_workloads.core.metrics import AUTH_DENIALS
 
-from .conftest import Api, auth, make_token
+from .conftest import SECRET, Api, api_settings, auth, make_token, running_api
 from .seed import insert_rule
 
 RULE = {
@@ -229,3 +229,21 @@ async def test_a_token_signed_elsewhere_reads_nothing_through_health(module_api:
     forged = make_token("admin", secret="y" * 40)
     r = await module_api.client.get("/health", headers={"Authorization": f"Bearer {forged}"})
     assert all(set(c) == {"status"} for c in r.json()["checks"].values())
+
+
+async def test_the_resources_repr_shows_no_secret(module_db: str, module_redis_url: str) -> None:
+    """What logging the process's resources would print: no key, password or URL secret."""
+    password = "kafka-hunter2-password"
+    settings = api_settings(
+        module_db,
+        module_redis_url.replace("redis://", "redis://:redis-hunter2@", 1),
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_username="analytics",
+        kafka_sasl_password=password,
+        analytics_jwt_previous_secrets="previous-hunter2-key-0123456789abcdef",
+    )
+    async with running_api(settings) as api:
+        shown = repr(api.app.state.resources)
+    assert "Resources(" in shown
+    for secret in (password, "redis-hunter2", "previous-hunter2", SECRET):
+        assert secret not in shown, secret
