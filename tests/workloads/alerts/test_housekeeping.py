@@ -47,3 +47,30 @@ async def test_housekeeping(
     assert await db.fetchval("SELECT min(minute) FROM txn_minute_agg") == T0 - timedelta(hours=48)
     again = await housekeep(pool, settings, now=T0)
     assert (again.alerts_deleted, again.minute_rows_deleted) == (0, 0)
+
+
+async def test_ledger_rows_and_tests_are_kept_for_their_retention_only(
+    db: asyncpg.Connection, pool: asyncpg.Pool, settings: AlertsSettings
+) -> None:
+    alert = await _alert(db, "firing", None)
+    for days in (8, 6):
+        test_id = await db.fetchval(
+            "INSERT INTO analytics_alert_tests (rule_name, requested_at) VALUES ('r', $1) "
+            "RETURNING id",
+            T0 - timedelta(days=days),
+        )
+        await db.execute(
+            """INSERT INTO analytics_alert_deliveries (at, alert_id, test_id, rule_name, kind,
+                   status, destination, attempt, latency_ms, ok)
+               VALUES ($1, $2, NULL, 'r', 'alertmanager', 'firing', 'am:9093', 1, 1, true),
+                      ($1, NULL, $3, 'r', 'webhook', 'test', 'hooks.example', 1, 1, true)""",
+            T0 - timedelta(days=days),
+            alert,
+            test_id,
+        )
+    await housekeep(pool, settings, now=T0)  # ALERTS_DELIVERY_RETENTION_DAYS: 7
+    ages = await db.fetch("SELECT at FROM analytics_alert_deliveries ORDER BY id")
+    assert [r["at"] for r in ages] == [T0 - timedelta(days=6)] * 2
+    tests = await db.fetch("SELECT requested_at FROM analytics_alert_tests")
+    assert [r["requested_at"] for r in tests] == [T0 - timedelta(days=6)]
+    assert await db.fetchval("SELECT state FROM analytics_alerts WHERE id = $1", alert) == "firing"
