@@ -28,7 +28,7 @@ from molam_workloads.api.cache import ResponseCache
 from molam_workloads.api.deps import Resources
 from molam_workloads.api.errors import ApiError, error_body
 from molam_workloads.api.fastpath import CachedAnswers
-from molam_workloads.api.hardening import RequestGuard, SecurityHeaders
+from molam_workloads.api.hardening import RequestGuard, SecurityHeaders, loggable
 from molam_workloads.api.middleware import MetricsMiddleware
 from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.routers import (
@@ -150,7 +150,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.warning(
             "%s %s: value refused by PostgreSQL (request %s): %r",
             request.method,
-            request.url.path,
+            loggable(request.url.path),
             rid,
             exc,
         )
@@ -167,7 +167,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.warning(
             "%s %s: a dependency is unavailable (request %s): %s",
             request.method,
-            request.url.path,
+            loggable(request.url.path),
             rid,
             redact_urls_in(repr(exc)),
         )
@@ -191,7 +191,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         rid = _request_id()
-        log.exception("%s %s failed (request %s)", request.method, request.url.path, rid)
+        log.exception("%s %s failed (request %s)", request.method, loggable(request.url.path), rid)
         return _json(
             500,
             "internal",

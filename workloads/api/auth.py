@@ -25,6 +25,7 @@ import jwt
 from starlette.requests import Request
 
 from molam_workloads.api.errors import Forbidden, Unauthorized
+from molam_workloads.api.hardening import loggable
 from molam_workloads.api.settings import ApiSettings
 from molam_workloads.core.metrics import AUTH_DENIALS
 
@@ -126,7 +127,7 @@ def deny(request: Request, status: int, reason: str, principal: Principal | None
     log.warning(
         "denied %s %s: %s (status=%d sub=%s role=%s merchant_id=%s)",
         request.method,
-        request.url.path,
+        loggable(request.url.path),
         reason,
         status,
         principal.sub if principal else "-",

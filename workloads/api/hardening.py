@@ -40,6 +40,15 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
+# C0 and C1 control characters (a decoded %0a in a path would start a forged log line).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def loggable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\x0a``): one log line stays one."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
 async def _refuse(send: Send, status: int, code: str, message: str) -> None:
     body = json.dumps(error_body(code, message)).encode()
     await send(

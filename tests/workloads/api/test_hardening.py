@@ -247,3 +247,18 @@ async def test_the_resources_repr_shows_no_secret(module_db: str, module_redis_u
     assert "Resources(" in shown
     for secret in (password, "redis-hunter2", "previous-hunter2", SECRET):
         assert secret not in shown, secret
+
+
+async def test_a_path_cannot_forge_a_log_line(
+    module_api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Control characters of a decoded path (a terminal escape, a vertical tab, NEL) are
+    written as \\xNN in the log line. (Python's URL parsing already drops \\n \\r \\t.)"""
+    with caplog.at_level(logging.WARNING, logger="molam_workloads.api"):
+        r = await module_api.client.get(
+            "/v1/merchants/M-2%1b[31m%0bINFO%c2%85forged/live", headers=auth("merchant", "M-1")
+        )
+    assert r.status_code == 403
+    denied = [m for m in caplog.messages if m.startswith("denied GET /v1/merchants/")]
+    assert denied and not any(c in m for m in denied for c in "\x1b\x0b\x85\n")
+    assert any("M-2\\x1b[31m\\x0bINFO\\x85forged" in m for m in denied)
