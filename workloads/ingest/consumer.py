@@ -94,6 +94,10 @@ _UNPACK = PartitionRecords._unpack_records.__code__
 UNREADABLE_IDLE_READS = 20
 
 
+# A dead letter on its way: the source partition, the original key, the dead letter's value.
+_Letter = tuple[int, bytes | None, bytes]
+
+
 @dataclass
 class UnreadableRecords(ConsumerRecord[bytes, bytes]):  # type: ignore[misc]
     """Stands in a batch for offsets ``first_offset``..``offset`` of a partition that could not
@@ -489,17 +493,18 @@ class Ingestor:
             summary=Summary(None if since is None else micros(since)),
         )
         oldest = ledger.oldest_accepted(now, self.settings.ledger_retention_days)
-        dead_sends: list[Any] = []
+        letters: list[_Letter] = []
         for tp, records in batch.items():
             if not records:
                 continue
-            newest = await self._read(records, prepared, oldest, dead_sends)
+            newest = await self._read(records, prepared, oldest, letters)
             if newest is not None:
                 prepared.newest[tp.partition] = from_micros(newest)
             prepared.records += len(records)
             prepared.next_offsets[tp.partition] = records[-1].offset + 1
-        if dead_sends:
-            prepared.dead_letters, prepared.dead = dead_sends, len(dead_sends)
+        if letters:
+            prepared.dead_letters = await self._send_dead_letters(letters)
+            prepared.dead = len(letters)
             log.warning("%d malformed event(s) sent to %s", prepared.dead, self.settings.dlq_topic)
         if prepared.newest:
             prepared.watermark = max(prepared.newest.values())
@@ -510,7 +515,7 @@ class Ingestor:
         records: list[ConsumerRecord],
         prepared: PreparedBatch,
         oldest: datetime | None,
-        dead_sends: list[Any],
+        letters: list[_Letter],
     ) -> int | None:
         """Add one partition's records to the batch's summary, in order; the newest event time
         among them (epoch microseconds), None when none was valid."""
@@ -540,20 +545,20 @@ class Ingestor:
                 await asyncio.sleep(0)
             rec = records[stop]
             if type(rec) is UnreadableRecords:
-                dead_sends.append(await self._send_unreadable(rec, now))
+                letters.append(self._unreadable_letter(rec, now))
                 continue
             try:
                 ev = self._decode(rec.value, now, oldest)
                 add_event(summary, ev)  # its checks refuse before they change anything
             except InvalidEvent as exc:
-                dead_sends.append(await self._send_dead_letter(rec, exc, now))
+                letters.append(self._dead_letter(rec, exc, now))
                 continue
             except Exception as exc:
                 # Whatever a record's own bytes make the model or the summary raise, that
                 # record goes to the DLQ: one record must never stop the partition.
                 log.warning("offset %d of %s not decodable: %r", rec.offset, rec.topic, exc)
                 invalid = InvalidEvent("undecodable", f"{type(exc).__name__}: {exc}"[:1000])
-                dead_sends.append(await self._send_dead_letter(rec, invalid, now))
+                letters.append(self._dead_letter(rec, invalid, now))
                 continue
             prepared.accepted += 1
             times.append(micros(ev.occurred_at))
@@ -573,8 +578,8 @@ class Ingestor:
             )
         return ev
 
-    async def _send_dead_letter(self, rec: ConsumerRecord, exc: InvalidEvent, now: datetime) -> Any:
-        """Queue ``rec`` for the DLQ; returns the future of its delivery."""
+    def _dead_letter(self, rec: ConsumerRecord, exc: InvalidEvent, now: datetime) -> _Letter:
+        """The dead letter of ``rec`` (sent with the batch's others by ``_send_dead_letters``)."""
         _errors(exc.reason).inc()
         value = dead_letter(
             reason=exc.reason,
@@ -586,10 +591,10 @@ class Ingestor:
             key=rec.key,
             now=now,
         )
-        return await self.producer.send(self.settings.dlq_topic, value, key=rec.key)
+        return rec.partition, rec.key, value
 
-    async def _send_unreadable(self, rec: UnreadableRecords, now: datetime) -> Any:
-        """Queue the dead letter of records that could not be read; the future of its delivery."""
+    def _unreadable_letter(self, rec: UnreadableRecords, now: datetime) -> _Letter:
+        """The dead letter of records that could not be read."""
         _errors(rec.reason).inc()
         metrics.INGEST_UNREADABLE.labels(rec.reason).inc(rec.offset + 1 - rec.first_offset)
         value = dead_letter(
@@ -602,7 +607,29 @@ class Ingestor:
             value=None,
             now=now,
         )
-        return await self.producer.send(self.settings.dlq_topic, value)
+        return rec.partition, None, value
+
+    async def _send_dead_letters(self, letters: list[_Letter]) -> list[asyncio.Future[Any]]:
+        """Hand a batch's dead letters to the producer, as few record batches (one call per
+        letter cost ~25 us of Python each); the futures of their delivery.
+
+        A source partition's dead letters go to one DLQ partition, in their order."""
+        topic = self.settings.dlq_topic
+        partitions = sorted(await self.producer.partitions_for(topic))
+        open_batches: dict[int, Any] = {}
+        sent: list[asyncio.Future[Any]] = []
+        for source, key, value in letters:
+            target = partitions[source % len(partitions)]
+            batch = open_batches.get(target)
+            if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
+                if batch is not None:  # full: on its way, and a new one for this letter
+                    sent.append(await self.producer.send_batch(batch, topic, partition=target))
+                batch = open_batches[target] = self.producer.create_batch()
+                # An empty batch takes one record of any size (the request's limit applies).
+                batch.append(key=key, value=value, timestamp=None)
+        for target, batch in open_batches.items():
+            sent.append(await self.producer.send_batch(batch, topic, partition=target))
+        return sent
 
     async def commit(
         self,

@@ -165,6 +165,7 @@ async def test_every_record_is_counted_or_dead_lettered(
         len(values) - valid,
     )
     assert prepared.next_offsets == {0: len(values)}
-    # commit() waits for these before the offsets move: each dead letter reaches the broker.
+    # commit() waits for these before the offsets move: the dead letters reach the broker (as
+    # few record batches).
     delivered = await asyncio.gather(*prepared.dead_letters)
-    assert len(delivered) == prepared.dead
+    assert 0 < len(delivered) <= prepared.dead if prepared.dead else not delivered
