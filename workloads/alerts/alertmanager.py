@@ -95,6 +95,13 @@ def plan(
     return out
 
 
+def _log_crash(task: asyncio.Task[list[Outcome]]) -> None:
+    """A round that died of a bug is logged, not lost as an unretrieved task exception."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        ALERT_RULE_FAILURES.labels("alertmanager").inc()
+        log.error("Alertmanager round failed: %r", exc, exc_info=exc)
+
+
 class AlertmanagerPusher:
     """Posts open and lately resolved alerts to every Alertmanager; ``run()`` or
     ``push_once()``."""
@@ -171,6 +178,7 @@ class AlertmanagerPusher:
                 log.info("Alertmanager %s: previous round still running; skipped", url_host(url))
                 continue
             task = asyncio.create_task(self._push(url, alerts, deadline), name=f"am-{url}")
+            task.add_done_callback(_log_crash)
             self._busy[url] = task
             started.append(task)
         return started

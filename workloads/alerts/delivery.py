@@ -68,7 +68,9 @@ async def post_once(
         resp = await client.post(url, content=body, headers=dict(headers), timeout=timeout)
         status = resp.status_code
         if not 200 <= status < 300:
-            error = f"HTTP {status}"
+            # The receiver's reason, shortened to one line (Alertmanager explains a 400 there).
+            reason = " ".join(resp.text.split())[:200]
+            error = f"HTTP {status}: {reason}" if reason else f"HTTP {status}"
     except httpx.HTTPError as exc:
         refused = isinstance(exc.__cause__, DestinationRefused)
         error = f"refused: {exc}" if refused else _describe(exc, url, timeout)

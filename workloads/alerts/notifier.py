@@ -346,13 +346,17 @@ class Notifier:
             log.warning("notifier cannot read the test requests: %s", exc)
             return 0
         for t in claimed:
-            results = await self.send_test(t["id"], t["rule_name"])
-            await self.pool.execute(
-                "UPDATE analytics_alert_tests SET done_at = now(), results = $2::jsonb "
-                "WHERE id = $1",
-                t["id"],
-                json.dumps(results),
-            )
+            try:
+                results = await self.send_test(t["id"], t["rule_name"])
+                await self.pool.execute(
+                    "UPDATE analytics_alert_tests SET done_at = now(), results = $2::jsonb "
+                    "WHERE id = $1",
+                    t["id"],
+                    json.dumps(results),
+                )
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # The lease expires and the test is sent again; the API is still waiting.
+                log.warning("could not answer test %d of rule %s: %s", t["id"], t["rule_name"], exc)
         return len(claimed)
 
     async def send_test(self, test_id: int, rule_name: str) -> list[dict[str, Any]]:
