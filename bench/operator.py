@@ -57,6 +57,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from molam_operator import manifests
 from molam_operator.kube import Kube, KubeError, path
 from molam_operator.scaling import simulate, synthetic_trace
+from molam_operator.spec import ConsumerScaling, parse_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import env, scratch_database, table
@@ -400,7 +401,7 @@ def kubectl_floor(pipelines: int, cron_api: str) -> float:
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in namespaces
     ]
     spec = pipeline_doc("x", "kafka:9092", "t", "g")["spec"]
-    cfg = manifests.parse_spec(spec)
+    cfg = parse_spec(spec)
     for ns in namespaces:
         for child in manifests.build_children("analytics", cfg, cron_job_api_version=cron_api):
             child["metadata"]["namespace"] = ns
@@ -496,7 +497,7 @@ async def main() -> None:
     print("3. Trend sizing vs threshold rule (pure simulation, 1 h synthetic trace,")
     print("   12 partitions, 500 msg/s per replica, 10 s pod start, poll 15 s, window 300 s)")
     trace = synthetic_trace()
-    base = manifests.ConsumerScaling(
+    base = ConsumerScaling(
         min_replicas=1, max_replicas=12, lag_threshold=5000, poll_seconds=15,
         scale_down_stabilization_seconds=300,
     )  # fmt: skip

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from molam_operator.manifests import KafkaSecurity, SecretKey
+from molam_operator.spec import KafkaSecurity, SecretKey
 from molam_workloads.core.kafka import KafkaConnection
 
 

@@ -2,8 +2,8 @@
 
 Three entry points, all serialised per pipeline by ``PipelineRuntime.lock``:
 
-* :func:`reconcile` — build every child from the spec (manifests.py) and create or patch it
-  (called from the create/update/resume handlers and when a child drifts);
+* :func:`reconcile` — parse the spec (spec.py), build every child (manifests.py) and create or
+  patch it (called from the create/update/resume handlers and when a child drifts, drift.py);
 * :func:`run` — the per-pipeline daemon: polls the lag every ``pollSeconds`` (read from the live
   spec, so a change applies at the next poll), scales, writes the status, re-checks the
   children as soon as a child watch kicks it, and judges Ready again when a child Deployment's
@@ -27,12 +27,13 @@ import kopf
 from molam_operator import manifests, metrics, rollout
 from molam_operator.conditions import iso, now_iso, set_condition
 from molam_operator.context import OperatorContext, PipelineRuntime
+from molam_operator.drift import drifted
 from molam_operator.kafka_access import KafkaAccess, KafkaSecretMissing
 from molam_operator.kafka_access import resolve as resolve_kafka_access
 from molam_operator.kube import STRATEGIC, KubeError, object_path, path
-from molam_operator.manifests import InvalidSpec, PipelineConfig
 from molam_operator.scaling import Decision, LagObservation, ProbeFailure, Reason, decide
 from molam_operator.settings import GROUP, VERSION
+from molam_operator.spec import InvalidSpec, PipelineConfig, parse_spec
 from molam_workloads.core.errors import ServiceUnavailable
 
 KIND = "AnalyticsPipeline"
@@ -82,7 +83,7 @@ async def ensure_child(ctx: OperatorContext, desired: dict[str, Any]) -> str:
             if live is None:
                 raise
     patch = _strip_for_patch(desired, live)
-    if not manifests.drifted(patch, live):
+    if not drifted(patch, live):
         return "unchanged"
     await ctx.kube.patch(url, patch, content_type=STRATEGIC)
     return "patched"
@@ -137,7 +138,7 @@ async def reconcile(
     namespace, name = body.meta["namespace"], body.meta["name"]
     rt = ctx.runtime(namespace, name)
     try:
-        cfg = manifests.parse_spec(body.spec)
+        cfg = parse_spec(body.spec)
     except InvalidSpec as exc:
         metrics.RECONCILE_ERRORS.labels(KIND, "InvalidSpec").inc()
         await _set_not_ready(ctx, body, rt, "InvalidSpec", str(exc))
@@ -475,7 +476,7 @@ async def run(
     try:
         while not stopped:
             try:
-                cfg = manifests.parse_spec(body.spec)  # the live spec: changes apply at once
+                cfg = parse_spec(body.spec)  # the live spec: changes apply at once
             except InvalidSpec:
                 await _nap(rt, stopped, 5)
                 continue

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from molam_operator.manifests import ConsumerScaling
+from molam_operator.spec import ConsumerScaling
 
 # Weight of the newest rate measurement in the moving averages (0..1).
 RATE_SMOOTHING = 0.5

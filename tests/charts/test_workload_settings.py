@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 from pydantic_settings import BaseSettings
 
-from molam_operator.manifests import build_children, parse_spec
+from molam_operator.manifests import build_children
 from molam_operator.settings import OperatorSettings
+from molam_operator.spec import parse_spec
 from molam_workloads.alerts.settings import AlertsSettings
 from molam_workloads.api.settings import ApiSettings
 from molam_workloads.core.settings import DatabaseSettings, load_settings

@@ -9,7 +9,9 @@ import yaml
 
 from molam_operator import manifests
 from molam_operator.conditions import get_condition, set_condition
+from molam_operator.drift import drifted
 from molam_operator.pipeline import _strip_for_patch
+from molam_operator.spec import parse_spec
 
 SAMPLE = Path(__file__).resolve().parents[2] / "crds" / "samples" / "analyticspipeline.yaml"
 
@@ -32,7 +34,7 @@ def test_set_condition_moves_the_transition_time_only_on_change() -> None:
 
 def _deployments() -> dict[str, dict[str, object]]:
     spec = yaml.safe_load(SAMPLE.read_text())["spec"]
-    cfg = manifests.parse_spec(spec)
+    cfg = parse_spec(spec)
     kids = manifests.build_children("analytics", cfg, cron_job_api_version="batch/v1")
     return {c["metadata"]["name"]: c for c in kids if c["kind"] == "Deployment"}
 
@@ -43,7 +45,7 @@ def test_consumer_replicas_belong_to_the_scaler() -> None:
     live["spec"]["replicas"] = 7  # type: ignore[index]
     patch = _strip_for_patch(consumer, live)  # type: ignore[arg-type]
     assert "replicas" not in patch["spec"]
-    assert not manifests.drifted(patch, live)
+    assert not drifted(patch, live)
 
 
 def test_api_replicas_apply_only_when_the_spec_value_changes() -> None:

@@ -16,8 +16,8 @@ from kafka_tls import TlsBroker, TlsFiles, create_topics
 from molam_operator import kafka_access
 from molam_operator.kafka_access import KafkaAccess, KafkaSecretMissing, resolve
 from molam_operator.lagprobe import LagProber
-from molam_operator.manifests import SecretKey, parse_kafka_security
 from molam_operator.scaling import LagObservation, ProbeFailure
+from molam_operator.spec import SecretKey, parse_kafka_security
 from molam_workloads.core.kafka import client_options, producer
 
 SASL_SSL = {

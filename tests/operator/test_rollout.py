@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from molam_operator import rollout
-from molam_operator.manifests import build_children, parse_spec
+from molam_operator.manifests import build_children
+from molam_operator.spec import parse_spec
 
 SPEC: dict[str, Any] = {
     "image": "molam-analytics:test",

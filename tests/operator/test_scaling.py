@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from molam_operator.lagprobe import observe
-from molam_operator.manifests import ConsumerScaling
+from molam_operator.spec import ConsumerScaling
 from molam_operator.scaling import (
     LagObservation,
     ProbeFailure,
