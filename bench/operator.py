@@ -56,11 +56,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from molam_operator import manifests
 from molam_operator.kube import Kube, KubeError, path
-from molam_operator.scaling import simulate, synthetic_trace
 from molam_operator.spec import ConsumerScaling, parse_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import env, scratch_database, table
+from _scaling_sim import simulate, synthetic_trace
 
 GROUP_VERSION = "analytics.molam.io/v1"
 STEADY_SECONDS = 20

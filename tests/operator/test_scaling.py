@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from molam_operator.lagprobe import observe
-from molam_operator.spec import ConsumerScaling
 from molam_operator.scaling import (
     LagObservation,
     ProbeFailure,
     Reason,
     ScalerMemory,
     decide,
-    simulate,
-    synthetic_trace,
     threshold_replicas,
     trend_replicas,
 )
+from molam_operator.spec import ConsumerScaling
 from molam_workloads.core.kafka import GroupLag, PartitionLag
+
+SCALING_SIM = Path(__file__).resolve().parents[2] / "bench" / "_scaling_sim.py"
+
+
+def _load_scaling_sim() -> ModuleType:
+    """bench/_scaling_sim.py (bench/ holds scripts, not a package), imported by its path."""
+    spec = importlib.util.spec_from_file_location("molam_bench_scaling_sim", SCALING_SIM)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+scaling_sim = _load_scaling_sim()
+simulate, synthetic_trace = scaling_sim.simulate, scaling_sim.synthetic_trace
 
 POLICY = ConsumerScaling(
     min_replicas=1,

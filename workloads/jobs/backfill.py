@@ -86,11 +86,6 @@ SELECT (SELECT coalesce(sum(tx_count), 0) FROM fresh)::bigint AS transactions,
 
 HOURLY_SQL = _sync_sql("txn_hourly_agg", "hour", "hour")
 MINUTE_SQL = _sync_sql("txn_minute_agg", "minute", "minute")
-# The bare aggregation, for comparison (bench/backfill.py): one INSERT … SELECT … GROUP BY.
-BARE_HOURLY_SQL = f"""
-INSERT INTO txn_hourly_agg (hour, {", ".join(KEYS)}, {", ".join(MEASURES)})
-{_select("hour", "hour")}
-"""
 # The day's transactions not yet in the ledger. The usual case, a plain INSERT after a hash
 # anti-join against the ledger rows of the same day (their BRIN index on occurred_at), cheaper
 # than ON CONFLICT (docs/decisions/011-backfill-anti-join.md). While the day's lock is held
