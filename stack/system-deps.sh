@@ -3,10 +3,11 @@
 #   chromium  headless browser for the dashboard test (tests/workloads/api/test_dashboard.py)
 #   wrk       HTTP load generator of bench/api.py
 #   prometheus-alertmanager  a real Alertmanager 0.25 + amtool (tests/workloads/alerts)
+#   prometheus  a real Prometheus 2.42 + promtool (tests/charts/test_prometheus*.py)
 # Idempotent: run as root (or with sudo available); a no-op when everything is present.
 set -euo pipefail
 
-PACKAGES=(chromium wrk prometheus-alertmanager)
+PACKAGES=(chromium wrk prometheus-alertmanager prometheus)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
