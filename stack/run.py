@@ -316,6 +316,7 @@ def main() -> int:
             "alerts",
             [cli, "alerts", "--interval", "10"],
             METRICS_PORT=str(args.alerts_metrics_port),
+            ALERT_WEBHOOK_ALLOW="127.0.0.1",  # the demo receiver is on loopback
         )
         sup.start(
             "simulate",

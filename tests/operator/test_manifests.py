@@ -212,18 +212,22 @@ def test_webhook_secret_only_for_the_alerts_evaluator() -> None:
     assert "ALERT_WEBHOOK_SECRET" not in env_of(container(ch["Deployment/analytics-api"]))
 
 
-def test_alertmanagers_of_the_pipeline_reach_only_the_alerts_evaluator() -> None:
+def test_alertmanagers_and_the_allow_list_reach_only_the_alerts_evaluator() -> None:
     spec = sample_spec()
     alerts = container(children(spec)["Deployment/analytics-alerts"])
     assert "ALERTMANAGER_URLS" not in env_of(alerts)
-    spec["alerts"] = {"alertmanagers": ["http://am-0.monitoring:9093", "http://am-1:9093"]}
+    assert "ALERT_WEBHOOK_ALLOW" not in env_of(alerts)  # the evaluator's default: public
+    spec["alerts"] = {
+        "alertmanagers": ["http://am-0.monitoring:9093", "http://am-1:9093"],
+        "webhookAllow": ["public", "10.20.0.0/16", "hooks.internal"],
+    }
     ch = children(spec)
-    assert (
-        env_of(container(ch["Deployment/analytics-alerts"]))["ALERTMANAGER_URLS"]
-        == "http://am-0.monitoring:9093,http://am-1:9093"
-    )
+    env = env_of(container(ch["Deployment/analytics-alerts"]))
+    assert env["ALERTMANAGER_URLS"] == "http://am-0.monitoring:9093,http://am-1:9093"
+    assert env["ALERT_WEBHOOK_ALLOW"] == "public,10.20.0.0/16,hooks.internal"
     for other in ("api", "consumer"):
-        assert "ALERTMANAGER_URLS" not in env_of(container(ch[f"Deployment/analytics-{other}"]))
+        other_env = env_of(container(ch[f"Deployment/analytics-{other}"]))
+        assert "ALERTMANAGER_URLS" not in other_env and "ALERT_WEBHOOK_ALLOW" not in other_env
 
 
 def test_a_rotated_secret_value_changes_every_pod_template_and_nothing_else() -> None:
