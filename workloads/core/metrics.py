@@ -6,7 +6,17 @@ moves (the others stay at zero). Labels are kept low-cardinality: no merchant id
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+
+import asyncpg
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 # API
 API_REQUESTS = Counter(
@@ -70,16 +80,76 @@ ALERT_RULE_FAILURES = Counter(
 ALERTS_FIRED = Counter("analytics_alerts_fired", "Alerts that started firing", ["severity"])
 ALERTS_FIRING = Gauge("analytics_alerts_firing", "Alerts currently firing", ["severity"])
 
-# Batch jobs
-VIEW_REFRESH_SECONDS = Gauge(
-    "analytics_view_refresh_duration_seconds", "Duration of the last view refresh"
-)
+
+class ViewRefreshes(Collector):
+    """The last refresh of each materialized view, read from ``analytics_view_refreshes``.
+
+    ``refresh-views`` runs as a short-lived job that nothing scrapes, so the API publishes what
+    the job records: ``update(pool)`` (awaited by the API's /metrics) reads the table at most
+    once per ``ttl`` seconds, and ``collect`` reports the durations and the ages, the ages
+    counted on from the database's clock at the read. Until the first read it reports nothing.
+    """
+
+    QUERY = (
+        "SELECT view_name, duration_ms,"
+        " extract(epoch FROM clock_timestamp() - refreshed_at)::float8 AS age"
+        " FROM analytics_view_refreshes"
+    )
+
+    def __init__(self, ttl: float = 15.0, timeout: float = 2.0) -> None:
+        self.ttl = ttl
+        self.timeout = timeout
+        self._rows: list[tuple[str, int | None, float]] = []
+        self._read_at: float | None = None  # time.monotonic() of the last read
+        self._lock = asyncio.Lock()
+
+    async def update(self, pool: asyncpg.Pool) -> None:
+        """Re-read the table when the last read is older than ``ttl``. A failed read keeps the
+        previous rows (their ages go on growing) and is logged."""
+        async with self._lock:
+            if self._read_at is not None and time.monotonic() - self._read_at < self.ttl:
+                return
+            try:
+                rows = await pool.fetch(self.QUERY, timeout=self.timeout)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("could not read analytics_view_refreshes: %r", exc)
+                return
+            self._rows = [(r["view_name"], r["duration_ms"], r["age"]) for r in rows]
+            self._read_at = time.monotonic()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        duration = GaugeMetricFamily(
+            "analytics_view_refresh_duration_seconds",
+            "Duration of the view's last refresh by refresh-views (none after a manual one)",
+            labels=["view"],
+        )
+        age = GaugeMetricFamily(
+            "analytics_view_refresh_age_seconds",
+            "Seconds since the view was last refreshed",
+            labels=["view"],
+        )
+        since = 0.0 if self._read_at is None else time.monotonic() - self._read_at
+        for view, duration_ms, age_seconds in self._rows:
+            if duration_ms is not None:
+                duration.add_metric([view], duration_ms / 1000)
+            age.add_metric([view], age_seconds + since)
+        yield duration
+        yield age
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return self.collect()
 
 
-def serve_metrics(port: int) -> None:
-    """Expose /metrics on ``port`` from a daemon thread (processes without an HTTP server)."""
+# Batch jobs: published by the API from the database (see ViewRefreshes).
+VIEW_REFRESHES = ViewRefreshes()
+REGISTRY.register(VIEW_REFRESHES)
+
+
+def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
+    """Expose /metrics on ``address:port`` from a daemon thread (processes without an HTTP
+    server); port 0 serves nothing."""
     if port:
-        start_http_server(port)
+        start_http_server(port, addr=address)
 
 
 def observe_pool(pool: object) -> None:

@@ -18,7 +18,6 @@ import time
 
 import asyncpg
 
-from molam_workloads.core import metrics
 from molam_workloads.core.db import connect
 from molam_workloads.core.settings import DatabaseSettings, load_settings
 
@@ -54,7 +53,6 @@ async def refresh(conn: asyncpg.Connection, view: str = VIEW) -> tuple[float, bo
                     await conn.execute("SELECT analytics_rebuild_merchant_totals()")
             except asyncpg.PostgresError as exc:
                 log.warning("could not rebuild the merchant totals: %r", exc)
-    metrics.VIEW_REFRESH_SECONDS.set(seconds)
     return seconds, bool(populated)
 
 
