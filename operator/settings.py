@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from molam_workloads.core.settings import DatabaseSettings
+from molam_workloads.core.settings import BindAddress, DatabaseSettings
 
 # Names every child carries; also the filters of the child watches in main.py.
 GROUP = "analytics.molam.io"
@@ -28,6 +28,10 @@ class OperatorSettings(DatabaseSettings):
     )
     operator_metrics_port: int = Field(
         default=9104, ge=0, le=65535, description="Prometheus /metrics port (0: not served)."
+    )
+    operator_metrics_address: BindAddress = Field(
+        default="0.0.0.0",
+        description="Address the /metrics listener binds (127.0.0.1: this host only; :: IPv6).",
     )
     operator_resync_seconds: float = Field(
         default=60.0,

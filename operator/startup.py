@@ -61,7 +61,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     cron = "batch/v1" if await kube.serves("batch/v1", "cronjobs") else "batch/v1beta1"
     memo[MEMO_KEY] = OperatorContext(settings=ops, kube=kube, cron_job_api_version=cron)
     if ops.operator_metrics_port and not memo.get("metrics_served"):
-        serve_metrics(ops.operator_metrics_port)
+        serve_metrics(ops.operator_metrics_port, ops.operator_metrics_address)
         memo["metrics_served"] = True
     logger.info(f"CronJobs as {cron}; metrics on :{ops.operator_metrics_port or '-'}")
 

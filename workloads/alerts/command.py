@@ -81,7 +81,7 @@ async def run(args: argparse.Namespace) -> int:
                 f" {kept.minute_rows_deleted} txn_minute_agg row(s) deleted"
             )
             return 0
-        serve_metrics(settings.metrics_port)
+        serve_metrics(settings.metrics_port, settings.metrics_address)
         await _until_signalled(loop(pool, settings))
     log.info("alerts evaluator stopped cleanly")
     return 0

@@ -7,12 +7,16 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from molam_workloads.alerts.egress import EgressPolicy
-from molam_workloads.core.settings import DatabaseSettings, ReportingSettings
+from molam_workloads.core.settings import BindAddress, DatabaseSettings, ReportingSettings
 
 
 class AlertsSettings(DatabaseSettings, ReportingSettings):
     metrics_port: int = Field(
         default=9103, ge=0, le=65535, description="Prometheus /metrics port (0: not served)."
+    )
+    metrics_address: BindAddress = Field(
+        default="0.0.0.0",
+        description="Address the /metrics listener binds (127.0.0.1: this host only; :: IPv6).",
     )
     alerts_interval_seconds: float = Field(
         default=60.0, gt=0, le=3600, description="Time between two evaluation cycles."

@@ -7,15 +7,32 @@ class so tests can override by clearing the cache.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import cache
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from molam_workloads.core.currencies import CURRENCIES
 from molam_workloads.core.errors import ConfigError
+
+
+def _ip_address(value: str) -> str:
+    ipaddress.ip_address(value)  # ValueError: not an IPv4 or IPv6 address
+    return value
+
+
+# An address a listener binds: 0.0.0.0 (every IPv4 interface), :: (IPv6), 127.0.0.1, a pod IP.
+BindAddress = Annotated[str, AfterValidator(_ip_address)]
 
 
 class _Base(BaseSettings):

@@ -57,7 +57,7 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    metrics.serve_metrics(port)
+    metrics.serve_metrics(port, settings.metrics_address)
     async with (
         create_pool(settings, min_size=1) as pool,
         create_redis(settings) as redis,

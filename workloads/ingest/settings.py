@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from molam_workloads.core.settings import (
+    BindAddress,
     DatabaseSettings,
     KafkaSettings,
     RedisSettings,
@@ -18,6 +19,10 @@ class IngestSettings(
 ):
     metrics_port: int = Field(
         default=9102, ge=0, le=65535, description="Prometheus /metrics port (0: not served)."
+    )
+    metrics_address: BindAddress = Field(
+        default="0.0.0.0",
+        description="Address the /metrics listener binds (127.0.0.1: this host only; :: IPv6).",
     )
     # Only reached under a backlog; large, so the per-batch work is shared by more events
     # (docs/decisions/007-batch-size.md).
