@@ -338,6 +338,16 @@ def _pod_spec(cfg: PipelineConfig, pipeline: str, component: str) -> dict[str, A
     }
 
 
+def _scrape_annotations(component: Component) -> dict[str, str]:
+    """Where a Prometheus without the Operator's PodMonitor finds the pod's /metrics."""
+    port = {"api": API_PORT, "consumer": CONSUMER_METRICS_PORT, "alerts": ALERTS_METRICS_PORT}
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(port[component]),
+        "prometheus.io/path": "/metrics",
+    }
+
+
 def build_deployment(
     pipeline: str,
     component: Component,
@@ -364,7 +374,7 @@ def build_deployment(
         "template": {
             "metadata": {
                 "labels": labels(pipeline, component),
-                "annotations": {CHECKSUM_ANNOTATION: checksum},
+                "annotations": {CHECKSUM_ANNOTATION: checksum, **_scrape_annotations(component)},
             },
             "spec": _pod_spec(cfg, pipeline, component),
         },
