@@ -13,6 +13,7 @@ import asyncpg
 
 from molam_workloads.alerts.payload import verify
 
+from .alertmanager_server import alertmanager
 from .conftest import (
     SECRET,
     MakeReceiver,
@@ -155,3 +156,47 @@ async def _scrape(port: int) -> str:
     data = await reader.read()
     writer.close()
     return data.decode()
+
+
+async def test_the_loop_pushes_to_the_configured_alertmanager_and_keeps_it_active(
+    db: asyncpg.Connection, database_url: str, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    await add_minutes(db, now - timedelta(minutes=5), 7, succeeded=10)
+    await add_rule(db, "traffic", metric="tx_count", comparison="gt", threshold=1, windowMinutes=5)
+    async with alertmanager(tmp_path, resolve_timeout="2s") as am:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "METRICS_PORT": "0",
+            # The Alertmanager's host is trusted by name, loopback or not.
+            "ALERTMANAGER_URLS": am.url.replace("127.0.0.1", "localhost"),
+            "ALERTMANAGER_RESEND_SECONDS": "0.5",
+            "PYTHONSAFEPATH": "1",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            CLI,
+            "alerts",
+            "--interval",
+            "0.5",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+
+            async def pushed() -> bool:
+                return len(await am.alerts(active="true")) == 1
+
+            await wait_for(pushed, timeout=15)
+            await asyncio.sleep(4)  # twice resolve_timeout: still active, being re-posted
+            [alert] = await am.alerts(active="true")
+            assert alert["labels"]["alertname"] == "traffic"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, out.decode()
+    posts = await db.fetchval(
+        "SELECT count(*) FROM analytics_alert_deliveries WHERE kind = 'alertmanager' AND ok"
+    )
+    assert posts >= 6
