@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Copies the CRDs from the top-level crds/ (the source of truth, written with the operator) into
-# the chart's crds/ folder, which Helm installs before the templates. A test fails when the two
-# differ: run this after changing a CRD.
+# the chart's crds/ folder, which Helm installs before the templates, and regenerates the
+# pipeline part of the chart's values.schema.json from the AnalyticsPipeline CRD
+# (charts/values_schema.py). Tests fail when either is stale: run this after changing a CRD.
 #
-#   charts/sync-crds.sh          copy
-#   charts/sync-crds.sh --check  exit 1 (and list the files) if the chart's copy is stale
+#   charts/sync-crds.sh          copy and generate
+#   charts/sync-crds.sh --check  exit 1 (and list the files) if the copy or the schema is stale
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 src="$root/crds"
 dst="$root/charts/molam-analytics/crds"
+# The generator reads YAML: the project's virtualenv has PyYAML (PYTHON overrides).
+python=${PYTHON:-$root/.venv/bin/python}
+[[ -x $python ]] || python=python3
 
 shopt -s nullglob
 files=("$src"/*.yaml)
@@ -22,6 +26,7 @@ if [[ ${1:-} == --check ]]; then
     for f in "$dst"/*.yaml; do
         [[ -f "$src/$(basename "$f")" ]] || { echo "extra: $f"; status=1; }
     done
+    "$python" "$root/charts/values_schema.py" --check || status=1
     exit $status
 fi
 
@@ -29,3 +34,4 @@ mkdir -p "$dst"
 rm -f "$dst"/*.yaml
 cp "${files[@]}" "$dst/"
 echo "copied ${#files[@]} CRD file(s) to $dst"
+"$python" "$root/charts/values_schema.py"
