@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import (
     CorruptRecordException,
+    IllegalStateError,
     KafkaError,
     RecordTooLargeError,
     UnsupportedCodecError,
@@ -70,9 +71,10 @@ from molam_workloads.ingest.writer import BatchWriter, load_offsets
 log = logging.getLogger(__name__)
 
 # A failed PostgreSQL write is retried (the batch is still in memory and nothing of it was
-# committed); after this many attempts the process exits and its replacement resumes from the
-# offsets in PostgreSQL.
-WRITE_ATTEMPTS = 5
+# committed) until it succeeds, the waits doubling up to this cap: a database that is down
+# holds ingestion, it does not make the process exit (in a pod, a restart would find it down
+# again, and crash-loop).
+WRITE_RETRY_CAP_SECONDS = 8.0
 KAFKA_COMMIT_TIMEOUT = 5.0
 # Decoding yields to the event loop after this many values, so the previous batch's write is
 # not held up behind a whole batch of CPU work (docs/decisions/001-fetch-chunk.md).
@@ -419,7 +421,10 @@ class Ingestor:
     async def _unreadable_met(
         self, consumer: AIOKafkaConsumer, exc: Exception, tp: TopicPartition, first: int, end: int
     ) -> dict[TopicPartition, list[ConsumerRecord]]:
-        await self._rewind(consumer)
+        try:
+            await self._rewind(consumer)
+        except IllegalStateError:  # a rebalance meanwhile: the assignment seeks every partition
+            return {}
         reason = _unreadable_reason(exc)
         if self._unreadable.get(tp) != first:
             # Once more first: a batch damaged on the way (TCP's checksum is weak) reads fine
@@ -431,10 +436,11 @@ class Ingestor:
             )  # fmt: skip
             return {}
         del self._unreadable[tp]
-        if tp not in consumer.assignment():
+        try:
+            records = await self._read_up_to(consumer, tp, first)
+            first = max(first, await consumer.position(tp))
+        except IllegalStateError:  # no longer ours: its next owner meets the records again
             return {}
-        records = await self._read_up_to(consumer, tp, first)
-        first = max(first, await consumer.position(tp))
         skipped = UnreadableRecords(
             topic=tp.topic, partition=tp.partition, offset=end - 1, timestamp=-1,
             timestamp_type=0, key=None, value=None, checksum=None, serialized_key_size=-1,
@@ -733,18 +739,17 @@ class Ingestor:
     async def _write(
         self, batch: Summary, next_offsets: dict[int, int], after: asyncio.Future[bool] | None
     ) -> Summary:
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 async with self.pool.acquire() as conn:
                     await self.writer.ensure_partitions(conn, hours(batch))
                     return await self.writer.write(conn, batch, next_offsets, after)
             except _RETRYABLE_DB as exc:
-                if attempt == WRITE_ATTEMPTS:
-                    raise
-                delay = min(0.5 * 2 ** (attempt - 1), 8.0)
+                delay = min(0.5 * 2 ** min(attempt - 1, 5), WRITE_RETRY_CAP_SECONDS)
                 log.warning("batch write failed (%r); retry %d in %.1fs", exc, attempt, delay)
                 await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
     async def _commit_kafka(self, consumer: AIOKafkaConsumer, next_offsets: dict[int, int]) -> None:
         # Best effort: PostgreSQL already holds the truth; this copy feeds lag tools.
