@@ -8,6 +8,12 @@ top merchants from it (``analytics_rebuild_merchant_totals``, migration 040): a 
 three at the same refresh, never a view newer than its recorded refresh or than the totals.
 A failed rebuild of the totals is rolled back alone (a savepoint) and logged: the refresh is
 committed, and the API, finding the totals behind, ranks from the view until it rebuilds them.
+
+The same transaction rebuilds the running totals of every KPI sum
+(``analytics_rebuild_prefix_totals``, migration 070) for the hours that ended an hour before it
+started: the API answers any range from them plus the hourly rows of the hours after. That
+bounds their freshness: an event more than an hour late is counted from the next refresh on
+(the CronJob's schedule, ``views.refreshSchedule``, plus the refresh's own duration).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import time
 import asyncpg
 
 from molam_workloads.core.db import connect
-from molam_workloads.core.settings import DatabaseSettings, load_settings
+from molam_workloads.core.settings import DatabaseSettings, ReportingSettings, load_settings
 
 VIEW = "mv_txn_daily_agg"
 log = logging.getLogger(__name__)
@@ -29,8 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     del parser  # configuration comes from DATABASE_URL
 
 
-async def refresh(conn: asyncpg.Connection, view: str = VIEW) -> tuple[float, bool]:
-    """Refresh ``view``; returns (seconds taken, whether it ran concurrently)."""
+async def refresh(
+    conn: asyncpg.Connection, view: str = VIEW, reporting_currency: str | None = None
+) -> tuple[float, bool]:
+    """Refresh ``view`` (and, given the reporting currency, the running totals); returns
+    (seconds taken, whether it ran concurrently)."""
     populated = await conn.fetchval(
         "SELECT relispopulated FROM pg_class WHERE oid = $1::regclass", view
     )
@@ -53,15 +62,24 @@ async def refresh(conn: asyncpg.Connection, view: str = VIEW) -> tuple[float, bo
                     await conn.execute("SELECT analytics_rebuild_merchant_totals()")
             except asyncpg.PostgresError as exc:
                 log.warning("could not rebuild the merchant totals: %r", exc)
+            if reporting_currency is not None:
+                try:
+                    async with conn.transaction():
+                        await conn.execute(
+                            "SELECT analytics_rebuild_prefix_totals($1)", reporting_currency
+                        )
+                except asyncpg.PostgresError as exc:
+                    log.warning("could not rebuild the running totals: %r", exc)
     return seconds, bool(populated)
 
 
 async def run(args: argparse.Namespace) -> int:
     del args
     settings = load_settings(DatabaseSettings)
+    reporting = load_settings(ReportingSettings)
     conn = await connect(settings.database_url)
     try:
-        seconds, concurrently = await refresh(conn)
+        seconds, concurrently = await refresh(conn, reporting_currency=reporting.reporting_currency)
     finally:
         await conn.close()
     how = "concurrently" if concurrently else "first population"

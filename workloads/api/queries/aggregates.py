@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from molam_workloads.api.queries import Conn, rollup
+from molam_workloads.api.queries import Conn, prefix, rollup
 from molam_workloads.api.queries.rollup import DailySources, daily_sources
 from molam_workloads.core import fx
 from molam_workloads.core.currencies import CURRENCIES
@@ -168,6 +168,39 @@ def _rates_cte(start: datetime, end: datetime, quote: str, p: _Params) -> str:
 )"""
 
 
+# The day-bucket key of time series (``routers.timeseries``): local days in the time zone
+# named by the first extra parameter.
+DAY_BUCKET = "(hour AT TIME ZONE $1)::date"
+
+
+def _prefix_plan(
+    start: datetime,
+    end: datetime,
+    cutoff: datetime | None,
+    keys: Sequence[Key],
+    extra_params: Sequence[Any],
+    merchantless: bool,
+    mv_allowed: bool,
+) -> prefix.Plan | None:
+    """The running totals' plan for this query, or None when it cannot use them: none built
+    for this currency and rates, or a key they do not hold (hourly buckets)."""
+    if cutoff is None:
+        return None
+    day_buckets = None
+    for k in keys:
+        if k.hourly == DAY_BUCKET and extra_params:
+            day_buckets = zone(str(extra_params[0]))
+        elif k.hourly not in prefix.KEY_COLUMNS or (k.hourly == "merchant_id" and merchantless):
+            return None
+    if day_buckets is not None and not merchantless and not mv_allowed:
+        return None  # merchants' whole days are UTC days
+    return prefix.plan(start, end, cutoff, merchants=not merchantless, day_buckets=day_buckets)
+
+
+def _prefix_key(k: Key) -> str:
+    return "e.label" if k.hourly == DAY_BUCKET else prefix.KEY_COLUMNS[k.hourly]
+
+
 @dataclass
 class Grouped:
     """Rows of the converted groups, plus what could not be converted."""
@@ -179,6 +212,7 @@ class Grouped:
     # the merchant-less rollup (top merchants: the merchant totals) lags the daily view:
     # rebuild it
     rollup_behind: bool = False
+    data_as_of: datetime | None = None  # event-time watermark of the data (``prefix.state``)
 
 
 async def grouped(
@@ -195,6 +229,7 @@ async def grouped(
     per_merchant: bool = False,
     only_merchants: Sequence[str] | None = None,
     sources: DailySources | None = None,
+    named_merchants_only: bool = False,
 ) -> Grouped:
     """Sum the measures over [start, end) by ``keys``, converted to ``reporting_currency``.
 
@@ -203,19 +238,13 @@ async def grouped(
     ``per_merchant``: the keys keep merchants apart, so grouping the daily view's rows before
     converting them would not reduce them (it is skipped). ``only_merchants``: only these
     merchants' rows (on top of ``filters``). ``sources``: ``daily_sources`` already read in
-    this transaction.
+    this transaction. ``named_merchants_only``: leave out the rows without a merchant.
+
+    Where running totals (``prefix``, migration 070) can answer the range, they do, and only
+    the hours they do not hold come from hourly rows; otherwise whole days come from the daily
+    view or its rollup (``plan_parts``).
     """
-    if not mv_allowed:
-        sources = None
-    elif sources is None:
-        sources = await daily_sources(conn)
-    # Without merchants in the keys or the filters, the merchant-less rollup answers whole days
-    # when it was built from the view's current refresh; otherwise the view itself.
-    merchantless = not per_merchant and filters.merchant_id is None and only_merchants is None
-    use_rollup = merchantless and sources is not None and sources.rollup_current
-    daily_table = rollup.TABLE if use_rollup else MV_NAME
-    refreshed_at = sources.view_refreshed_at if sources else None
-    parts = plan_parts(start, end, refreshed_at, mv_allowed=mv_allowed)
+    state = await prefix.state(conn, reporting_currency)
     p = _Params()
     for value in extra_params:
         p.add(value)
@@ -223,18 +252,48 @@ async def grouped(
     where_filters = _filter_sql(filters, p)
     if only_merchants is not None:
         where_filters += f" AND merchant_id = ANY({p.add(list(only_merchants))}::text[])"
+    # the same conditions over the running totals (``x``: no merchant is '' there)
+    where_prefix = where_filters.replace("AND ", "AND x.")
+    if named_merchants_only:
+        where_filters += " AND merchant_id IS NOT NULL"
+        where_prefix += " AND x.merchant_id <> ''"
     n_keys = len(keys)
     group_by = ", ".join(str(i) for i in range(1, n_keys + 3))
     sums = ", ".join(f"sum({m}) AS {m}" for m in _SUMS)
     columns = ", ".join(_SUMS)
     selects = []
+    ctes = []
     daily_days = 0
+    merchantless = not per_merchant and filters.merchant_id is None and only_merchants is None
+    merchantless = merchantless and not named_merchants_only
+    pl = _prefix_plan(start, end, state.cutoff, keys, extra_params, merchantless, mv_allowed)
+    if pl is not None:
+        ctes.append(prefix.probes_cte(pl, where_prefix, p.add(pl.probes), p.add(pl.labels)))
+        selects.append(prefix.bucket_select(pl, [_prefix_key(k) for k in keys]))
+        parts = [Part("hourly", a, b) for a, b in pl.hourly]
+        daily_days, daily_table = pl.days, pl.table
+        sources = None
+    else:
+        if not mv_allowed:
+            sources = None
+        elif sources is None:
+            sources = await daily_sources(conn)
+        # Without merchants in the keys or the filters, the merchant-less rollup answers whole
+        # days when it was built from the view's current refresh; otherwise the view itself.
+        use_rollup = merchantless and sources is not None and sources.rollup_current
+        daily_table = rollup.TABLE if use_rollup else MV_NAME
+        refreshed_at = sources.view_refreshed_at if sources else None
+        parts = plan_parts(start, end, refreshed_at, mv_allowed=mv_allowed)
+    # columns after the sums of s: money already converted (prefix totals only), and whether
+    # the row is such a prefix row
+    unconverted_cols = "NULL::numeric, NULL::numeric, NULL::numeric, false"
     for part in parts:
         if part.source == "hourly":
             # 24 rows a day: group them per (keys, currency, UTC day) before converting.
             key_sql = "".join(f"{k.hourly} AS {k.name}, " for k in keys)
             selects.append(
-                f"SELECT {key_sql}currency, (hour AT TIME ZONE 'UTC')::date AS fx_day, {sums} "
+                f"SELECT {key_sql}currency, (hour AT TIME ZONE 'UTC')::date AS fx_day, "
+                f"count(*) AS n, {sums}, {unconverted_cols} "
                 f"FROM txn_hourly_agg WHERE hour >= {p.add(part.start)} "
                 f"AND hour < {p.add(part.end)} {where_filters} GROUP BY {group_by}"
             )
@@ -246,14 +305,25 @@ async def grouped(
                 f"AND day < {p.add(part.end)} {where_filters}"
             )
             if per_merchant:  # one row per merchant and day already: converted as they are
-                selects.append(f"SELECT {key_sql}currency, day AS fx_day, {columns} {where}")
+                selects.append(
+                    f"SELECT {key_sql}currency, day AS fx_day, 1 AS n, {columns}, "
+                    f"{unconverted_cols} {where}"
+                )
             else:  # merchants, countries, channels of a day folded before converting
                 selects.append(
-                    f"SELECT {key_sql}currency, day AS fx_day, {sums} {where} GROUP BY {group_by}"
+                    f"SELECT {key_sql}currency, day AS fx_day, count(*) AS n, {sums}, "
+                    f"{unconverted_cols} {where} GROUP BY {group_by}"
                 )
-    rates = _rates_cte(start, end, quote, p)
+    if parts:
+        rates = _rates_cte(start, end, quote, p)
+    else:  # every row from running totals, already converted
+        rates = (
+            f"r (currency, fx_day, rate) AS (SELECT {quote}::bpchar, NULL::date, NULL::numeric "
+            "WHERE false)"
+        )
     key_cols = "".join(f"s.{k.name}, " for k in keys)
     key_names = ", ".join(f"g.{k.name}" for k in keys)
+    key_names_s = "".join(f"{k.name}, " for k in keys)
     outer_keys = f"{key_names}, " if keys else ""
     outer_group = f"GROUP BY {key_names}" if keys else ""
     union = "\n UNION ALL\n ".join(selects)
@@ -261,21 +331,28 @@ async def grouped(
     # even when every row comes from the daily view.
     typed = ", ".join(f"${i}::text" for i in range(1, len(extra_params) + 1))
     prelude = f"_params AS (SELECT {typed}), " if extra_params else ""
+    extra_ctes = "".join(f", {c}" for c in ctes)
+    sums_cols = ", ".join(_SUMS)
     # r: the rates (``_rates_cte``).
     # c: sums per (keys, currency), money converted; a currency left without rate is flagged.
     # The outer query folds the currencies of each group and lists the unconverted ones.
     sql = f"""
-WITH RECURSIVE {prelude}{rates}, s AS (
+WITH RECURSIVE {prelude}{rates}{extra_ctes}, s ({key_names_s}currency, fx_day, n,
+    {sums_cols}, gross_c, refunds_c, fees_c, pre) AS (
  {union}
 ), c AS (
-  SELECT {key_cols}s.currency, bool_or(r.rate IS NULL) AS unconverted,
+  SELECT {key_cols}s.currency,
+    bool_or(CASE WHEN s.pre THEN s.gross_c IS NULL ELSE r.rate IS NULL END) AS unconverted,
     sum(s.tx_count) AS tx_count, sum(s.succeeded_count) AS succeeded_count,
     sum(s.failed_count) AS failed_count, sum(s.pending_count) AS pending_count,
-    sum(s.payment_count) AS payment_count, sum(s.payment_volume_local * r.rate) AS gross,
-    sum(s.refund_count) AS refund_count, sum(s.refund_volume_local * r.rate) AS refunds,
-    sum(s.fee_local * r.rate) AS fees
+    sum(s.payment_count) AS payment_count,
+    sum(CASE WHEN s.pre THEN s.gross_c ELSE s.payment_volume_local * r.rate END) AS gross,
+    sum(s.refund_count) AS refund_count,
+    sum(CASE WHEN s.pre THEN s.refunds_c ELSE s.refund_volume_local * r.rate END) AS refunds,
+    sum(CASE WHEN s.pre THEN s.fees_c ELSE s.fee_local * r.rate END) AS fees
   FROM s LEFT JOIN r ON r.currency = s.currency AND r.fx_day = s.fx_day
   GROUP BY {key_cols}s.currency
+  HAVING sum(s.n) > 0  -- running totals give every cell a row: keep those with hourly rows
 )
 SELECT {outer_keys}
   coalesce(sum(g.tx_count), 0)::bigint AS tx_count,
@@ -300,6 +377,7 @@ FROM c g
         daily_days=daily_days,
         daily_source=daily_table if daily_days else None,
         rollup_behind=merchantless and sources is not None and sources.rollup_behind,
+        data_as_of=state.data_as_of,
     )
 
 
@@ -395,13 +473,33 @@ async def top_merchants(
     those alone. Exact, whatever the rates: volatile rates only keep more candidates. Run it in
     a REPEATABLE READ transaction so that both queries read one snapshot.
 
-    Whole days of the first query come from the running totals (``_TOTALS_PART``, two rows per
-    merchant whatever the range) when they were built from the view's current refresh, read in
-    the same snapshot, and no filter asks for a country, channel or currency (they have none);
-    otherwise from the view itself. Partial days always come from the hourly rows, in both
-    queries. ``rollup_behind`` of the answer: the totals lag the view (rebuild them).
+    With running totals per merchant (``prefix``, migration 070) for the reporting currency
+    and current rates, one ``grouped`` query ranks every merchant exactly instead.
+
+    Otherwise, whole days of the first query come from the merchant totals (``_TOTALS_PART``,
+    two rows per merchant whatever the range) when they were built from the view's current
+    refresh, read in the same snapshot, and no filter asks for a country, channel or currency
+    (they have none); otherwise from the view itself. Partial days always come from the hourly
+    rows, in both queries. ``rollup_behind`` of the answer: the totals lag the view (rebuild them).
     """
     order = RANKINGS[by]
+    state = await prefix.state(conn, reporting_currency)
+    if state.cutoff is not None and prefix.plan(
+        start, end, state.cutoff, merchants=True, day_buckets=None
+    ):
+        # Running totals per merchant: every merchant's exact sums cost two probes per cell
+        # plus its partial days' hourly rows, so rank them all in one query.
+        return await grouped(
+            conn,
+            start=start,
+            end=end,
+            filters=filters,
+            keys=(Key("merchant_id", "merchant_id", "merchant_id"),),
+            reporting_currency=reporting_currency,
+            per_merchant=True,
+            named_merchants_only=True,
+            order_limit=f"ORDER BY {order}, g.merchant_id LIMIT {limit:d}",
+        )
     keep, bound = _KEEP[by]
     sources = await daily_sources(conn)
     use_totals = filters == Filters() and sources.totals_current
@@ -438,7 +536,7 @@ async def top_merchants(
     candidates = [row["merchant_id"] for row in await conn.fetch(sql, *p.values)]
     behind = sources.totals_behind
     if not candidates:
-        return Grouped(rows=[], rollup_behind=behind)
+        return Grouped(rows=[], rollup_behind=behind, data_as_of=state.data_as_of)
     result = await grouped(
         conn,
         start=start,

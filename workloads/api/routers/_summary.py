@@ -65,11 +65,13 @@ async def run_grouped(
 
 
 def header(rng: TimeRange, filters: Filters, currency: str, result: Grouped) -> dict[str, Any]:
-    """The fields every summary answer starts with: what was asked, and what was not converted."""
+    """The fields every summary answer starts with: what was asked, what was not converted, and
+    how fresh the data is."""
     rng_out, filters_out = echo(rng, filters)
     return {
         "range": rng_out,
         "currency": currency,
         "filters": filters_out,
         "unconverted_currencies": result.unconverted,
+        "data_as_of": result.data_as_of,
     }

@@ -45,6 +45,11 @@ class _Answer(BaseModel):
     unconverted_currencies: list[str] = Field(
         description="Currencies with no FX rate at all: left out of the money totals."
     )
+    data_as_of: datetime | None = Field(
+        description="Event-time watermark of the data counted (RFC 3339): the end of the "
+        "newest minute (else hour) holding ingested transactions, never ahead of the server's "
+        "clock. null: no data yet."
+    )
 
 
 class KpiResponse(_Answer):

@@ -116,6 +116,7 @@
     $('[data-sub="payment_count"]').textContent = count(k.payment_count) + " succeeded payments";
     $('[data-sub="status_split"]').textContent = count(k.failed_count) + " failed · " + count(k.pending_count) + " pending";
     $('[data-sub="refund_count"]').textContent = count(k.refund_count) + " refunds";
+    state.dataAsOf = body.data_as_of;
     $("#unconverted").textContent = body.unconverted_currencies.length
       ? "No FX rate, left out of amounts: " + body.unconverted_currencies.join(", ")
       : "";
@@ -262,7 +263,17 @@
     state.loads += 1;
     document.body.dataset.loads = String(state.loads);
     document.body.dataset.state = failed.length ? "partial" : "ready";
-    $("#updated").textContent = "Updated " + new Date().toLocaleTimeString();
+    $("#updated").textContent = "Updated " + new Date().toLocaleTimeString() + asOfText(state.dataAsOf);
+    $("#updated").dataset.asOf = state.dataAsOf || "";
+  }
+
+  // data_as_of: the event-time watermark of the figures, and how far behind the clock it is.
+  function asOfText(asOf) {
+    if (!asOf) return " · no data yet";
+    const at = new Date(asOf);
+    const behind = Math.max(0, Math.round((Date.now() - at.getTime()) / 1000));
+    const lag = behind < 120 ? behind + " s" : behind < 7200 ? Math.round(behind / 60) + " min" : Math.round(behind / 3600) + " h";
+    return " · data as of " + at.toLocaleTimeString() + " (" + lag + " behind)";
   }
 
   function schedule() {
