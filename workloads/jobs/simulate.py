@@ -7,11 +7,15 @@ over the last N days with a daily rhythm, published as fast as ``--rate`` allows
 ``--duplicate-rate`` re-publishes that share of events a little later (the same bytes, as a
 retrying producer would); ``--write-source`` also inserts each transaction into
 ``wallet_transactions`` first, so the runbook's reconciliation holds end to end.
-``--anomaly [MERCHANT]`` multiplies one merchant's rate by ``--anomaly-factor`` during a spike
-window (its extra transactions come on top of ``--count``): in real time from
-``--anomaly-after`` seconds after the start for ``--anomaly-seconds``, repeated every
-``--anomaly-period`` seconds (0: once); in history mode the last ``--anomaly-seconds`` before
-now.
+``--daily-rhythm`` makes real time follow the daily rhythm that history has (``--rate`` is then
+the rate of an hour of average traffic). ``--run-id`` names the run in the transaction ids
+(``SIM-<run id>-<n>``, default: the seed, else random): with ``--seed`` the merchants stay the
+seed's while the traffic, drawn from seed and run id, is new, so runs can be repeated into
+the same database. ``--anomaly [MERCHANT]`` multiplies one merchant's rate by
+``--anomaly-factor`` during a spike window (its extra transactions come on top of
+``--count``): in real time from ``--anomaly-after`` seconds after the start for
+``--anomaly-seconds``, repeated every ``--anomaly-period`` seconds (0: once); in history mode
+the last ``--anomaly-seconds`` before now.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import secrets
 import signal
 import time
@@ -36,7 +41,14 @@ from molam_workloads.core.db import create_pool
 from molam_workloads.core.errors import ConfigError
 from molam_workloads.core.kafka import producer as kafka_producer
 from molam_workloads.core.settings import DatabaseSettings, KafkaSettings, load_settings
-from molam_workloads.jobs.traffic import Market, Merchant, Spike, history_times, merchants
+from molam_workloads.jobs.traffic import (
+    Market,
+    Merchant,
+    Spike,
+    history_times,
+    merchants,
+    rhythm_at,
+)
 
 CHUNK = 500  # events written and published together
 _SOURCE_COLUMNS = (
@@ -68,6 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duplicate-rate", type=_fraction, default=0.02)
     parser.add_argument("--days-back", type=_non_negative, default=0, help="history mode")
     parser.add_argument("--seed", type=int, default=None, help="reproducible traffic")
+    parser.add_argument("--run-id", default=None, help="in the txn ids (default: seed or random)")
+    parser.add_argument("--daily-rhythm", action="store_true", help="real time: hourly rhythm")
     parser.add_argument("--topic", default=None, help="default: KAFKA_TOPIC")
     parser.add_argument("--write-source", action="store_true", help="insert wallet_transactions")
     parser.add_argument(
@@ -97,6 +111,18 @@ def _check(args: argparse.Namespace) -> None:
         raise ConfigError("--days-back needs --count (how many transactions to spread)")
     if args.anomaly_factor < 1:
         raise ConfigError("--anomaly-factor must be >= 1")
+    if args.run_id is not None and not re.fullmatch(r"[A-Za-z0-9_.]{1,32}", args.run_id):
+        raise ConfigError("--run-id: 1 to 32 letters, digits, '_' or '.'")
+
+
+def market_of(args: argparse.Namespace) -> Market:
+    """The seed's merchants; traffic from the seed, or from seed and ``--run-id`` when given."""
+    rnd = random.Random(args.seed)
+    roster = merchants(args.merchants, rnd)
+    if args.run_id is not None:
+        rnd = random.Random(f"{args.seed}/{args.run_id}")
+    run_id = args.run_id or (secrets.token_hex(3) if args.seed is None else str(args.seed))
+    return Market(roster, rnd, run_id=run_id)
 
 
 def _spike(args: argparse.Namespace, roster: list[Merchant], now: datetime) -> Spike | None:
@@ -171,12 +197,9 @@ async def run(args: argparse.Namespace) -> int:
     _check(args)
     kafka = load_settings(KafkaSettings)
     topic = args.topic or kafka.kafka_topic
-    rnd = random.Random(args.seed)
     now = datetime.now(UTC)
-    roster = merchants(args.merchants, rnd)
-    market = Market(
-        roster, rnd, run_id=secrets.token_hex(3) if args.seed is None else str(args.seed)
-    )
+    market = market_of(args)
+    rnd, roster = market.rnd, market.merchants
     spike = _spike(args, roster, now)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -209,6 +232,7 @@ async def _publish(
 ) -> tuple[Tally, float]:
     tally = Tally()
     started = time.monotonic()
+    paced = 0.0  # seconds after start by which the transactions so far are due
     chunk_size = max(1, min(CHUNK, int(args.rate / 4))) if args.rate else CHUNK
     later: list[tuple[int, bytes, bytes]] = []  # (due after n published, key, value)
     async with (
@@ -241,7 +265,9 @@ async def _publish(
                 tally.duplicates += 1
             await asyncio.gather(*sends)
             if args.rate:
-                ahead = started + tally.published / args.rate - time.monotonic()
+                rhythm = rhythm_at(datetime.now(UTC)) if args.daily_rhythm else 1.0
+                paced += len(chunk) / (args.rate * rhythm)
+                ahead = started + paced - time.monotonic()
                 if ahead > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), ahead)

@@ -38,6 +38,14 @@ HOURLY_RHYTHM = (
 )  # fmt: skip
 
 
+MEAN_RHYTHM = sum(HOURLY_RHYTHM) / len(HOURLY_RHYTHM)
+
+
+def rhythm_at(at: datetime) -> float:
+    """Traffic at ``at`` relative to the day's average hour (HOURLY_RHYTHM, UTC)."""
+    return HOURLY_RHYTHM[at.astimezone(UTC).hour] / MEAN_RHYTHM
+
+
 @dataclass(frozen=True)
 class Merchant:
     id: str

@@ -10,6 +10,7 @@ import pytest
 from ingest.support import Stack, assert_live_matches_db, running_consumer, wait_until
 from redis.asyncio import Redis
 
+from molam_workloads.core.errors import ConfigError
 from molam_workloads.jobs import simulate
 from molam_workloads.jobs.refresh_views import refresh
 
@@ -78,3 +79,24 @@ async def test_real_time_mode_paces_and_stops_at_count(stack: Stack) -> None:
 async def test_bad_options() -> None:
     with pytest.raises(simulate.ConfigError, match="--count"):
         await simulate.run(_args(days_back=2, count=0))
+
+
+def test_a_run_id_keeps_the_seeds_merchants_and_draws_new_transactions() -> None:
+    first = simulate.market_of(_args(seed=1, run_id="a1", merchants=10))
+    again = simulate.market_of(_args(seed=1, run_id="a1", merchants=10))
+    other = simulate.market_of(_args(seed=1, run_id="b2", merchants=10))
+    plain = simulate.market_of(_args(seed=1, merchants=10))
+    assert first.merchants == other.merchants == plain.merchants
+    at = datetime.now(UTC)
+    a = [first.transaction(at) for _ in range(50)]
+    assert a == [again.transaction(at) for _ in range(50)]  # reproducible
+    b = [other.transaction(at) for _ in range(50)]
+    assert a[0]["txn_id"] == "SIM-a1-1" and b[0]["txn_id"] == "SIM-b2-1"
+    assert {t["event_id"] for t in a}.isdisjoint(t["event_id"] for t in b)
+    assert plain.transaction(at)["txn_id"] == "SIM-1-1"  # --seed alone: as before
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 33, "a/b"])
+def test_a_run_id_is_a_short_plain_word(bad: str) -> None:
+    with pytest.raises(ConfigError):
+        simulate._check(_args(run_id=bad, count=1))

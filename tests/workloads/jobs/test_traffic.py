@@ -7,8 +7,17 @@ import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from molam_workloads.core.events import decode_event
-from molam_workloads.jobs.traffic import HOURLY_RHYTHM, Market, Spike, history_times, merchants
+from molam_workloads.jobs.traffic import (
+    HOURLY_RHYTHM,
+    Market,
+    Spike,
+    history_times,
+    merchants,
+    rhythm_at,
+)
 
 
 def test_merchant_sizes_follow_a_long_tail() -> None:
@@ -55,3 +64,10 @@ def test_spike_windows() -> None:
     assert once.active(t0) and not once.active(t0 + timedelta(minutes=5))
     again = Spike("M-1", 10, t0, t0 + timedelta(minutes=5), timedelta(minutes=15))
     assert again.active(t0 + timedelta(minutes=31)) and not again.active(t0 + timedelta(minutes=40))
+
+
+def test_rhythm_at_averages_one_over_a_day() -> None:
+    day = datetime(2026, 12, 7, tzinfo=UTC)
+    factors = [rhythm_at(day + timedelta(hours=h)) for h in range(24)]
+    assert sum(factors) / 24 == pytest.approx(1.0)
+    assert factors[19] == max(factors) and factors[2] < 0.1 * factors[19]
