@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv system-deps stack stack-down image lint typecheck test run bench clean
 
 help:
-	@echo "make run         start the whole system locally (stack, migrate, consumer, API, alerts, operator)"
+	@echo "make run         the whole system locally: the chart on the local node (else local processes)"
 	@echo "make test        set everything up from a clean clone and run lint, types and the test suite"
 	@echo "make stack       start (or reuse) PostgreSQL, Redis, Kafka, the control plane and, where Docker"
 	@echo "                 can run, a node that runs pods (STACK_NODE=0: none); writes .stack/env"
@@ -60,8 +60,11 @@ typecheck: venv
 test: venv system-deps lint typecheck stack
 	$(WITH_STACK) $(BIN)/pytest $(PYTEST_ARGS)
 
+# Builds the image and helm-installs the chart where `make stack` has a node; RUN_ARGS go to
+# stack/run.py (e.g. RUN_ARGS=--processes).
+RUN_ARGS ?=
 run: venv
-	STACK_KUBE=$${STACK_KUBE:-auto} $(BIN)/python stack/run.py
+	STACK_KUBE=$${STACK_KUBE:-auto} $(BIN)/python stack/run.py $(RUN_ARGS)
 
 bench: venv stack
 	$(WITH_STACK) for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -117,6 +117,9 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         "MOLAM_STACK_STATE": str(state),
         "KAFKA_TOPIC": f"wallet.runbook.{uuid.uuid4().hex[:8]}",
         "STACK_KUBE": "1",
+        # Local processes beside a control plane of its own: the stack's node belongs to the
+        # stack's control plane (test_make_run.py drives make run on it).
+        "STACK_NODE": "0",
     }
     proc = subprocess.Popen(
         [
