@@ -4,6 +4,10 @@ the evaluator's state mirrored back into the status.
 Which database: the one of the AnalyticsPipeline in the rule's namespace (its
 ``spec.database.secretRef``; with several pipelines there, the rule's
 ``analytics.molam.io/pipeline`` label names one), else the operator's own DATABASE_URL.
+
+A rule annotated ``analytics.molam.io/backtest-days: "7"`` also gets ``status.backtest``: when
+it would have fired and resolved over that many past days (``core.backtest``), recomputed when
+the spec or the annotation changes and every ``BACKTEST_REFRESH``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
@@ -23,6 +28,7 @@ from molam_operator.conditions import iso, set_condition
 from molam_operator.context import OperatorContext
 from molam_operator.kube import KubeError
 from molam_operator.settings import LABEL_RULE_PIPELINE
+from molam_workloads.core.backtest import MAX_RANGE, backtest, load_rule
 from molam_workloads.core.errors import ServiceUnavailable
 from molam_workloads.core.rules import AlertRuleSpec, RuleStatus, delete_rule, save_rule
 
@@ -31,6 +37,10 @@ SOURCE = "crd"
 RETRY_DELAY = 5.0
 # The evaluator's states are read once per database and period for every rule's status timer.
 STATES_TTL_SECONDS = 2.0
+ANNOTATION_BACKTEST_DAYS = "analytics.molam.io/backtest-days"
+# A backtest replays days of aggregates (about a second): redone on change, else hourly.
+BACKTEST_REFRESH = timedelta(hours=1)
+BACKTEST_FIRINGS_SHOWN = 10  # the latest ones; firingsTotal counts them all
 # The set-wise twin of molam_workloads.core.rules.rule_status (same columns, same state rule).
 _STATES_SQL = """
     SELECT r.name, r.is_active, s.state, s.last_value, s.last_evaluated_at, s.last_fired_at,
@@ -52,12 +62,14 @@ class PipelineDatabase:
     pipeline: str
     secret: str
     key: str
+    reporting_currency: str = "USD"
 
 
 @dataclass(frozen=True)
 class Target:
     dsn: str
     where: str  # "pipeline/<name>" or "operator": shown in the status, never the DSN
+    reporting_currency: str = "USD"
 
 
 def rule_name(namespace: str, name: str) -> str:
@@ -112,7 +124,7 @@ async def target(
                 f"secret {ref.secret!r} (key {ref.key!r}) of pipeline {ref.pipeline!r} is missing",
                 delay=RETRY_DELAY,
             )
-        return Target(dsn, f"pipeline/{ref.pipeline}")
+        return Target(dsn, f"pipeline/{ref.pipeline}", ref.reporting_currency)
     if ctx.settings.operator_database_fallback:
         return Target(ctx.settings.database_url, "operator")
     return None
@@ -308,8 +320,10 @@ async def mirror_status(
     status: Mapping[str, Any],
     pipelines: Iterable[PipelineDatabase],
     patch: kopf.Patch,
+    annotations: Mapping[str, str] | None = None,
 ) -> None:
-    """Copy the evaluator's state of the rule into the status (only what changed)."""
+    """Copy the evaluator's state of the rule into the status (only what changed), and the
+    backtest the rule's annotation asks for."""
     try:
         t = await target(ctx, namespace, labels, pipelines)
     except (kopf.TemporaryError, kopf.PermanentError):
@@ -336,3 +350,68 @@ async def mirror_status(
     for key, value in wanted.items():
         if status.get(key) != value:
             patch.status[key] = value  # None removes the field (merge patch)
+    try:
+        await mirror_backtest(ctx, t, rule_name(namespace, name), annotations or {}, status, patch)
+    except _DB_ERRORS as exc:
+        raise await _connection_error(ctx, t, exc) from None
+
+
+def backtest_days(annotations: Mapping[str, str]) -> int | str | None:
+    """The annotation's number of days, None without it, or why it is wrong."""
+    raw = annotations.get(ANNOTATION_BACKTEST_DAYS)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_RANGE.days:
+        return (
+            f"{ANNOTATION_BACKTEST_DAYS} must be a whole number of days from 1 to {MAX_RANGE.days}"
+        )
+    return int(raw)
+
+
+async def mirror_backtest(
+    ctx: OperatorContext,
+    t: Target,
+    db_name: str,
+    annotations: Mapping[str, str],
+    status: Mapping[str, Any],
+    patch: kopf.Patch,
+    now: datetime | None = None,
+) -> None:
+    """status.backtest from the annotation: computed when missing, when the days or the synced
+    generation changed, and every BACKTEST_REFRESH; removed with the annotation."""
+    days = backtest_days(annotations)
+    current = status.get("backtest")
+    if days is None:
+        if current is not None:
+            patch.status["backtest"] = None
+        return
+    generation = status.get("observedGeneration")
+    if isinstance(days, str):
+        wanted: dict[str, Any] = {"error": days}
+        if current != wanted:
+            patch.status["backtest"] = wanted
+        return
+    now = now or datetime.now(UTC)
+    if current and current.get("days") == days and current.get("generation") == generation:
+        computed = current.get("computedAt")
+        if computed and now - datetime.fromisoformat(computed) < BACKTEST_REFRESH:
+            return
+    pool = await ctx.pool(t.dsn)
+    async with pool.acquire() as conn:
+        rule = await load_rule(conn, db_name)
+        if rule is None:
+            return  # not synced yet: the next tick
+        result = await backtest(
+            conn,
+            rule,
+            now - timedelta(days=days),
+            now,
+            reporting_currency=t.reporting_currency,
+            now=now,
+        )
+    patch.status["backtest"] = {
+        "days": days,
+        "generation": generation,
+        "computedAt": iso(now),
+        **result.document(max_firings=BACKTEST_FIRINGS_SHOWN),
+    }

@@ -62,7 +62,14 @@ def pipeline_databases(
 ) -> dict[str, PipelineDatabase]:
     """namespace -> the database reference of each pipeline there (for AlertRules)."""
     ref = (spec.get("database") or {}).get("secretRef") or {}
-    return {namespace: PipelineDatabase(name, str(ref.get("name", "")), str(ref.get("key", "url")))}
+    return {
+        namespace: PipelineDatabase(
+            name,
+            str(ref.get("name", "")),
+            str(ref.get("key", "url")),
+            str(spec.get("reportingCurrency", "USD")),
+        )
+    }
 
 
 @kopf.on.resume(*PIPELINES)
@@ -170,6 +177,7 @@ async def mirror_rule_status(
     namespace: str,
     name: str,
     labels: kopf.Labels,
+    annotations: kopf.Annotations,
     status: kopf.Status,
     patch: kopf.Patch,
     memo: kopf.Memo,
@@ -184,4 +192,5 @@ async def mirror_rule_status(
         status=status,
         pipelines=pipeline_databases.get(namespace, []),
         patch=patch,
+        annotations=annotations,
     )

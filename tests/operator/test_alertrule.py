@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +14,13 @@ import pytest
 from opkube import apply, eventually, kubectl, kubectl_json, sample
 from pydantic import ValidationError
 
-from molam_operator.alertrule import PipelineDatabase, choose_pipeline, validation_message
+from molam_operator.alertrule import (
+    ANNOTATION_BACKTEST_DAYS,
+    PipelineDatabase,
+    backtest_days,
+    choose_pipeline,
+    validation_message,
+)
 from molam_workloads.core.rules import AlertRuleSpec
 
 pytestmark = pytest.mark.kube
@@ -233,3 +240,48 @@ def test_choose_pipeline() -> None:
         choose_pipeline([a, b], {})
     with pytest.raises(kopf.TemporaryError):
         choose_pipeline([a], {"analytics.molam.io/pipeline": "zzz"})
+
+
+async def test_the_backtest_annotation_puts_the_firings_in_the_status(
+    operator: Any, namespace: str, database_url: str, db: asyncpg.Connection
+) -> None:
+    apply(pipeline_with_db(namespace, database_url))
+    # Senegal: an hour of traffic, 20 minutes of it at 50 % failures half an hour ago.
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    await db.execute(
+        """
+        INSERT INTO txn_minute_agg (minute, merchant_id, country, currency, channel, tx_count,
+                                    succeeded_count, failed_count)
+        SELECT $1::timestamptz + g * interval '1 minute', 'M-1', 'SN', 'XOF', 'card', 10,
+               CASE WHEN g BETWEEN 20 AND 39 THEN 5 ELSE 10 END,
+               CASE WHEN g BETWEEN 20 AND 39 THEN 5 ELSE 0 END
+        FROM generate_series(0, 59) g
+        """,
+        now - timedelta(minutes=60),
+    )
+    doc = sample("alertrule.yaml", namespace)
+    doc["metadata"]["annotations"] = {ANNOTATION_BACKTEST_DAYS: "1"}
+    apply(doc)
+
+    def backtest() -> dict[str, Any]:
+        return dict(((ar(namespace) or {}).get("status") or {}).get("backtest") or {})
+
+    bt = await eventually("status.backtest", backtest, timeout=20)
+    assert bt["days"] == 1 and bt["firingsTotal"] == 1 and bt["generation"] == 1
+    (firing,) = bt["firings"]
+    assert firing["resolution"] == "minute" and firing["value"] > 0.2 and firing["resolvedAt"]
+
+    # A wrong value says why; removing the annotation removes the backtest.
+    kubectl("annotate", "ar", "high-failure-rate-sn", "-n", namespace, "--overwrite",
+            f"{ANNOTATION_BACKTEST_DAYS}=a week")  # fmt: skip
+    await eventually("error", lambda: "error" in backtest(), timeout=20)
+    kubectl("annotate", "ar", "high-failure-rate-sn", "-n", namespace,
+            f"{ANNOTATION_BACKTEST_DAYS}-")  # fmt: skip
+    await eventually("removed", lambda: not backtest(), timeout=20)
+
+
+def test_backtest_days() -> None:
+    assert backtest_days({}) is None
+    assert backtest_days({ANNOTATION_BACKTEST_DAYS: "7"}) == 7
+    for wrong in ("0", "32", "7d", "-1", ""):
+        assert isinstance(backtest_days({ANNOTATION_BACKTEST_DAYS: wrong}), str), wrong

@@ -1,4 +1,6 @@
-"""``molam-analytics alerts [--once] [--interval SECONDS]``: the alerts evaluator.
+"""``molam-analytics alerts [--once] [--interval SECONDS]``: the alerts evaluator, and
+``molam-analytics alerts backtest NAME [--from T] [--to T] [--json]``: when a stored rule would
+have fired and resolved over a past range (``core.backtest``).
 
 The loop runs four independent tasks on one pool: evaluation cycles every
 ``ALERTS_INTERVAL_SECONDS``, the webhook notifier (so a slow receiver never delays a cycle),
@@ -14,10 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -27,6 +31,7 @@ from molam_workloads.alerts.evaluator import run_cycle
 from molam_workloads.alerts.housekeeping import housekeep
 from molam_workloads.alerts.notifier import Notifier
 from molam_workloads.alerts.settings import AlertsSettings
+from molam_workloads.core.backtest import backtest, load_rule
 from molam_workloads.core.db import create_pool
 from molam_workloads.core.errors import ConfigError
 from molam_workloads.core.metrics import ALERT_RULE_FAILURES, observe_pool, serve_metrics
@@ -46,10 +51,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="seconds between cycles (default: ALERTS_INTERVAL_SECONDS, 60)",
     )
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    bt = sub.add_parser(
+        "backtest", help="replay a stored rule over the aggregates: when it would have fired"
+    )
+    bt.add_argument("name", help="the rule's name (<namespace>/<name> for a custom resource)")
+    bt.add_argument(
+        "--from", dest="start", type=_instant, default=None, help="RFC 3339 (default: 7 days ago)"
+    )
+    bt.add_argument("--to", dest="end", type=_instant, default=None, help="RFC 3339 (default: now)")
+    bt.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _instant(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+async def run_backtest(args: argparse.Namespace, settings: AlertsSettings) -> int:
+    end = args.end or datetime.now(UTC)
+    start = args.start or end - timedelta(days=7)
+    async with create_pool(settings, max_size=1) as pool, pool.acquire() as conn:
+        rule = await load_rule(conn, args.name)
+        if rule is None:
+            raise ConfigError(f"no alert rule named {args.name!r}")
+        try:
+            result = await backtest(
+                conn, rule, start, end, reporting_currency=settings.reporting_currency
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"rule": result.rule, **result.document()}, indent=2))
+        return 0
+    print(
+        f"{result.rule}: {result.evaluations} evaluation(s) from {result.start:%Y-%m-%d %H:%M}"
+        f" to {result.end:%Y-%m-%d %H:%M} UTC, {result.no_data} without data,"
+        f" {len(result.firings)} firing(s) ({result.duration_ms:.0f} ms)"
+    )
+    for f in result.firings:
+        until = f"{f.resolved_at:%Y-%m-%d %H:%M}" if f.resolved_at else "still firing"
+        print(
+            f"  fired {f.fired_at:%Y-%m-%d %H:%M} -> {until}  value {f.value}  peak {f.peak}"
+            f"  (pending since {f.pending_since:%H:%M}, per {f.resolution})"
+        )
+    return 0
 
 
 async def run(args: argparse.Namespace) -> int:
     settings = load_settings(AlertsSettings)
+    if args.action == "backtest":
+        return await run_backtest(args, settings)
     if args.interval is not None:
         if args.interval <= 0:
             raise ConfigError("--interval must be a positive number of seconds")

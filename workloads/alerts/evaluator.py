@@ -56,6 +56,7 @@ from molam_workloads.core.metrics import (
     ALERTS_FIRED,
     ALERTS_FIRING,
 )
+from molam_workloads.core.rules import RULE_SUMS_SQL, metric_value_sql
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +67,7 @@ OPEN_STATES = ("firing", "acknowledged")
 
 # $1 now, $2 reporting currency, $3 longest window (minutes) answered from txn_minute_agg,
 # $4 shortest window (minutes) whose whole hours are read from txn_hourly_agg.
-_MEASURES = """
-           sum(a.tx_count) AS tx, sum(a.succeeded_count) AS ok, sum(a.failed_count) AS ko,
-           sum(a.payment_count) AS pay, sum(a.payment_volume_local) AS vol,
-           sum(a.refund_count) AS ref"""
+_MEASURES = "\n           " + RULE_SUMS_SQL
 
 
 def _read(table: str, col: str, src: str, *, narrow: bool) -> str:
@@ -200,17 +198,7 @@ anomalies AS (
 SELECT r.id, r.name, r.source, r.runbook_url, r.metric, r.comparison, r.threshold,
        r.window_minutes, r.for_seconds,
        r.severity, r.scope_merchant_id, r.scope_country, r.scope_currency, r.scope_channel,
-       CASE r.metric
-           WHEN 'tx_count' THEN coalesce(c.tx, 0)
-           WHEN 'gross_volume' THEN
-               CASE WHEN c.unconverted > 0 THEN NULL ELSE coalesce(c.vol, 0) END
-           WHEN 'success_rate' THEN c.ok::numeric / nullif(c.ok + c.ko, 0)
-           WHEN 'failure_rate' THEN c.ko::numeric / nullif(c.ok + c.ko, 0)
-           WHEN 'refund_rate' THEN c.ref::numeric / nullif(c.pay, 0)
-           WHEN 'avg_ticket' THEN
-               CASE WHEN c.unconverted > 0 THEN NULL ELSE c.vol / nullif(c.pay, 0) END
-           WHEN 'anomaly_count' THEN coalesce(an.n, 0)
-       END AS value,
+       {metric_value_sql("r.metric", "c", "an.n")} AS value,
        coalesce(c.unconverted, 0) > 0 AS unconverted,
        coalesce(s.state, 'inactive') AS state, s.pending_since, s.last_fired_at,
        s.current_alert_id

@@ -47,6 +47,42 @@ class Severity(StrEnum):
     critical = "critical"
 
 
+# The sums of aggregate rows ``a`` that ``metric_value_sql`` computes a rule's value from.
+RULE_SUMS_SQL = """sum(a.tx_count) AS tx, sum(a.succeeded_count) AS ok, sum(a.failed_count) AS ko,
+           sum(a.payment_count) AS pay, sum(a.payment_volume_local) AS vol,
+           sum(a.refund_count) AS ref"""
+RULE_SUMS: tuple[str, ...] = ("tx", "ok", "ko", "pay", "vol", "ref")
+
+
+def metric_value_sql(metric: str, c: str, anomalies: str) -> str:
+    """SQL value of the rule metric ``metric`` (an SQL expression) from the sums of alias ``c``
+    (``tx``, ``ok``, ``ko``, ``pay``, ``ref``, ``vol`` in the reporting currency and
+    ``unconverted``, the groups whose volume has no FX rate) and the anomaly count
+    ``anomalies``. NULL is no data: a rate without denominator, a volume without FX rate.
+
+    Every KPI formula of alert rules is written here once: the evaluator and the backtest both
+    build their SQL from it.
+    """
+    return f"""CASE {metric}
+           WHEN 'tx_count' THEN coalesce({c}.tx, 0)
+           WHEN 'gross_volume' THEN
+               CASE WHEN {c}.unconverted > 0 THEN NULL ELSE coalesce({c}.vol, 0) END
+           WHEN 'success_rate' THEN {c}.ok::numeric / nullif({c}.ok + {c}.ko, 0)
+           WHEN 'failure_rate' THEN {c}.ko::numeric / nullif({c}.ok + {c}.ko, 0)
+           WHEN 'refund_rate' THEN {c}.ref::numeric / nullif({c}.pay, 0)
+           WHEN 'avg_ticket' THEN
+               CASE WHEN {c}.unconverted > 0 THEN NULL ELSE {c}.vol / nullif({c}.pay, 0) END
+           WHEN 'anomaly_count' THEN coalesce({anomalies}, 0)
+       END"""
+
+
+def comparison_sql(comparison: str, value: str, threshold: str) -> str:
+    """SQL twin of ``alerts.state.compare``: NULL when ``value`` is NULL (no data)."""
+    return f"""CASE {comparison} WHEN 'gt' THEN {value} > {threshold}
+           WHEN 'gte' THEN {value} >= {threshold} WHEN 'lt' THEN {value} < {threshold}
+           WHEN 'lte' THEN {value} <= {threshold} END"""
+
+
 def parse_duration(text: str) -> int:
     """``"90s"``, ``"5m"``, ``"1h30m"`` (or a bare number of seconds) -> seconds."""
     text = text.strip()

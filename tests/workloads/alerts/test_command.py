@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -200,3 +201,32 @@ async def test_the_loop_pushes_to_the_configured_alertmanager_and_keeps_it_activ
         "SELECT count(*) FROM analytics_alert_deliveries WHERE kind = 'alertmanager' AND ok"
     )
     assert posts >= 6
+
+
+async def _cli(database_url: str, *args: str) -> tuple[int, str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONSAFEPATH": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        CLI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_backtest_command_prints_the_firings(
+    db: asyncpg.Connection, database_url: str
+) -> None:
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    await add_minutes(db, now - timedelta(minutes=60), 50, succeeded=10)
+    await add_rule(db, "stop", metric="tx_count", comparison="lt", threshold=1, windowMinutes=5)
+    frm = (now - timedelta(minutes=30)).isoformat()
+    code, out = await _cli(database_url, "alerts", "backtest", "stop", "--from", frm, "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    # Traffic stopped 10 minutes ago: fired 5 minutes later, still firing.
+    assert [(f["firedAt"], f["resolvedAt"]) for f in doc["firings"]] == [
+        ((now - timedelta(minutes=5)).isoformat().replace("+00:00", "Z"), None)
+    ]
+    code, out = await _cli(database_url, "alerts", "backtest", "stop", "--from", frm)
+    assert code == 0 and "1 firing(s)" in out and "still firing" in out, out
+    code, out = await _cli(database_url, "alerts", "backtest", "nope")
+    assert code == 2 and "no alert rule named 'nope'" in out

@@ -1,6 +1,8 @@
 """Alert rules CRUD: ``/v1/alert-rules``. The document is the ``AlertRule`` custom resource's
 spec (camelCase), stored through ``core.rules``. Rules that come from a custom resource
-(``source = crd``) are read-only here: change the custom resource instead (409)."""
+(``source = crd``) are read-only here: change the custom resource instead (409).
+``POST /v1/alert-rules/{name}/backtest`` replays a rule over the stored aggregates
+(``core.backtest``)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ import asyncpg
 from fastapi import APIRouter, Path, Request, Response, status
 
 from molam_workloads.api.auth import Principal
-from molam_workloads.api.deps import PoolDep
-from molam_workloads.api.errors import Conflict, NotFound
-from molam_workloads.api.params import PageDep
+from molam_workloads.api.deps import PoolDep, SettingsDep
+from molam_workloads.api.errors import Conflict, InvalidParams, NotFound
+from molam_workloads.api.params import PageDep, RangeDep
 from molam_workloads.api.permissions import (
     AlertManager,
     Reader,
@@ -24,9 +26,11 @@ from molam_workloads.api.schemas.alerts import (
     AlertRuleCreate,
     AlertRuleOut,
     AlertRulePage,
+    BacktestOut,
     RuleName,
 )
 from molam_workloads.api.schemas.common import error_responses
+from molam_workloads.core.backtest import backtest, load_rule
 from molam_workloads.core.rules import AlertRuleSpec, delete_rule, save_rule
 
 router = APIRouter(prefix="/v1/alert-rules", tags=["alert rules"])
@@ -137,3 +141,39 @@ async def delete_alert_rule(principal: AlertManager, name: NamePath, pool: PoolD
             raise _crd_conflict(name)
         await delete_rule(cast(asyncpg.Connection, conn), name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/{name}/backtest",
+    response_model=BacktestOut,
+    responses=error_responses(401, 403, 404, 422),
+)
+async def backtest_alert_rule(
+    request: Request,
+    principal: Reader,
+    name: NamePath,
+    period: RangeDep,
+    pool: PoolDep,
+    settings: SettingsDep,
+) -> BacktestOut:
+    """When the rule would have fired and resolved between ``from`` and ``to`` (at most now,
+    31 days), replayed over the stored aggregates with its window and ``for``: once a minute
+    where minute aggregates are kept, once an hour before. Whoever may read the rule may
+    backtest it."""
+    missing = NotFound(f"no alert rule named {name!r}")
+    async with pool.acquire() as conn:
+        rule = await load_rule(conn, name)
+        if rule is None:
+            raise missing
+        ensure_visible(request, principal, rule["scope_merchant_id"], missing)
+        try:
+            result = await backtest(
+                conn,
+                rule,
+                period.start,
+                period.end,
+                reporting_currency=settings.reporting_currency,
+            )
+        except ValueError as exc:
+            raise InvalidParams(str(exc), {"param": "from"}) from None
+    return BacktestOut.model_validate({"rule": result.rule, **result.document()})

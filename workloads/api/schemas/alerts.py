@@ -5,7 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from molam_workloads.core.rules import AlertRuleSpec
 
@@ -35,6 +35,45 @@ class AlertRuleOut(BaseModel):
     status: RuleStatusOut
     created_at: datetime
     updated_at: datetime
+
+
+class _CamelOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class BacktestFiring(_CamelOut):
+    pending_since: datetime = Field(
+        alias="pendingSince", description="First evaluation of the run that held."
+    )
+    fired_at: datetime = Field(
+        alias="firedAt", description="When it would have fired (`for` after pendingSince)."
+    )
+    resolved_at: datetime | None = Field(
+        alias="resolvedAt", description="When it would have resolved; null: still firing."
+    )
+    value: float | None = Field(description="The value that fired it (null: no data).")
+    peak: float | None = Field(description="The value furthest past the threshold while firing.")
+    evaluations: int = Field(description="Evaluations while firing.")
+    resolution: str = Field(
+        description="minute, or hour where the minute aggregates are no longer kept."
+    )
+
+
+class BacktestOut(_CamelOut):
+    rule: str
+    start: datetime = Field(alias="from")
+    end: datetime = Field(alias="to", description="The end replayed: at most now.")
+    minutes_from: datetime | None = Field(
+        alias="minutesFrom",
+        description="Evaluated every minute from here on, every hour before (null: hours only).",
+    )
+    evaluations: int
+    no_data: int = Field(
+        alias="noData", description="Evaluations without a value (e.g. a rate of nothing)."
+    )
+    firings_total: int = Field(alias="firingsTotal")
+    firings: list[BacktestFiring]
+    duration_ms: float = Field(alias="durationMs")
 
 
 class AlertRulePage(BaseModel):
