@@ -27,8 +27,23 @@ up to ``--concurrency`` requests in flight, latency counted from each request's 
 (a client process of its own). On a small machine a closed loop of 32 connections measures
 mostly the queue (Little's law: latency = requests in flight / throughput).
 
-Usage: ``python bench/api.py [--merchants 500] [--days 90] [--duration 8]`` with the local
-stack's environment (``make bench``). Targets: uncached p95 < 50 ms, cached p95 < 5 ms.
+Sizes (``--size``): ``1m`` (500 merchants x 90 days, 1.08M hourly rows), ``10m`` (600 x 730,
+10.5M), ``50m`` (2,850 x 730, 49.9M). The ranges drawn are the same at every size, so what
+grows is the history and the number of merchants. A dataset is kept between runs in a database
+``molam_bench_<merchants>x<days>`` on the same server (``--fresh`` rebuilds it; drop it by hand
+to free the disk: ~0.3 GB per million hourly rows), with the running totals (migration 070),
+the daily view and its rollups built as ``refresh-views`` and the API build them.
+
+The floor, in the same run: ``/v1/alerts?limit=10`` (an empty page, the cheapest request that
+reads the database) against the uncached server, same wrk settings, before and after the
+endpoints; each uncached closed-loop row prints its throughput as a ratio to it.
+``--rate R`` runs every open-loop row at R requests/s (the same at every size) instead of a
+fraction of the closed-loop throughput. ``--uncached-only`` skips the cached and bare rows.
+
+Usage: ``python bench/api.py [--size 1m] [--duration 8] [--rate 50]`` with the local
+stack's environment (``make bench``). Targets: uncached p95 < 50 ms, cached p95 < 5 ms;
+uncached KPIs, breakdowns and top merchants at 32 connections >= 0.5x the floor's throughput;
+uncached p95 at a fixed rate at most 1.5x from 1M to 50M hourly rows.
 """
 
 from __future__ import annotations
@@ -59,7 +74,11 @@ from molam_workloads.api.queries import rollup
 from molam_workloads.api.queries.aggregates import Filters, Key, grouped, top_merchants
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import env, scratch_database, table
+from _common import env, table, with_database
+
+from molam_workloads.core.db import migrate
+
+SIZES = {"1m": (500, 90), "10m": (600, 730), "50m": (2850, 730)}
 
 MARKETS = [
     ("SN", "XOF"),
@@ -153,9 +172,76 @@ async def build_dataset(dsn: str, merchants: int, days: int, end: datetime) -> i
             f"merchant-less rollup: {time.perf_counter() - t0:.1f} s, {rollup_rows:,} rows",
             flush=True,
         )
+        await build_totals(conn, end)
+        await conn.execute(
+            "CREATE TABLE bench_meta (merchants int, days int, dataset_end timestamptz, "
+            "hourly_rows bigint)"
+        )
+        await conn.execute(
+            "INSERT INTO bench_meta VALUES ($1, $2, $3, $4)", merchants, days, end, rows
+        )
         return rows
     finally:
         await conn.close()
+
+
+async def build_totals(conn: asyncpg.Connection, end: datetime) -> None:
+    """The running totals (migration 070) as ``refresh-views`` builds them, up to ``end``."""
+    t0 = time.perf_counter()
+    async with conn.transaction():
+        built = await conn.fetchval(
+            "SELECT analytics_rebuild_prefix_totals('USD', cutoff => $1)", end
+        )
+    await conn.execute("VACUUM ANALYZE analytics_prefix_hourly")
+    await conn.execute("VACUUM ANALYZE analytics_prefix_daily")
+    print(f"running totals: {time.perf_counter() - t0:.1f} s, {built:,} rows", flush=True)
+
+
+async def cached_dataset(merchants: int, days: int, fresh: bool) -> tuple[str, datetime, int]:
+    """The DSN of the kept dataset (built first if missing), its end and its row count."""
+    admin = env("DATABASE_URL")
+    name = f"molam_bench_{merchants}x{days}"
+    dsn = with_database(admin, name)
+    conn = await asyncpg.connect(admin)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists and fresh:
+            await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            exists = None
+        if exists:
+            db = await asyncpg.connect(dsn)
+            try:
+                meta = await db.fetchrow(
+                    "SELECT dataset_end, hourly_rows FROM bench_meta"
+                    if await db.fetchval("SELECT to_regclass('bench_meta')")
+                    else "SELECT NULL AS dataset_end"
+                )
+            finally:
+                await db.close()
+            if meta is not None and meta["dataset_end"] is not None:
+                await migrate(dsn)  # a newer tree may bring migrations
+                db = await asyncpg.connect(dsn)
+                try:
+                    usable = await db.fetchval(
+                        "SELECT count(*) FROM analytics_prefix_state s JOIN "
+                        "analytics_fx_version v ON v.version = s.fx_version "
+                        "WHERE s.cutoff = $1",
+                        meta["dataset_end"],
+                    )
+                    if not usable:
+                        await build_totals(db, meta["dataset_end"])
+                finally:
+                    await db.close()
+                print(f"dataset: kept database {name}, {meta['hourly_rows']:,} hourly rows")
+                return dsn, meta["dataset_end"], int(meta["hourly_rows"])
+            await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # an unfinished build
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    await migrate(dsn)
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    rows = await build_dataset(dsn, merchants, days, end)
+    return dsn, end, rows
 
 
 # --- the three queries, as the API asks them -----------------------------------------------
@@ -175,6 +261,18 @@ ENDPOINTS: dict[str, dict[str, Any]] = {
         "extra": "&granularity=day",
         "keys": (Key("bucket", "(hour AT TIME ZONE $1)::date", "day"),),
         "params": ("UTC",),
+    },
+    "breakdown (country)": {
+        "path": "/v1/breakdowns/country",
+        "extra": "",
+        "keys": (Key("key", "country::text", "country::text"),),
+    },
+    "breakdown (merchant)": {
+        "path": "/v1/breakdowns/merchant",
+        "extra": "&limit=10",
+        "keys": (Key("key", "merchant_id", "merchant_id"),),
+        "per_merchant": True,
+        "order_limit": "ORDER BY gross_volume DESC, tx_count DESC, g.key LIMIT 10",
     },
     "top merchants": {
         "path": "/v1/top-merchants",
@@ -213,6 +311,8 @@ async def bare_sql(dsn: str, name: str, end: datetime, samples: int) -> list[flo
                     keys=spec["keys"],
                     reporting_currency="USD",
                     extra_params=spec.get("params", ()),
+                    per_merchant=spec.get("per_merchant", False),
+                    order_limit=spec.get("order_limit", ""),
                 )
             if i >= 5:  # the first few warm the caches
                 times.append((time.perf_counter() - t0) * 1000)
@@ -496,8 +596,13 @@ def fmt(ms: float) -> str:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--merchants", type=int, default=500)
-    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--size", choices=sorted(SIZES), default="1m")
+    parser.add_argument("--merchants", type=int, help="instead of the size's")
+    parser.add_argument("--days", type=int, help="instead of the size's")
+    parser.add_argument("--fresh", action="store_true", help="rebuild the kept dataset")
+    parser.add_argument("--rate", type=float, help="open-loop requests/s (default: a fraction)")
+    parser.add_argument("--uncached-only", action="store_true")
+    parser.add_argument("--only", help="comma-separated endpoint names to run")
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per row")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--sql-samples", type=int, default=60)
@@ -515,120 +620,167 @@ async def main() -> int:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: run stack/system-deps.sh")
 
+    merchants, days = SIZES[args.size]
+    args.merchants = args.merchants or merchants
+    args.days = args.days or days
     redis_base = urlparse(env("REDIS_URL"))
     redis_url = urlunparse(redis_base._replace(path="/" + os.environ.get("BENCH_REDIS_DB", "14")))
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     secret = secrets.token_urlsafe(32)
     token = jwt.encode(
         {"sub": "bench", "role": "admin", "exp": int(time.time()) + 3600}, secret, "HS256"
     )
 
-    async with scratch_database("bench_api") as dsn:
-        await build_dataset(dsn, args.merchants, args.days, end)
-        servers: list[subprocess.Popen[bytes]] = []
-        try:
-            uncached_proc, uncached = start_api(dsn, redis_url, secret, ttl=0)
-            servers.append(uncached_proc)
-            cached_proc, cached = start_api(dsn, redis_url, secret, ttl=600)
-            servers.append(cached_proc)
-            bare_proc, bare = start_bare()
-            servers.append(bare_proc)
-            from redis.asyncio import Redis
+    dsn, end, n_rows = await cached_dataset(args.merchants, args.days, args.fresh)
+    endpoints = {k: v for k, v in ENDPOINTS.items() if not args.only or k in args.only.split(",")}
+    floors: list[dict[str, float]] = []
+    lua_floor = LUA_FIXED % {"token": token, "paths": '"/v1/alerts?limit=10"'}
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        uncached_proc, uncached = start_api(dsn, redis_url, secret, ttl=0)
+        servers.append(uncached_proc)
+        cached_proc, cached = start_api(dsn, redis_url, secret, ttl=600)
+        servers.append(cached_proc)
+        bare_proc, bare = start_bare()
+        servers.append(bare_proc)
+        from redis.asyncio import Redis
 
-            r = Redis.from_url(redis_url)
-            await r.flushdb()
-            await r.aclose()
+        r = Redis.from_url(redis_url)
+        await r.flushdb()
+        await r.aclose()
 
-            rows: list[list[str]] = []
-            ceiling: list[str] = []
-            for name, spec in ENDPOINTS.items():
-                sql = await bare_sql(dsn, name, end, args.sql_samples)
-                sql_cells = [fmt(statistics.median(sql)), fmt(pct(sql, 95))]
-                lua_random = LUA_RANDOM % {
-                    "token": token,
-                    "path": spec["path"],
-                    "extra": spec["extra"],
-                    "end": int(end.timestamp()),
-                }
-                fixed = cached_paths(spec, end)
-                for path in fixed:  # warm the cache
-                    await asyncio.to_thread(http_get, cached + path, token)
-                lua_fixed = LUA_FIXED % {
-                    "token": token,
-                    "paths": ", ".join(f'"{p}"' for p in fixed),
-                }
-                plan: list[tuple[str, str, str, int]] = [
-                    ("uncached", uncached, lua_random, args.concurrency),
-                    ("uncached", uncached, lua_random, 1),
+        rows: list[list[str]] = []
+        ceiling: list[str] = []
+        ratios: list[str] = []
+
+        async def floor() -> dict[str, float]:
+            res = await asyncio.to_thread(
+                run_wrk, uncached, lua_floor, args.concurrency, args.duration
+            )
+            floors.append(res)
+            rows.append(
+                [
+                    "floor: /v1/alerts?limit=10",
+                    f"uncached c={args.concurrency}",
+                    f"{res['rps']:.0f}",
+                    str(res["errors"]),
+                    fmt(res["p50"]),
+                    fmt(res["p95"]),
+                    fmt(res["p99"]),
+                    "",
+                    "",
+                ]
+            )
+            print("  ".join(rows[-1]), flush=True)
+            return res
+
+        await floor()
+        for name, spec in endpoints.items():
+            sql = await bare_sql(dsn, name, end, args.sql_samples)
+            sql_cells = [fmt(statistics.median(sql)), fmt(pct(sql, 95))]
+            lua_random = LUA_RANDOM % {
+                "token": token,
+                "path": spec["path"],
+                "extra": spec["extra"],
+                "end": int(end.timestamp()),
+            }
+            fixed = cached_paths(spec, end)
+            for path in fixed:  # warm the cache
+                await asyncio.to_thread(http_get, cached + path, token)
+            lua_fixed = LUA_FIXED % {
+                "token": token,
+                "paths": ", ".join(f'"{p}"' for p in fixed),
+            }
+            plan: list[tuple[str, str, str, int]] = [
+                ("uncached", uncached, lua_random, args.concurrency),
+                ("uncached", uncached, lua_random, 1),
+            ]
+            if not args.uncached_only:
+                plan += [
                     ("cached", cached, lua_fixed, args.concurrency),
                     # the ceiling, right after: same wrk script against a bare uvicorn app
                     ("bare uvicorn", bare, lua_fixed, args.concurrency),
                     ("cached", cached, lua_fixed, 1),
                 ]
-                saturation: dict[str, float] = {}
-                p95s: dict[str, float] = {}
-                for mode, base, lua, conns in plan:
-                    res = await asyncio.to_thread(run_wrk, base, lua, conns, args.duration)
-                    if conns == args.concurrency:
-                        saturation[mode] = res["rps"]
-                        p95s[mode] = res["p95"]
-                    rows.append(
-                        [
-                            name,
-                            f"{mode} c={conns}",
-                            f"{res['rps']:.0f}",
-                            str(res["errors"]),
-                            fmt(res["p50"]),
-                            fmt(res["p95"]),
-                            fmt(res["p99"]),
-                            *(sql_cells if mode == "uncached" else ["", ""]),
-                        ]
-                    )
-                    print("  ".join(rows[-1]), flush=True)
+            saturation: dict[str, float] = {}
+            p95s: dict[str, float] = {}
+            for mode, base, lua, conns in plan:
+                res = await asyncio.to_thread(run_wrk, base, lua, conns, args.duration)
+                if conns == args.concurrency:
+                    saturation[mode] = res["rps"]
+                    p95s[mode] = res["p95"]
+                rows.append(
+                    [
+                        name,
+                        f"{mode} c={conns}",
+                        f"{res['rps']:.0f}",
+                        str(res["errors"]),
+                        fmt(res["p50"]),
+                        fmt(res["p95"]),
+                        fmt(res["p99"]),
+                        *(sql_cells if mode == "uncached" else ["", ""]),
+                    ]
+                )
+                print("  ".join(rows[-1]), flush=True)
+            ratios.append(
+                f"  {name}: uncached c={args.concurrency} {saturation['uncached']:.0f} req/s"
+                f" = {saturation['uncached'] / floors[0]['rps']:.2f}x the floor's "
+                f"{floors[0]['rps']:.0f}"
+            )
+            if not args.uncached_only:
                 ceiling.append(
-                    f"  {name}: cached c={args.concurrency} {saturation['cached']:.0f} req/s, "
-                    f"p95 {fmt(p95s['cached'])} ms; bare uvicorn {saturation['bare uvicorn']:.0f}"
-                    f" req/s, p95 {fmt(p95s['bare uvicorn'])} ms; cached/bare throughput "
+                    f"  {name}: cached c={args.concurrency} {saturation['cached']:.0f} "
+                    f"req/s, p95 {fmt(p95s['cached'])} ms; bare uvicorn "
+                    f"{saturation['bare uvicorn']:.0f} req/s, p95 "
+                    f"{fmt(p95s['bare uvicorn'])} ms; cached/bare throughput "
                     f"{saturation['cached'] / saturation['bare uvicorn']:.2f}x"
                 )
-                for mode, base in (("uncached", uncached), ("cached", cached)):
-                    rate = max(1.0, saturation[mode] * args.load_fraction)
-                    res = await asyncio.to_thread(
-                        run_open_loop_child,
-                        base,
-                        mode,
+            modes = [("uncached", uncached)]
+            if not args.uncached_only:
+                modes.append(("cached", cached))
+            for mode, base in modes:
+                rate = args.rate or max(1.0, saturation[mode] * args.load_fraction)
+                res = await asyncio.to_thread(
+                    run_open_loop_child,
+                    base,
+                    mode,
+                    name,
+                    int(end.timestamp()),
+                    token,
+                    rate,
+                    args.duration,
+                    args.concurrency,
+                )
+                rows.append(
+                    [
                         name,
-                        int(end.timestamp()),
-                        token,
-                        rate,
-                        args.duration,
-                        args.concurrency,
-                    )
-                    rows.append(
-                        [
-                            name,
-                            f"{mode} open {rate:.0f}/s",
-                            f"{res['rps']:.0f}",
-                            str(res["errors"]),
-                            fmt(res["p50"]),
-                            fmt(res["p95"]),
-                            fmt(res["p99"]),
-                            *(sql_cells if mode == "uncached" else ["", ""]),
-                        ]
-                    )
-                    print("  ".join(rows[-1]), flush=True)
-        finally:
-            for proc in servers:
-                proc.terminate()
-            for proc in servers:
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                        f"{mode} open {rate:.0f}/s",
+                        f"{res['rps']:.0f}",
+                        str(res["errors"]),
+                        fmt(res["p50"]),
+                        fmt(res["p95"]),
+                        fmt(res["p99"]),
+                        *(sql_cells if mode == "uncached" else ["", ""]),
+                    ]
+                )
+                print("  ".join(rows[-1]), flush=True)
+        last = await floor()
+        ratios.append(
+            f"  floor before / after the endpoints: {floors[0]['rps']:.0f} / "
+            f"{last['rps']:.0f} req/s"
+        )
+    finally:
+        for proc in servers:
+            proc.terminate()
+        for proc in servers:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
     print()
     print(
-        f"API benchmark: {args.merchants} merchants x {args.days} days x 24 h; c=N: wrk closed "
+        f"API benchmark: {n_rows:,} hourly rows ({args.merchants} merchants x {args.days} days x"
+        f" 24 h); c=N: wrk closed "
         f"loop, open R/s: fixed rate; {os.cpu_count()} CPUs shared by PostgreSQL, Redis, the "
         f"API and the load; load average {os.getloadavg()[0]:.1f} at the end"
     )
@@ -649,8 +801,11 @@ async def main() -> int:
             left=2,
         )
     )
-    print("\nThe ceiling (bare uvicorn: same config, uvloop, httptools, wrk script):")
-    print("\n".join(ceiling))
+    print("\nUncached throughput against the empty-page floor (same server, same run):")
+    print("\n".join(ratios))
+    if ceiling:
+        print("\nThe ceiling (bare uvicorn: same config, uvloop, httptools, wrk script):")
+        print("\n".join(ceiling))
     return 0
 
 

@@ -110,7 +110,9 @@ BEGIN
     -- One builder at a time (refresh-views runs from a CronJob; a manual run may overlap).
     PERFORM pg_advisory_xact_lock(hashtext('molam.prefix_totals'));
     SELECT version INTO fxv FROM analytics_fx_version;
-    DROP TABLE IF EXISTS _prefix_h, _prefix_rates;  -- a second build in one transaction
+    IF to_regclass('pg_temp._prefix_h') IS NOT NULL THEN  -- a second build in one transaction
+        DROP TABLE _prefix_h, _prefix_rates;
+    END IF;
     DELETE FROM analytics_prefix_hourly;
     DELETE FROM analytics_prefix_daily;
 
@@ -132,62 +134,66 @@ BEGIN
     FROM (SELECT DISTINCT currency, (hour AT TIME ZONE 'UTC')::date AS day
           FROM _prefix_h) c;
 
+    -- Dense running totals: each cell's rows, plus a zero row for every hour (day) from its
+    -- first to the last, summed per hour (day) and then cumulated. A union, not an outer join:
+    -- one sort, whatever the planner guesses of generate_series.
     INSERT INTO analytics_prefix_hourly
     WITH h AS (
         SELECT r.hour, r.country, r.channel, r.currency, r.n_rows, r.tx_count,
-               r.succeeded_count,
-               r.failed_count, r.pending_count, r.payment_count, r.refund_count,
-               r.payment_volume * x.rate AS gross, r.refund_volume * x.rate AS refunds,
-               r.fee * x.rate AS fees
+               r.succeeded_count, r.failed_count, r.pending_count, r.payment_count,
+               r.refund_count, r.payment_volume * x.rate AS gross,
+               r.refund_volume * x.rate AS refunds, r.fee * x.rate AS fees
         FROM _prefix_h r
         JOIN _prefix_rates x
           ON x.currency = r.currency AND x.day = (r.hour AT TIME ZONE 'UTC')::date
-    ), cells AS (
-        SELECT country, channel, currency, min(hour) AS first FROM h GROUP BY 1, 2, 3
+        UNION ALL
+        SELECT t.hour, c.country, c.channel, c.currency, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL
+        FROM (SELECT country, channel, currency, min(hour) AS first
+              FROM _prefix_h GROUP BY 1, 2, 3) c
+        CROSS JOIN LATERAL generate_series(c.first, upto - interval '1 hour',
+                                           interval '1 hour') AS t(hour)
     )
-    SELECT t.hour, c.country, c.channel, c.currency, sum(coalesce(h.n_rows, 0)) OVER w,
-           sum(coalesce(h.tx_count, 0)) OVER w, sum(coalesce(h.succeeded_count, 0)) OVER w,
-           sum(coalesce(h.failed_count, 0)) OVER w, sum(coalesce(h.pending_count, 0)) OVER w,
-           sum(coalesce(h.payment_count, 0)) OVER w, sum(coalesce(h.refund_count, 0)) OVER w,
-           sum(h.gross) OVER w, sum(h.refunds) OVER w, sum(h.fees) OVER w
-    FROM cells c
-    CROSS JOIN LATERAL generate_series(c.first, upto - interval '1 hour', interval '1 hour')
-        AS t(hour)
-    LEFT JOIN h ON h.hour = t.hour AND h.country = c.country AND h.channel = c.channel
-        AND h.currency = c.currency
-    WINDOW w AS (PARTITION BY c.country, c.channel, c.currency ORDER BY t.hour);
+    SELECT hour, country, channel, currency, sum(sum(n_rows)) OVER w, sum(sum(tx_count)) OVER w,
+           sum(sum(succeeded_count)) OVER w, sum(sum(failed_count)) OVER w,
+           sum(sum(pending_count)) OVER w, sum(sum(payment_count)) OVER w,
+           sum(sum(refund_count)) OVER w, sum(sum(gross)) OVER w, sum(sum(refunds)) OVER w,
+           sum(sum(fees)) OVER w
+    FROM h
+    GROUP BY hour, country, channel, currency
+    WINDOW w AS (PARTITION BY country, channel, currency ORDER BY hour);
     GET DIAGNOSTICS n_hourly = ROW_COUNT;
 
     INSERT INTO analytics_prefix_daily
-    WITH d AS (
+    WITH r AS (
+        SELECT (hour AT TIME ZONE 'UTC')::date AS day, coalesce(merchant_id, '') AS merchant_id,
+               country, channel, currency, count(*) AS n_rows, sum(tx_count) AS tx_count,
+               sum(succeeded_count) AS succeeded_count, sum(failed_count) AS failed_count,
+               sum(pending_count) AS pending_count, sum(payment_count) AS payment_count,
+               sum(refund_count) AS refund_count, sum(payment_volume_local) AS volume,
+               sum(refund_volume_local) AS refund_volume, sum(fee_local) AS fee
+        FROM txn_hourly_agg WHERE hour < (last_day::timestamp AT TIME ZONE 'UTC')
+        GROUP BY 1, 2, 3, 4, 5
+    ), d AS (
         SELECT r.day, r.merchant_id, r.country, r.channel, r.currency, r.n_rows, r.tx_count,
                r.succeeded_count, r.failed_count, r.pending_count, r.payment_count,
                r.refund_count, r.volume * x.rate AS gross, r.refund_volume * x.rate AS refunds,
                r.fee * x.rate AS fees
-        FROM (SELECT (hour AT TIME ZONE 'UTC')::date AS day, coalesce(merchant_id, '')
-                  AS merchant_id, country, channel, currency, count(*) AS n_rows,
-                  sum(tx_count) AS tx_count,
-                  sum(succeeded_count) AS succeeded_count, sum(failed_count) AS failed_count,
-                  sum(pending_count) AS pending_count, sum(payment_count) AS payment_count,
-                  sum(refund_count) AS refund_count, sum(payment_volume_local) AS volume,
-                  sum(refund_volume_local) AS refund_volume, sum(fee_local) AS fee
-              FROM txn_hourly_agg WHERE hour < (last_day::timestamp AT TIME ZONE 'UTC')
-              GROUP BY 1, 2, 3, 4, 5) r
-        JOIN _prefix_rates x ON x.currency = r.currency AND x.day = r.day
-    ), cells AS (
-        SELECT merchant_id, country, channel, currency, min(day) AS first
-        FROM d GROUP BY 1, 2, 3, 4
+        FROM r JOIN _prefix_rates x ON x.currency = r.currency AND x.day = r.day
+        UNION ALL
+        SELECT t.day::date, c.merchant_id, c.country, c.channel, c.currency,
+               0, 0, 0, 0, 0, 0, 0, NULL, NULL, NULL
+        FROM (SELECT merchant_id, country, channel, currency, min(day) AS first
+              FROM r GROUP BY 1, 2, 3, 4) c
+        CROSS JOIN LATERAL generate_series(c.first, last_day - 1, interval '1 day') AS t(day)
     )
-    SELECT t.day::date, c.merchant_id, c.country, c.channel, c.currency,
-           sum(coalesce(d.n_rows, 0)) OVER w, sum(coalesce(d.tx_count, 0)) OVER w, sum(coalesce(d.succeeded_count, 0)) OVER w,
-           sum(coalesce(d.failed_count, 0)) OVER w, sum(coalesce(d.pending_count, 0)) OVER w,
-           sum(coalesce(d.payment_count, 0)) OVER w, sum(coalesce(d.refund_count, 0)) OVER w,
-           sum(d.gross) OVER w, sum(d.refunds) OVER w, sum(d.fees) OVER w
-    FROM cells c
-    CROSS JOIN LATERAL generate_series(c.first, last_day - 1, interval '1 day') AS t(day)
-    LEFT JOIN d ON d.day = t.day::date AND d.merchant_id = c.merchant_id
-        AND d.country = c.country AND d.channel = c.channel AND d.currency = c.currency
-    WINDOW w AS (PARTITION BY c.merchant_id, c.country, c.channel, c.currency ORDER BY t.day);
+    SELECT day, merchant_id, country, channel, currency, sum(sum(n_rows)) OVER w,
+           sum(sum(tx_count)) OVER w, sum(sum(succeeded_count)) OVER w,
+           sum(sum(failed_count)) OVER w, sum(sum(pending_count)) OVER w,
+           sum(sum(payment_count)) OVER w, sum(sum(refund_count)) OVER w,
+           sum(sum(gross)) OVER w, sum(sum(refunds)) OVER w, sum(sum(fees)) OVER w
+    FROM d
+    GROUP BY day, merchant_id, country, channel, currency
+    WINDOW w AS (PARTITION BY merchant_id, country, channel, currency ORDER BY day);
     GET DIAGNOSTICS n_daily = ROW_COUNT;
 
     ANALYZE analytics_prefix_hourly;
