@@ -30,8 +30,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 COPY pyproject.toml setup.py ./
-COPY workloads/ workloads/
-COPY operator/ operator/
+COPY src/ src/
 # The project's wheel apart from the others, so the runtime installs them in two layers and a
 # change of code reinstalls only the project.
 RUN pip wheel --wheel-dir /wheels/deps . \
@@ -57,7 +56,6 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PYTHONSAFEPATH=1 \
     VIRTUAL_ENV=/opt/molam \
     PATH=/opt/molam/bin:$PATH
 

@@ -4,9 +4,6 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The folder operator/ would shadow the standard library's `operator` if the repo root were on
-# sys.path: never let Python put the current directory there.
-export PYTHONSAFEPATH := 1
 # Sources .stack/env (written by `make stack`) into a recipe's shell.
 WITH_STACK := set -a && . .stack/env && set +a &&
 PYTEST_ARGS ?=
@@ -23,13 +20,10 @@ help:
 	@echo "make bench       run the benchmarks in bench/ (not part of the tests)"
 
 # The C source too: pip install -e builds the consumer's extension in place.
-$(BIN)/.installed: pyproject.toml setup.py workloads/ingest/_summary.c
+$(BIN)/.installed: pyproject.toml setup.py src/molam_workloads/ingest/_summary.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,local]'
-	mkdir -p $(VENV)/typecheck
-	ln -sfn ../../workloads $(VENV)/typecheck/molam_workloads
-	ln -sfn ../../operator $(VENV)/typecheck/molam_operator
 	touch $@
 
 venv: $(BIN)/.installed
@@ -55,7 +49,7 @@ lint: venv
 	$(BIN)/lint-imports
 
 typecheck: venv
-	MYPYPATH=$(VENV)/typecheck $(BIN)/mypy -p molam_workloads -p molam_operator
+	$(BIN)/mypy -p molam_workloads -p molam_operator
 
 test: venv system-deps lint typecheck stack
 	$(WITH_STACK) $(BIN)/pytest $(PYTEST_ARGS)

@@ -342,7 +342,6 @@ def start_api(
         "CACHE_TTL_SECONDS": str(ttl),
         "DB_POOL_MAX": "16",
         "LOG_LEVEL": "WARNING",
-        "PYTHONSAFEPATH": "1",
     }
     cli = shutil.which("molam-analytics", path=os.path.dirname(sys.executable)) or "molam-analytics"
     proc = subprocess.Popen([cli, "api", "--port", str(port), "--host", "127.0.0.1"], env=proc_env)
@@ -353,9 +352,7 @@ def start_bare() -> tuple[subprocess.Popen[bytes], str]:
     """The ceiling: a bare ASGI app (one constant JSON body) served as the API is served."""
     port = free_port()
     bare = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bare_asgi.py")
-    proc = subprocess.Popen(
-        [sys.executable, bare, str(port)], env={**os.environ, "PYTHONSAFEPATH": "1"}
-    )
+    proc = subprocess.Popen([sys.executable, bare, str(port)], env={**os.environ})
     return proc, wait_ready(proc, port)
 
 

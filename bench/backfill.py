@@ -9,7 +9,7 @@ the database), then times on the same rows:
    lock, exactly-once ledger insert, aggregate sync). Every run must give the baseline's rows.
 Each figure is the best of ROUNDS rounds.
 
-Run: ``make bench`` or ``set -a; . .stack/env; set +a; PYTHONSAFEPATH=1 .venv/bin/python
+Run: ``make bench`` or ``set -a; . .stack/env; set +a; .venv/bin/python
 bench/backfill.py [ROWS [DAYS]]``.
 """
 

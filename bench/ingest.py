@@ -19,7 +19,7 @@
 Then checks exactly-once: the hourly aggregates count every unique transaction exactly once.
 Each measured contender runs ROUNDS times and its best round is kept (the machine may be busy).
 
-Run: ``make bench`` or ``set -a; . .stack/env; set +a; PYTHONSAFEPATH=1 .venv/bin/python
+Run: ``make bench`` or ``set -a; . .stack/env; set +a; .venv/bin/python
 bench/ingest.py [N [SPAN_HOURS]]``. Uses Redis database 13 (flushed) for the live counters.
 """
 

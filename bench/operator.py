@@ -97,7 +97,6 @@ async def operator_process(dsn: str, namespace: str | None, log: Path) -> AsyncI
         **os.environ,
         "DATABASE_URL": dsn,
         "OPERATOR_METRICS_PORT": "0",
-        "PYTHONSAFEPATH": "1",
         "LOG_LEVEL": os.environ.get("BENCH_OPERATOR_LOG_LEVEL", "WARNING"),
     }
     started = time.monotonic()

@@ -25,9 +25,7 @@ KEEP=3 # cached wheel sets of each kind kept (the newest)
 # The daemon is Debian's Docker 20.10: its own CLI has BuildKit built in, while a newer CLI
 # elsewhere on PATH needs the buildx plugin, which bookworm does not have.
 DOCKER="${DOCKER:-/usr/bin/docker}"
-# The folder operator/ shadows the standard library's `operator` when the current directory
-# is on sys.path, as it is for `pip wheel .` run from the repo.
-export PYTHONSAFEPATH=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log() { printf '[image.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -35,7 +33,7 @@ die() { log "ERROR: $*"; exit 1; }
 # What the Dockerfile's builder stage copies (its .dockerignore keeps the rest out), as paths
 # relative to the repo, sorted.
 sources() {
-    (cd "$ROOT" && find pyproject.toml setup.py workloads operator \
+    (cd "$ROOT" && find pyproject.toml setup.py src \
         \( -name __pycache__ -o -name '*.egg-info' \) -prune -o \
         -type f ! -name '*.pyc' ! -name '*.so' -print | LC_ALL=C sort)
 }

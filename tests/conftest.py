@@ -30,6 +30,30 @@ def _require(name: str) -> str:
     return value
 
 
+# What a marker's tests need from the stack: missing, the run stops before any test (never a
+# skip, so a half-started stack cannot pass). Collecting alone (`--co`) needs nothing.
+_MARKER_NEEDS = {"kube": "KUBECONFIG", "node": "NODE_IP", "cluster": "NODE_IP"}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    # Where no node can run (not root, or STACK_NODE=0) the stack has none: those tests skip.
+    no_node = os.environ.get("STACK_NODE") == "0" or os.geteuid() != 0
+    for item in session.items:
+        for marker, name in _MARKER_NEEDS.items():
+            if not item.get_closest_marker(marker) or os.environ.get(name):
+                continue
+            if name == "NODE_IP" and no_node:
+                item.add_marker(pytest.mark.skip(reason="no node: STACK_NODE=0 or not root"))
+            else:
+                pytest.exit(
+                    f"{name} is not set, and {item.nodeid} needs it: `make test` starts the "
+                    "stack, and a node where Docker can run (root + apt; STACK_NODE=0: none)",
+                    2,
+                )
+
+
 def with_database(dsn: str, dbname: str) -> str:
     u = urlparse(dsn)
     return urlunparse(u._replace(path="/" + dbname))

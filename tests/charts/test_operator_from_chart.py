@@ -214,7 +214,6 @@ def operator_from_chart(
     process_env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
-        "PYTHONSAFEPATH": "1",
         "PYTHONUNBUFFERED": "1",
         "KUBECONFIG": str(config),
         **env,

@@ -278,7 +278,6 @@ async def scraped(
     await _seed(scrape_db)
     env = {
         **os.environ,
-        "PYTHONSAFEPATH": "1",
         "DATABASE_URL": scrape_db,
         "REDIS_URL": redis_url,
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,

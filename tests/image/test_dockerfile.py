@@ -185,12 +185,19 @@ def in_context(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_keeps_the_context_small():
     patterns = _dockerignore()
     assert patterns[0] == "**"  # deny by default, then allow what the build copies
-    for path in ("pyproject.toml", "setup.py", "workloads/cli.py", "operator/__init__.py"):
+    kept = (
+        "pyproject.toml",
+        "setup.py",
+        "src/molam_workloads/cli.py",
+        "src/molam_operator/__init__.py",
+    )
+    for path in kept:
         assert in_context(path, patterns), path
     for path in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", ".stack/env", "bench/x.py"):
         assert not in_context(path, patterns), path
-    assert not in_context("workloads/__pycache__/cli.cpython-311.pyc", patterns)
-    assert not in_context("workloads/ingest/_summary.cpython-311-x86_64-linux-gnu.so", patterns)
+    assert not in_context("src/molam_workloads/__pycache__/cli.cpython-311.pyc", patterns)
+    so = "src/molam_workloads/ingest/_summary.cpython-311-x86_64-linux-gnu.so"
+    assert not in_context(so, patterns)
     # What the default build copies from the context (the prebuilt stage's context is the
     # folder of wheels that stack/image.sh makes, not the repo).
     copied = [
@@ -231,11 +238,9 @@ def test_builder_stage_wheel_has_every_file_the_image_needs(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("molam_analytics-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    mapping = {"workloads/": "molam_workloads/", "operator/": "molam_operator/"}
     for f in sent:
-        for folder, package in mapping.items():
-            if f.startswith(folder):
-                assert package + f[len(folder) :] in names, f"{f} is not in the image's wheel"
+        if f.startswith("src/"):
+            assert f.removeprefix("src/") in names, f"{f} is not in the image's wheel"
     # The consumer's C extension, compiled by the build (a local build never enters the context).
     assert any(
         n.startswith("molam_workloads/ingest/_summary.") and n.endswith(".so") for n in names

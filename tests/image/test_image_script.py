@@ -32,10 +32,10 @@ def tree(tmp_path: Path) -> Path:
             (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, tmp_path / f)
     for junk in (
-        "workloads/__pycache__/cli.cpython-311.pyc",
-        "workloads/ingest/_summary.cpython-311-x86_64-linux-gnu.so",
+        "src/molam_workloads/__pycache__/cli.cpython-311.pyc",
+        "src/molam_workloads/ingest/_summary.cpython-311-x86_64-linux-gnu.so",
         "molam_analytics.egg-info/PKG-INFO",
-        "operator/x.egg-info/PKG-INFO",
+        "src/molam_operator.egg-info/PKG-INFO",
         "tests/conftest.py",
         ".venv/bin/python",
     ):
@@ -61,7 +61,7 @@ def test_hashes_what_the_image_build_copies(tree: Path) -> None:
     patterns = _dockerignore()
     every = sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file())
     sent = [f for f in every if in_context(f, patterns) and f != ".dockerignore"]
-    assert "workloads/cli.py" in sent
+    assert "src/molam_workloads/cli.py" in sent
     assert _sh(tree, "sources") == sorted(sent)
 
 
@@ -69,16 +69,16 @@ def test_keys_follow_the_code(tree: Path) -> None:
     deps, project = _sh(tree, "wheel_keys")
     assert _sh(tree, "wheel_keys") == [deps, project]
 
-    os.utime(tree / "workloads" / "cli.py")  # a newer time alone rebuilds nothing
-    (tree / "workloads" / "__pycache__" / "new.cpython-311.pyc").write_text("x")
+    os.utime(tree / "src" / "molam_workloads" / "cli.py")  # a newer time alone rebuilds nothing
+    (tree / "src" / "molam_workloads" / "__pycache__" / "new.cpython-311.pyc").write_text("x")
     assert _sh(tree, "wheel_keys") == [deps, project]
 
-    cli = tree / "workloads" / "cli.py"
+    cli = tree / "src" / "molam_workloads" / "cli.py"
     cli.write_text(cli.read_text() + "\n# changed\n")
     changed = _sh(tree, "wheel_keys")
     assert changed[0] == deps and changed[1] != project  # only the project's wheel
 
-    cli.rename(tree / "workloads" / "cli2.py")
+    cli.rename(tree / "src" / "molam_workloads" / "cli2.py")
     renamed = _sh(tree, "wheel_keys")
     assert renamed[0] == deps and renamed[1] not in (project, changed[1])
 

@@ -72,7 +72,7 @@ async def test_operator_process_serves_liveness_and_metrics(
 
     live, metrics = free_port(), free_port()
     log = tmp_path / "operator.log"
-    env = {**os.environ, "OPERATOR_METRICS_PORT": str(metrics), "PYTHONSAFEPATH": "1"}
+    env = {**os.environ, "OPERATOR_METRICS_PORT": str(metrics)}
     with log.open("w") as out:
         proc = subprocess.Popen(  # noqa: ASYNC220 (spawns, does not wait)
             [str(CLI), "operator", "--namespace", namespace,

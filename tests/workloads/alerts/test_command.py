@@ -34,7 +34,6 @@ async def _once(database_url: str) -> tuple[int, str]:
         "DATABASE_URL": database_url,
         "ALERT_WEBHOOK_SECRET": SECRET,
         "ALERT_WEBHOOK_ALLOW": "127.0.0.1",
-        "PYTHONSAFEPATH": "1",
     }
     proc = await asyncio.create_subprocess_exec(
         CLI,
@@ -87,7 +86,7 @@ async def test_once_also_housekeeps(db: asyncpg.Connection, database_url: str) -
 
 
 async def test_bad_configuration_is_one_line(database_url: str) -> None:
-    env = {**os.environ, "DATABASE_URL": "mysql://nope", "PYTHONSAFEPATH": "1"}
+    env = {**os.environ, "DATABASE_URL": "mysql://nope"}
     proc = await asyncio.create_subprocess_exec(
         CLI, "alerts", "--once", env=env, stderr=asyncio.subprocess.PIPE
     )
@@ -121,7 +120,6 @@ async def test_loop_evaluates_notifies_serves_metrics_and_stops_on_sigterm(
         "METRICS_PORT": str(port),
         "ALERTS_NOTIFY_POLL_SECONDS": "0.1",
         "ALERT_WEBHOOK_ALLOW": "127.0.0.1",
-        "PYTHONSAFEPATH": "1",
     }
     proc = await asyncio.create_subprocess_exec(
         CLI,
@@ -173,7 +171,6 @@ async def test_the_loop_pushes_to_the_configured_alertmanager_and_keeps_it_activ
             # The Alertmanager's host is trusted by name, loopback or not.
             "ALERTMANAGER_URLS": am.url.replace("127.0.0.1", "localhost"),
             "ALERTMANAGER_RESEND_SECONDS": "0.5",
-            "PYTHONSAFEPATH": "1",
         }
         proc = await asyncio.create_subprocess_exec(
             CLI,
@@ -204,7 +201,7 @@ async def test_the_loop_pushes_to_the_configured_alertmanager_and_keeps_it_activ
 
 
 async def _cli(database_url: str, *args: str) -> tuple[int, str]:
-    env = {**os.environ, "DATABASE_URL": database_url, "PYTHONSAFEPATH": "1"}
+    env = {**os.environ, "DATABASE_URL": database_url}
     proc = await asyncio.create_subprocess_exec(
         CLI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
     )

@@ -35,7 +35,6 @@ async def test_serves_until_terminated(database_url: str, redis_url: str) -> Non
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "ANALYTICS_JWT_SECRET": SECRET,
-        "PYTHONSAFEPATH": "1",
     }
     proc = await asyncio.create_subprocess_exec(
         CLI, "api", "--port", str(port), "--host", "127.0.0.1", env=env

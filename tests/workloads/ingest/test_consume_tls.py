@@ -39,7 +39,7 @@ async def test_consume_counts_and_dead_letters_over_tls(
             await prod.send_and_wait(topic, value)
 
     env = os.environ | tls_env(tls_kafka, tls_files) | {
-        "PYTHONSAFEPATH": "1", "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url, "REDIS_URL": redis_url,
         "KAFKA_TOPIC": topic, "KAFKA_CONSUMER_GROUP": group, "DLQ_TOPIC": dlq,
         "ANOMALY_TOPIC": f"anomaly.{suffix}", "SIRA_ENABLED": "false", "METRICS_PORT": "0",
     }  # fmt: skip

@@ -32,7 +32,6 @@ async def _start(stack: Stack, log: Path) -> asyncio.subprocess.Process:
         os.environ
         | stack.env
         | {
-            "PYTHONSAFEPATH": "1",
             # Small batches: many transactions, so a kill lands inside or between them.
             "INGEST_BATCH_MAX_RECORDS": "40",
             "KAFKA_SESSION_TIMEOUT_MS": "3000",
@@ -96,7 +95,7 @@ async def _consumed(db: asyncpg.Connection, topic: str, n: int) -> bool:
 
 
 async def test_bad_configuration_is_one_line(tmp_path: Path) -> None:
-    env = os.environ | {"PYTHONSAFEPATH": "1", "DATABASE_URL": "mysql://nope"}
+    env = os.environ | {"DATABASE_URL": "mysql://nope"}
     proc = await asyncio.create_subprocess_exec(
         CLI, "consume", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )

@@ -224,7 +224,7 @@ async def test_cli_prints_progress_and_a_summary(db: asyncpg.Connection, databas
         50, seed=81, start=datetime(2025, 7, 3, tzinfo=UTC), span=timedelta(days=2)
     )
     await insert_source(db, events)
-    env = os.environ | {"PYTHONSAFEPATH": "1", "DATABASE_URL": database_url}
+    env = os.environ | {"DATABASE_URL": database_url}
     proc = await asyncio.create_subprocess_exec(
         CLI, "backfill", "--from", "2025-07-01", "--to", "2025-07-03", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -259,7 +259,7 @@ async def test_backfilling_today_hands_live_counters_back_to_postgres(
     # today's hashes (now behind PostgreSQL) are cleared so the API reads PostgreSQL.
     await insert_source(db, events[150:])
     today = datetime.now(UTC).date().isoformat()
-    env = os.environ | {"PYTHONSAFEPATH": "1", "DATABASE_URL": database_url, "REDIS_URL": redis_url}
+    env = os.environ | {"DATABASE_URL": database_url, "REDIS_URL": redis_url}
     proc = await asyncio.create_subprocess_exec(
         CLI, "backfill", "--from", today, "--to", today, "--quiet", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

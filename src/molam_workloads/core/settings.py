@@ -185,7 +185,7 @@ class ReportingSettings(_Base):
 class SiraSettings(_Base):
     sira_enabled: bool = Field(default=True)
     sira_z_threshold: float = Field(default=3.0, gt=0, le=100)
-    # Detector knobs (workloads/ingest/sira.py documents them).
+    # Detector knobs (ingest/sira.py documents them).
     sira_bucket_minutes: int = Field(default=15, ge=1, le=60, description="Judged bucket size.")
     sira_grace_seconds: int = Field(
         default=120, ge=0, le=3600, description="Wait past a bucket's end before judging it."

@@ -18,9 +18,6 @@ import pytest
 
 pytestmark = pytest.mark.kube
 
-if not os.environ.get("KUBECONFIG"):
-    pytest.exit("KUBECONFIG is not set: run the tests with `make test` (it starts the cluster)", 2)
-
 CACHE_DIR = Path(os.environ.get("MOLAM_CACHE_DIR") or Path.home() / ".cache" / "molam-analytics")
 KUBECTL = CACHE_DIR / "k8s" / "bin" / "kubectl"
 SUFFIX = uuid.uuid4().hex[:8]
