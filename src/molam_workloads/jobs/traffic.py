@@ -108,7 +108,7 @@ class Market:
         return self.merchants[bisect.bisect(self._cum, self.rnd.random() * self._cum[-1])]
 
     def transaction(self, at: datetime, merchant: Merchant | None = None) -> dict[str, object]:
-        """One event document (SPEC §4), money as decimal strings."""
+        """One event document (docs/events.md), money as decimal strings."""
         rnd = self.rnd
         m = merchant or self.pick()
         self._seq += 1
