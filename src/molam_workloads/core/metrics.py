@@ -7,13 +7,29 @@ moves (the others stay at zero). Labels are kept low-cardinality: no merchant id
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+from wsgiref.simple_server import make_server
 
 import asyncpg
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import (
+    ThreadingWSGIServer,
+    _get_best_family,
+    _SilentHandler,
+)
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -55,6 +71,20 @@ AGGREGATION_LAG = Gauge(
 )
 CONSUMER_LAG = Gauge(
     "analytics_consumer_lag", "Messages behind the end of the partition", ["partition"]
+)
+INGEST_WAITING = Gauge(
+    "analytics_ingest_waiting",
+    "1 while the consumer holds its batch waiting for a service to come back",
+    ["on"],
+)  # on: postgres | kafka
+INGEST_OFFSET_LOSS = Counter(
+    "analytics_ingest_offset_loss",
+    "Stored offsets found outside their partition's log (truncated, re-created, expired)",
+    ["kind"],
+)  # kind: past_end | before_start
+INGEST_OFFSETS_SKIPPED = Counter(
+    "analytics_ingest_offsets_lost",
+    "Offsets below a partition's log start that were never read (deleted before consumed)",
 )
 LEDGER_TRIMMED = Counter(
     "analytics_ledger_trimmed_rows",
@@ -145,11 +175,32 @@ VIEW_REFRESHES = ViewRefreshes()
 REGISTRY.register(VIEW_REFRESHES)
 
 
-def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
+def serve_metrics(
+    port: int, address: str = "0.0.0.0", health: Callable[[], Mapping[str, object]] | None = None
+) -> None:
     """Expose /metrics on ``address:port`` from a daemon thread (processes without an HTTP
-    server); port 0 serves nothing."""
-    if port:
+    server); port 0 serves nothing. ``health``: also answer /health with its JSON (always 200:
+    a process waiting for someone else's outage must not be restarted for it)."""
+    if not port:
+        return
+    if health is None:
         start_http_server(port, addr=address)
+        return
+    metrics_app = make_wsgi_app()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/health":
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        body = json.dumps(health(), default=str).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+
+    class Server(ThreadingWSGIServer):
+        pass
+
+    Server.address_family, addr = _get_best_family(address, port)  # type: ignore[no-untyped-call]
+    httpd = make_server(addr, port, app, Server, handler_class=_SilentHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
 
 
 def observe_pool(pool: object) -> None:
