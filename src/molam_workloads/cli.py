@@ -4,7 +4,8 @@ Each command lives in its own module exposing ``add_arguments(parser)`` and
 ``async run(args) -> int | None`` (and optionally ``loop_factory``, the event loop to run it on).
 Only the chosen command's module is imported, so
 ``molam-analytics lag`` does not pay for FastAPI or Kopf. Errors meant for an operator
-(``MolamError``: bad configuration, a service that cannot be reached) print one line and exit 2.
+(``MolamError``: bad configuration, a service that cannot be reached) print one line and exit
+with the error's code (``core.errors.ExitCode``: 2 configuration, 3 unreachable service).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import sys
 from typing import Protocol, cast
 
-from molam_workloads.core.errors import MolamError
+from molam_workloads.core.errors import ExitCode, MolamError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -70,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage(), end="")
-        return 0 if argv else 2
+        return ExitCode.OK if argv else ExitCode.CONFIG
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"molam-analytics: unknown command {name!r}\n\n{_usage()}", end="", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG
     module_name, help_ = COMMANDS[name]
     command = cast(Command, importlib.import_module(module_name))
     parser = argparse.ArgumentParser(prog=f"molam-analytics {name}", description=help_)
@@ -88,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             code = runner.run(command.run(args))
     except MolamError as exc:
         print(f"molam-analytics {name}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     return int(code or 0)
 
 

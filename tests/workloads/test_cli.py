@@ -1,5 +1,6 @@
 """The command-line contract: every command prints --help, and bad configuration or
-an unreachable service ends it with exit 2 and one readable ``error:`` line, not a traceback."""
+an unreachable service ends it with exit 3 (bad configuration: 2) and one readable ``error:``
+line, not a traceback."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from molam_workloads.cli import COMMANDS
+from molam_workloads.core.errors import ExitCode
 
 CLI = str(Path(sys.executable).with_name("molam-analytics"))
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1
@@ -50,9 +52,9 @@ def test_every_command_prints_help(command: str) -> None:
     ],
     ids=lambda v: v if isinstance(v, str) else v[0],
 )
-def test_an_unreachable_service_is_one_line_and_exit_2(args: list[str], service: str) -> None:
+def test_an_unreachable_service_is_one_line_and_exit_3(args: list[str], service: str) -> None:
     out = run(*args, **UNREACHABLE)
-    assert out.returncode == 2, out.stderr
+    assert out.returncode == ExitCode.UNAVAILABLE == 3, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith(f"molam-analytics {args[0]}: error: {service} at ")
