@@ -11,12 +11,12 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from urllib.parse import urlparse, urlunparse
 
 import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from kafka_tls import TlsBroker, TlsFiles, make_tls_files, tls_broker
+from helpers.database import database_of, own_redis_url, scratch_database
+from helpers.kafka_tls import TlsBroker, TlsFiles, make_tls_files, tls_broker
 from redis.asyncio import Redis
 
 from molam_workloads.core.db import migrate
@@ -54,11 +54,6 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                 )
 
 
-def with_database(dsn: str, dbname: str) -> str:
-    u = urlparse(dsn)
-    return urlunparse(u._replace(path="/" + dbname))
-
-
 @pytest.fixture(scope="session")
 def admin_dsn() -> str:
     return _require("DATABASE_URL")
@@ -67,15 +62,9 @@ def admin_dsn() -> str:
 @pytest.fixture(scope="session")
 async def template_db(admin_dsn: str) -> AsyncIterator[str]:
     """A migrated database that every test's database is cloned from (fast CREATE DATABASE)."""
-    name = f"molam_tpl_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        await migrate(with_database(admin_dsn, name))
-        yield name
-    finally:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
+    async with scratch_database(admin_dsn, "molam_tpl") as dsn:
+        await migrate(dsn)
+        yield database_of(dsn)
 
 
 @pytest.fixture
@@ -83,24 +72,13 @@ async def database_url(
     admin_dsn: str, template_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[str]:
     """A fresh migrated database for this test; DATABASE_URL points at it."""
-    name = f"molam_t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await conn.close()
-    dsn = with_database(admin_dsn, name)
-    monkeypatch.setenv("DATABASE_URL", dsn)
-    get_settings.cache_clear()
-    try:
-        yield dsn
-    finally:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    async with scratch_database(admin_dsn, "molam_t", template_db) as dsn:
+        monkeypatch.setenv("DATABASE_URL", dsn)
         get_settings.cache_clear()
+        try:
+            yield dsn
+        finally:
+            get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -123,8 +101,7 @@ async def redis_url(redis_base_url: str, monkeypatch: pytest.MonkeyPatch) -> Asy
 
     TEST_REDIS_DB picks the number (default 9) so parallel runs on one machine can differ.
     """
-    u = urlparse(redis_base_url)
-    url = urlunparse(u._replace(path="/" + os.environ.get("TEST_REDIS_DB", "9")))
+    url = own_redis_url(redis_base_url)
     client = Redis.from_url(url)
     await client.flushdb()
     await client.aclose()
@@ -202,6 +179,6 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 @pytest.fixture
 async def tls_kafka(tls_files: TlsFiles) -> AsyncIterator[TlsBroker]:
     """A broker of its own reachable only over TLS with a client certificate
-    (``kafka_tls.tls_broker``: Tansu behind a TLS proxy that it advertises)."""
+    (``helpers.kafka_tls.tls_broker``: Tansu behind a TLS proxy that it advertises)."""
     async with tls_broker(tls_files, client_certificates=True) as broker:
         yield broker

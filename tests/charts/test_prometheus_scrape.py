@@ -27,7 +27,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
 import asyncpg
 import httpx
@@ -36,6 +35,7 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from helpers.database import own_redis_url, scratch_database
 
 from molam_workloads.core.events import TransactionEvent, encode_event
 from molam_workloads.core.rules import AlertRuleSpec, save_rule
@@ -67,10 +67,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def with_database(dsn: str, name: str) -> str:
-    return urlunparse(urlparse(dsn)._replace(path="/" + name))
 
 
 def token(role: str = "admin") -> str:
@@ -118,20 +114,8 @@ class Scraped:
 
 @pytest.fixture(scope="module")
 async def scrape_db(admin_dsn: str, template_db: str) -> AsyncIterator[str]:
-    name = f"molam_prom_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await conn.close()
-    try:
-        yield with_database(admin_dsn, name)
-    finally:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    async with scratch_database(admin_dsn, "molam_prom", template_db) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
@@ -271,9 +255,7 @@ async def scraped(
     tmp = tmp_path_factory.mktemp("scrape")
     logs = tmp / "logs"
     logs.mkdir()
-    redis_url = urlunparse(
-        urlparse(redis_base_url)._replace(path="/" + os.environ.get("TEST_REDIS_DB", "9"))
-    )
+    redis_url = own_redis_url(redis_base_url)
     topics = await _topics(kafka_bootstrap)
     await _seed(scrape_db)
     env = {

@@ -28,7 +28,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from conftest import with_database  # tests/conftest.py
+from helpers.database import database_of, scratch_database, with_database
 
 from molam_workloads.core.events import TransactionEvent, encode_event
 
@@ -81,21 +81,8 @@ ORDER BY day
 @pytest.fixture(scope="module")
 async def database(admin_dsn: str, template_db: str) -> AsyncIterator[str]:
     """A migrated database of this module's own (the pods migrate it again, a no-op)."""
-    name = f"molam_e2e_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await conn.close()
-    try:
-        yield name
-    finally:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    async with scratch_database(admin_dsn, "molam_e2e", template_db) as dsn:
+        yield database_of(dsn)
 
 
 @pytest.fixture(scope="module")

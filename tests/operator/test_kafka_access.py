@@ -1,6 +1,6 @@
 """The operator's own Kafka access: spec.kafka plus Secret values, turned into the core's
 client options; and the lag probe measuring over TLS for real (a Tansu broker behind a TLS
-proxy that requires a client certificate, tests/kafka_tls.py)."""
+proxy that requires a client certificate, tests/helpers/kafka_tls.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from kafka_tls import TlsBroker, TlsFiles, create_topics
+from helpers.kafka_tls import TlsBroker, TlsFiles, create_topics
 
 from molam_operator import kafka_access
 from molam_operator.kafka_access import KafkaAccess, KafkaSecretMissing, resolve

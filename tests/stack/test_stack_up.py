@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from stack_module import load_stack
+from helpers.stack import load_stack
 
 
 @pytest.fixture

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
-import asyncpg
 import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
+from helpers.database import own_redis_url, scratch_database
 from redis.asyncio import Redis
 
 from molam_workloads.api.app import create_app
@@ -83,16 +81,6 @@ async def running_api(settings: ApiSettings) -> AsyncIterator[Api]:
             yield Api(client=client, app=app, settings=settings)
 
 
-def with_database(dsn: str, dbname: str) -> str:
-    return urlunparse(urlparse(dsn)._replace(path="/" + dbname))
-
-
-def test_redis_url() -> str:
-    base = os.environ["REDIS_URL"]
-    u = urlparse(base)
-    return urlunparse(u._replace(path="/" + os.environ.get("TEST_REDIS_DB", "9")))
-
-
 @pytest.fixture
 async def api(database_url: str, redis_url: str) -> AsyncIterator[Api]:
     async with running_api(api_settings(database_url, redis_url)) as a:
@@ -103,25 +91,13 @@ async def api(database_url: str, redis_url: str) -> AsyncIterator[Api]:
 async def module_db(admin_dsn: str, template_db: str) -> AsyncIterator[str]:
     """A migrated database shared by the tests of one module (they only read, or write
     rows of their own)."""
-    name = f"molam_m_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await conn.close()
-    try:
-        yield with_database(admin_dsn, name)
-    finally:
-        conn = await asyncpg.connect(admin_dsn)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+    async with scratch_database(admin_dsn, "molam_m", template_db) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
-async def module_redis_url() -> str:
-    url = test_redis_url()
+async def module_redis_url(redis_base_url: str) -> str:
+    url = own_redis_url(redis_base_url)
     client = Redis.from_url(url)
     await client.flushdb()
     await client.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from kafka_tls import TlsBroker, TlsFiles
+from helpers.kafka_tls import TlsBroker, TlsFiles
 
 from .conftest import Api, api_settings, auth, running_api
 from .test_cache import closed_port

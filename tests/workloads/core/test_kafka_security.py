@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from kafka_tls import TlsFiles
+from helpers.kafka_tls import TlsFiles
 
 from molam_workloads.core.errors import ConfigError
 from molam_workloads.core.kafka import KafkaConnection, client_options

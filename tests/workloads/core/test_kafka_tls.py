@@ -1,5 +1,6 @@
 """Kafka over TLS for real: a Tansu broker reachable only through a TLS proxy that advertises
-itself (tests/kafka_tls.py), so the bootstrap connection and every broker connection are TLS.
+itself (tests/helpers/kafka_tls.py), so the bootstrap connection and every broker connection
+are TLS.
 
 The producer, a consumer, the admin client, and the ``simulate`` and ``lag`` commands connect
 with KAFKA_SECURITY_PROTOCOL=SSL, the test CA and a client certificate the proxy requires;
@@ -17,7 +18,7 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from kafka_tls import TlsBroker, TlsFiles, create_topics, tls_env
+from helpers.kafka_tls import TlsBroker, TlsFiles, create_topics, tls_env
 
 from molam_workloads.core.errors import ServiceUnavailable
 from molam_workloads.core.kafka import CLIENT_ID, client_options, group_lag, producer

@@ -1,6 +1,6 @@
 """``molam-analytics consume`` over TLS for real: its consumer group, and the producer that sends
 dead letters, connect with KAFKA_SECURITY_PROTOCOL=SSL to a broker reachable only through a TLS
-proxy that requires a client certificate (``tests/kafka_tls.py``)."""
+proxy that requires a client certificate (``tests/helpers/kafka_tls.py``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
-from kafka_tls import TlsBroker, TlsFiles, create_topics, tls_env
+from helpers.kafka_tls import TlsBroker, TlsFiles, create_topics, tls_env
 
 from molam_workloads.core.events import encode_event
 from molam_workloads.core.kafka import CLIENT_ID, KafkaConnection, client_options, producer

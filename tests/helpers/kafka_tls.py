@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from stack_module import load_stack
+
+from helpers.stack import load_stack
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-STACK_PY = Path(__file__).resolve().parents[1] / "stack" / "stack.py"
+STACK_PY = Path(__file__).resolve().parents[2] / "stack" / "stack.py"
 
 
 def load_stack() -> ModuleType:
