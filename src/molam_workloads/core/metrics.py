@@ -34,6 +34,18 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
+# Every component: the backing services it waits for (core.faults.Outage; docs/faults.md).
+WAITING_FOR = Gauge(
+    "analytics_waiting_for",
+    "1 while the component waits for the service to come back",
+    ["component", "service"],
+)
+DEPENDENCY_ERRORS = Counter(
+    "analytics_dependency_errors",
+    "Calls to a backing service that failed because it was away",
+    ["component", "service"],
+)
+
 # API
 API_REQUESTS = Counter(
     "analytics_api_requests", "API requests served", ["method", "route", "status"]

@@ -1,0 +1,129 @@
+"""Waiting out a backing service: one ``Outage`` per (component, service) says what is awaited.
+
+A service that is down makes every call fail, and a component that logged each failure wrote
+hundreds of tracebacks a minute (SIRA: 873 in 30 s of Redis being down). An ``Outage`` logs the
+first failure at once, then at most once per ``every`` seconds with the count since, and once
+more when the service answers again; meanwhile ``analytics_waiting_for{component, service}`` is
+1 and ``analytics_dependency_errors_total`` counts each failure. ``backoff()`` is the capped
+delay before the next attempt. docs/faults.md lists what each component does while it waits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from molam_workloads.core import metrics
+from molam_workloads.core.redact import redact_urls_in
+
+# Errors that mean "the service is away", not "this request is wrong": what an Outage waits
+# out. (asyncpg raises OSError and CannotConnectNowError while PostgreSQL is down or starting,
+# InterfaceError on a connection it lost, TimeoutError when a pool cannot connect in time.)
+POSTGRES_DOWN: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,  # shutting down, starting up, cannot connect now
+    asyncpg.PostgresConnectionError,
+    asyncpg.ReadOnlySQLTransactionError,
+)
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+# A wait is reported at most this often (seconds); the first failure and the recovery always.
+LOG_EVERY_SECONDS = 30.0
+# Retries start at BACKOFF_FIRST seconds and double up to BACKOFF_CAP: a service back after a
+# restart is found within a few seconds, and a long outage costs one attempt per cap.
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 10.0
+
+
+def backoff(attempt: int, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> float:
+    """The delay before retry number ``attempt`` (1-based): doubling from ``first``, capped."""
+    return float(min(first * 2 ** min(max(attempt - 1, 0), 20), cap))
+
+
+class Outage:
+    """The state of one service as one component sees it: up, or waited for since when."""
+
+    def __init__(
+        self,
+        component: str,
+        service: str,
+        log: logging.Logger,
+        *,
+        every: float = LOG_EVERY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.component = component
+        self.service = service
+        self._log = log
+        self._every = every
+        self._clock = clock
+        self.since: float | None = None  # clock() of the first failure of this wait
+        self.errors = 0  # failures in this wait
+        self._reported_at = 0.0
+        self._unreported = 0
+        self._gauge = metrics.WAITING_FOR.labels(component, service)
+        self._counter = metrics.DEPENDENCY_ERRORS.labels(component, service)
+        self._gauge.set(0)
+
+    @property
+    def waiting(self) -> bool:
+        return self.since is not None
+
+    @property
+    def attempts(self) -> int:
+        """Failures in a row: what ``backoff`` takes."""
+        return self.errors
+
+    def failed(self, exc: BaseException, doing: str = "") -> None:
+        """One more failure: the first one and one per interval are logged, with the count."""
+        now = self._clock()
+        self.errors += 1
+        self._unreported += 1
+        self._counter.inc()
+        what = redact_urls_in(f"{type(exc).__name__}: {exc}")[:300]
+        where = f" ({doing})" if doing else ""
+        if self.since is None:
+            self.since = self._reported_at = now
+            self._unreported = 0
+            self._gauge.set(1)
+            self._log.warning("%s: waiting for %s%s: %s", self.component, self.service, where, what)
+        elif now - self._reported_at >= self._every:
+            self._log.warning(
+                "%s: still waiting for %s%s: %d error(s) in the last %.0f s, down for %.0f s;"
+                " the last: %s",
+                self.component,
+                self.service,
+                where,
+                self._unreported,
+                now - self._reported_at,
+                now - self.since,
+                what,
+            )
+            self._reported_at = now
+            self._unreported = 0
+
+    def recovered(self) -> bool:
+        """The service answered: ends a wait (logged once); True if one was under way."""
+        if self.since is None:
+            return False
+        self._log.warning(
+            "%s: %s is back after %.1f s (%d error(s) meanwhile)",
+            self.component,
+            self.service,
+            self._clock() - self.since,
+            self.errors,
+        )
+        self.since = None
+        self.errors = self._unreported = 0
+        self._gauge.set(0)
+        return True
+
+    def delay(self) -> float:
+        """How long to wait before the next attempt (0 when up)."""
+        return backoff(self.errors) if self.errors else 0.0
