@@ -10,9 +10,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from helpers.kube import NO_PODS
+from helpers.kube import CRDS, NO_PODS, kubectl, release_finalizers, running_operator
 from kopf.testing import KopfRunner
-from opkube import CRDS, kubectl, release_finalizers, running_operator
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from opkube import apply, eventually, kubectl, kubectl_json, sample
+from helpers.kube import apply, eventually, kubectl, kubectl_json, sample
 from pydantic import ValidationError
 
 from molam_operator.alertrule import (

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from opkube import apply, eventually
+from helpers.kube import apply, eventually
 
 pytestmark = pytest.mark.kube
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
-from opkube import CRDS, apply, kubectl, kubectl_json, sample
+from helpers.kube import CRDS, apply, kubectl, kubectl_json, sample
 
 pytestmark = pytest.mark.kube
 

@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from helpers.kube import apply, kubectl
 from kubernetes import client as k8s_client
 from kubernetes.config.incluster_config import InClusterConfigLoader
-from opkube import apply, kubectl
 
 from molam_operator.kube import Kube, KubeError, bearer, path
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from opkube import (
+from helpers.kube import (
     StandInKubelet,
     apply,
     eventually,
