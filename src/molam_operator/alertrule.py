@@ -72,6 +72,19 @@ class Target:
     reporting_currency: str = "USD"
 
 
+class SecretNotAllowed(kopf.PermanentError):
+    """The rule needs a Secret outside OPERATOR_SECRET_ALLOW (the pipeline's database, a
+    webhook's key): not retried until the rule or the operator's setting changes."""
+
+
+def _check_secret(ctx: OperatorContext, name: str, what: str) -> None:
+    if not ctx.settings.allow.secret_allowed(name):
+        raise SecretNotAllowed(
+            f"{what}: the operator may not read Secret {name!r} "
+            f"(OPERATOR_SECRET_ALLOW: {', '.join(ctx.settings.allow.secrets)})"
+        )
+
+
 def rule_name(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
@@ -115,6 +128,7 @@ async def target(
 ) -> Target | None:
     ref = choose_pipeline(pipelines, labels)
     if ref is not None:
+        _check_secret(ctx, ref.secret, f"the database of pipeline {ref.pipeline!r}")
         try:
             dsn = await ctx.secret_value(namespace, ref.secret, ref.key)
         except KubeError as exc:
@@ -173,6 +187,12 @@ async def sync(
             conditions, "Synced", ok, reason, message, generation=generation
         )
 
+    def failed(exc: Exception, reason: str) -> None:
+        if isinstance(exc, SecretNotAllowed):
+            reason = "SecretNotAllowed"
+            metrics.RECONCILE_ERRORS.labels(KIND, reason).inc()
+        synced(False, reason, str(exc))
+
     try:
         rule = AlertRuleSpec.model_validate(dict(spec))
     except ValidationError as exc:
@@ -182,13 +202,13 @@ async def sync(
         raise kopf.PermanentError(message) from None
     try:
         rule = await with_webhook_secrets(ctx, namespace, rule)
-    except kopf.TemporaryError as exc:
-        synced(False, "SecretUnavailable", str(exc))
+    except (kopf.TemporaryError, kopf.PermanentError) as exc:
+        failed(exc, "SecretUnavailable")
         raise
     try:
         t = await target(ctx, namespace, labels, pipelines)
     except (kopf.TemporaryError, kopf.PermanentError) as exc:
-        synced(False, "NoDatabase", str(exc))
+        failed(exc, "NoDatabase")
         raise
     if t is None:
         synced(False, "NoDatabase", "no AnalyticsPipeline in the namespace")
@@ -233,6 +253,7 @@ async def with_webhook_secrets(
         if ref is None:
             hooks.append(w)
             continue
+        _check_secret(ctx, ref.name, "a webhook's signing key")
         try:
             value = await ctx.secret_value(namespace, ref.name, ref.key)
         except KubeError as exc:

@@ -32,6 +32,16 @@ SECRET_TTL_SECONDS = 30.0
 T = TypeVar("T")
 
 
+class SecretNotAllowed(KubeError):
+    """A Secret outside OPERATOR_SECRET_ALLOW: never read, refused as the API server refuses a
+    forbidden get (403), so every caller's handling of an unreadable Secret applies."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(
+            403, "NotAllowed", f"secret {namespace}/{name} is outside OPERATOR_SECRET_ALLOW"
+        )
+
+
 @dataclass
 class _Cached:
     at: float
@@ -174,7 +184,12 @@ class OperatorContext:
             pool.terminate()
 
     async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
-        """A Secret's value (None if the Secret or the key is missing); cached briefly."""
+        """A Secret's value (None if the Secret or the key is missing); cached briefly.
+
+        Raises SecretNotAllowed for a Secret outside OPERATOR_SECRET_ALLOW, before any request.
+        """
+        if not self.settings.allow.secret_allowed(name):
+            raise SecretNotAllowed(namespace, name)
 
         async def load() -> str | None:
             try:

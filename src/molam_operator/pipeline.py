@@ -25,6 +25,7 @@ import asyncpg
 import kopf
 
 from molam_operator import manifests, metrics, rollout
+from molam_operator.allowlist import Refusal
 from molam_operator.conditions import iso, now_iso, set_condition
 from molam_operator.context import OperatorContext, PipelineRuntime
 from molam_operator.drift import drifted
@@ -107,6 +108,11 @@ async def kafka_access(ctx: OperatorContext, namespace: str, cfg: PipelineConfig
     )
 
 
+def refused(ctx: OperatorContext, cfg: PipelineConfig) -> Refusal | None:
+    """Why the operator's allow-lists refuse the pipeline (its image, a Secret it names)."""
+    return ctx.settings.allow.refusal(cfg.image, (r.name for r in manifests.secret_refs(cfg)))
+
+
 def build(
     ctx: OperatorContext, body: kopf.Body, cfg: PipelineConfig, secrets: str
 ) -> list[dict[str, Any]]:
@@ -143,6 +149,12 @@ async def reconcile(
         metrics.RECONCILE_ERRORS.labels(KIND, "InvalidSpec").inc()
         await _set_not_ready(ctx, body, rt, "InvalidSpec", str(exc))
         raise kopf.PermanentError(str(exc)) from None
+    refusal = refused(ctx, cfg)
+    if refusal is not None:
+        # Nothing is created or changed: children already there keep their last allowed shape.
+        metrics.RECONCILE_ERRORS.labels(KIND, refusal.reason).inc()
+        await _set_not_ready(ctx, body, rt, refusal.reason, refusal.message)
+        raise kopf.PermanentError(refusal.message)
     started = time.monotonic()
     async with rt.lock:
         if unless_started_after is not None and rt.last_started > unless_started_after:
@@ -478,6 +490,9 @@ async def run(
             try:
                 cfg = parse_spec(body.spec)  # the live spec: changes apply at once
             except InvalidSpec:
+                await _nap(rt, stopped, 5)
+                continue
+            if refused(ctx, cfg) is not None:  # Ready=False says why; no Secret is read
                 await _nap(rt, stopped, 5)
                 continue
             now = time.monotonic()

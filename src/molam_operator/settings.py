@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from functools import cached_property
 
+from pydantic import Field, field_validator
+
+from molam_operator.allowlist import AllowLists, image_prefix, secret_pattern, split
 from molam_workloads.core.settings import BindAddress, DatabaseSettings
 
 # Names every child carries; also the filters of the child watches in main.py.
@@ -43,3 +46,31 @@ class OperatorSettings(DatabaseSettings):
     operator_kafka_timeout_seconds: float = Field(
         default=10.0, gt=0, le=120, description="Longest wait for one lag probe."
     )
+    operator_image_allow: str = Field(
+        default="",
+        description="Registries or repository prefixes a pipeline's spec.image may come from, "
+        "comma-separated (ghcr.io/molam,registry.local:5000); empty: any image.",
+    )
+    operator_secret_allow: str = Field(
+        default="",
+        description="Secrets the operator may read for a pipeline or an AlertRule: names or "
+        "patterns (analytics-*), comma-separated; empty: any Secret its RBAC lets it get.",
+    )
+
+    @field_validator("operator_image_allow")
+    @classmethod
+    def _images(cls, v: str) -> str:
+        for entry in split(v):
+            image_prefix(entry)
+        return v
+
+    @field_validator("operator_secret_allow")
+    @classmethod
+    def _secrets(cls, v: str) -> str:
+        for entry in split(v):
+            secret_pattern(entry)
+        return v
+
+    @cached_property
+    def allow(self) -> AllowLists:
+        return AllowLists.parse(self.operator_image_allow, self.operator_secret_allow)
