@@ -3,7 +3,9 @@
 A key is ``analytics:<endpoint>:<role>:<merchant>:<digest of the normalised parameters>``, the
 parameters including the merchant filter the permissions resolved, so one role or merchant is
 never served another's answer. Redis is an optimisation: when it fails, answers are computed
-uncached (and Redis is left alone for a few seconds instead of timing out on every request).
+uncached (and Redis is left alone for a few seconds instead of timing out on every request);
+the wait is reported by ``outage`` (one log line per interval, ``analytics_waiting_for``), which
+the live counters' reader shares.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from molam_workloads.core.cache import CACHE_PREFIX
+from molam_workloads.core.faults import Outage
 from molam_workloads.core.metrics import CACHE_HITS, CACHE_MISSES
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class ResponseCache:
         self._skip_until = 0.0
         self._batch: list[tuple[str, asyncio.Future[bytes | None]]] | None = None
         self._reads: set[asyncio.Future[None]] = set()
+        self.outage = Outage("api", "redis", log)
 
     @property
     def enabled(self) -> bool:
@@ -56,7 +60,7 @@ class ResponseCache:
 
     def _failed(self, what: str, exc: Exception) -> None:
         self._skip_until = time.monotonic() + _BACKOFF_SECONDS
-        log.warning("cache %s failed, serving uncached for %.0fs: %r", what, _BACKOFF_SECONDS, exc)
+        self.outage.failed(exc, f"cache {what}; answering uncached, Redis tried every 5 s")
 
     async def get(self, key: str) -> bytes | None:
         """The cached body, or None; counted as a hit or a miss."""
@@ -105,6 +109,8 @@ class ResponseCache:
             if isinstance(exc, Exception):
                 return
             raise
+        else:
+            self.outage.recovered()
         for (_, future), value in zip(batch, values, strict=True):
             if not future.done():
                 future.set_result(_bytes(value))

@@ -31,7 +31,8 @@ POSTGRES_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.ReadOnlySQLTransactionError,
 )
-REDIS_DOWN: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+# redis-py wraps socket errors and timeouts in its own ConnectionError and TimeoutError.
+REDIS_DOWN: tuple[type[BaseException], ...] = (RedisError,)
 
 # A wait is reported at most this often (seconds); the first failure and the recovery always.
 LOG_EVERY_SECONDS = 30.0

@@ -13,18 +13,44 @@ Two consumers may finish batches in either order; a small script keeps the write
 ``tx_count`` is not lower than what Redis holds (counts only grow within a day), so an older
 read never overwrites a newer one. Only a hash of the same ``owner`` is compared: one of
 another owner (a platform hash left under the old key ``live:merchant:_all:<day>``) is replaced.
+
+Redis may lose its data (FLUSHDB, as the runbook's "incorrect data" procedure does; a restart
+without persistence) or be away for a while. Both leave hashes behind PostgreSQL for merchants
+that have no new event to rewrite them, so after either every merchant with transactions today
+is rewritten (``rebuild``): a loss shows as the missing ``LIVE_EPOCH_KEY``, which is set after
+each rebuild and checked with every refresh, and by ``watch`` every ``CHECK_SECONDS`` while no
+batch comes. Errors while Redis is away are reported by one ``core.faults.Outage``: a line per
+interval with a count, not one per batch.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import uuid
 from collections.abc import Iterable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 import asyncpg
 from redis.asyncio import Redis
 
-from molam_workloads.core.cache import live_key
+from molam_workloads.core.cache import LIVE_EPOCH_KEY, live_key
+from molam_workloads.core.faults import REDIS_DOWN, Outage
 from molam_workloads.core.live import OWNER_FIELD, read_totals
+
+log = logging.getLogger(__name__)
+
+# How often ``watch`` looks for a loss while no batch comes: an idle consumer restores the
+# counters within this after Redis is flushed or comes back.
+CHECK_SECONDS = 5.0
+# A rebuild writes this many hashes per round trip.
+REBUILD_CHUNK = 500
+
+_MERCHANTS_TODAY = (
+    "SELECT DISTINCT merchant_id FROM txn_hourly_agg"
+    " WHERE hour >= $1 AND hour < $2 AND merchant_id IS NOT NULL"
+)
 
 # KEYS[1]: the hash; ARGV[1]: new tx_count, ARGV[2]: ttl seconds, ARGV[3]: owner,
 # ARGV[4..]: field, value, ...
@@ -37,13 +63,29 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
+# KEYS[1]: the rebuild's token key, KEYS[2]: LIVE_EPOCH_KEY; ARGV[1]: the token, ARGV[2]: now.
+_MARK_COMPLETE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+_REBUILDING_KEY = "live:rebuilding"
+
 
 class LiveCounters:
-    def __init__(self, redis: Redis, reporting_currency: str, ttl_seconds: int) -> None:
+    def __init__(
+        self, redis: Redis, reporting_currency: str, ttl_seconds: int, component: str = "consume"
+    ) -> None:
         self._redis = redis
         self._reporting = reporting_currency
         self._ttl = ttl_seconds
         self._script = redis.register_script(_SET_IF_NOT_OLDER)
+        self._mark = redis.register_script(_MARK_COMPLETE)
+        self.outage = Outage(component, "redis", log)
+        # True from a failed write until a rebuild succeeds: what Redis holds may be behind.
+        self._behind = False
+        self.rebuilds = 0  # rebuilds done (a test and the log read it)
 
     async def refresh(
         self, pool: asyncpg.Pool, merchants: Iterable[str | None], now: datetime | None = None
@@ -51,25 +93,99 @@ class LiveCounters:
         """Rewrite today's hashes of ``merchants``; returns how many were set.
 
         ``merchants``: those with transactions counted today (``aggregation.merchants_on``); the
-        platform's hash (``None``) is rewritten whenever any is.
+        platform's hash (``None``) is rewritten whenever any is. When Redis lost its data, or a
+        write failed since the last rebuild, every merchant's hash is rewritten instead. While
+        Redis is away nothing is written and 0 returned (the wait is logged by ``outage``):
+        the next refresh after it returns rebuilds everything.
         """
         now = now or datetime.now(UTC)
         today = now.date()
         touched = set(merchants)
-        if not touched:
+        if not touched and not self._behind:
             return 0
-        async with pool.acquire() as conn:
-            totals = await read_totals(
-                conn, today, (m for m in touched if m is not None), self._reporting, now
-            )
-        await self.write(today, totals)
+        try:
+            if self._behind:
+                return await self._rebuild(pool, now)
+            async with pool.acquire() as conn:
+                totals = await read_totals(
+                    conn, today, (m for m in touched if m is not None), self._reporting, now
+                )
+            if not await self.write(today, totals):
+                return await self._rebuild(pool, now)
+        except REDIS_DOWN as exc:
+            self._redis_failed(exc)
+            return 0
+        self.outage.recovered()
         return len(totals)
 
-    async def write(self, day: date, totals: dict[str | None, dict[str, str]]) -> None:
+    async def check(self, pool: asyncpg.Pool, now: datetime | None = None) -> int | None:
+        """Rebuild every hash of today if Redis lost them or a write failed; how many were
+        rewritten (None: nothing was lost, or Redis is still away)."""
+        try:
+            if not self._behind and await self._redis.exists(LIVE_EPOCH_KEY):
+                self.outage.recovered()
+                return None
+            return await self._rebuild(pool, now or datetime.now(UTC))
+        except REDIS_DOWN as exc:
+            self._redis_failed(exc)
+            return None
+
+    async def watch(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+        """``check`` every ``CHECK_SECONDS`` until ``stop`` is set (the consumer's idle side:
+        with no batch coming, nothing else would notice a flushed Redis)."""
+        while not stop.is_set():
+            try:
+                await self.check(pool)
+            except Exception:
+                # Best effort, like every live-counter write: it must never stop ingestion
+                # (PostgreSQL errors included: the consumer's own writes report those).
+                log.warning("live counters: check failed, tried again shortly", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CHECK_SECONDS)
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        self._behind = True
+        self.outage.failed(exc, "live counters")
+
+    async def _rebuild(self, pool: asyncpg.Pool, now: datetime) -> int:
+        """Rewrite today's hash of every merchant with transactions today (and the platform's),
+        then mark Redis as complete; how many hashes were written."""
+        today = now.date()
+        start = datetime.combine(today, time(), tzinfo=UTC)
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(_MERCHANTS_TODAY, start, start + timedelta(days=1))
+            totals = await read_totals(conn, today, [r[0] for r in rows], self._reporting, now)
+        owners = list(totals)
+        # The mark is set only if the token written before the first hash is still there: a
+        # flush in the middle of the rebuild leaves no mark, and the next check rebuilds again.
+        token = uuid.uuid4().hex
+        await self._redis.set(_REBUILDING_KEY, token, ex=600)
+        for i in range(0, len(owners), REBUILD_CHUNK):
+            await self.write(today, {o: totals[o] for o in owners[i : i + REBUILD_CHUNK]})
+        if not await self._mark(
+            keys=[_REBUILDING_KEY, LIVE_EPOCH_KEY], args=[token, now.isoformat()]
+        ):
+            log.warning("live counters: Redis lost its data again during the rebuild")
+            return len(owners)  # still behind: the next refresh or check rebuilds again
+        self._behind = False
+        self.rebuilds += 1
+        came_back = self.outage.recovered()
+        log.info(
+            "live counters: rebuilt today's %d hash(es) from PostgreSQL (%s)",
+            len(owners),
+            "Redis came back" if came_back else "Redis had lost them",
+        )
+        return len(owners)
+
+    async def write(self, day: date, totals: dict[str | None, dict[str, str]]) -> bool:
+        """Set the hashes of ``totals``; False when Redis had lost its data (no
+        ``LIVE_EPOCH_KEY``: the caller rebuilds every hash, not only these)."""
         async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(LIVE_EPOCH_KEY)
             for merchant, fields in totals.items():
                 args: list[str | int] = [fields["tx_count"], self._ttl, fields[OWNER_FIELD]]
                 for k, v in fields.items():
                     args += [k, v]
                 await self._script(keys=[live_key(merchant, day)], args=args, client=pipe)
-            await pipe.execute()
+            results = await pipe.execute()
+        return bool(results[0])

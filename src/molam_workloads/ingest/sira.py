@@ -56,7 +56,8 @@ from redis.exceptions import WatchError
 
 from molam_workloads.core import fx
 from molam_workloads.core.cache import PLATFORM
-from molam_workloads.core.metrics import ANOMALIES
+from molam_workloads.core.faults import REDIS_DOWN, Outage
+from molam_workloads.core.metrics import ANOMALIES, SIRA_FAILURES
 from molam_workloads.core.settings import SiraSettings
 from molam_workloads.ingest.sira_stats import (
     HOURS_PER_WEEK,
@@ -161,6 +162,7 @@ class AnomalyDetector:
             seasonal_alpha=1 - (1 - base.seasonal_alpha) ** (1 / per_hour),
         )
         self._last_publish_check = 0.0
+        self.outage = Outage("sira", "redis", log)
 
     # --- the consumer's entry point ---------------------------------------------------------
 
@@ -168,6 +170,17 @@ class AnomalyDetector:
         """Judge the time buckets that ``watermark`` (newest event time seen) has closed."""
         if not self.settings.sira_enabled:
             return
+        try:
+            await self._on_batch(merchants, watermark)
+        except REDIS_DOWN as exc:
+            # Redis away: the pointer did not move, so these buckets are judged once it is
+            # back; the wait is one line per interval, not a traceback per batch.
+            SIRA_FAILURES.inc()
+            self.outage.failed(exc, "judging buckets")
+            return
+        self.outage.recovered()
+
+    async def _on_batch(self, merchants: set[str | None], watermark: datetime) -> None:
         named = [m for m in merchants if m]
         if named:
             await self.redis.sadd(KNOWN, *named)  # type: ignore[misc]

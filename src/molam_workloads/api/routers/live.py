@@ -13,10 +13,10 @@ from typing import Annotated
 
 import asyncpg
 from fastapi import APIRouter, Path
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from molam_workloads.api.deps import PoolDep, RedisDep, SettingsDep
+from molam_workloads.api.cache import ResponseCache
+from molam_workloads.api.deps import CacheDep, PoolDep, SettingsDep
 from molam_workloads.api.permissions import Reader, ScopedMerchant
 from molam_workloads.api.queries.live import counters_of, live_from_db
 from molam_workloads.api.schemas.analytics import LiveResponse
@@ -29,14 +29,17 @@ router = APIRouter(prefix="/v1", tags=["live"])
 
 
 async def _live(
-    merchant_id: str | None, redis: Redis, pool: asyncpg.Pool, settings: ApiSettings
+    merchant_id: str | None, cache: ResponseCache, pool: asyncpg.Pool, settings: ApiSettings
 ) -> LiveResponse:
     day = datetime.now(UTC).date()
     try:
-        held: dict[str, str] = await redis.hgetall(live_key(merchant_id, day))  # type: ignore[misc]
+        held: dict[str, str] = await cache.redis.hgetall(live_key(merchant_id, day))  # type: ignore[misc]
     except (RedisError, OSError) as exc:
-        log.warning("live counters: Redis unavailable, reading PostgreSQL: %r", exc)
+        # Reported with the cache's: one line per interval while Redis is away, not per request.
+        cache.outage.failed(exc, "live counters; read from PostgreSQL")
         held = {}
+    else:
+        cache.outage.recovered()
     counters = counters_of(held, merchant_id)
     if counters:
         source = "redis"
@@ -53,22 +56,22 @@ async def _live(
 async def get_live(
     principal: Reader,
     merchant_id: ScopedMerchant,
-    redis: RedisDep,
+    cache: CacheDep,
     pool: PoolDep,
     settings: SettingsDep,
 ) -> LiveResponse:
     """Today's counters of one merchant, or of the whole platform when no merchant is named
     (staff roles only; a merchant token always gets its own)."""
-    return await _live(merchant_id, redis, pool, settings)
+    return await _live(merchant_id, cache, pool, settings)
 
 
 @router.get("/merchants/{merchant_id}/live", response_model=LiveResponse, responses=READ_ERRORS)
 async def get_merchant_live(
     principal: Reader,
     merchant_id: Annotated[str, Path(min_length=1, max_length=128)],
-    redis: RedisDep,
+    cache: CacheDep,
     pool: PoolDep,
     settings: SettingsDep,
 ) -> LiveResponse:
     """Today's counters of the merchant in the path (a merchant token: its own only)."""
-    return await _live(merchant_id, redis, pool, settings)
+    return await _live(merchant_id, cache, pool, settings)
