@@ -56,7 +56,12 @@ from molam_workloads.core.metrics import (
     ALERTS_FIRED,
     ALERTS_FIRING,
 )
-from molam_workloads.core.rules import RULE_SUMS_SQL, metric_value_sql
+from molam_workloads.core.rules import (
+    RULE_MONEY_SUMS,
+    RULE_SUMS,
+    RULE_SUMS_SQL,
+    metric_value_sql,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +95,25 @@ _DIMS = (
 )
 
 
+# The rule sums of ``converted`` summed per scope; a group whose money has no FX rate is
+# counted as unconverted (the money metrics are then no data).
+_ROLLUP_SUMS = ", ".join(
+    [f"sum(c.{s}_rep) AS {s}" if s in RULE_MONEY_SUMS else f"sum(c.{s}) AS {s}" for s in RULE_SUMS]
+    + [
+        "count(*) FILTER (WHERE "
+        + (" OR ".join(f"(c.{s}_rep IS NULL AND c.{s} <> 0)" for s in RULE_MONEY_SUMS) or "false")
+        + ") AS unconverted"
+    ]
+)
+
+
+# The rule sums of ``grouped``, and each money sum converted to the reporting currency ($2).
+_CONVERTED_SUMS = ", ".join(
+    [f"g.{s}" for s in RULE_SUMS]
+    + [f"g.{s} * {fx.rate_expr('g', '$2')} AS {s}_rep" for s in RULE_MONEY_SUMS]
+)
+
+
 def _rollups() -> str:
     """The CUBE over the four dimensions, as one GROUP BY per scope mask (which dimensions a
     rule fixes), each skipped at run time unless some active rule has that mask."""
@@ -102,9 +126,7 @@ def _rollups() -> str:
         group = ["c.w"] + [f"c.{col}" for col, _, bit in _DIMS if mask & bit]
         branches.append(
             f"""    SELECT c.w, {mask} AS mask, {", ".join(keys)},
-           sum(c.tx) AS tx, sum(c.ok) AS ok, sum(c.ko) AS ko, sum(c.pay) AS pay,
-           sum(c.ref) AS ref, sum(c.vol_rep) AS vol,
-           count(*) FILTER (WHERE c.vol_rep IS NULL AND c.vol <> 0) AS unconverted
+           {_ROLLUP_SUMS}
     FROM converted c
     WHERE EXISTS (SELECT 1 FROM masks WHERE masks.mask = {mask})
     GROUP BY {", ".join(group)}"""
@@ -172,8 +194,7 @@ grouped AS (
 {_read("txn_hourly_agg", "hour", "h", narrow=True)}
 ),
 converted AS (
-    SELECT g.w, g.merchant_id, g.country, g.currency, g.channel, g.tx, g.ok, g.ko, g.pay,
-           g.ref, g.vol, g.vol * {fx.rate_expr("g", "$2")} AS vol_rep
+    SELECT g.w, g.merchant_id, g.country, g.currency, g.channel, {_CONVERTED_SUMS}
     FROM grouped g
     {fx.rate_join("g", "g.day", "$2")}
 ),

@@ -33,6 +33,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from molam_workloads.core import fx
 from molam_workloads.core.rules import (
+    RULE_MONEY_SUMS,
     RULE_SUMS,
     RULE_SUMS_SQL,
     comparison_sql,
@@ -126,6 +127,21 @@ def _ceil(t: datetime, unit: timedelta) -> datetime:
     return f if f == t else f + unit
 
 
+# The rule sums per bucket, money converted at the rate of its (currency, day); a bucket's
+# currency without a rate is unconverted (the money metrics are then no data).
+_PER_SUMS = ", ".join(
+    [
+        f"sum(s.{s} * r.rate) AS {s}" if s in RULE_MONEY_SUMS else f"sum(s.{s}) AS {s}"
+        for s in RULE_SUMS
+    ]
+    + [
+        "count(*) FILTER (WHERE r.rate IS NULL AND ("
+        + (" OR ".join(f"s.{s} <> 0" for s in RULE_MONEY_SUMS) or "false")
+        + ")) AS unconverted"
+    ]
+)
+
+
 def _sums(table: str, col: str, res: str, lo: int, hi: int, scope: list[tuple[str, int]]) -> str:
     where = "".join(f" AND a.{column} = ${n}" for column, n in scope)
     return f"""
@@ -190,9 +206,7 @@ rates AS (
     {fx.rate_join("k", "k.day", "$2")}
 ),
 per AS (
-    SELECT s.res, s.b, sum(s.tx) AS tx, sum(s.ok) AS ok, sum(s.ko) AS ko, sum(s.pay) AS pay,
-           sum(s.ref) AS ref, sum(s.vol * r.rate) AS vol,
-           count(*) FILTER (WHERE r.rate IS NULL AND s.vol <> 0) AS unconverted, sum(s.n) AS n
+    SELECT s.res, s.b, {_PER_SUMS}, sum(s.n) AS n
     FROM sums s
     LEFT JOIN rates r ON r.currency = s.currency AND r.day = s.day
     GROUP BY 1, 2

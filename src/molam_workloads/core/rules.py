@@ -20,18 +20,14 @@ from typing import Annotated, Any
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
 
+from molam_workloads.core import catalogue
+
 MAX_WINDOW_MINUTES = 44640  # 31 days: the longest window the minute/hour tables can answer
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
-class Metric(StrEnum):
-    tx_count = "tx_count"
-    gross_volume = "gross_volume"
-    success_rate = "success_rate"
-    failure_rate = "failure_rate"
-    refund_rate = "refund_rate"
-    avg_ticket = "avg_ticket"
-    anomaly_count = "anomaly_count"
+# The metrics alert rules may watch: the names of ``core.catalogue.alert_metrics()``.
+Metric = StrEnum("Metric", [(m.name, m.name) for m in catalogue.alert_metrics()])  # type: ignore[misc]
 
 
 class Comparison(StrEnum):
@@ -47,32 +43,36 @@ class Severity(StrEnum):
     critical = "critical"
 
 
-# The sums of aggregate rows ``a`` that ``metric_value_sql`` computes a rule's value from.
-RULE_SUMS_SQL = """sum(a.tx_count) AS tx, sum(a.succeeded_count) AS ok, sum(a.failed_count) AS ko,
-           sum(a.payment_count) AS pay, sum(a.payment_volume_local) AS vol,
-           sum(a.refund_count) AS ref"""
-RULE_SUMS: tuple[str, ...] = ("tx", "ok", "ko", "pay", "vol", "ref")
+# The sums a rule's value is computed from (the anomaly count aside): those of the catalogue's
+# alert metrics. A money sum is in the reporting currency once converted.
+RULE_SUMS: tuple[str, ...] = tuple(
+    s.name
+    for s in catalogue.SUMS
+    if s.measure is not None and any(s in m.sums for m in catalogue.alert_metrics())
+)
+RULE_MONEY_SUMS: tuple[str, ...] = tuple(
+    s for s in RULE_SUMS if catalogue.SUM_BY_NAME[s].unit is catalogue.Unit.MONEY
+)
+# ``RULE_SUMS`` over aggregate rows ``a``, in the local currency of each row.
+RULE_SUMS_SQL = ", ".join(f"sum(a.{catalogue.SUM_BY_NAME[s].measure}) AS {s}" for s in RULE_SUMS)
 
 
 def metric_value_sql(metric: str, c: str, anomalies: str) -> str:
-    """SQL value of the rule metric ``metric`` (an SQL expression) from the sums of alias ``c``
-    (``tx``, ``ok``, ``ko``, ``pay``, ``ref``, ``vol`` in the reporting currency and
-    ``unconverted``, the groups whose volume has no FX rate) and the anomaly count
-    ``anomalies``. NULL is no data: a rate without denominator, a volume without FX rate.
+    """SQL value of the rule metric ``metric`` (an SQL expression) from the sums ``RULE_SUMS``
+    of alias ``c`` (money in the reporting currency, and ``unconverted``, the groups whose
+    volume has no FX rate) and the anomaly count ``anomalies``. NULL is no data: a rate without
+    denominator, a volume without FX rate.
 
-    Every KPI formula of alert rules is written here once: the evaluator and the backtest both
-    build their SQL from it.
+    Built from the catalogue's formulas (``MetricDef.rule_sql``): the evaluator and the backtest
+    both build their SQL from it.
     """
+    refs = {s: f"{c}.{s}" for s in RULE_SUMS} | {"anomaly_count": anomalies}
+    whens = "\n".join(
+        f"           WHEN '{m.name}' THEN {m.rule_sql(refs, f'{c}.unconverted')}"
+        for m in catalogue.alert_metrics()
+    )
     return f"""CASE {metric}
-           WHEN 'tx_count' THEN coalesce({c}.tx, 0)
-           WHEN 'gross_volume' THEN
-               CASE WHEN {c}.unconverted > 0 THEN NULL ELSE coalesce({c}.vol, 0) END
-           WHEN 'success_rate' THEN {c}.ok::numeric / nullif({c}.ok + {c}.ko, 0)
-           WHEN 'failure_rate' THEN {c}.ko::numeric / nullif({c}.ok + {c}.ko, 0)
-           WHEN 'refund_rate' THEN {c}.ref::numeric / nullif({c}.pay, 0)
-           WHEN 'avg_ticket' THEN
-               CASE WHEN {c}.unconverted > 0 THEN NULL ELSE {c}.vol / nullif({c}.pay, 0) END
-           WHEN 'anomaly_count' THEN coalesce({anomalies}, 0)
+{whens}
        END"""
 
 

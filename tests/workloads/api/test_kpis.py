@@ -119,6 +119,9 @@ async def test_kpis_match_hand_computed_sums(api: Api, db: asyncpg.Connection) -
     assert Decimal(k["fees"]) == Decimal("1.42")  # 1.415 rounded half up
     assert Decimal(k["net_volume"]) == (gross - refunds - fees).quantize(Decimal("0.01"))
     assert k["success_rate"] == pytest.approx(12 / 16)
+    assert k["failure_rate"] == 0.25  # 4 / (12 + 4)
+    # 1 refund per 9 payments, from the exact quotient rounded to 6 decimals
+    assert Decimal(str(k["refund_rate"])) == (Decimal(1) / 9).quantize(Decimal("0.000001"))
     assert Decimal(k["avg_ticket"]) == (gross / 9).quantize(Decimal("0.01"))
     assert isinstance(k["gross_volume"], str)  # amounts are decimal strings
     assert body["unconverted_currencies"] == []
@@ -132,6 +135,7 @@ async def test_currency_without_rate_is_listed_not_summed(api: Api, db: asyncpg.
     k = body["kpis"]
     assert k["tx_count"] == 7  # counts keep every transaction
     assert k["payment_count"] == 6  # money counts only what converts
+    assert k["refund_rate"] == 0 and k["failure_rate"] == 0
     assert Decimal(k["gross_volume"]) == Decimal("9.90")  # 6000 XOF * 0.00165
 
 
@@ -174,6 +178,9 @@ async def test_timeseries_by_hour_fills_gaps(api: Api, db: asyncpg.Connection) -
         await api.get("/v1/timeseries?from=2025-07-01T09:00Z&to=2025-07-01T13:00Z&granularity=hour")
     ).json()
     assert [p["tx_count"] for p in body["points"]] == [0, 10, 3, 7]
+    # an empty hour: no quotient has a denominator
+    rates = ("success_rate", "failure_rate", "refund_rate", "avg_ticket")
+    assert [body["points"][0][r] for r in rates] == [None] * 4
     assert Decimal(body["points"][1]["gross_volume"]) == Decimal("16.50")
 
 

@@ -27,7 +27,7 @@ import asyncpg
 
 from molam_workloads.api.queries import Conn, prefix, rollup
 from molam_workloads.api.queries.rollup import DailySources, daily_sources
-from molam_workloads.core import fx
+from molam_workloads.core import catalogue, fx
 from molam_workloads.core.currencies import CURRENCIES
 
 MV_NAME = "mv_txn_daily_agg"
@@ -561,28 +561,17 @@ def money(value: Decimal, currency: str) -> Decimal:
     return value.quantize(exp, rounding=ROUND_HALF_UP)
 
 
+_KPIS = catalogue.kpis()
+# The sums the KPIs are computed from: output columns of ``grouped``.
+_KPI_SUMS = tuple(dict.fromkeys(s.name for m in _KPIS for s in m.sums))
+
+
 def kpis_of(row: asyncpg.Record | None, currency: str) -> dict[str, Any]:
-    """The KPI document of one group (``row`` None: nothing in range, all zero)."""
-    get = (lambda k: row[k]) if row is not None else (lambda k: 0)
-    gross = Decimal(get("gross_volume"))
-    refunds = Decimal(get("refund_volume"))
-    fees = Decimal(get("fees"))
-    succeeded, failed = int(get("succeeded_count")), int(get("failed_count"))
-    payments = int(get("payment_count"))
-    decided = succeeded + failed
+    """The KPI document of one group (``row`` None: nothing in range, all zero): each KPI of
+    ``core.catalogue`` computed exactly from the row's sums, then rounded for its unit."""
+    sums = {n: Decimal(row[n]) if row is not None else Decimal(0) for n in _KPI_SUMS}
     return {
-        "tx_count": int(get("tx_count")),
-        "succeeded_count": succeeded,
-        "failed_count": failed,
-        "pending_count": int(get("pending_count")),
-        "payment_count": payments,
-        "gross_volume": money(gross, currency),
-        "refund_count": int(get("refund_count")),
-        "refund_volume": money(refunds, currency),
-        "fees": money(fees, currency),
-        "net_volume": money(gross - refunds - fees, currency),
-        "success_rate": round(succeeded / decided, 6) if decided else None,
-        "avg_ticket": money(gross / payments, currency) if payments else None,
+        m.name: catalogue.present(m, m.value(sums), lambda v: money(v, currency)) for m in _KPIS
     }
 
 

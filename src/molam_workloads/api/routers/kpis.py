@@ -25,8 +25,9 @@ async def get_kpis(
     settings: SettingsDep,
     rollup: RollupDep,
 ) -> Response:
-    """Counts, gross and net volume, refunds, fees, success rate and average ticket over
-    [from, to), amounts in the reporting currency. A merchant token sees its own merchant."""
+    """Counts, gross and net volume, refunds, fees, success, failure and refund rates and
+    average ticket over [from, to), amounts in the reporting currency (the KPIs of
+    ``core.catalogue``). A merchant token sees its own merchant."""
     currency = settings.reporting_currency
 
     async def compute() -> KpiResponse:

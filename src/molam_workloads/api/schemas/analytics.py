@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from molam_workloads.core import catalogue
 
 
 class RangeOut(BaseModel):
@@ -22,19 +25,30 @@ class FiltersOut(BaseModel):
     currency: str | None
 
 
-class Kpis(BaseModel):
-    tx_count: int = Field(description="All transactions, every type and status.")
-    succeeded_count: int
-    failed_count: int
-    pending_count: int
-    payment_count: int = Field(description="Succeeded payments (converted currencies only).")
-    gross_volume: Decimal = Field(description="Succeeded payments' volume, reporting currency.")
-    refund_count: int = Field(description="Succeeded refunds (converted currencies only).")
-    refund_volume: Decimal
-    fees: Decimal
-    net_volume: Decimal = Field(description="gross_volume - refund_volume - fees.")
-    success_rate: float | None = Field(description="succeeded / (succeeded + failed).")
-    avg_ticket: Decimal | None = Field(description="gross_volume / payment_count.")
+_PYTHON_TYPE: dict[catalogue.Unit, type] = {
+    catalogue.Unit.COUNT: int,
+    catalogue.Unit.MONEY: Decimal,  # a decimal string in JSON: money is never a float
+    catalogue.Unit.RATIO: float,  # a JSON number, rounded to 6 decimals from the exact quotient
+}
+
+
+def _kpi_fields() -> dict[str, Any]:
+    """One field per KPI of ``core.catalogue``, in its order, typed by its unit; None allowed
+    where the formula divides (no denominator)."""
+    fields: dict[str, Any] = {}
+    for m in catalogue.kpis():
+        tp = _PYTHON_TYPE[m.unit]
+        fields[m.name] = (tp | None if m.nullable else tp, Field(description=m.doc))
+    return fields
+
+
+_KPIS_DOC = """The KPIs of ``core.catalogue``. Money counts and totals cover the currencies with an
+FX rate only; rates are fractions (0.2 = 20%)."""
+
+if TYPE_CHECKING:
+    Kpis = BaseModel
+else:
+    Kpis = create_model("Kpis", __doc__=_KPIS_DOC, **_kpi_fields())
 
 
 class _Answer(BaseModel):

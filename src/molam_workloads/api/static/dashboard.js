@@ -103,16 +103,23 @@
     tile.querySelector(".value").textContent = text;
   }
 
+  // The KPI tiles (index.html's data-kpi) and the unit of each, as core/catalogue.py declares
+  // them (tests/workloads/core/test_catalogue.py compares the two).
+  const KPI_TILES = [
+    ["gross_volume", "money"],
+    ["net_volume", "money"],
+    ["tx_count", "count"],
+    ["success_rate", "ratio"],
+    ["avg_ticket", "money"],
+    ["refund_volume", "money"],
+    ["fees", "money"],
+  ];
+  const SHOW = { money, count, ratio: pct };  // each called as (value, currency)
+
   function renderKpis(body) {
     const k = body.kpis;
     const cur = body.currency;
-    setTile("gross_volume", k.gross_volume, money(k.gross_volume, cur));
-    setTile("net_volume", k.net_volume, money(k.net_volume, cur));
-    setTile("tx_count", k.tx_count, count(k.tx_count));
-    setTile("success_rate", k.success_rate, pct(k.success_rate));
-    setTile("avg_ticket", k.avg_ticket, money(k.avg_ticket, cur));
-    setTile("refund_volume", k.refund_volume, money(k.refund_volume, cur));
-    setTile("fees", k.fees, money(k.fees, cur));
+    for (const [kpi, unit] of KPI_TILES) setTile(kpi, k[kpi], SHOW[unit](k[kpi], cur));
     $('[data-sub="payment_count"]').textContent = count(k.payment_count) + " succeeded payments";
     $('[data-sub="status_split"]').textContent = count(k.failed_count) + " failed · " + count(k.pending_count) + " pending";
     $('[data-sub="refund_count"]').textContent = count(k.refund_count) + " refunds";
