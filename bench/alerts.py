@@ -19,6 +19,11 @@ after every batch) on the same minute data: the first call (learns 48 buckets), 
 closes a 15-minute bucket (judges every merchant and the platform, both metrics), and the
 common call that closes nothing. Redis database ``BENCH_SIRA_REDIS_DB`` (12) is flushed.
 
+Then the backtest (``core.backtest``) of one rule over 7 days of the same dataset (minutes for
+the last ``--hours``, hours before): a platform-wide failure-rate rule, a merchant's, and a
+platform-wide volume rule (FX conversion), each the median of ``--cycles`` runs, with its ratio
+to the median steady 10,000-rule cycle measured above in the same run. Target: under 2 s.
+
 Then a 10,000-rule cycle where 1 % of the rules push to an Alertmanager (a real one,
 Debian's ``prometheus-alertmanager`` on a loopback port): the cycle, then the pusher's round
 (every open alert of those rules, ``POST /api/v2/alerts`` in batches of 64), first and
@@ -54,6 +59,7 @@ from molam_workloads.alerts.alertmanager import AlertmanagerPusher
 from molam_workloads.alerts.evaluator import run_cycle
 from molam_workloads.alerts.settings import AlertsSettings
 from molam_workloads.core import fx
+from molam_workloads.core.backtest import backtest
 from molam_workloads.core.db import migrate
 
 COUNTRIES = [
@@ -433,9 +439,54 @@ async def run(pool: asyncpg.Pool, dsn: str, args: argparse.Namespace) -> int:
             f"{n:>7,} | {first.duration_s * 1000:>16.0f} ms | {med * 1000:>18.0f} ms | "
             f"{base * 1000:>13.0f} ms | {base / med:>7.1f}x | {report.firing}{note}"
         )
+    await bench_backtest(pool, now, med, args.cycles)
     await bench_alertmanager(pool, dsn, now, max(counts), args.cycles)
     await bench_sira(pool, dsn, now, args.merchants)
     return 0
+
+
+async def bench_backtest(pool: asyncpg.Pool, now: datetime, cycle_s: float, repeats: int) -> None:
+    """7 days of one rule replayed, against the steady cycle of the run (``cycle_s``)."""
+    base = {
+        "comparison": "gt",
+        "threshold": Decimal("0.08"),
+        "window_minutes": 15,
+        "for_seconds": 300,
+        "no_data_state": "nodata",
+        "scope_merchant_id": None,
+        "scope_country": None,
+        "scope_currency": None,
+        "scope_channel": None,
+    }
+    cases = [
+        ("platform failure_rate 15 min", {"metric": "failure_rate"}),
+        ("merchant failure_rate 15 min", {"metric": "failure_rate", "scope_merchant_id": "M-0042"}),
+        (
+            "platform gross_volume 60 min",
+            {"metric": "gross_volume", "window_minutes": 60, "threshold": Decimal("1e9")},
+        ),
+    ]
+    print(
+        f"{'backtest, 7 days of one rule':<30} | {'median':>8} | {'/ cycle':>7} | "
+        "evaluations | firings"
+    )
+    for label, over in cases:
+        rule = {**base, "name": label, **over}
+        times = []
+        result = None
+        for _ in range(repeats):
+            started = time.perf_counter()
+            async with pool.acquire() as conn:
+                result = await backtest(
+                    conn, rule, now - timedelta(days=7), now, reporting_currency="USD", now=now
+                )
+            times.append(time.perf_counter() - started)
+        assert result is not None
+        med = statistics.median(times)
+        print(
+            f"{label:<30} | {med * 1000:>5.0f} ms | {med / cycle_s:>6.2f}x | "
+            f"{result.evaluations:>11,} | {len(result.firings)}"
+        )
 
 
 async def _start_alertmanager(tmp: Path) -> tuple[asyncio.subprocess.Process, str] | None:
