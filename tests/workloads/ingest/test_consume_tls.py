@@ -12,12 +12,11 @@ from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer
+from helpers.ingest import counted, make_events, wait_until
 from helpers.kafka_tls import TlsBroker, TlsFiles, create_topics, tls_env
 
 from molam_workloads.core.events import encode_event
 from molam_workloads.core.kafka import CLIENT_ID, KafkaConnection, client_options, producer
-
-from .support import counted, make_events, wait_until
 
 CLI = str(Path(sys.executable).with_name("molam-analytics"))
 

@@ -8,12 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
-from redis.asyncio import Redis
-
-from molam_workloads.core import metrics
-from molam_workloads.core.events import MAX_EVENT_BYTES, TransactionEvent, encode_event
-
-from .support import (
+from helpers.ingest import (
     Stack,
     assert_live_matches_db,
     assert_totals_match_source,
@@ -26,6 +21,10 @@ from .support import (
     wait_until,
     with_duplicates,
 )
+from redis.asyncio import Redis
+
+from molam_workloads.core import metrics
+from molam_workloads.core.events import MAX_EVENT_BYTES, TransactionEvent, encode_event
 
 
 async def _ledger(db: asyncpg.Connection) -> int:

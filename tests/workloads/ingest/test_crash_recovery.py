@@ -10,9 +10,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from redis.asyncio import Redis
-
-from .support import (
+from helpers.ingest import (
     Stack,
     assert_live_matches_db,
     assert_totals_match_source,
@@ -23,6 +21,7 @@ from .support import (
     wait_until,
     with_duplicates,
 )
+from redis.asyncio import Redis
 
 CLI = str(Path(sys.executable).with_name("molam-analytics"))
 

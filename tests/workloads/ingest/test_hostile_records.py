@@ -10,12 +10,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from prometheus_client import REGISTRY
-from redis.asyncio import Redis
-
-from molam_workloads.core.events import encode_event
-
-from .support import (
+from helpers.ingest import (
     Stack,
     assert_live_matches_db,
     assert_totals_match_source,
@@ -29,6 +24,10 @@ from .support import (
     unreadable_batch,
     wait_until,
 )
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from molam_workloads.core.events import encode_event
 
 CODECS = ("gzip", "snappy", "lz4", "zstd")
 

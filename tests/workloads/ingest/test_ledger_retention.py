@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+from helpers.ingest import Stack, make_events, publish, read_topic, running_consumer, wait_until
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -13,8 +14,6 @@ from molam_workloads.core.db import create_pool
 from molam_workloads.core.events import encode_event
 from molam_workloads.core.settings import DatabaseSettings
 from molam_workloads.ingest import ledger
-
-from .support import Stack, make_events, publish, read_topic, running_consumer, wait_until
 
 NOW = datetime(2025, 7, 1, 12, tzinfo=UTC)
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from helpers.ingest import Stack, make_events
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -28,8 +29,6 @@ from molam_workloads.core.settings import load_settings
 from molam_workloads.ingest.aggregation import Summary, micros
 from molam_workloads.ingest.consumer import Ingestor
 from molam_workloads.ingest.settings import IngestSettings
-
-from .support import Stack, make_events
 
 VALID = [encode_event(e) for e in make_events(6, seed=41, span=timedelta(hours=1))]
 VALID += [json.dumps(json.loads(v), separators=(",", ":")).encode() for v in VALID[:3]]

@@ -12,19 +12,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from helpers.services import OwnedRedis, owned_redis
-from prometheus_client import REGISTRY
-from redis.asyncio import Redis
-
-from molam_workloads.core.cache import LIVE_EPOCH_KEY, live_key
-from molam_workloads.core.events import TransactionEvent, encode_event
-from molam_workloads.core.faults import LOG_EVERY_SECONDS
-from molam_workloads.core.settings import load_settings
-from molam_workloads.ingest.live_counters import CHECK_SECONDS, LiveCounters
-from molam_workloads.ingest.settings import IngestSettings
-from molam_workloads.ingest.sira import POINTER, AnomalyDetector
-
-from .support import (
+from helpers.ingest import (
     Stack,
     assert_live_matches_db,
     assert_totals_match_source,
@@ -36,6 +24,17 @@ from .support import (
     today_span,
     wait_until,
 )
+from helpers.services import OwnedRedis, owned_redis
+from prometheus_client import REGISTRY
+from redis.asyncio import Redis
+
+from molam_workloads.core.cache import LIVE_EPOCH_KEY, live_key
+from molam_workloads.core.events import TransactionEvent, encode_event
+from molam_workloads.core.faults import LOG_EVERY_SECONDS
+from molam_workloads.core.settings import load_settings
+from molam_workloads.ingest.live_counters import CHECK_SECONDS, LiveCounters
+from molam_workloads.ingest.settings import IngestSettings
+from molam_workloads.ingest.sira import POINTER, AnomalyDetector
 
 MERCHANTS = 40
 FEW = {f"M-{i}" for i in range(5)}  # the only merchants with events after the flush

@@ -15,6 +15,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from helpers.ingest import Stack, publish, wait_until
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
@@ -25,8 +26,6 @@ from molam_workloads.core.settings import SiraSettings, load_settings
 from molam_workloads.ingest.consumer import Ingestor
 from molam_workloads.ingest.settings import IngestSettings
 from molam_workloads.ingest.sira import KNOWN, POINTER, AnomalyDetector, baseline_key
-
-from .support import Stack, publish, wait_until
 
 S = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
 B = timedelta(minutes=15)

@@ -8,10 +8,9 @@ from aiokafka import TopicPartition
 from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.record.memory_records import MemoryRecords
+from helpers.ingest import unreadable_batch
 
 from molam_workloads.ingest.consumer import _unreadable_at, _unreadable_reason
-
-from .support import unreadable_batch
 
 TP = TopicPartition("wallet", 3)
 

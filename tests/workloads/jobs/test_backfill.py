@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from ingest.support import (
+from helpers.ingest import (
     Stack,
     assert_live_matches_db,
     assert_totals_match_source,

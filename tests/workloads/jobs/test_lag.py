@@ -11,7 +11,7 @@ import json
 
 import asyncpg
 import pytest
-from ingest.support import Stack, make_events, publish, running_consumer, wait_until
+from helpers.ingest import Stack, make_events, publish, running_consumer, wait_until
 
 from molam_workloads.core.events import encode_event
 from molam_workloads.core.kafka import KafkaConnection, group_lag

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
-from ingest.support import (
+from helpers.ingest import (
     Stack,
     insert_source,
     make_events,

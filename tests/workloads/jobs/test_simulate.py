@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-from ingest.support import Stack, assert_live_matches_db, running_consumer, wait_until
+from helpers.ingest import Stack, assert_live_matches_db, running_consumer, wait_until
 from redis.asyncio import Redis
 
 from molam_workloads.core.errors import ConfigError

@@ -1,4 +1,4 @@
-"""Helpers for the ingestion (and job) tests: events, publishing, an in-process consumer, checks."""
+"""Helpers of the ingestion and job tests: events, publishing, an in-process consumer, checks."""
 
 from __future__ import annotations
 

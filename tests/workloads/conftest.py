@@ -1,12 +1,12 @@
-"""Fixtures of the ingestion tests (helpers live in ``support``)."""
+"""Fixtures of the ingestion and job tests: Kafka topics, a consumer group and the fast group
+timeouts of an in-process consumer (helpers in ``helpers.ingest``)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
 import pytest
-
-from .support import FAST_GROUP_ENV, Stack
+from helpers.ingest import FAST_GROUP_ENV, Stack
 
 
 @pytest.fixture
@@ -18,6 +18,8 @@ async def stack(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> Stack:
+    """A wallet topic (``indirect`` parameter: its partitions, default 1) and a dead-letter
+    topic of this test's own, with the environment of a consumer of them."""
     partitions = getattr(request, "param", 1)
     topic = await create_topic("wallet", partitions=partitions)
     dlq = await create_topic("dlq", partitions=1)
