@@ -234,26 +234,29 @@ def queries(draw: st.DrawFn) -> Query:
     return Query(start, end, filters, grouping, draw(st.sampled_from(ZONES)))
 
 
-late_rows = st.lists(
-    st.builds(
-        lambda h, cell, n, v: hourly(
-            T0 + h * H,
-            cell[0],
-            country=cell[1],
-            currency=cell[2],
-            channel=cell[3],
-            tx_count=n,
-            succeeded_count=n,
-            payment_count=n,
-            payment_volume_local=Decimal(v) / 100,
+def late_rows(first_hour: int = 0) -> st.SearchStrategy[list[dict[str, Any]]]:
+    """Up to 4 late hourly rows at hours ``first_hour``.. of the data (cells of CELLS)."""
+    return st.lists(
+        st.builds(
+            lambda h, cell, n, v: hourly(
+                T0 + h * H,
+                cell[0],
+                country=cell[1],
+                currency=cell[2],
+                channel=cell[3],
+                tx_count=n,
+                succeeded_count=n,
+                payment_count=n,
+                payment_volume_local=Decimal(v) / 100,
+            ),
+            st.integers(min_value=first_hour, max_value=DAYS * 24 - 1),
+            st.sampled_from(CELLS),
+            st.integers(min_value=1, max_value=5),
+            st.integers(min_value=1, max_value=10**7),
         ),
-        st.integers(min_value=0, max_value=DAYS * 24 - 1),
-        st.sampled_from(CELLS),
-        st.integers(min_value=1, max_value=5),
-        st.integers(min_value=1, max_value=10**7),
-    ),
-    max_size=4,
-)
+        max_size=4,
+    )
+
 
 UPSERT = (
     "INSERT INTO txn_hourly_agg (hour, merchant_id, country, currency, channel, tx_count, "
@@ -264,6 +267,27 @@ UPSERT = (
     "payment_count = txn_hourly_agg.payment_count + excluded.payment_count, "
     "payment_volume_local = txn_hourly_agg.payment_volume_local + excluded.payment_volume_local"
 )
+
+
+async def upsert_late(conn: asyncpg.Connection, late: list[dict[str, Any]]) -> None:
+    """``late`` written as the consumer writes a batch: added to the hourly rows."""
+    await conn.executemany(
+        UPSERT,
+        [
+            (
+                r["hour"],
+                r["merchant_id"],
+                r["country"],
+                r["currency"],
+                r["channel"],
+                r["tx_count"],
+                r["succeeded_count"],
+                r["payment_count"],
+                r["payment_volume_local"],
+            )
+            for r in late
+        ],
+    )
 
 
 def add_late(rows: list[dict[str, Any]], late: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -327,7 +351,7 @@ def check(got: dict[Any, dict[str, Any]], want: dict[Any, dict[str, Any]], q: Qu
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(q=queries(), late=late_rows)
+@given(q=queries(), late=late_rows())
 def test_running_totals_equal_the_hourly_sums(
     dataset: Dataset, q: Query, late: list[dict[str, Any]]
 ) -> None:
@@ -346,23 +370,7 @@ def test_running_totals_equal_the_hourly_sums(
             assert result.unconverted == unconverted
             assert result.data_as_of is not None
             if late:  # late events, then the refresh's rebuild: exact again
-                await conn.executemany(
-                    UPSERT,
-                    [
-                        (
-                            r["hour"],
-                            r["merchant_id"],
-                            r["country"],
-                            r["currency"],
-                            r["channel"],
-                            r["tx_count"],
-                            r["succeeded_count"],
-                            r["payment_count"],
-                            r["payment_volume_local"],
-                        )
-                        for r in late
-                    ],
-                )
+                await upsert_late(conn, late)
                 await conn.execute(
                     "SELECT analytics_rebuild_prefix_totals($1, cutoff => $2)", QUOTE, CUTOFF
                 )
@@ -381,33 +389,83 @@ def test_running_totals_equal_the_hourly_sums(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(q=queries(), by=st.sampled_from(["gross_volume", "tx_count"]))
-def test_top_merchants_from_running_totals(dataset: Dataset, q: Query, by: str) -> None:
+@given(q=queries(), by=st.sampled_from(["gross_volume", "tx_count"]), late=late_rows())
+def test_top_merchants_from_running_totals(
+    dataset: Dataset, q: Query, by: str, late: list[dict[str, Any]]
+) -> None:
+    """The route's filters (country, channel, currency), before and after late events and the
+    refresh's rebuild."""
     dsn, rows, rates = dataset
-    filters = Filters(country=q.filters.country, channel=q.filters.channel)
+    f = q.filters
+    filters = Filters(country=f.country, channel=f.channel, currency=f.currency)
     q = Query(q.start, q.end, filters, "merchant", "UTC")
-    want, _ = reference(rows, rates, q)
-    want.pop(None, None)  # ranks named merchants only
     measure, other = ("gross", "tx_count") if by == "gross_volume" else ("tx_count", "gross")
-    ranked = sorted(want, key=lambda m: (-want[m][measure], -want[m][other], m))[:2]
+
+    def expected(data: list[dict[str, Any]]) -> tuple[list[str], dict[Any, dict[str, Any]]]:
+        want, _ = reference(data, rates, q)
+        want.pop(None, None)  # ranks named merchants only
+        ranked = sorted(want, key=lambda m: (-want[m][measure], -want[m][other], m))[:2]
+        return ranked, {m: want[m] for m in ranked}
+
+    async def ask(conn: asyncpg.Connection, data: list[dict[str, Any]]) -> None:
+        ranked, want = expected(data)
+        result = await top_merchants(
+            conn,
+            start=q.start,
+            end=q.end,
+            filters=filters,
+            reporting_currency=QUOTE,
+            by=by,
+            limit=2,
+        )
+        assert [r["merchant_id"] for r in result.rows] == ranked, q
+        got = {r["merchant_id"]: as_groups([r], "")[None] for r in result.rows}
+        check(got, want, q)
 
     async def body() -> None:
         conn = await asyncpg.connect(dsn)
+        tr = conn.transaction(isolation="repeatable_read")  # one snapshot, as the route reads
+        await tr.start()
         try:
-            async with conn.transaction(isolation="repeatable_read", readonly=True):
-                result = await top_merchants(
-                    conn,
-                    start=q.start,
-                    end=q.end,
-                    filters=filters,
-                    reporting_currency=QUOTE,
-                    by=by,
-                    limit=2,
+            await ask(conn, rows)
+            if late:  # late events, then the refresh's rebuild: exact again
+                await upsert_late(conn, late)
+                await conn.execute(
+                    "SELECT analytics_rebuild_prefix_totals($1, cutoff => $2)", QUOTE, CUTOFF
                 )
-            assert [r["merchant_id"] for r in result.rows] == ranked, q
-            got = {r["merchant_id"]: as_groups([r], "")[None] for r in result.rows}
-            check(got, {m: want[m] for m in ranked}, q)
+                await ask(conn, add_late(rows, late))
         finally:
+            await tr.rollback()
+            await conn.close()
+
+    asyncio.run(body())
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(q=queries(), late=late_rows(first_hour=int((CUTOFF - T0) / H)))
+def test_late_events_after_the_cutoff_count_without_a_rebuild(
+    dataset: Dataset, q: Query, late: list[dict[str, Any]]
+) -> None:
+    """Hours at or after the totals' cutoff are read from the hourly rows: a late event there
+    is in every figure at once, with the totals as they were built."""
+    dsn, rows, rates = dataset
+
+    async def body() -> None:
+        conn = await asyncpg.connect(dsn)
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            await upsert_late(conn, late)
+            got, result = await run(conn, q)
+            want, unconverted = reference(add_late(rows, late), rates, q)
+            check(got, want, q)
+            assert result.unconverted == unconverted
+        finally:
+            await tr.rollback()
             await conn.close()
 
     asyncio.run(body())
