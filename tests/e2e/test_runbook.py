@@ -26,7 +26,7 @@ from urllib.parse import urlparse, urlunparse
 
 import httpx
 import pytest
-from workloads.api.browser import Browser, chromium_path  # tests/workloads/api/browser.py
+from helpers.browser import Browser, chromium_path
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 

@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from helpers.browser import Browser, chromium_path
 
-from .browser import Browser, chromium_path
 from .conftest import make_token
 from .seed import hourly, insert_alert, insert_anomaly, insert_hourly, insert_rule
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import httpx
 import pytest
+from helpers.browser import Browser, chromium_path
 from redis.asyncio import Redis
 
-from .browser import Browser, chromium_path
 from .conftest import Api, make_token
 from .seed import hourly, insert_hourly
 
