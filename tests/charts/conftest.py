@@ -38,7 +38,12 @@ ALL_FEATURES: dict[str, Any] = {
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "podMonitor": {"enabled": True},
     "grafanaDashboard": {"enabled": True},
-    "operator": {"env": {"EXTRA_SETTING": "1"}},
+    "operator": {"env": {"EXTRA_SETTING": "1"}, "imageAllow": ["docker.io/library"]},
+    "networkPolicy": {
+        "apiIngress": {"enabled": True},
+        "workloadsEgress": {"enabled": True},
+        "alertsEgress": {"enabled": True},
+    },
 }
 
 

@@ -31,8 +31,9 @@ def test_on_it_selects_the_alerts_pods_and_refuses_internal_ranges(render: Rende
     # The very labels the operator puts on the alerts Deployment's pods.
     assert spec["podSelector"]["matchLabels"] == selector_labels("payments", "alerts")
     assert spec["policyTypes"] == ["Egress"]
-    dns, public, listed = spec["egress"]
+    dns, database, public, listed = spec["egress"]
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    assert database == {"ports": [{"port": 5432, "protocol": "TCP"}]}  # networkPolicy.database
     block = public["to"][0]["ipBlock"]
     assert block["cidr"] == "0.0.0.0/0"
     blocked = [ipaddress.ip_network(c) for c in block["except"]]

@@ -186,8 +186,8 @@ def _release_finalizers(namespace: str) -> None:
 def operator_from_chart(
     request: pytest.FixtureRequest, render: Renderer, kubeconfig: str, tmp_path: Path
 ) -> Iterator[RunningOperator]:
-    """The operator as the chart deploys it: cluster-wide (the default) or watching the pipeline
-    namespace only (a Role there, no ClusterRole for the workload rules)."""
+    """The operator as the chart deploys it: cluster-wide (``watchNamespaces: []``) or watching
+    the pipeline namespace only (a Role there, no ClusterRole for the workload rules)."""
     namespace = new_namespace("chart-op")
     watched = new_namespace("chart-ap")
     release = f"op{uuid.uuid4().hex[:6]}"
@@ -196,8 +196,7 @@ def operator_from_chart(
     values: dict[str, Any] = {
         "operator": {"health": {"port": _free_port()}, "metrics": {"port": _free_port()}}
     }
-    if request.param == "namespaced":
-        values["operator"]["watchNamespaces"] = [watched]
+    values["operator"]["watchNamespaces"] = [watched] if request.param == "namespaced" else []
     objs = render(values, namespace=namespace, release=release)
     kubectl("apply", "-f", "-", stdin=dump_all(objs))
     deployment = find(objs, "Deployment")

@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 import yaml
 
+from molam_operator.allowlist import AllowLists
+from molam_operator.settings import OperatorSettings
+
 from .conftest import ALL_FEATURES, CHART, Renderer, find, run_helm, values_file
 
 DEFAULT_KINDS = {
@@ -17,6 +20,8 @@ DEFAULT_KINDS = {
     "Deployment",
     "ClusterRole",
     "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
 }
 
 
@@ -54,9 +59,9 @@ def test_default_render_is_operator_only(render: Renderer):
 def test_all_features_render(render: Renderer):
     objs = render(ALL_FEATURES)
     kinds = {o["kind"] for o in objs}
-    # Job, Role, RoleBinding: the pre-delete hook that deletes the pipeline before the operator.
+    # Job (and a Role): the pre-delete hook that deletes the pipeline before the operator.
     assert kinds == DEFAULT_KINDS | {
-        "Secret", "AnalyticsPipeline", "PrometheusRule", "PodMonitor", "Job", "Role", "RoleBinding"
+        "Secret", "AnalyticsPipeline", "PrometheusRule", "PodMonitor", "Job", "NetworkPolicy"
     }  # fmt: skip
     pipeline = find(objs, "AnalyticsPipeline", "analytics")
     spec = pipeline["spec"]
@@ -82,7 +87,8 @@ def test_operator_deployment(render: Renderer):
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (c,) = pod["containers"]
     assert c["image"] == "molam-analytics:0.1.0"
-    assert c["args"] == ["operator", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
+    # Namespaced by default: the release namespace only.
+    assert c["args"] == ["operator", "--namespace=molam", "--liveness=http://0.0.0.0:8080/healthz"]
     sc = c["securityContext"]
     assert sc["runAsNonRoot"] is True
     assert sc["readOnlyRootFilesystem"] is True
@@ -133,13 +139,62 @@ def test_operator_fallback_database_from_secret(render: Renderer):
 
 def test_pod_monitor_scrapes_operator_and_workloads(render: Renderer):
     pm = find(render(ALL_FEATURES), "PodMonitor")["spec"]
-    assert pm["namespaceSelector"] == {"any": True}
+    assert pm["namespaceSelector"] == {"matchNames": ["molam"]}
+    cluster_wide = {**ALL_FEATURES, "operator": {"watchNamespaces": []}}
+    assert find(render(cluster_wide), "PodMonitor")["spec"]["namespaceSelector"] == {"any": True}
     assert {e["port"] for e in pm["podMetricsEndpoints"]} == {"http", "metrics"}
     pm = find(
         render({"podMonitor": {"enabled": True}, "operator": {"watchNamespaces": ["x"]}}),
         "PodMonitor",
     )
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["x", "molam"]}
+
+
+def test_default_rbac_is_the_release_namespace_only(render: Renderer):
+    """Creating an AnalyticsPipeline makes the operator run pods and read Secrets: by default it
+    may do so in its own namespace only; cluster-wide takes an explicit empty list."""
+    objs = render()
+    (role,) = [o for o in objs if o["kind"] == "Role"]
+    (binding,) = [o for o in objs if o["kind"] == "RoleBinding"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "molam"
+    granted = {r for rule in role["rules"] for r in rule["resources"]}
+    assert {"secrets", "deployments", "analyticspipelines"} <= granted
+    for o in objs:
+        if o["kind"] == "ClusterRole":
+            resources = {r for rule in o["rules"] for r in rule["resources"]}
+            assert resources == {"customresourcedefinitions", "namespaces"}, o["metadata"]
+    wide = render({"operator": {"watchNamespaces": []}})
+    assert not [o for o in wide if o["kind"] in ("Role", "RoleBinding")]
+    cluster = find(wide, "ClusterRole", "ma-molam-analytics-operator")
+    assert "secrets" in {r for rule in cluster["rules"] for r in rule["resources"]}
+    args = find(wide, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--all-namespaces" in args
+
+
+def test_allow_lists_reach_the_operator(render: Renderer):
+    config = find(render(), "ConfigMap", "ma-molam-analytics-operator")["data"]
+    assert "OPERATOR_IMAGE_ALLOW" not in config and "OPERATOR_SECRET_ALLOW" not in config
+    values = {
+        "operator": {
+            "imageAllow": ["ghcr.io/molam", "registry.local:5000"],
+            "secretAllow": ["analytics-*", "kafka-credentials"],
+        }
+    }
+    config = find(render(values), "ConfigMap", "ma-molam-analytics-operator")["data"]
+    assert config["OPERATOR_IMAGE_ALLOW"] == "ghcr.io/molam,registry.local:5000"
+    assert config["OPERATOR_SECRET_ALLOW"] == "analytics-*,kafka-credentials"
+    # The operator parses what the chart renders.
+    allow = OperatorSettings(
+        database_url="postgresql://x@h/db",
+        operator_image_allow=config["OPERATOR_IMAGE_ALLOW"],
+        operator_secret_allow=config["OPERATOR_SECRET_ALLOW"],
+    ).allow
+    assert allow == AllowLists(
+        ("ghcr.io/molam", "registry.local:5000"), ("analytics-*", "kafka-credentials")
+    )
+    for bad in ({"imageAllow": ["a,b"]}, {"secretAllow": ["Bad_Name"]}, {"imageAllow": [""]}):
+        proc = render.text({"operator": bad}, check=False)
+        assert proc.returncode != 0, bad
 
 
 def test_namespaced_mode_uses_roles(render: Renderer):

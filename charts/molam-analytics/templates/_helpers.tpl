@@ -82,3 +82,33 @@ RBAC); otherwise operator.watchNamespaces, where "" stands for the release names
 {{- define "molam-analytics.pipelineNamespace" -}}
 {{- default .Release.Namespace .Values.pipeline.namespace -}}
 {{- end -}}
+
+{{/*
+The labels that select one workload's pods, as the operator sets them
+(molam_operator.manifests.selector_labels). Call with (list <pipeline> <component>).
+*/}}
+{{- define "molam-analytics.workloadSelector" -}}
+app.kubernetes.io/name: molam-analytics
+app.kubernetes.io/instance: {{ index . 0 }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{/* An egress rule allowing DNS (UDP and TCP 53) to any address. */}}
+{{- define "molam-analytics.dnsEgress" -}}
+- ports:
+    - {port: 53, protocol: UDP}
+    - {port: 53, protocol: TCP}
+{{- end -}}
+
+{{/*
+An egress rule to one of the backing services (networkPolicy.database, .redis, .kafka): its
+ports, to its `to` peers (empty: any address on those ports).
+*/}}
+{{- define "molam-analytics.serviceEgress" -}}
+- ports:
+    {{- toYaml .ports | nindent 4 }}
+  {{- with .to }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
