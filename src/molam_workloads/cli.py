@@ -59,12 +59,27 @@ def _usage() -> str:
     )
 
 
+class _OneLineRetries(logging.Filter):
+    """asyncpg's pool logs a full traceback each time it fails to restore its minimum of
+    connections (after 1, 2, 4 … 60 s while PostgreSQL is down): kept, as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def _configure_logging() -> None:
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("asyncpg.pool").addFilter(_OneLineRetries())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -177,3 +177,21 @@ async def owned_redis() -> AsyncIterator[OwnedRedis]:
     finally:
         await server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def scrape(port: int, name: str, labels: dict[str, str]) -> float | None:
+    """The value of one sample on a process's ``/metrics`` at 127.0.0.1:``port`` (None: not
+    there, or nothing answered)."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    except httpx.HTTPError:
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None

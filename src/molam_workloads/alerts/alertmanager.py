@@ -40,6 +40,7 @@ from molam_workloads.alerts.egress import guarded_client, url_host
 from molam_workloads.alerts.notifier import backoff_seconds
 from molam_workloads.alerts.payload import alertmanager_alert, firing_ends_at
 from molam_workloads.alerts.settings import AlertsSettings
+from molam_workloads.core.faults import POSTGRES_DOWN, outage
 from molam_workloads.core.metrics import ALERT_RULE_FAILURES
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ class AlertmanagerPusher:
         self._own_client = client is None
         self._wake = asyncio.Event()
         self._busy: dict[str, asyncio.Task[list[Outcome]]] = {}
+        self._database = outage("alerts", "postgresql")
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -145,15 +147,18 @@ class AlertmanagerPusher:
         try:
             while True:
                 self._wake.clear()
+                wait = self.settings.alertmanager_resend_seconds
                 try:
                     await self.start_round()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except POSTGRES_DOWN as exc:
+                    ALERT_RULE_FAILURES.labels("alertmanager").inc()
+                    self._database.failed(exc, "reading the alerts to push to Alertmanager")
+                    wait = min(wait, self._database.delay())
+                except asyncpg.PostgresError as exc:
                     ALERT_RULE_FAILURES.labels("alertmanager").inc()
                     log.warning("cannot read the alerts to push to Alertmanager: %s", exc)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake.wait(), timeout=self.settings.alertmanager_resend_seconds
-                    )
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
         finally:
             await self.aclose()
 
@@ -216,7 +221,9 @@ class AlertmanagerPusher:
                         for p in batch
                     ],
                 )
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except POSTGRES_DOWN as exc:
+                self._database.failed(exc, "recording an Alertmanager delivery")
+            except asyncpg.PostgresError as exc:
                 log.warning("could not record Alertmanager delivery: %s", exc)
             if outcome.ok:
                 return outcome

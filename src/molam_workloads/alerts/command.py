@@ -34,6 +34,7 @@ from molam_workloads.alerts.settings import AlertsSettings
 from molam_workloads.core.backtest import backtest, load_rule
 from molam_workloads.core.db import create_pool
 from molam_workloads.core.errors import ConfigError
+from molam_workloads.core.faults import POSTGRES_DOWN, outage
 from molam_workloads.core.metrics import ALERT_RULE_FAILURES, observe_pool, serve_metrics
 from molam_workloads.core.settings import load_settings
 
@@ -158,7 +159,13 @@ async def _until_signalled(work: Coroutine[Any, Any, None]) -> None:
 
 
 async def loop(pool: asyncpg.Pool, settings: AlertsSettings) -> None:
-    """Cycles, notifier and housekeeping until cancelled; every task cancelled and awaited."""
+    """Cycles, notifier and housekeeping until cancelled; every task cancelled and awaited.
+
+    While PostgreSQL is away (down, restarting) every task waits it out: one shared
+    ``core.faults.outage("alerts", "postgresql")`` reports the wait, and cycles are retried
+    with its capped backoff rather than once per interval, so evaluation resumes within
+    seconds of PostgreSQL's return."""
+    database = outage("alerts", "postgresql")
     notifier = Notifier(pool, settings)
     notify_task = asyncio.create_task(notifier.run(), name="alerts-notifier")
     pusher = AlertmanagerPusher(pool, settings)
@@ -172,18 +179,25 @@ async def loop(pool: asyncpg.Pool, settings: AlertsSettings) -> None:
     try:
         while True:
             started = time.monotonic()
+            wait = settings.alerts_interval_seconds
             try:
                 report = await run_cycle(pool, settings)
                 if report.notifications:
                     notifier.wake()
                 if report.fired or report.resolved:
                     pusher.wake()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except POSTGRES_DOWN as exc:
+                ALERT_RULE_FAILURES.labels("evaluation").inc()
+                database.failed(exc, "evaluation cycle")
+                wait = min(wait, database.delay())
+            except asyncpg.PostgresError as exc:
                 ALERT_RULE_FAILURES.labels("evaluation").inc()
                 log.error("alerts cycle failed: %s", exc)
+            else:
+                database.recovered()
             observe_pool(pool)
             elapsed = time.monotonic() - started
-            await asyncio.sleep(max(settings.alerts_interval_seconds - elapsed, 0.0))
+            await asyncio.sleep(max(wait - elapsed, 0.0))
     finally:
         for t in (notify_task, push_task, house_task):
             t.cancel()
@@ -191,10 +205,14 @@ async def loop(pool: asyncpg.Pool, settings: AlertsSettings) -> None:
 
 
 async def _housekeeping(pool: asyncpg.Pool, settings: AlertsSettings) -> None:
+    database = outage("alerts", "postgresql")
     while True:
         try:
             await housekeep(pool, settings)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except POSTGRES_DOWN as exc:
+            ALERT_RULE_FAILURES.labels("housekeeping").inc()
+            database.failed(exc, "housekeeping")
+        except asyncpg.PostgresError as exc:
             ALERT_RULE_FAILURES.labels("housekeeping").inc()
             log.error("housekeeping failed: %s", exc)
         await asyncio.sleep(settings.alerts_housekeeping_interval_seconds)

@@ -52,6 +52,7 @@ from molam_workloads.alerts.payload import (
     webhook_payload,
 )
 from molam_workloads.alerts.settings import AlertsSettings
+from molam_workloads.core.faults import POSTGRES_DOWN, outage
 from molam_workloads.core.metrics import ALERT_RULE_FAILURES
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class Notifier:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._tests: asyncio.Task[int] | None = None
+        self._database = outage("alerts", "postgresql")
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -197,8 +199,12 @@ class Notifier:
                 if free > 0:
                     try:
                         claimed = await self.claim(free)
-                    except (OSError, asyncpg.PostgresError) as exc:
+                    except POSTGRES_DOWN as exc:
+                        self._database.failed(exc, "notifier reading the outbox")
+                    except asyncpg.PostgresError as exc:
                         log.warning("notifier cannot read the outbox: %s", exc)
+                    else:
+                        self._database.recovered()
                 for d in claimed:
                     task = asyncio.create_task(self.deliver(d), name=f"webhook-{d.id}")
                     self._inflight.add(task)
@@ -214,7 +220,10 @@ class Notifier:
                 try:
                     await asyncio.wait(
                         waiters | set(self._inflight),
-                        timeout=self.settings.alerts_notify_poll_seconds,
+                        # While PostgreSQL is away: its capped backoff, not every poll.
+                        timeout=max(
+                            self.settings.alerts_notify_poll_seconds, self._database.delay()
+                        ),
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                 finally:
@@ -228,8 +237,10 @@ class Notifier:
         outcome = await self._post(d)
         try:
             await self._record(d, outcome)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except POSTGRES_DOWN as exc:
             # The lease expires and the row is tried again; nothing is lost.
+            self._database.failed(exc, f"recording webhook delivery {d.id}")
+        except asyncpg.PostgresError as exc:
             log.warning("could not record webhook delivery %d: %s", d.id, exc)
 
     def _headers(self, body: bytes, secret: str | None, delivery: str) -> dict[str, str]:
@@ -342,7 +353,10 @@ class Notifier:
         """Answer the API's pending test requests; returns how many."""
         try:
             claimed = await self.pool.fetch(_CLAIM_TESTS_SQL, 8, self._lease_seconds)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except POSTGRES_DOWN as exc:
+            self._database.failed(exc, "notifier reading the test requests")
+            return 0
+        except asyncpg.PostgresError as exc:
             log.warning("notifier cannot read the test requests: %s", exc)
             return 0
         for t in claimed:

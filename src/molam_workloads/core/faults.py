@@ -128,3 +128,17 @@ class Outage:
     def delay(self) -> float:
         """How long to wait before the next attempt (0 when up)."""
         return backoff(self.errors) if self.errors else 0.0
+
+
+_OUTAGES: dict[tuple[str, str], Outage] = {}
+_log = logging.getLogger(__name__)
+
+
+def outage(component: str, service: str) -> Outage:
+    """The process's one ``Outage`` of ``service`` as ``component`` sees it, shared by every
+    task of that component (the evaluator's cycles, its notifier, its pusher: one wait, one
+    report)."""
+    found = _OUTAGES.get((component, service))
+    if found is None:
+        found = _OUTAGES[component, service] = Outage(component, service, _log)
+    return found
