@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from helpers.kafka_tls import TlsBroker, TlsFiles, create_topics, tls_env
 
-from molam_workloads.core.errors import ServiceUnavailable
+from molam_workloads.core.errors import ExitCode, ServiceUnavailable
 from molam_workloads.core.kafka import CLIENT_ID, client_options, group_lag, producer
 from molam_workloads.core.settings import KafkaSettings, get_settings, load_settings
 
@@ -118,7 +118,7 @@ async def test_a_wrong_ca_fails_with_the_tls_reason(
 
     # Library log lines aside (aiokafka logs the refusal too): the contract is the CLI's line.
     out = await _command("lag", env={**env, "LOG_LEVEL": "CRITICAL"})
-    assert out.returncode == 2
+    assert out.returncode == ExitCode.UNAVAILABLE
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("molam-analytics lag: error: Kafka at ")
     assert "certificate verify failed" in line
