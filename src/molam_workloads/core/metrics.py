@@ -84,11 +84,6 @@ AGGREGATION_LAG = Gauge(
 CONSUMER_LAG = Gauge(
     "analytics_consumer_lag", "Messages behind the end of the partition", ["partition"]
 )
-INGEST_WAITING = Gauge(
-    "analytics_ingest_waiting",
-    "1 while the consumer holds its batch waiting for a service to come back",
-    ["on"],
-)  # on: postgres | kafka
 INGEST_OFFSET_LOSS = Counter(
     "analytics_ingest_offset_loss",
     "Stored offsets found outside their partition's log (truncated, re-created, expired)",

@@ -19,6 +19,7 @@ from molam_workloads.core.heap import CONSUMER_GEN0_THRESHOLD, freeze_startup_he
 from molam_workloads.core.kafka import producer as kafka_producer
 from molam_workloads.core.settings import load_settings
 from molam_workloads.ingest.consumer import Detector, Ingestor
+from molam_workloads.ingest.health import ConsumerHealth
 from molam_workloads.ingest.live_counters import LiveCounters
 from molam_workloads.ingest.settings import IngestSettings
 
@@ -57,19 +58,25 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    metrics.serve_metrics(port, settings.metrics_address)
+    health = ConsumerHealth()
+    metrics.serve_metrics(port, settings.metrics_address, health=health.snapshot)
     async with (
         create_pool(settings, min_size=1) as pool,
-        create_redis(settings) as redis,
+        # Redis feeds live counters and SIRA only: counting goes on while it is away.
+        create_redis(settings, required=False) as redis,
         kafka_producer(settings, linger_ms=5) as producer,
     ):
         live = LiveCounters(redis, settings.reporting_currency, settings.live_counter_ttl_seconds)
         detector = _make_detector(settings, pool, redis, producer)
-        ingestor = Ingestor(settings, pool, producer, live, detector)
+        ingestor = Ingestor(settings, pool, producer, live, detector, health)
         freeze_startup_heap(CONSUMER_GEN0_THRESHOLD)
+        # Rebuilds every live counter after Redis lost them, batches coming or not.
+        watcher = asyncio.create_task(live.watch(pool, stop), name="live-counters-watch")
         try:
             await ingestor.run(stop)
         finally:
+            stop.set()
+            await watcher
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)

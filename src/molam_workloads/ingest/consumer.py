@@ -15,6 +15,12 @@ it lacks, a bad CRC, a corrupt compressed batch) are fetched once more, then go 
 one dead letter with their offsets and are stepped over; the step is stored in PostgreSQL with
 the batch's offsets, in the same transaction, like any other record's. Only errors outside a
 record's own bytes (the broker, the group, PostgreSQL) stop the batch.
+
+No outage stops the process. A stopped batch is kept in memory and its write tried again,
+with a capped backoff, for as long as PostgreSQL is down, restarting or read-only; dead letters
+are sent again until the broker has them; each wait is logged once per interval and shown in
+``analytics_waiting_for`` and /health (``ingest.health``). Stored offsets found outside their
+partition's log are never skipped silently (``ingest.offsets``). docs/faults.md has the table.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -37,6 +44,8 @@ from aiokafka.errors import (
     CorruptRecordException,
     IllegalStateError,
     KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
     RecordTooLargeError,
     UnsupportedCodecError,
 )
@@ -44,6 +53,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from redis.exceptions import RedisError
 
 from molam_workloads.core import metrics
+from molam_workloads.core.errors import MolamError
 from molam_workloads.core.events import (
     EARLIEST_EVENT,
     MAX_CLOCK_SKEW,
@@ -63,19 +73,23 @@ from molam_workloads.ingest.aggregation import (
     micros,
 )
 from molam_workloads.ingest.dead_letters import dead_letter
+from molam_workloads.ingest.health import ConsumerHealth
 from molam_workloads.ingest.live_counters import LiveCounters
+from molam_workloads.ingest.offsets import OffsetLoss, OffsetsLost, outside_log
 from molam_workloads.ingest.settings import IngestSettings
 from molam_workloads.ingest.watermark import watermark
-from molam_workloads.ingest.writer import BatchWriter, load_offsets
+from molam_workloads.ingest.writer import BatchWriter, load_offsets, reset_offsets
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# A failed PostgreSQL write is retried (the batch is still in memory and nothing of it was
-# committed) until it succeeds, the waits doubling up to this cap: a database that is down
-# holds ingestion, it does not make the process exit (in a pod, a restart would find it down
-# again, and crash-loop).
-WRITE_RETRY_CAP_SECONDS = 8.0
 KAFKA_COMMIT_TIMEOUT = 5.0
+# An idle consumer asks the broker for metadata this often, at most: aiokafka retries a broker
+# that went away in silence, and this is how the consumer learns it waits for one (/health).
+KAFKA_PROBE_SECONDS = 5.0
+# Reading a log's last records to confirm its end: calls at most, and each one's wait.
+READ_END_CALLS = 50
+READ_END_WAIT_MS = 500
 # Decoding yields to the event loop after this many values, so the previous batch's write is
 # not held up behind a whole batch of CPU work (docs/decisions/001-fetch-chunk.md).
 FEED_CHUNK = 2000
@@ -87,7 +101,15 @@ FETCH_CHUNK = 2000
 # the consumer is idle: Redis trails PostgreSQL by at most this plus one batch
 # (docs/decisions/003-live-refresh.md).
 LIVE_REFRESH_SECONDS = 0.5
-_RETRYABLE_DB = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# What a write is retried on (the batch kept in memory). InternalClientError: a connection that
+# lost its server mid-operation fails its reset when released; the pool has terminated it.
+_RETRYABLE_DB = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 # aiokafka unpacks a fetched batch in this generator: an exception raised under it is about the
 # batch's own bytes (its CRC, its codec, its framing), and its frame holds the batch's offsets.
 _UNPACK = PartitionRecords._unpack_records.__code__
@@ -163,7 +185,9 @@ class PreparedBatch:
     accepted: int = 0  # valid records, copies of one transaction included
     next_offsets: dict[int, int] = field(default_factory=dict)
     dead: int = 0
-    # The deliveries of its dead letters: commit() waits for them before the offsets move.
+    # Its dead letters, and their deliveries: commit() waits for them before the offsets move
+    # (and sends them again while the broker is away).
+    letters: list[_Letter] = field(default_factory=list)
     dead_letters: list[asyncio.Future[Any]] = field(default_factory=list)
     watermark: datetime | None = None  # newest event time seen in the batch
     newest: dict[int, datetime] = field(default_factory=dict)  # per partition
@@ -214,6 +238,7 @@ class Ingestor:
         producer: AIOKafkaProducer,
         live: LiveCounters | None,
         detector: Detector | None = None,
+        health: ConsumerHealth | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -221,6 +246,11 @@ class Ingestor:
         self.live = live
         self.detector = detector
         self.writer = BatchWriter(settings.kafka_consumer_group, settings.kafka_topic)
+        self.health = health or ConsumerHealth()
+        # Set where the consumer must stop (offsets lost, policy stop): run() raises it.
+        self.fatal: MolamError | None = None
+        self._probe: asyncio.Task[None] | None = None
+        self._heard_at = time.monotonic()  # the broker's last answer with records
         self._writing: set[asyncio.Task[Any]] = set()  # commit() calls under way
         # Held from a batch's COMMIT through its Kafka offset commit: batches that overlap in
         # PostgreSQL still report, commit to Kafka and hand over their follow-ups in order.
@@ -252,9 +282,10 @@ class Ingestor:
             group_id=s.kafka_consumer_group,
             client_id=CLIENT_ID,
             enable_auto_commit=False,
-            # Explicit: a partition with no stored offset starts at its beginning, never at
-            # "latest" (which would silently skip a backlog).
-            auto_offset_reset="earliest",
+            # None: every partition is sought explicitly (stored offset, or its beginning), and
+            # a fetch out of range raises instead of silently jumping (ingest.offsets).
+            auto_offset_reset="none",
+            group_instance_id=s.kafka_group_instance_id or os.environ.get("POD_NAME") or None,
             session_timeout_ms=s.kafka_session_timeout_ms,
             heartbeat_interval_ms=s.kafka_heartbeat_interval_ms,
             max_poll_interval_ms=s.kafka_max_poll_interval_ms,
@@ -285,7 +316,10 @@ class Ingestor:
         try:
             while not stop.is_set():
                 batch, epoch = await self.fetch(consumer)
+                if self.fatal is not None:
+                    raise self.fatal
                 if batch:
+                    self._heard_at = time.monotonic()
                     prepared = await self.prepare(batch, epoch)
                     if older is not None:
                         await older
@@ -299,6 +333,8 @@ class Ingestor:
                     older = writing = None
                     previous = None
                     await self.drain()  # idle: live counters now, not with the next batch
+                else:
+                    self._maybe_probe(consumer)
                 self._maybe_trim()
                 self._observe(consumer)
             for last in (older, writing):
@@ -312,6 +348,7 @@ class Ingestor:
                 writing,
                 self._follow_up,
                 self._trimming,
+                self._probe,
             ]
             for left in unfinished:
                 if left is not None and not left.done():
@@ -331,14 +368,25 @@ class Ingestor:
         # Paused until sought: otherwise the fetcher starts at the default reset position while
         # PostgreSQL is being asked, and getmany() hands out records from there.
         consumer.pause(*assigned)
+        resume = True
         try:
-            async with self.pool.acquire() as conn:
-                stored = await load_offsets(
+            s = self.settings
+            stored = await self._retry_db(
+                "loading the stored offsets",
+                lambda conn: load_offsets(
                     conn,
-                    self.settings.kafka_consumer_group,
-                    self.settings.kafka_topic,
+                    s.kafka_consumer_group,
+                    s.kafka_topic,
                     [tp.partition for tp in assigned],
-                )
+                ),
+            )
+            # Stored offsets outside the log: records deleted before they were read, or a log
+            # truncated or re-created (ingest.offsets).
+            known = [tp for tp in assigned if tp.partition in stored]
+            starts, ends = await self._log_range(known, consumer)
+            for tp in known:
+                if stored[tp.partition] > ends[tp.partition]:
+                    ends[tp.partition] = await self._read_log_end(tp, ends[tp.partition])
             self.epoch += 1
             self.newest = {}  # partitions and their progress change hands at a rebalance
             self._next, self._unreadable = {}, {}
@@ -352,8 +400,12 @@ class Ingestor:
                     fresh.append(tp)
             if fresh:
                 await consumer.seek_to_beginning(*fresh)
+            lost = outside_log(s.kafka_topic, stored, starts, ends)
+            if lost:
+                resume = await self._offsets_lost(consumer, lost)
         finally:
-            consumer.resume(*assigned)
+            if resume:
+                consumer.resume(*assigned)
         log.info(
             "partitions assigned: %s (stored offsets %s)",
             sorted(tp.partition for tp in assigned),
@@ -400,6 +452,14 @@ class Ingestor:
             got: dict[TopicPartition, list[ConsumerRecord]] = await consumer.getmany(
                 timeout_ms=timeout_ms, max_records=max_records
             )
+        except OffsetOutOfRangeError as exc:
+            await self._out_of_range(consumer, exc)
+            return {}
+        except NoOffsetForPartitionError:
+            # Newly assigned, and the listener has not sought it yet (it is asking PostgreSQL):
+            # aiokafka looked for a Kafka-committed offset meanwhile. The seek comes.
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
         except Exception as exc:
             where = _unreadable_at(exc)
             if where is None:
@@ -509,7 +569,11 @@ class Ingestor:
             prepared.records += len(records)
             prepared.next_offsets[tp.partition] = records[-1].offset + 1
         if letters:
-            prepared.dead_letters = await self._send_dead_letters(letters)
+            prepared.letters = letters
+            try:
+                prepared.dead_letters = await self._send_dead_letters(letters)
+            except KafkaError as exc:  # sent again by commit(), which waits for the broker
+                self.health.kafka.failed(exc, "sending dead letters")
             prepared.dead = len(letters)
             log.warning("%d malformed event(s) sent to %s", prepared.dead, self.settings.dlq_topic)
         if prepared.newest:
@@ -658,10 +722,10 @@ class Ingestor:
         assert task is not None
         self._writing.add(task)
         try:
-            if prepared.dead_letters:
+            if prepared.letters:
                 # Durable before the offsets move past them (a crash re-reads and re-sends them:
                 # the DLQ is at-least-once). Waited for here, beside the next batch's decoding.
-                await asyncio.gather(*prepared.dead_letters)
+                await self._deliver(prepared)
             if prepared.epoch != self.epoch:
                 # Read before a rebalance: whoever owns the partitions now re-reads them from
                 # the offsets in PostgreSQL. Writing it would be harmless (the ledger dedupes)
@@ -739,17 +803,159 @@ class Ingestor:
     async def _write(
         self, batch: Summary, next_offsets: dict[int, int], after: asyncio.Future[bool] | None
     ) -> Summary:
-        attempt = 0
+        async def write(conn: Any) -> Summary:
+            await self.writer.ensure_partitions(conn, hours(batch))
+            return await self.writer.write(conn, batch, next_offsets, after)
+
+        return await self._retry_db("writing a batch", write)
+
+    async def _retry_db(self, doing: str, call: Callable[[Any], Awaitable[T]]) -> T:
+        """``call`` with a pooled connection until PostgreSQL lets it finish: while it is down,
+        restarting or read-only, the batch stays in memory and the call is tried again
+        (``health.postgres`` says so). Nothing of a failed attempt was committed."""
+        outage = self.health.postgres
         while True:
-            attempt += 1
             try:
                 async with self.pool.acquire() as conn:
-                    await self.writer.ensure_partitions(conn, hours(batch))
-                    return await self.writer.write(conn, batch, next_offsets, after)
+                    result = await call(conn)
             except _RETRYABLE_DB as exc:
-                delay = min(0.5 * 2 ** min(attempt - 1, 5), WRITE_RETRY_CAP_SECONDS)
-                log.warning("batch write failed (%r); retry %d in %.1fs", exc, attempt, delay)
-                await asyncio.sleep(delay)
+                outage.failed(exc, doing)
+                await asyncio.sleep(outage.delay())
+                continue
+            outage.recovered()
+            return result
+
+    async def _log_range(
+        self, tps: list[TopicPartition], consumer: AIOKafkaConsumer
+    ) -> tuple[dict[int, int], dict[int, int]]:
+        """Each partition's log start and end (ListOffsets), asked until the broker answers."""
+        if not tps:
+            return {}, {}
+        outage = self.health.kafka
+        while True:
+            try:
+                starts = await consumer.beginning_offsets(tps)
+                ends = await consumer.end_offsets(tps)
+            except (KafkaError, OSError) as exc:
+                outage.failed(exc, "asking for the partitions' log range")
+                await asyncio.sleep(outage.delay())
+                continue
+            outage.recovered()
+            return (
+                {tp.partition: offset for tp, offset in starts.items()},
+                {tp.partition: offset for tp, offset in ends.items()},
+            )
+
+    async def _read_log_end(self, tp: TopicPartition, reported: int) -> int:
+        """The end of ``tp``'s log read from its records, from the batch ListOffsets LATEST
+        points at on (some brokers report that batch's base offset + 1 as the end)."""
+        reader = AIOKafkaConsumer(
+            **client_options(self.settings), client_id=CLIENT_ID, enable_auto_commit=False
+        )
+        await reader.start()
+        try:
+            reader.assign([tp])
+            if reported > 0:
+                reader.seek(tp, reported - 1)
+            else:
+                await reader.seek_to_beginning(tp)
+            end = reported
+            for _ in range(READ_END_CALLS):
+                got = await reader.getmany(tp, timeout_ms=READ_END_WAIT_MS)
+                if not got.get(tp):
+                    break
+                end = max(end, got[tp][-1].offset + 1)
+            return end
+        finally:
+            await reader.stop()
+
+    async def _deliver(self, prepared: PreparedBatch) -> None:
+        """Wait until the broker holds the batch's dead letters, sending them again while it is
+        away (a copy twice in the DLQ is allowed; a letter lost is not)."""
+        outage = self.health.kafka
+        while True:
+            try:
+                if not prepared.dead_letters:
+                    prepared.dead_letters = await self._send_dead_letters(prepared.letters)
+                await asyncio.gather(*prepared.dead_letters)
+            except KafkaError as exc:
+                outage.failed(exc, "delivering dead letters")
+                prepared.dead_letters = []
+                await asyncio.sleep(outage.delay())
+                continue
+            outage.recovered()
+            return
+
+    def _maybe_probe(self, consumer: AIOKafkaConsumer) -> None:
+        if self._probe is not None and not self._probe.done():
+            return
+        if time.monotonic() - self._heard_at < KAFKA_PROBE_SECONDS:
+            return
+        self._heard_at = time.monotonic()
+        self._probe = asyncio.create_task(self._probe_kafka(consumer))
+
+    async def _probe_kafka(self, consumer: AIOKafkaConsumer) -> None:
+        """Ask the broker for metadata: an idle consumer learns whether it is there at all."""
+        try:
+            await asyncio.wait_for(consumer.topics(), KAFKA_PROBE_SECONDS)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            self.health.kafka.failed(exc, "idle: asking the broker for metadata")
+        else:
+            self.health.kafka.recovered()
+
+    async def _out_of_range(self, consumer: AIOKafkaConsumer, exc: OffsetOutOfRangeError) -> None:
+        """A fetch refused as out of range: the log lost what the offset points at or past."""
+        offsets = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        assigned = consumer.assignment()
+        tps = [tp for tp in offsets if tp in assigned]
+        if not tps:
+            return
+        # The batches under way write their offsets first, so that a reset is the last word.
+        await self.settle()
+        try:
+            starts = await consumer.beginning_offsets(tps)
+            ends = await consumer.end_offsets(tps)
+        except (KafkaError, OSError) as err:
+            self.health.kafka.failed(err, "asking for the log range after an out-of-range fetch")
+            return  # fetched again, refused again, asked again
+        lost = [
+            OffsetLoss(tp.topic, tp.partition, int(offsets[tp]), starts[tp], ends[tp]) for tp in tps
+        ]
+        if not await self._offsets_lost(consumer, lost):
+            consumer.pause(*tps)
+
+    async def _offsets_lost(self, consumer: AIOKafkaConsumer, lost: list[OffsetLoss]) -> bool:
+        """Report offsets found outside their log and apply INGEST_OFFSET_LOSS_POLICY; whether
+        the partitions may be read on (reset: from their log start)."""
+        policy = self.settings.ingest_offset_loss_policy
+        for loss in lost:
+            metrics.INGEST_OFFSET_LOSS.labels(loss.kind).inc()
+            if loss.lost:
+                metrics.INGEST_OFFSETS_SKIPPED.inc(loss.lost)
+            self.health.offset_lost(loss.report(policy))
+            log.error("offsets lost: %s (INGEST_OFFSET_LOSS_POLICY=%s)", loss.describe(), policy)
+        if policy == "stop":
+            self.fatal = OffsetsLost(
+                f"{lost[0].describe()}; {len(lost)} partition(s) so; stopping"
+                " (INGEST_OFFSET_LOSS_POLICY=stop; reset reads them again from the log start)"
+            )
+            return False
+        s = self.settings
+        starts = {loss.partition: loss.start for loss in lost}
+        await self._retry_db(
+            "resetting lost offsets",
+            lambda conn: reset_offsets(conn, s.kafka_consumer_group, s.kafka_topic, starts),
+        )
+        for loss in lost:
+            tp = TopicPartition(loss.topic, loss.partition)
+            consumer.seek(tp, loss.start)
+            self._next[tp] = self.positions[loss.partition] = loss.start
+        log.error(
+            "offsets reset to the log start: %s (re-read exactly once: the ledger skips what was"
+            " counted)",
+            ", ".join(f"{s.kafka_topic}[{p}] -> {o}" for p, o in sorted(starts.items())),
+        )
+        return True
 
     async def _commit_kafka(self, consumer: AIOKafkaConsumer, next_offsets: dict[int, int]) -> None:
         # Best effort: PostgreSQL already holds the truth; this copy feeds lag tools.

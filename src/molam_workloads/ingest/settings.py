@@ -12,6 +12,7 @@ from molam_workloads.core.settings import (
     ReportingSettings,
     SiraSettings,
 )
+from molam_workloads.ingest.offsets import OffsetLossPolicy
 
 
 class IngestSettings(
@@ -41,6 +42,19 @@ class IngestSettings(
     kafka_session_timeout_ms: int = Field(default=30_000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(default=3000, ge=100)
     kafka_max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    # Static group membership: a consumer restarted under the same name (a pod's container
+    # restarted in place) takes its partitions back without a rebalance
+    # (docs/decisions/023-static-membership.md). Empty: POD_NAME when set, else none.
+    kafka_group_instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=249,
+        description="group.instance.id of the consumer (default: POD_NAME when set).",
+    )
+    # What a stored offset outside its partition's log does (ingest.offsets): reset reads the
+    # partition again from its start (exactly-once by the ledger) and reports the range; stop
+    # exits with code 4.
+    ingest_offset_loss_policy: OffsetLossPolicy = Field(default="reset")
     # Minute buckets serve the alerts evaluator's short windows, and its housekeeping deletes
     # them after MINUTE_AGG_RETENTION_HOURS (the same variable): events older than that (a
     # replay, a consumer catching up) skip them. 0 writes every minute.

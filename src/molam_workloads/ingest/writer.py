@@ -101,6 +101,22 @@ async def load_offsets(
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
+async def reset_offsets(conn: Conn, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+    """Set stored offsets to these values, backwards too: only after a partition's log was
+    found to have lost what the stored offset points past (``ingest.offsets``)."""
+    await conn.execute(
+        "INSERT INTO consumer_offsets (consumer_group, topic, partition, next_offset)"
+        " SELECT $1, $2, o.partition, o.next_offset"
+        " FROM unnest($3::int[], $4::bigint[]) AS o (partition, next_offset)"
+        " ON CONFLICT (consumer_group, topic, partition) DO UPDATE"
+        " SET next_offset = EXCLUDED.next_offset, updated_at = now()",
+        group,
+        topic,
+        list(offsets),
+        list(offsets.values()),
+    )
+
+
 class PreviousBatchNotWritten(RuntimeError):
     """The batch before this one failed: this one rolls back too."""
 
