@@ -5,7 +5,7 @@ A sum (``SUMS``) totals one measure of the aggregate tables (``core.measures``) 
 and a scope; a money sum is converted to the reporting currency. A metric (``METRICS``) is a
 formula over sums (``Ref``, ``+``, ``-``, ``/``), with a unit. The rest derives from them:
 
-- the API's KPIs (``api.queries.aggregates.kpis_of``: ``MetricDef.value``, then ``present``);
+- the API's KPIs (``api.queries.aggregates.kpis_of``: ``MetricDef.shown``) and their model;
 - the alert evaluator's and the backtest's SQL (``core.rules``: ``RULE_SUMS_SQL`` and
   ``metric_value_sql``, from ``MetricDef.rule_sql``);
 - ``core.rules.Metric``, the names of ``alert_metrics()``.
@@ -16,10 +16,12 @@ compared with this catalogue by tests (``tests/workloads/core/test_catalogue.py`
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 
@@ -57,6 +59,16 @@ SUMS: tuple[Sum, ...] = (
 SUM_BY_NAME: dict[str, Sum] = {s.name: s for s in SUMS}
 
 _PRECEDENCE = {"+": 1, "-": 1, "/": 2}
+# Sums by name: counts as int or Decimal, money as Decimal (a dict, or a database row).
+Sums = Any
+Evaluate = Callable[[Sums], Decimal | None]
+Show = Callable[[Sums, Decimal], Any]
+_APPLY: dict[str, Callable[[Any, Any], Any]] = {
+    "+": operator.add,
+    "-": operator.sub,
+    # exact: a Decimal quotient (28 digits), never int / int's float; no denominator: no value
+    "/": lambda a, b: Decimal(a) / b if b else None,
+}
 
 
 class Formula:
@@ -74,7 +86,11 @@ class Formula:
     def sums(self) -> tuple[str, ...]:
         raise NotImplementedError
 
-    def value(self, sums: Mapping[str, Decimal]) -> Decimal | None:
+    def value(self, sums: Sums) -> Decimal | None:
+        return self.compiled()(sums)
+
+    def compiled(self) -> Evaluate:
+        """``value`` as one closure: the API computes every KPI of every row with it."""
         raise NotImplementedError
 
     def sql(self, refs: Mapping[str, str]) -> str:
@@ -100,8 +116,8 @@ class Ref(Formula):
     def sums(self) -> tuple[str, ...]:
         return (self.name,)
 
-    def value(self, sums: Mapping[str, Decimal]) -> Decimal | None:
-        return sums[self.name]
+    def compiled(self) -> Evaluate:
+        return operator.itemgetter(self.name)
 
     def sql(self, refs: Mapping[str, str]) -> str:
         return refs[self.name]
@@ -122,15 +138,14 @@ class Op(Formula):
     def sums(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((*self.left.sums(), *self.right.sums())))
 
-    def value(self, sums: Mapping[str, Decimal]) -> Decimal | None:
-        a, b = self.left.value(sums), self.right.value(sums)
-        if a is None or b is None:
-            return None
-        if self.op == "+":
-            return a + b
-        if self.op == "-":
-            return a - b
-        return a / b if b else None
+    def compiled(self) -> Evaluate:
+        left, right, apply = self.left.compiled(), self.right.compiled(), _APPLY[self.op]
+
+        def evaluate(sums: Sums) -> Decimal | None:
+            a, b = left(sums), right(sums)
+            return None if a is None or b is None else apply(a, b)
+
+        return evaluate
 
     def sql(self, refs: Mapping[str, str]) -> str:
         a, b = self.left.sql(refs), self.right.sql(refs)
@@ -176,9 +191,44 @@ class MetricDef:
             return self.description
         return f"{self.description} {self.formula.text()}."
 
-    def value(self, sums: Mapping[str, Decimal]) -> Decimal | None:
-        """The exact value from the sums (Decimal arithmetic, no rounding)."""
-        return self.formula.value(sums)
+    @cached_property
+    def value(self) -> Evaluate:
+        """The exact value from the sums (Decimal arithmetic, no rounding): ``m.value(sums)``."""
+        return self.formula.compiled()
+
+    @cached_property
+    def shown(self) -> Show:
+        """The value as the API shows it, from the sums and the reporting currency's minor
+        unit (``exp``): counts as int, money rounded half up to ``exp``, ratios rounded to
+        ``RATIO_EXP`` as a float (a JSON number, as success_rate always was; not money).
+        None: no denominator. One closure per metric, a single sum read directly: the API
+        runs them for every row of a series."""
+        if isinstance(self.formula, Ref):
+            name = self.formula.name
+            if self.unit is Unit.COUNT:
+                return lambda sums, exp: int(sums[name])
+            if self.unit is Unit.MONEY:
+                return lambda sums, exp: Decimal(sums[name]).quantize(exp, rounding=ROUND_HALF_UP)
+        value = self.formula.compiled()
+        if self.unit is Unit.COUNT:
+
+            def show(sums: Sums, exp: Decimal) -> Any:
+                v = value(sums)
+                return None if v is None else int(v)
+
+        elif self.unit is Unit.MONEY:
+
+            def show(sums: Sums, exp: Decimal) -> Any:
+                v = value(sums)
+                return None if v is None else v.quantize(exp, rounding=ROUND_HALF_UP)
+
+        else:
+
+            def show(sums: Sums, exp: Decimal) -> Any:
+                v = value(sums)
+                return None if v is None else float(v.quantize(RATIO_EXP, rounding=ROUND_HALF_EVEN))
+
+        return show
 
     def rule_sql(self, refs: Mapping[str, str], unconverted: str) -> str:
         """The alert value: a single sum counts nothing as 0; a value that needs money is NULL
@@ -282,16 +332,3 @@ def kpis() -> tuple[MetricDef, ...]:
 def alert_metrics() -> tuple[MetricDef, ...]:
     """The metrics of alert rules, in the order the CRD's enum lists them."""
     return tuple(m for m in METRICS.values() if m.alert)
-
-
-def present(metric: MetricDef, value: Decimal | None, money: Callable[[Decimal], Decimal]) -> Any:
-    """``value`` as the API shows it for ``metric``'s unit: counts as int, money rounded by
-    ``money`` (the reporting currency's minor unit), ratios rounded to ``RATIO_EXP`` as float
-    (a JSON number, as success_rate always was; not money)."""
-    if value is None:
-        return None
-    if metric.unit is Unit.COUNT:
-        return int(value)
-    if metric.unit is Unit.MONEY:
-        return money(value)
-    return float(value.quantize(RATIO_EXP, rounding=ROUND_HALF_EVEN))

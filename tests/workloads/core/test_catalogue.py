@@ -89,17 +89,26 @@ def test_formulas_read_as_written() -> None:
         Ref("payout_count")
 
 
-def test_present_rounds_for_the_unit() -> None:
-    def cents(v: Decimal) -> Decimal:
-        return v.quantize(Decimal("0.01"))
+def test_shown_rounds_for_the_unit() -> None:
+    cents = Decimal("0.01")
+    shown = {name: m.shown(SUMS, cents) for name, m in METRICS.items()}
+    assert shown["tx_count"] == 17 and isinstance(shown["tx_count"], int)
+    assert shown["gross_volume"] == Decimal("70.40")  # 70.4045
+    assert shown["fees"] == Decimal("1.42")  # 1.415, half up
+    assert METRICS["fees"].shown(SUMS, Decimal(1)) == Decimal(1)  # XOF: no minor unit
+    assert shown["avg_ticket"] == Decimal("7.82")  # 7.8227…
+    assert shown["refund_rate"] == 0.111111 and isinstance(shown["refund_rate"], float)
+    rate = METRICS["success_rate"].shown
+    # the exact quotient rounded half to even: 1/128 = 0.0078125, 399/640 = 0.6234375
+    assert rate({"succeeded_count": 1, "failed_count": 127}, cents) == 0.007812
+    assert rate({"succeeded_count": 399, "failed_count": 241}, cents) == 0.623438
+    assert rate({"succeeded_count": 0, "failed_count": 0}, cents) is None
 
-    present = catalogue.present
-    assert present(METRICS["tx_count"], Decimal(17), cents) == 17
-    assert present(METRICS["avg_ticket"], EXPECTED["avg_ticket"], cents) == Decimal("7.82")
-    assert present(METRICS["refund_rate"], EXPECTED["refund_rate"], cents) == 0.111111
-    # the exact quotient is rounded, half to even: 1/128 = 0.0078125
-    assert present(METRICS["refund_rate"], Decimal(1) / 128, cents) == 0.007812
-    assert present(METRICS["success_rate"], None, cents) is None
+
+def test_counts_as_ints_divide_exactly() -> None:
+    # a database row holds counts as int: their quotient is a Decimal, never a float
+    value = METRICS["refund_rate"].value({"refund_count": 1, "payment_count": 9})
+    assert isinstance(value, Decimal) and value == Decimal(1) / Decimal(9)
 
 
 # --- the SQL of alert rules against the same formulas ---------------------------------------

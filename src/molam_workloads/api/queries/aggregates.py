@@ -556,23 +556,31 @@ async def top_merchants(
 # --- turning sums into KPIs -------------------------------------------------------------------
 
 
+def money_exp(currency: str) -> Decimal:
+    """The currency's minor unit (0.01 for USD, 1 for XOF), money's rounding step."""
+    return Decimal(1).scaleb(-CURRENCIES.get(currency, 2))
+
+
 def money(value: Decimal, currency: str) -> Decimal:
-    exp = Decimal(1).scaleb(-CURRENCIES.get(currency, 2))
-    return value.quantize(exp, rounding=ROUND_HALF_UP)
+    return value.quantize(money_exp(currency), rounding=ROUND_HALF_UP)
 
 
-_KPIS = catalogue.kpis()
-# The sums the KPIs are computed from: output columns of ``grouped``.
-_KPI_SUMS = tuple(dict.fromkeys(s.name for m in _KPIS for s in m.sums))
+# Each KPI of ``core.catalogue``: its name and its shown value from the sums.
+_KPIS = tuple((m.name, m.shown) for m in catalogue.kpis())
+# The sums the KPIs are computed from (output columns of ``grouped``), all zero.
+_NO_SUMS = {
+    s.name: Decimal(0) if s.unit is catalogue.Unit.MONEY else 0
+    for m in catalogue.kpis()
+    for s in m.sums
+}
 
 
 def kpis_of(row: asyncpg.Record | None, currency: str) -> dict[str, Any]:
     """The KPI document of one group (``row`` None: nothing in range, all zero): each KPI of
     ``core.catalogue`` computed exactly from the row's sums, then rounded for its unit."""
-    sums = {n: Decimal(row[n]) if row is not None else Decimal(0) for n in _KPI_SUMS}
-    return {
-        m.name: catalogue.present(m, m.value(sums), lambda v: money(v, currency)) for m in _KPIS
-    }
+    exp = money_exp(currency)
+    sums = _NO_SUMS if row is None else row
+    return {name: show(sums, exp) for name, show in _KPIS}
 
 
 def zone(tz: str) -> ZoneInfo:
