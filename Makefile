@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 WITH_STACK := set -a && . .stack/env && set +a &&
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps stack stack-down image lint typecheck test run bench clean
+.PHONY: help venv system-deps stack stack-down image lint typecheck test run bench screenshot clean
 
 help:
 	@echo "make run         the whole system locally: the chart on the local node (else local processes)"
@@ -18,6 +18,7 @@ help:
 	@echo "make stack-down  stop what 'make stack' started"
 	@echo "make image       build the image into the local Docker: molam-analytics:<version> and :dev"
 	@echo "make bench       run the benchmarks in bench/ (not part of the tests)"
+	@echo "make screenshot  retake docs/images/dashboard.png with the e2e browser test"
 
 # The C source too: pip install -e builds the consumer's extension in place.
 $(BIN)/.installed: pyproject.toml setup.py src/molam_workloads/ingest/_summary.c
@@ -62,6 +63,11 @@ run: venv
 
 bench: venv stack
 	$(WITH_STACK) for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The README's picture is what the e2e browser test sees of make run's dashboard.
+screenshot: venv system-deps stack
+	$(WITH_STACK) SCREENSHOT_DIR=docs/images $(BIN)/pytest \
+		tests/e2e/test_runbook.py::test_13_dashboard_of_make_run_in_chromium
 
 clean: stack-down
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache

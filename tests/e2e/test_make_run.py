@@ -17,13 +17,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from helpers.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -53,20 +54,6 @@ def helm_releases(home: Path) -> list[dict[str, Any]]:
     )
     assert out.returncode == 0, out.stderr
     return list(json.loads(out.stdout or "[]"))
-
-
-def eventually(check: Callable[[], Any], timeout: float, every: float = 2.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except (AssertionError, httpx.HTTPError, KeyError, ValueError) as exc:
-            last = exc
-        time.sleep(every)
-    raise AssertionError(f"not true within {timeout}s (last error: {last!r})")
 
 
 class MakeRun:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,13 @@ from urllib.parse import urlparse, urlunparse
 
 import httpx
 import pytest
-from helpers.browser import Browser, chromium_path
+from helpers.browser import WINDOW_WIDTH, chromium
+from helpers.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kube]
 
 ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = "dashboard.png"  # the README's docs/images/dashboard.png
 RUNBOOK_METRICS = (
     "analytics_api_requests_total",
     "analytics_ingest_events_total",
@@ -86,20 +88,6 @@ class System:
 
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.sh("kubectl " + " ".join(args) + " -o json"))
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60, every: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except (AssertionError, httpx.HTTPError, KeyError, ValueError) as exc:
-            last = exc
-        time.sleep(every)
-    raise AssertionError(f"not true within {timeout}s (last error: {last!r})")
 
 
 @pytest.fixture(scope="module")
@@ -427,11 +415,11 @@ def test_12_prometheus_query_metric_names(system: System) -> None:
 # --- make run's front door -------------------------------------------------------------------
 
 
-def test_13_dashboard_of_make_run_in_chromium(system: System) -> None:
-    exe = chromium_path()
-    assert exe, "chromium is not installed: `make test` installs it (stack/system-deps.sh)"
-    browser = Browser(exe)
-    try:
+def test_13_dashboard_of_make_run_in_chromium(system: System, tmp_path: Path) -> None:
+    """The dashboard link make run prints, in Chromium; its screenshot is the README's picture
+    (``make screenshot`` runs this test with SCREENSHOT_DIR=docs/images, else it goes to a
+    temporary folder)."""
+    with chromium() as browser:
         browser.navigate(system.ready["dashboard"])  # the URL make run prints, token included
         browser.wait_for("document.body.dataset.state === 'ready'", timeout=30)
         tiles = dict(
@@ -445,5 +433,8 @@ def test_13_dashboard_of_make_run_in_chromium(system: System) -> None:
         # The demo rule fires and the injected spike was detected: both are on the page.
         assert browser.evaluate("document.querySelectorAll('#alerts li').length") > 0
         assert browser.errors == []
-    finally:
-        browser.close()
+        shot = browser.screenshot(Path(os.environ.get("SCREENSHOT_DIR") or tmp_path) / SCREENSHOT)
+        png = shot.read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        # The IHDR width: the whole window (1400 CSS pixels at scale 1), not a blank crop.
+        assert int.from_bytes(png[16:20], "big") == WINDOW_WIDTH

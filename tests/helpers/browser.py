@@ -1,21 +1,28 @@
 """A headless Chromium driven through the DevTools protocol (websocket-client), enough to load
-a page, evaluate JavaScript and collect every console error and uncaught exception."""
+a page, evaluate JavaScript, collect every console error and uncaught exception, and take a
+screenshot."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import websocket
 
+WINDOW_WIDTH, WINDOW_HEIGHT = 1400, 1000
 FLAGS = (
     "--headless",
+    "--hide-scrollbars",  # pages, and their screenshots, as wide as the window
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -26,12 +33,26 @@ FLAGS = (
     "--disable-dev-shm-usage",
     "--remote-debugging-port=0",
     "--remote-allow-origins=*",
-    "--window-size=1400,1000",
+    f"--window-size={WINDOW_WIDTH},{WINDOW_HEIGHT}",
 )
 
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """A fresh headless Chromium for one test; a missing chromium fails the test, never skips
+    it."""
+    exe = chromium_path()
+    if exe is None:
+        pytest.fail("chromium is not installed: `make test` installs it (stack/system-deps.sh)")
+    browser = Browser(exe)
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 class Browser:
@@ -112,6 +133,18 @@ class Browser:
                 return value
             time.sleep(0.1)
         raise TimeoutError(f"timed out waiting for {expression!r}; errors: {self.errors}")
+
+    def screenshot(self, path: Path) -> Path:
+        """The whole page, below the window's fold too, as a PNG file at ``path``."""
+        size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+        shot = self.send(
+            "Page.captureScreenshot",
+            {"format": "png", "captureBeyondViewport": True, "clip": clip},
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
 
     def close(self) -> None:
         ws = getattr(self, "ws", None)

@@ -13,6 +13,7 @@ import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
+from helpers.browser import Browser, chromium
 from helpers.database import own_redis_url, scratch_database
 from redis.asyncio import Redis
 
@@ -138,3 +139,9 @@ def live_server(database_url: str, redis_url: str) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with chromium() as b:
+        yield b

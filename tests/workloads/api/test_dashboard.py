@@ -4,32 +4,19 @@ the API gives, for a staff token and for a merchant token."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from helpers.browser import Browser, chromium_path
+from helpers.browser import Browser
 
 from .conftest import make_token
 from .seed import hourly, insert_alert, insert_anomaly, insert_hourly, insert_rule
 
 TILES = """[...document.querySelectorAll('[data-kpi]')]
     .map(t => [t.dataset.kpi, t.dataset.value, t.querySelector('.value').textContent])"""
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    exe = chromium_path()
-    if exe is None:
-        pytest.fail("chromium is not installed: `make test` installs it (stack/system-deps.sh)")
-    b = Browser(exe)
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 async def _seed(db: asyncpg.Connection) -> None:

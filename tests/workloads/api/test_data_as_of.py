@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
-import pytest
-from helpers.browser import Browser, chromium_path
+from helpers.browser import Browser
 from redis.asyncio import Redis
 
 from .conftest import Api, make_token
@@ -65,18 +63,6 @@ async def test_every_answer_carries_the_watermark(
     await redis.flushdb()
     body = (await api.get(ROUTES[0])).json()
     assert parse(body["data_as_of"]) <= datetime.now(UTC)
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    exe = chromium_path()
-    if exe is None:
-        pytest.fail("chromium is not installed: `make test` installs it (stack/system-deps.sh)")
-    b = Browser(exe)
-    try:
-        yield b
-    finally:
-        b.close()
 
 
 async def test_the_dashboard_shows_it(
