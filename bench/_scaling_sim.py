@@ -2,7 +2,8 @@
 
 ``simulate`` drives ``molam_operator.scaling.decide`` one simulated second at a time, so the
 trend rule (``targetDrainSeconds``) can be compared with the threshold rule without a cluster;
-``synthetic_trace`` is the stream both bench/operator.py and tests/operator/test_scaling.py use.
+``synthetic_trace`` is the stream both bench/kube_operator.py and tests/operator/test_scaling.py
+use.
 A module of bench/ (a leading underscore: ``make bench`` does not run it on its own).
 """
 
