@@ -74,3 +74,25 @@ def test_unknown_command() -> None:
     out = run("frobnicate")
     assert out.returncode == 2
     assert "unknown command 'frobnicate'" in out.stderr
+
+
+def test_asyncpg_pool_retries_are_one_line_each() -> None:
+    """asyncpg logs a traceback at each failed reconnection of its pool (every 1 … 60 s while
+    PostgreSQL is down): the command line's logging keeps the line and the error, not the
+    traceback."""
+    code = (
+        "import logging, sys\n"
+        "from molam_workloads import cli\n"
+        "cli._configure_logging()\n"
+        "try:\n"
+        "    raise ConnectionRefusedError(111, 'Connect call failed')\n"
+        "except OSError:\n"
+        "    logging.getLogger('asyncpg.pool').warning('Failed to restore the pool connection"
+        " floor; retrying', exc_info=True)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    (line,) = out.stderr.strip().splitlines()
+    assert line.endswith(
+        "WARNING asyncpg.pool Failed to restore the pool connection floor; retrying: "
+        "ConnectionRefusedError: [Errno 111] Connect call failed"
+    ), out.stderr

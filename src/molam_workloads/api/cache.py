@@ -52,7 +52,7 @@ class ResponseCache:
         self._skip_until = 0.0
         self._batch: list[tuple[str, asyncio.Future[bytes | None]]] | None = None
         self._reads: set[asyncio.Future[None]] = set()
-        self.outage = Outage("api", "redis", log)
+        self.outage = Outage("api", "redis", log)  # /health's check of Redis reports here too
 
     @property
     def enabled(self) -> bool:

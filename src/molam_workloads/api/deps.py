@@ -6,6 +6,7 @@ a ``Resources`` on ``app.state``; handlers receive them through these aliases.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -17,6 +18,9 @@ from molam_workloads.api.auth import Principal, TokenCache, TokenPolicy, authent
 from molam_workloads.api.cache import ResponseCache
 from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.settings import ApiSettings
+from molam_workloads.core.faults import POSTGRES_DOWN, Outage
+
+log = logging.getLogger("molam_workloads.api")
 
 
 @dataclass
@@ -31,6 +35,27 @@ class Resources:
     kafka: dict[str, Any] = field(repr=False)
     token_policy: TokenPolicy
     tokens: TokenCache = field(default_factory=TokenCache)  # verified under token_policy
+    # The API's waits for PostgreSQL and Kafka (Redis: ``cache.outage``), which /health and
+    # the 503 answers report: one log line per interval, ``analytics_waiting_for``.
+    postgres_outage: Outage = field(default_factory=lambda: Outage("api", "postgresql", log))
+    kafka_outage: Outage = field(default_factory=lambda: Outage("api", "kafka", log))
+
+    def database_unavailable(self, exc: BaseException, where: str) -> bool:
+        """Report a request that failed because PostgreSQL is away (one line per interval,
+        and a probe that ends the wait once it answers); False: not that kind of error."""
+        if not isinstance(exc, POSTGRES_DOWN):
+            return False
+        self.postgres_outage.failed(exc, where)
+        self.postgres_outage.probe_until_back(
+            lambda: self.pool.fetchval("SELECT 1", timeout=2), gone=self.pool.is_closing
+        )
+        return True
+
+    def outage(self, service: str) -> Outage:
+        """The wait for ``service`` (``postgresql``, ``redis`` or ``kafka``)."""
+        if service == "redis":
+            return self.cache.outage
+        return self.kafka_outage if service == "kafka" else self.postgres_outage
 
 
 def get_resources(request: Request) -> Resources:

@@ -10,9 +10,10 @@ delay before the next attempt. docs/faults.md lists what each component does whi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from redis.exceptions import RedisError
@@ -71,6 +72,7 @@ class Outage:
         self._gauge = metrics.WAITING_FOR.labels(component, service)
         self._counter = metrics.DEPENDENCY_ERRORS.labels(component, service)
         self._gauge.set(0)
+        self._prober: asyncio.Task[None] | None = None
 
     @property
     def waiting(self) -> bool:
@@ -124,6 +126,33 @@ class Outage:
         self.errors = self._unreported = 0
         self._gauge.set(0)
         return True
+
+    def probe_until_back(
+        self, probe: Callable[[], Awaitable[object]], *, gone: Callable[[], bool]
+    ) -> None:
+        """Where no call of the component's own would notice the service's return (an API
+        that gets no request): call ``probe`` with the capped backoff until it succeeds, which
+        ends the wait, or until ``gone()`` (the client was closed). One prober at a time."""
+        if not self.waiting or (self._prober is not None and not self._prober.done()):
+            return
+
+        async def run() -> None:
+            attempt = 0
+            while self.waiting and not gone():
+                attempt += 1
+                await asyncio.sleep(backoff(attempt))
+                try:
+                    await probe()
+                except Exception as exc:  # still away (or worse): the wait goes on
+                    self.failed(exc, "probe")
+                else:
+                    self.recovered()
+
+        self._prober = asyncio.get_running_loop().create_task(run())
+
+    def waited(self) -> float:
+        """Seconds since this wait began (0 when up)."""
+        return 0.0 if self.since is None else self._clock() - self.since
 
     def delay(self) -> float:
         """How long to wait before the next attempt (0 when up)."""

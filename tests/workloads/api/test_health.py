@@ -46,10 +46,13 @@ async def test_health_with_a_service_down(
     assert checks == {k: {"status": "down" if k == down else "up"} for k in checks}
     assert r.json()["status"] == "degraded"
     logged = [
-        rec.getMessage() for rec in caplog.records if f"health: {down} is down" in rec.getMessage()
+        rec.getMessage()
+        for rec in caplog.records
+        if f"api: waiting for {down} (health check)" in rec.getMessage()
     ]
     assert logged and all("hunter2" not in m for m in caplog.messages)
     assert ops.status_code == 503 and ops.json()["checks"][down]["error"]
+    assert ops.json()["checks"][down]["waiting_seconds"] >= 0
     assert ops.json()["checks"][down]["error"] in logged[0]
     for answer in (analyst, forged):
         assert answer.status_code == 503

@@ -2,7 +2,9 @@
 
 Anyone may ask, so the answer says only up or down: why a check failed (an error's text names
 hosts, users and certificates) goes to the log, and into the answer only for an admin or ops
-token."""
+token, with how long the API has been waiting for the service. A service found down starts the
+API's wait for it (``core.faults.outage("api", <service>)``): logged once, then once per
+interval with a count, and ``analytics_waiting_for`` is 1 until a check finds it up again."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pydantic import BaseModel
 from molam_workloads.api.auth import ALERT_MANAGERS, authenticate
 from molam_workloads.api.deps import KafkaOptionsDep, PoolDep, RedisDep, get_resources
 from molam_workloads.api.errors import ApiError
+from molam_workloads.core.faults import Outage
 from molam_workloads.core.kafka import bootstrap_addresses
 from molam_workloads.core.redact import redact_urls_in
 
@@ -30,6 +33,7 @@ class Check(BaseModel):
     status: str  # up | down
     latency_ms: float | None = None
     error: str | None = None
+    waiting_seconds: float | None = None  # down: how long the API has been waiting for it
 
 
 class Health(BaseModel):
@@ -37,14 +41,15 @@ class Health(BaseModel):
     checks: dict[str, Check]
 
 
-async def _timed(name: str, probe: Any) -> Check:
+async def _timed(wait: Outage, probe: Any) -> Check:
     start = time.perf_counter()
     try:
         await asyncio.wait_for(probe, CHECK_TIMEOUT)
     except Exception as exc:  # any failure of a probe means the service is down
         error = redact_urls_in(f"{type(exc).__name__}: {exc}")[:300]
-        log.warning("health: %s is down: %s", name, error)
-        return Check(status="down", error=error)
+        wait.failed(exc, "health check")
+        return Check(status="down", error=error, waiting_seconds=round(wait.waited(), 1))
+    wait.recovered()
     return Check(status="up", latency_ms=round((time.perf_counter() - start) * 1000, 2))
 
 
@@ -87,11 +92,13 @@ async def _kafka(options: dict[str, Any]) -> None:
 async def health(
     request: Request, pool: PoolDep, redis: RedisDep, kafka: KafkaOptionsDep
 ) -> JSONResponse:
-    """Each check's status; its latency and error too for an admin or ops bearer token."""
+    """Each check's status; its latency, error and time waited too for an admin or ops bearer
+    token."""
+    resources = get_resources(request)
     pg, rd, kf = await asyncio.gather(
-        _timed("postgresql", pool.fetchval("SELECT 1")),
-        _timed("redis", redis.ping()),
-        _timed("kafka", _kafka(kafka)),
+        _timed(resources.outage("postgresql"), pool.fetchval("SELECT 1")),
+        _timed(resources.outage("redis"), redis.ping()),
+        _timed(resources.outage("kafka"), _kafka(kafka)),
     )
     checks = {"postgresql": pg, "redis": rd, "kafka": kf}
     ok = all(c.status == "up" for c in checks.values())
