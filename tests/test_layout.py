@@ -4,6 +4,7 @@ of its import name)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -58,3 +59,29 @@ def test_each_package_sits_in_the_folder_of_its_import_name() -> None:
         ["git", "grep", "-l", "PYTHON" + "SAFEPATH"], cwd=ROOT, capture_output=True, text=True
     )
     assert tracked.stdout == "", f"still needs PYTHONSAFEPATH: {tracked.stdout}"
+
+
+def _local_names(tests: Path) -> set[str]:
+    """Every name a test file or folder could be imported by, were its folder on sys.path."""
+    names = {p.stem for p in tests.rglob("*.py")} | {p.name for p in tests.rglob("*") if p.is_dir()}
+    return names - set(sys.stdlib_module_names) - {"__init__", "__pycache__", "helpers"}
+
+
+def test_test_packages_share_code_only_through_helpers() -> None:
+    """A test module imports the code, libraries, ``helpers.<module>`` and modules of its own
+    package (relative imports): never another test folder's module by a bare name, which works
+    only while pytest happens to have put that folder on sys.path."""
+    tests = ROOT / "tests"
+    local = _local_names(tests)
+    wrong = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            wrong += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names
+                      if n.split(".")[0] in local]  # fmt: skip
+    assert wrong == []
