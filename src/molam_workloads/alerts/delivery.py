@@ -74,6 +74,8 @@ async def post_once(
     except httpx.HTTPError as exc:
         refused = isinstance(exc.__cause__, DestinationRefused)
         error = f"refused: {exc}" if refused else _describe(exc, url, timeout)
+    except httpx.InvalidURL as exc:  # not an HTTPError: it would stop the sender's task
+        error = f"invalid URL: {str(exc).replace(url, url_host(url))}"
     latency = (time.perf_counter() - started) * 1000
     return Outcome(url_host(url), status, latency, error, refused)
 

@@ -8,8 +8,9 @@ to uncached answers and the live counters to PostgreSQL when it is down.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from molam_workloads.api.auth import TokenPolicy
 from molam_workloads.api.cache import ResponseCache
-from molam_workloads.api.deps import Resources
+from molam_workloads.api.deps import Resources, get_resources
 from molam_workloads.api.errors import ApiError, error_body
 from molam_workloads.api.fastpath import CachedAnswers
 from molam_workloads.api.hardening import RequestGuard, SecurityHeaders, loggable
@@ -130,7 +131,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 400:  # FastAPI: a body that is not JSON; invalid input is a 422
             return _json(422, "invalid_request", str(exc.detail))
         code = _HTTP_CODES.get(exc.status_code, "error")
-        return _json(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        headers = _allowed_methods(request, exc) if exc.status_code == 405 else exc.headers
+        return _json(exc.status_code, code, str(exc.detail), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -164,13 +166,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         rid = _request_id()
-        log.warning(
-            "%s %s: a dependency is unavailable (request %s): %s",
-            request.method,
-            loggable(request.url.path),
-            rid,
-            redact_urls_in(repr(exc)),
-        )
+        where = f"{request.method} {loggable(request.url.path)}"
+        # PostgreSQL away: one line per interval with a count, not one per request.
+        if not get_resources(request).database_unavailable(exc, where):
+            log.warning(
+                "%s: a dependency is unavailable (request %s): %s",
+                where,
+                rid,
+                redact_urls_in(repr(exc)),
+            )
         return _json(
             503,
             "unavailable",
@@ -199,6 +203,33 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"request_id": rid},
             headers={"X-Request-Id": rid},
         )
+
+
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def _allowed_methods(request: Request, exc: StarletteHTTPException) -> Mapping[str, str] | None:
+    """The ``Allow`` header of a 405: every method the OpenAPI schema documents for the path.
+    Starlette names only those of the first route that matched the path, and FastAPI makes one
+    route per method, so ``DELETE /v1/alert-rules`` was told ``Allow: GET``, not POST."""
+    app = request.app
+    index: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "allow_index", None)
+    if index is None:  # built once, from the schema the clients read
+        index = [
+            (
+                re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path))),
+                {m.upper() for m in ops if m in _HTTP_METHODS},
+            )
+            for path, ops in app.openapi()["paths"].items()
+        ]
+        app.state.allow_index = index
+    methods: set[str] = set()
+    for pattern, documented in index:
+        if pattern.fullmatch(request.url.path):
+            methods |= documented
+    if not methods:  # a path outside the schema (dashboard, static files): Starlette's answer
+        return exc.headers
+    return {**(exc.headers or {}), "Allow": ", ".join(sorted(methods))}
 
 
 def _request_id() -> str:
@@ -235,7 +266,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             "`sub`, `role` (admin, ops, analyst, merchant), `merchant_id` and `exp`. A merchant "
             "token reads its own merchant only: it is scoped to it when it names no merchant, "
             "and refused (403) when it names another. Amounts are decimal strings in the "
-            "reporting currency."
+            "reporting currency. No parameter or body may contain NUL (U+0000): 422. A rule "
+            "across parameters that no schema can state (e.g. `from` before `to`) is stated "
+            "in their descriptions, and its 422 says `details.rule`."
         ),
         lifespan=lifespan,
         docs_url=None,  # served by routers.dashboard from the vendored Swagger UI

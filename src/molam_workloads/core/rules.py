@@ -18,12 +18,26 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 
 from molam_workloads.core import catalogue
+from molam_workloads.core.decimals import ExactDecimal
 
 MAX_WINDOW_MINUTES = 44640  # 31 days: the longest window the minute/hour tables can answer
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# A rule's ``for`` as its schema states it: seconds, or hours/minutes/seconds (90s, 5m, 1h30m),
+# with few enough digits that it always fits the integer seconds column.
+DURATION_TEXT = r"^(?:[0-9]{1,9}|(?:[0-9]{1,5}h)?(?:[0-9]{1,7}m)?(?:[0-9]{1,9}s)?)$"
 
 
 # The metrics alert rules may watch: the names of ``core.catalogue.alert_metrics()``.
@@ -95,7 +109,38 @@ def parse_duration(text: str) -> int:
     return h * 3600 + mi * 60 + s
 
 
-HttpUrlText = Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2048)]
+def _matches(pattern: str, what: str) -> AfterValidator:
+    """Checks a string against ``pattern`` with Python's ``re``, as the schema validators of
+    clients read it (pydantic's own ``pattern`` is another engine: ``$`` differs)."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.match(value):
+            raise ValueError(f"{value[:80]!r} is not {what}")
+        return value
+
+    return AfterValidator(check)
+
+
+# An http(s) URL whose host every URL parser reads (a name or an IPv4 address, no brackets),
+# printable ASCII (anything else percent-encoded): it is echoed in answers and used as a
+# destination, so one that a client or the notifier's HTTP client cannot parse is refused.
+HTTP_URL_TEXT = (
+    r"^https?://(?:[A-Za-z0-9._~%!$&'()*+,;=:-]*@)?[A-Za-z0-9._~%!$&'()*+,;=-]+"
+    r"(?::[0-9]{1,5})?(?:[/?#][!-~]*)?$"
+)
+HttpUrlText = Annotated[
+    str,
+    StringConstraints(max_length=2048),
+    _matches(HTTP_URL_TEXT, "an http(s) URL with a host name or IPv4 address"),
+    WithJsonSchema({"type": "string", "maxLength": 2048, "pattern": HTTP_URL_TEXT}),
+]
+DurationText = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=32),
+    _matches(DURATION_TEXT, "a duration like 30s, 5m or 1h30m"),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 32, "pattern": DURATION_TEXT}),
+]
 
 
 class _Doc(BaseModel):
@@ -121,8 +166,8 @@ class SecretKeyRef(_Doc):
 
 
 class Webhook(_Doc):
-    url: Annotated[str, StringConstraints(pattern=r"^https?://", max_length=2048)]
-    send_resolved: bool = Field(default=True, alias="sendResolved")
+    url: HttpUrlText
+    send_resolved: StrictBool = Field(default=True, alias="sendResolved")
     # Write-only: stored for signing, never part of the document the API or the CR shows.
     secret: SecretStr | None = Field(
         default=None,
@@ -138,7 +183,7 @@ class Webhook(_Doc):
     )
 
 
-AlertmanagerUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^/?#]+", max_length=2048)]
+AlertmanagerUrl = HttpUrlText
 
 
 class Notify(_Doc):
@@ -153,22 +198,18 @@ class Notify(_Doc):
 class AlertRuleSpec(_Doc):
     metric: Metric
     comparison: Comparison
-    threshold: Decimal
+    threshold: ExactDecimal  # a number, or a decimal string such as "0.8"
     window_minutes: int = Field(alias="windowMinutes", ge=1, le=MAX_WINDOW_MINUTES)
-    for_: str | None = Field(default=None, alias="for")
+    for_: DurationText | None = Field(
+        default=None,
+        alias="for",
+        description="How long the condition holds before the rule fires: 90s, 5m, 1h30m.",
+    )
     severity: Severity = Severity.warning
     scope: Scope = Field(default_factory=Scope)
     notify: Notify = Field(default_factory=Notify)
-    enabled: bool = True
+    enabled: StrictBool = True  # JSON true/false only, as the schema says (never 0 or "yes")
     runbook_url: HttpUrlText | None = Field(default=None, alias="runbookUrl")
-
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _exact_threshold(cls, v: Any) -> Any:
-        # CR and JSON numbers arrive as float: go through repr so 0.2 stays 0.2, not 0.2000…01.
-        if isinstance(v, bool):
-            raise ValueError("must be a number")
-        return Decimal(repr(v)) if isinstance(v, float) else v
 
     @field_validator("for_")
     @classmethod

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from enum import StrEnum
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from molam_workloads.api.deps import PoolDep
-from molam_workloads.api.params import PageDep
+from molam_workloads.api.params import IsoDateTime, PageDep
 from molam_workloads.api.permissions import Reader, ScopedMerchant
 from molam_workloads.api.queries.alerts import anomaly_document, list_anomalies
 from molam_workloads.api.schemas.alerts import AnomalyOut, AnomalyPage
@@ -29,8 +29,8 @@ async def list_anomalies_route(
     merchant_id: ScopedMerchant,
     page: PageDep,
     pool: PoolDep,
-    since: Annotated[datetime | None, Query(description="Detected at or after.")] = None,
-    until: Annotated[datetime | None, Query(description="Detected before.")] = None,
+    since: Annotated[IsoDateTime | None, Query(description="Detected at or after.")] = None,
+    until: Annotated[IsoDateTime | None, Query(description="Detected before.")] = None,
     direction: Annotated[Direction | None, Query()] = None,
 ) -> AnomalyPage:
     """Newest first. A merchant token sees its own merchant's anomalies only (not the
