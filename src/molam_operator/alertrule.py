@@ -30,6 +30,7 @@ from molam_operator.kube import KubeError
 from molam_operator.settings import LABEL_RULE_PIPELINE
 from molam_workloads.core.backtest import MAX_RANGE, backtest, load_rule
 from molam_workloads.core.errors import ServiceUnavailable
+from molam_workloads.core.faults import POSTGRES_DOWN, Outage, outage
 from molam_workloads.core.rules import AlertRuleSpec, RuleStatus, delete_rule, save_rule
 
 KIND = "AlertRule"
@@ -144,7 +145,15 @@ async def target(
     return None
 
 
-async def _connection_error(ctx: OperatorContext, t: Target, exc: Exception) -> kopf.TemporaryError:
+def database_wait(namespace: str, t: Target) -> Outage:
+    """The operator's wait for one pipeline's database (``analytics_waiting_for{component=
+    "operator", service="postgresql <namespace>/<where>"}``; Kopf's /healthz lists it)."""
+    return outage("operator", f"postgresql {namespace}/{t.where}")
+
+
+async def _connection_error(
+    ctx: OperatorContext, t: Target, exc: Exception, namespace: str
+) -> kopf.TemporaryError:
     metrics.RECONCILE_ERRORS.labels(KIND, type(exc).__name__).inc()
     if isinstance(exc, asyncpg.InterfaceError | OSError):
         await ctx.drop_pool(t.dsn)  # a stale pool: make a fresh one next time
@@ -154,7 +163,14 @@ async def _connection_error(ctx: OperatorContext, t: Target, exc: Exception) -> 
             "'molam-analytics migrate'",
             delay=RETRY_DELAY * 2,
         )
-    return kopf.TemporaryError(f"database of {t.where}: {exc}", delay=RETRY_DELAY)
+    delay = RETRY_DELAY
+    if isinstance(exc, (ServiceUnavailable, *POSTGRES_DOWN)):
+        # Away (down, restarting): retried with the capped backoff, from 1 s up to 10 s, and
+        # reported once per interval for all the rules of that database.
+        wait = database_wait(namespace, t)
+        wait.failed(exc, "syncing alert rules")
+        delay = max(1.0, wait.delay())
+    return kopf.TemporaryError(f"database of {t.where}: {exc}", delay=delay)
 
 
 _DB_ERRORS = (
@@ -223,9 +239,10 @@ async def sync(
                 spec=rule,
             )
     except _DB_ERRORS as exc:
-        err = await _connection_error(ctx, t, exc)
+        err = await _connection_error(ctx, t, exc, namespace)
         synced(False, "DatabaseUnavailable", str(err))
         raise err from None
+    database_wait(namespace, t).recovered()
     patch.status["ruleId"] = str(rule_id)
     patch.status["database"] = t.where
     patch.status["observedGeneration"] = generation
@@ -297,7 +314,7 @@ async def remove(
     except asyncpg.UndefinedTableError:
         return
     except _DB_ERRORS as exc:
-        raise await _connection_error(ctx, t, exc) from None
+        raise await _connection_error(ctx, t, exc, namespace) from None
 
 
 async def _load_states(ctx: OperatorContext, dsn: str) -> dict[str, RuleStatus]:
@@ -356,7 +373,11 @@ async def mirror_status(
             ("rule-states", t.dsn), STATES_TTL_SECONDS, lambda: _load_states(ctx, t.dsn)
         )
     except _DB_ERRORS as exc:
-        raise await _connection_error(ctx, t, exc) from None
+        err = await _connection_error(ctx, t, exc, namespace)
+        if database_wait(namespace, t).waiting:
+            return  # reported by the wait; the timer looks again at its next tick
+        raise err from None
+    database_wait(namespace, t).recovered()
     st = states.get(rule_name(namespace, name))
     if st is None:
         return
@@ -374,7 +395,7 @@ async def mirror_status(
     try:
         await mirror_backtest(ctx, t, rule_name(namespace, name), annotations or {}, status, patch)
     except _DB_ERRORS as exc:
-        raise await _connection_error(ctx, t, exc) from None
+        raise await _connection_error(ctx, t, exc, namespace) from None
 
 
 def backtest_days(annotations: Mapping[str, str]) -> int | str | None:

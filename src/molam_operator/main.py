@@ -20,6 +20,7 @@ from molam_operator import alertrule, pipeline, rollout, startup
 from molam_operator.alertrule import PipelineDatabase
 from molam_operator.context import get_context
 from molam_operator.settings import GROUP, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, VERSION
+from molam_workloads.core import faults
 
 PIPELINES = (GROUP, VERSION, "analyticspipelines")
 RULES = (GROUP, VERSION, "alertrules")
@@ -51,6 +52,12 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     await startup.cleanup(memo)
+
+
+@kopf.on.probe(id="waiting_for")
+def waiting_for(**_: Any) -> list[str]:
+    """In Kopf's liveness answer (/healthz): the databases the operator is waiting for."""
+    return faults.waiting("operator")
 
 
 # ---------------------------------------------------------------------- AnalyticsPipeline

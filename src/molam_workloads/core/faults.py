@@ -171,3 +171,8 @@ def outage(component: str, service: str) -> Outage:
     if found is None:
         found = _OUTAGES[component, service] = Outage(component, service, _log)
     return found
+
+
+def waiting(component: str) -> list[str]:
+    """The services ``component`` is waiting for now (its shared outages)."""
+    return sorted(s for (c, s), o in _OUTAGES.items() if c == component and o.waiting)
