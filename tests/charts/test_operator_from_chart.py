@@ -30,9 +30,9 @@ from typing import Any
 import asyncpg
 import pytest
 import yaml
+from helpers.samples import sample
 
 from .conftest import (
-    ROOT,
     Renderer,
     dump_all,
     find,
@@ -43,7 +43,6 @@ from .conftest import (
 
 pytestmark = [pytest.mark.kube, pytest.mark.usefixtures("crds_installed")]
 
-SAMPLES = ROOT / "crds" / "samples"
 ENTRYPOINT = Path(sys.executable).with_name("molam-analytics")  # the image's ENTRYPOINT
 # What a missing RBAC rule looks like in the operator's log: the API server's RBAC denial
 # ('User "system:serviceaccount:..." cannot get resource ...') and Kopf's own warning. Other 403s
@@ -258,10 +257,9 @@ def _http_ok(url: str) -> bytes | None:
 
 
 def _sample(name: str, namespace: str, **spec_overrides: Any) -> dict[str, Any]:
-    obj = yaml.safe_load((SAMPLES / name).read_text())
-    obj["metadata"]["namespace"] = namespace
+    obj = sample(name, namespace)
     obj["spec"].update(spec_overrides)
-    return dict(obj)
+    return obj
 
 
 def create_secret(namespace: str, name: str, **data: str) -> None:

@@ -20,11 +20,11 @@ import kopf
 import yaml
 from kopf.testing import KopfRunner
 
+from helpers.samples import sample as sample  # the cluster tests' import too
 from molam_operator.kube import Kube, KubeError, path
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = ROOT / "crds"
-SAMPLES = CRDS / "samples"
 CACHE_DIR = Path(os.environ.get("MOLAM_CACHE_DIR") or Path.home() / ".cache" / "molam-analytics")
 KUBECTL = CACHE_DIR / "k8s" / "bin" / "kubectl"
 
@@ -63,12 +63,6 @@ def kubectl_json(*args: str) -> Any:
 def apply(doc: dict[str, Any] | list[dict[str, Any]], *extra: str) -> str:
     docs = doc if isinstance(doc, list) else [doc]
     return kubectl("apply", *extra, "-f", "-", stdin=yaml.safe_dump_all(docs)).stdout
-
-
-def sample(name: str, namespace: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((SAMPLES / name).read_text())
-    doc["metadata"]["namespace"] = namespace
-    return doc
 
 
 async def eventually(

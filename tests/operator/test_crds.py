@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers.kube import CRDS, apply, kubectl, kubectl_json, sample
+from helpers.kube import CRDS, apply, kubectl, kubectl_json
+from helpers.samples import ALERT_RULE, PIPELINE, sample
 
 pytestmark = pytest.mark.kube
 
@@ -87,9 +88,6 @@ def _bad(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
 
 
 DELETE = object()
-
-
-ALERT_RULE, PIPELINE = "alertrule.yaml", "analyticspipeline.yaml"
 
 
 @pytest.mark.parametrize(

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from helpers.samples import PIPELINE, sample_spec
 
 from molam_operator.drift import drifted
 from molam_operator.manifests import build_children
 from molam_operator.spec import parse_spec
 
-SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
-
 
 def api_deployment() -> dict[str, Any]:
     """The sample pipeline's API Deployment, as the builders make it."""
-    spec = yaml.safe_load((SAMPLES / "analyticspipeline.yaml").read_text())["spec"]
+    spec = sample_spec(PIPELINE)
     kids = build_children("analytics", parse_spec(spec), cron_job_api_version="batch/v1")
     wanted = ("Deployment", "analytics-api")
     return next(c for c in kids if (c["kind"], c["metadata"]["name"]) == wanted)

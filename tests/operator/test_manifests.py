@@ -6,22 +6,18 @@ import copy
 import dataclasses
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from helpers import samples
 
 from molam_operator import manifests
 from molam_operator.manifests import build_children
 from molam_operator.spec import KafkaSecurity, parse_spec
 
-SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
-
 
 def sample_spec() -> dict[str, Any]:
-    doc = yaml.safe_load((SAMPLES / "analyticspipeline.yaml").read_text())
-    return dict(doc["spec"])
+    return samples.sample_spec(samples.PIPELINE)
 
 
 def children(spec: dict[str, Any] | None = None, api: str = "batch/v1") -> dict[str, Any]:

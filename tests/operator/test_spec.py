@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from helpers import samples
 
 from molam_operator.spec import InvalidSpec, parse_spec
 
-SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
-
 
 def sample_spec() -> dict[str, Any]:
-    doc = yaml.safe_load((SAMPLES / "analyticspipeline.yaml").read_text())
-    return dict(doc["spec"])
+    return samples.sample_spec(samples.PIPELINE)
 
 
 def secured(kafka: dict[str, Any]) -> dict[str, Any]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
+from helpers.samples import ALERT_RULE, sample_spec
 from redis.asyncio import Redis
 
 from molam_workloads.core.cache import live_key
@@ -14,17 +14,7 @@ from molam_workloads.core.rules import rule_status
 from .conftest import Api, auth
 from .seed import hourly, insert_alert, insert_anomaly, insert_hourly, insert_rule
 
-SPEC: dict[str, Any] = {
-    "metric": "failure_rate",
-    "comparison": "gt",
-    "threshold": 0.2,
-    "windowMinutes": 15,
-    "for": "5m",
-    "severity": "critical",
-    "scope": {"country": "SN"},
-    "notify": {"webhooks": [{"url": "https://hooks.example/ops"}]},
-    "enabled": True,
-}
+SPEC = sample_spec(ALERT_RULE)
 
 
 async def test_rule_crud(api: Api, db: asyncpg.Connection) -> None:

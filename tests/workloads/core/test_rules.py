@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import asyncpg
 import pytest
+from helpers.samples import ALERT_RULE, sample_spec
 from pydantic import ValidationError
 
 from molam_workloads.core.rules import (
@@ -16,17 +17,7 @@ from molam_workloads.core.rules import (
     save_rule,
 )
 
-SAMPLE = {
-    "metric": "failure_rate",
-    "comparison": "gt",
-    "threshold": 0.2,
-    "windowMinutes": 15,
-    "for": "5m",
-    "severity": "critical",
-    "scope": {"country": "SN"},
-    "notify": {"webhooks": [{"url": "https://hooks.example/ops"}]},
-    "enabled": True,
-}
+SAMPLE = sample_spec(ALERT_RULE)
 
 
 @pytest.mark.parametrize(
