@@ -25,7 +25,7 @@ import asyncpg
 from pydantic import Field
 from redis.asyncio import Redis
 
-from molam_workloads.core.cache import create_redis, live_key_patterns
+from molam_workloads.core.cache import LIVE_EPOCH_KEY, create_redis, live_key_patterns
 from molam_workloads.core.db import INGEST_LOCK, create_pool
 from molam_workloads.core.errors import ConfigError, ServiceUnavailable
 from molam_workloads.core.measures import KEYS, MEASURES, grouped_select
@@ -202,7 +202,8 @@ async def forget_live_counters(redis: Redis, day: date) -> int:
     """Delete ``day``'s live-counter hashes (every merchant and the platform).
 
     Backfill may change today's totals behind the consumer's back; without its hash the API
-    reads PostgreSQL, until the consumer's next batch writes the absolute values again.
+    reads PostgreSQL. The consumer's mark of a complete Redis goes too, so a running consumer
+    rewrites every merchant's hash within seconds, new events or not (as after a FLUSHDB).
     """
     keys = [
         key
@@ -211,6 +212,7 @@ async def forget_live_counters(redis: Redis, day: date) -> int:
     ]
     if keys:
         await redis.delete(*keys)
+    await redis.delete(LIVE_EPOCH_KEY)
     return len(keys)
 
 

@@ -28,7 +28,7 @@ from helpers.ingest import (
 )
 from redis.asyncio import Redis
 
-from molam_workloads.core.cache import live_key, live_key_patterns
+from molam_workloads.core.cache import LIVE_EPOCH_KEY, live_key, live_key_patterns
 from molam_workloads.core.db import create_pool
 from molam_workloads.core.errors import ConfigError
 from molam_workloads.core.events import TransactionEvent, encode_event
@@ -270,6 +270,7 @@ async def test_backfilling_today_hands_live_counters_back_to_postgres(
     assert await counted(db) == 200
     day = datetime.now(UTC).date()
     assert [k for p in live_key_patterns(day) async for k in redis.scan_iter(match=p)] == []
+    assert not await redis.exists(LIVE_EPOCH_KEY)  # a consumer rewrites every merchant's
     # The consumer's next batch writes them again, equal to PostgreSQL.
     late = make_events(5, seed=112, prefix="LATE", merchants=5, span=today_span())
     await insert_source(db, late)
@@ -277,3 +278,4 @@ async def test_backfilling_today_hands_live_counters_back_to_postgres(
     async with running_consumer():
         await wait_until(lambda: _at(db, 205))
     assert await redis.exists(live_key(None, day))
+    await assert_live_matches_db(db, redis)  # every merchant's, not only the 5 with events
