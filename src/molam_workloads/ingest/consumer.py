@@ -320,6 +320,7 @@ class Ingestor:
                     raise self.fatal
                 if batch:
                     self._heard_at = time.monotonic()
+                    self.health.kafka.recovered()  # records came: the broker is back
                     prepared = await self.prepare(batch, epoch)
                     if older is not None:
                         await older
@@ -386,7 +387,9 @@ class Ingestor:
             starts, ends = await self._log_range(known, consumer)
             for tp in known:
                 if stored[tp.partition] > ends[tp.partition]:
-                    ends[tp.partition] = await self._read_log_end(tp, ends[tp.partition])
+                    ends[tp.partition] = await self._read_log_end(
+                        tp, ends[tp.partition], stored[tp.partition]
+                    )
             self.epoch += 1
             self.newest = {}  # partitions and their progress change hands at a rebalance
             self._next, self._unreadable = {}, {}
@@ -846,9 +849,10 @@ class Ingestor:
                 {tp.partition: offset for tp, offset in ends.items()},
             )
 
-    async def _read_log_end(self, tp: TopicPartition, reported: int) -> int:
+    async def _read_log_end(self, tp: TopicPartition, reported: int, stored: int) -> int:
         """The end of ``tp``'s log read from its records, from the batch ListOffsets LATEST
-        points at on (some brokers report that batch's base offset + 1 as the end)."""
+        points at on (some brokers report that batch's base offset + 1 as the end); reading
+        stops once it reaches ``stored`` (then nothing is lost)."""
         reader = AIOKafkaConsumer(
             **client_options(self.settings), client_id=CLIENT_ID, enable_auto_commit=False
         )
@@ -865,6 +869,8 @@ class Ingestor:
                 if not got.get(tp):
                     break
                 end = max(end, got[tp][-1].offset + 1)
+                if end >= stored:
+                    break
             return end
         finally:
             await reader.stop()
