@@ -220,13 +220,15 @@ class MetricDef:
 
             def show(sums: Sums, exp: Decimal) -> Any:
                 v = value(sums)
-                return None if v is None else v.quantize(exp, rounding=ROUND_HALF_UP)
+                return None if v is None else Decimal(v).quantize(exp, rounding=ROUND_HALF_UP)
 
         else:
 
             def show(sums: Sums, exp: Decimal) -> Any:
                 v = value(sums)
-                return None if v is None else float(v.quantize(RATIO_EXP, rounding=ROUND_HALF_EVEN))
+                if v is None:
+                    return None
+                return float(Decimal(v).quantize(RATIO_EXP, rounding=ROUND_HALF_EVEN))
 
         return show
 

@@ -105,10 +105,16 @@ def test_shown_rounds_for_the_unit() -> None:
     assert rate({"succeeded_count": 0, "failed_count": 0}, cents) is None
 
 
-def test_counts_as_ints_divide_exactly() -> None:
+def test_sums_as_ints_give_the_same_figures() -> None:
     # a database row holds counts as int: their quotient is a Decimal, never a float
     value = METRICS["refund_rate"].value({"refund_count": 1, "payment_count": 9})
     assert isinstance(value, Decimal) and value == Decimal(1) / Decimal(9)
+    # whole amounts may come as int too (net_volume of ints is an int): rounded the same
+    whole = {name: int(v) for name, v in SUMS.items()}
+    cents = Decimal("0.01")
+    for m in METRICS.values():
+        exact = m.shown({name: Decimal(v) for name, v in whole.items()}, cents)
+        assert m.shown(whole, cents) == exact, m.name
 
 
 # --- the SQL of alert rules against the same formulas ---------------------------------------
