@@ -8,14 +8,30 @@ the range rule that the parameters' descriptions state, as computed here on its 
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+# CPython 3.11.7 (this virtualenv's) keeps the AST converter's recursion depth in shared state:
+# two threads parsing at once can fail with "AST constructor recursion depth mismatch", and
+# hypothesis parses lambdas in both schemathesis workers (seen in runs here). One at a time.
+_AST_LOCK = threading.Lock()
+_ast_parse = ast.parse
+
+
+def _parse_one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+    with _AST_LOCK:
+        return _ast_parse(*args, **kwargs)
+
+
+ast.parse = _parse_one_at_a_time
 
 MAX_RANGE = timedelta(days=400)  # ApiSettings.api_max_range_days, its default
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
