@@ -33,7 +33,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -41,6 +41,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from molam_workloads.alerts.freshness import ingestion_stale
 from molam_workloads.alerts.payload import (
     alert_annotations,
     alert_labels,
@@ -138,7 +139,7 @@ EVALUATE_SQL = f"""
 WITH rules AS (
     SELECT r.id, r.name, r.source, r.runbook_url, r.metric, r.comparison, r.threshold,
            r.window_minutes, r.for_seconds, r.severity, r.scope_merchant_id, r.scope_country,
-           r.scope_currency, r.scope_channel,
+           r.scope_currency, r.scope_channel, r.no_data_state,
            (CASE WHEN r.scope_merchant_id IS NULL THEN 0 ELSE 8 END
             | CASE WHEN r.scope_country IS NULL THEN 0 ELSE 4 END
             | CASE WHEN r.scope_currency IS NULL THEN 0 ELSE 2 END
@@ -217,7 +218,7 @@ anomalies AS (
     GROUP BY aw.w, ROLLUP (an.merchant_id)
 )
 SELECT r.id, r.name, r.source, r.runbook_url, r.metric, r.comparison, r.threshold,
-       r.window_minutes, r.for_seconds,
+       r.window_minutes, r.for_seconds, r.no_data_state,
        r.severity, r.scope_merchant_id, r.scope_country, r.scope_currency, r.scope_channel,
        {metric_value_sql("r.metric", "c", "an.n")} AS value,
        coalesce(c.unconverted, 0) > 0 AS unconverted,
@@ -247,6 +248,7 @@ class RuleEval:
     threshold: Decimal
     window_minutes: int
     for_seconds: int
+    no_data_state: str  # ok | nodata | alerting: what a cycle without data means
     severity: str
     scope: dict[str, str | None]
     value: Decimal | None
@@ -269,6 +271,7 @@ class RuleEval:
             threshold=r["threshold"],
             window_minutes=r["window_minutes"],
             for_seconds=r["for_seconds"],
+            no_data_state=r["no_data_state"],
             severity=r["severity"],
             scope={
                 "merchant_id": r["scope_merchant_id"],
@@ -323,15 +326,22 @@ def _dumps(obj: Any) -> str:
 
 
 async def run_cycle(
-    pool: asyncpg.Pool, settings: AlertsSettings, now: datetime | None = None
+    pool: asyncpg.Pool,
+    settings: AlertsSettings,
+    now: datetime | None = None,
+    *,
+    stale: bool | None = None,
 ) -> CycleReport:
-    """Evaluate every active rule once at ``now`` (default: the wall clock) and apply it."""
+    """Evaluate every active rule once at ``now`` (default: the wall clock) and apply it.
+    ``stale``: whether the ingestion is stale (default: asked, ``alerts.freshness``)."""
     now = now or datetime.now(UTC)
     started = time.perf_counter()
+    if stale is None:  # outside the cycle's transaction: it may wait for the broker
+        stale = await ingestion_stale(pool, settings)
     for attempt in range(3):
         try:
             async with pool.acquire() as conn, conn.transaction():
-                report = await _cycle(conn, settings, now)
+                report = await _cycle(conn, settings, now, stale)
             break
         except asyncpg.ForeignKeyViolationError:
             # A rule was deleted between our read and our write: evaluate again without it.
@@ -357,7 +367,7 @@ async def run_cycle(
     return report
 
 
-async def _cycle(conn: Conn, settings: AlertsSettings, now: datetime) -> CycleReport:
+async def _cycle(conn: Conn, settings: AlertsSettings, now: datetime, stale: bool) -> CycleReport:
     if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1))", CYCLE_LOCK):
         log.info("alerts cycle skipped: another evaluator is running one")
         return CycleReport(ran=False)
@@ -372,15 +382,21 @@ async def _cycle(conn: Conn, settings: AlertsSettings, now: datetime) -> CycleRe
     to_fire: list[RuleEval] = []
     to_resolve: list[RuleEval] = []
     new_state: dict[uuid.UUID, tuple[State, datetime | None]] = {}
+    no_data: dict[uuid.UUID, str] = {}  # rule -> why its value is unknown this cycle
     firing_by_severity: Counter[str] = Counter()
     unconverted = 0
     debug = log.isEnabledFor(logging.DEBUG)
     for ev in evals:
+        if stale:  # the aggregates are behind: what they say now is not the traffic
+            ev = replace(ev, value=None)
+            no_data[ev.id] = "ingestion_stale"
+        elif ev.value is None:
+            no_data[ev.id] = "no_fx_rate" if ev.unconverted else "no_denominator"
         cond = compare(ev.value, ev.comparison, ev.threshold)
         if cond is None:
             report.no_data += 1
         unconverted += ev.unconverted
-        st = step(ev.state, ev.pending_since, cond, now, ev.for_seconds)
+        st = step(ev.state, ev.pending_since, cond, now, ev.for_seconds, ev.no_data_state)
         new_state[ev.id] = (st.state, st.pending_since)
         if debug:  # LOG_LEVEL=DEBUG: every rule's value, for "Alerts Not Firing"
             log.debug(
@@ -445,12 +461,14 @@ async def _cycle(conn: Conn, settings: AlertsSettings, now: datetime) -> CycleRe
     values: list[Decimal | None] = []
     fired_at: list[datetime | None] = []
     current: list[int | None] = []
+    reasons: list[str | None] = []
     for ev in evals:
         state, pending_since = new_state[ev.id]
         ids.append(ev.id)
         states.append(state.value)
         pendings.append(pending_since)
-        values.append(ev.value)
+        values.append(None if ev.id in no_data else ev.value)
+        reasons.append(no_data.get(ev.id))
         if ev.id in opened:
             fired_at.append(now)
             current.append(opened[ev.id])
@@ -461,16 +479,18 @@ async def _cycle(conn: Conn, settings: AlertsSettings, now: datetime) -> CycleRe
         """
         INSERT INTO analytics_alert_rule_state AS s (
             rule_id, state, pending_since, last_value, last_evaluated_at, last_fired_at,
-            current_alert_id)
+            current_alert_id, no_data_reason)
         SELECT u.rule_id, u.state, u.pending_since, u.last_value, $5, u.last_fired_at,
-               u.current_alert_id
+               u.current_alert_id, u.no_data_reason
         FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], $4::numeric[],
-                    $6::timestamptz[], $7::bigint[])
-             AS u(rule_id, state, pending_since, last_value, last_fired_at, current_alert_id)
+                    $6::timestamptz[], $7::bigint[], $8::text[])
+             AS u(rule_id, state, pending_since, last_value, last_fired_at, current_alert_id,
+                  no_data_reason)
         ON CONFLICT (rule_id) DO UPDATE SET
             state = excluded.state, pending_since = excluded.pending_since,
             last_value = excluded.last_value, last_evaluated_at = excluded.last_evaluated_at,
-            last_fired_at = excluded.last_fired_at, current_alert_id = excluded.current_alert_id
+            last_fired_at = excluded.last_fired_at, current_alert_id = excluded.current_alert_id,
+            no_data_reason = excluded.no_data_reason
         """,
         ids,
         states,
@@ -479,6 +499,7 @@ async def _cycle(conn: Conn, settings: AlertsSettings, now: datetime) -> CycleRe
         now,
         fired_at,
         current,
+        reasons,
     )
     for sev in ("info", "warning", "critical"):
         ALERTS_FIRING.labels(sev).set(firing_by_severity[sev])

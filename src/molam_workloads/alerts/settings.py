@@ -7,10 +7,15 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from molam_workloads.alerts.egress import EgressPolicy
-from molam_workloads.core.settings import BindAddress, DatabaseSettings, ReportingSettings
+from molam_workloads.core.settings import (
+    BindAddress,
+    DatabaseSettings,
+    KafkaSettings,
+    ReportingSettings,
+)
 
 
-class AlertsSettings(DatabaseSettings, ReportingSettings):
+class AlertsSettings(DatabaseSettings, KafkaSettings, ReportingSettings):
     metrics_port: int = Field(
         default=9103, ge=0, le=65535, description="Prometheus /metrics port (0: not served)."
     )
@@ -98,6 +103,15 @@ class AlertsSettings(DatabaseSettings, ReportingSettings):
         default=64, ge=4, le=4096, description="work_mem of the evaluation transaction."
     )
     alerts_receiver: str = Field(default="molam-analytics", min_length=1)
+    alerts_stale_ingestion_minutes: float = Field(
+        default=10.0,
+        ge=0,
+        le=1440,
+        description=(
+            "The ingestion is stale when the consumer group has stored no batch for this long "
+            "while its topic has lag: every rule then has no data (NoData). 0: never."
+        ),
+    )
     # Housekeeping.
     minute_agg_retention_hours: int = Field(
         default=48,

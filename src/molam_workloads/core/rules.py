@@ -51,6 +51,24 @@ class Comparison(StrEnum):
     lte = "lte"
 
 
+class NoDataState(StrEnum):
+    """What an evaluation without data means for a rule (Grafana's ``noDataState``): a rate
+    without denominator, a volume without FX rate, or a stale ingestion."""
+
+    ok = "ok"  # the condition is clear: inactive, resets pending, resolves
+    nodata = "nodata"  # the state NoData: never fires, resets pending, resolves
+    alerting = "alerting"  # the condition holds: pending, then firing after `for`
+
+
+# The evaluator's states (analytics_alert_rule_state.state) as the CR status and the API say them.
+STATE_LABELS = {
+    "inactive": "Inactive",
+    "pending": "Pending",
+    "firing": "Firing",
+    "nodata": "NoData",
+}
+
+
 class Severity(StrEnum):
     info = "info"
     warning = "warning"
@@ -208,6 +226,13 @@ class AlertRuleSpec(_Doc):
     severity: Severity = Severity.warning
     scope: Scope = Field(default_factory=Scope)
     notify: Notify = Field(default_factory=Notify)
+    no_data_state: NoDataState = Field(
+        default=NoDataState.nodata,
+        alias="noDataState",
+        description="An evaluation without data (a rate without denominator, a volume without "
+        "FX rate, a stale ingestion): nodata shows the state NoData and never fires; ok counts "
+        "it as a clear condition; alerting as a held one.",
+    )
     enabled: StrictBool = True  # JSON true/false only, as the schema says (never 0 or "yes")
     runbook_url: HttpUrlText | None = Field(default=None, alias="runbookUrl")
 
@@ -236,9 +261,9 @@ async def save_rule(
         INSERT INTO analytics_alert_rules AS r (
             name, source, metric, comparison, threshold, window_minutes, for_seconds, severity,
             scope_merchant_id, scope_country, scope_currency, scope_channel, webhooks,
-            is_active, spec, alertmanagers, runbook_url)
+            is_active, spec, alertmanagers, runbook_url, no_data_state)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15::jsonb,
-                $16::jsonb, $17)
+                $16::jsonb, $17, $18)
         ON CONFLICT (name) DO UPDATE SET
             source = excluded.source, metric = excluded.metric,
             comparison = excluded.comparison, threshold = excluded.threshold,
@@ -248,6 +273,7 @@ async def save_rule(
             scope_channel = excluded.scope_channel, webhooks = excluded.webhooks,
             is_active = excluded.is_active, spec = excluded.spec,
             alertmanagers = excluded.alertmanagers, runbook_url = excluded.runbook_url,
+            no_data_state = excluded.no_data_state,
             updated_at = now()
         RETURNING id
         """,
@@ -268,6 +294,7 @@ async def save_rule(
         json.dumps(spec.document()),
         json.dumps([u.rstrip("/") for u in spec.notify.alertmanagers]),
         spec.runbook_url,
+        spec.no_data_state.value,
     )
     assert row is not None
     rule_id: uuid.UUID = row["id"]
@@ -290,20 +317,27 @@ async def delete_rule(conn: asyncpg.Connection, name: str) -> bool:
 
 @dataclass(frozen=True)
 class RuleStatus:
-    state: str  # Inactive | Pending | Firing (the CR's spelling)
+    state: str  # Inactive | Pending | Firing | NoData (the CR's spelling)
     last_value: Decimal | None
     last_evaluated_at: datetime | None
     last_fired_at: datetime | None
     current_alert_id: int | None
     # The last notification attempt, as status.lastDelivery shows it (the operator fills it).
     last_delivery: dict[str, Any] | None = None
+    # Why the last evaluation had no data (None: it had): no_denominator, no_fx_rate or
+    # ingestion_stale; whatever the rule's noDataState made of it.
+    no_data_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        # The CR's spelling whatever the caller's ("nodata", "Nodata"): its enum has "NoData".
+        object.__setattr__(self, "state", STATE_LABELS.get(self.state.lower(), self.state))
 
 
 async def rule_status(conn: asyncpg.Connection, name: str) -> RuleStatus | None:
     row = await conn.fetchrow(
         """
         SELECT r.is_active, s.state, s.last_value, s.last_evaluated_at, s.last_fired_at,
-               s.current_alert_id
+               s.current_alert_id, s.no_data_reason
         FROM analytics_alert_rules r
         LEFT JOIN analytics_alert_rule_state s ON s.rule_id = r.id
         WHERE r.name = $1
@@ -314,9 +348,10 @@ async def rule_status(conn: asyncpg.Connection, name: str) -> RuleStatus | None:
         return None
     state = (row["state"] or "inactive") if row["is_active"] else "inactive"
     return RuleStatus(
-        state=state.capitalize(),
+        state=state,
         last_value=row["last_value"],
         last_evaluated_at=row["last_evaluated_at"],
         last_fired_at=row["last_fired_at"],
         current_alert_id=row["current_alert_id"],
+        no_data_reason=row["no_data_reason"] if row["is_active"] else None,
     )

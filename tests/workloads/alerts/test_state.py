@@ -40,14 +40,53 @@ def test_pending_until_for_elapsed_then_fires_once() -> None:
     assert (s.state, s.action) == (State.firing, Action.none)
 
 
-@pytest.mark.parametrize("cond", [False, None])
-def test_false_or_no_data_resets_pending_and_resolves_firing(cond: bool | None) -> None:
-    s = step(State.pending, NOW, cond, NOW + timedelta(seconds=10), 300)
+@pytest.mark.parametrize(("cond", "no_data_state"), [(False, "nodata"), (None, "ok")])
+def test_false_or_no_data_read_as_ok_resets_pending_and_resolves_firing(
+    cond: bool | None, no_data_state: str
+) -> None:
+    s = step(State.pending, NOW, cond, NOW + timedelta(seconds=10), 300, no_data_state)
     assert (s.state, s.pending_since, s.action) == (State.inactive, None, Action.none)
-    s = step(State.firing, None, cond, NOW, 300)
+    s = step(State.firing, None, cond, NOW, 300, no_data_state)
     assert (s.state, s.action) == (State.inactive, Action.resolve)
-    s = step(State.inactive, None, cond, NOW, 0)
+    s = step(State.inactive, None, cond, NOW, 0, no_data_state)
     assert (s.state, s.action) == (State.inactive, Action.none)
+
+
+def test_no_data_is_its_own_state_by_default() -> None:
+    """noDataState nodata (the default): the state NoData; it resets a pending rule, resolves a
+    firing alert, and data coming back starts from scratch."""
+    s = step(State.pending, NOW, None, NOW + timedelta(seconds=10), 300)
+    assert (s.state, s.pending_since, s.action) == (State.nodata, None, Action.none)
+    s = step(State.firing, None, None, NOW, 300)
+    assert (s.state, s.action) == (State.nodata, Action.resolve)
+    s = step(State.nodata, None, None, NOW, 0)
+    assert (s.state, s.action) == (State.nodata, Action.none)
+    s = step(State.nodata, None, True, NOW, 300)
+    assert (s.state, s.pending_since, s.action) == (State.pending, NOW, Action.none)
+    s = step(State.nodata, None, False, NOW, 0)
+    assert (s.state, s.action) == (State.inactive, Action.none)
+
+
+def test_no_data_read_as_alerting_fires_after_for_only() -> None:
+    s = step(State.nodata, None, None, NOW, 300, "alerting")
+    assert (s.state, s.pending_since, s.action) == (State.pending, NOW, Action.none)
+    s = step(s.state, s.pending_since, None, NOW + timedelta(seconds=299), 300, "alerting")
+    assert (s.state, s.action) == (State.pending, Action.none)
+    s = step(s.state, s.pending_since, None, NOW + timedelta(seconds=300), 300, "alerting")
+    assert (s.state, s.action) == (State.firing, Action.fire)
+
+
+@pytest.mark.parametrize("no_data_state", ["nodata", "ok"])
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("for_seconds", [0, 60])
+def test_no_data_never_fires_unless_asked(
+    no_data_state: str, state: State, for_seconds: int
+) -> None:
+    """Only noDataState alerting turns no data into a firing: from any state, any ``for``."""
+    since = NOW - timedelta(hours=1) if state is State.pending else None
+    s = step(state, since, None, NOW, for_seconds, no_data_state)
+    assert s.action is not Action.fire and s.state is not State.firing
+    assert s.state is not State.pending
 
 
 def test_pending_interrupted_starts_over() -> None:

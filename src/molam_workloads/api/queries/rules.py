@@ -13,9 +13,10 @@ from molam_workloads.api.queries import Conn
 _COLUMNS = """
     r.id, r.name, r.source, r.spec::text AS spec, r.created_at, r.updated_at,
     r.scope_merchant_id,
-    CASE WHEN r.is_active THEN initcap(coalesce(s.state, 'inactive')) ELSE 'Inactive' END
-        AS state,
-    s.last_value, s.last_evaluated_at, s.last_fired_at, s.current_alert_id
+    CASE WHEN NOT r.is_active THEN 'Inactive' WHEN s.state = 'nodata' THEN 'NoData'
+         ELSE initcap(coalesce(s.state, 'inactive')) END AS state,
+    s.last_value, s.last_evaluated_at, s.last_fired_at, s.current_alert_id,
+    CASE WHEN r.is_active THEN s.no_data_reason END AS no_data_reason
 """
 _FROM = "FROM analytics_alert_rules r LEFT JOIN analytics_alert_rule_state s ON s.rule_id = r.id"
 
@@ -65,6 +66,7 @@ def as_document(row: asyncpg.Record, *, with_notify: bool = True) -> dict[str, A
             "last_evaluated_at": row["last_evaluated_at"],
             "last_fired_at": row["last_fired_at"],
             "current_alert_id": row["current_alert_id"],
+            "no_data_reason": row["no_data_reason"],
         },
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],

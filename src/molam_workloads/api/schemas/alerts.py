@@ -20,11 +20,17 @@ class AlertRuleCreate(BaseModel):
 
 
 class RuleStatusOut(BaseModel):
-    state: str
-    last_value: Decimal | None
+    state: str = Field(description="Inactive, Pending, Firing or NoData.")
+    last_value: Decimal | None = Field(description="null: the last evaluation had no data.")
     last_evaluated_at: datetime | None
     last_fired_at: datetime | None
     current_alert_id: int | None
+    no_data_reason: str | None = Field(
+        default=None,
+        description="Why the last evaluation had no data, whatever the rule's noDataState made "
+        "of it: no_denominator (a rate of nothing), no_fx_rate, ingestion_stale (no batch for "
+        "ALERTS_STALE_INGESTION_MINUTES while the topic has lag); null: it had data.",
+    )
 
 
 class AlertRuleOut(BaseModel):
