@@ -21,7 +21,7 @@ def tree(tmp_path: Path) -> Path:
     """A copy of the repo's tracked build inputs and stack/image.sh, plus what a working tree
     also holds and an image build leaves out."""
     files = subprocess.run(
-        ["git", "ls-files", "pyproject.toml", "setup.py", "workloads", "operator"],
+        ["git", "ls-files", "pyproject.toml", "setup.py", "src"],
         cwd=ROOT,
         capture_output=True,
         text=True,
