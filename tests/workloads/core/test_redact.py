@@ -11,7 +11,7 @@ import pytest
 from molam_workloads import cli
 from molam_workloads.core.cache import create_redis
 from molam_workloads.core.db import connect, create_pool
-from molam_workloads.core.errors import ServiceUnavailable
+from molam_workloads.core.errors import ExitCode, ServiceUnavailable
 from molam_workloads.core.kafka import group_lag
 from molam_workloads.core.redact import UNPARSEABLE, redact_hosts, redact_url, redact_urls_in
 from molam_workloads.core.settings import DatabaseSettings, KafkaSettings, RedisSettings
@@ -105,7 +105,7 @@ def test_the_command_line_prints_no_password(
     monkeypatch.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/0")
     monkeypatch.setenv("ANALYTICS_JWT_SECRET", "k" * 40)
     with caplog.at_level(logging.DEBUG):
-        assert cli.main([command]) == 2
+        assert cli.main([command]) == ExitCode.UNAVAILABLE
     out, err = capsys.readouterr()
     assert f"postgresql://127.0.0.1:{port} is unreachable" in err
     _assert_clean(out, err, caplog.text)
