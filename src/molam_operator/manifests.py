@@ -41,8 +41,9 @@ SCALED_REPLICAS_ANNOTATION = "analytics.molam.io/scaled-replicas"
 # Where the pods find the Kafka TLS Secret's files (KAFKA_SSL_*_FILE point inside).
 KAFKA_TLS_DIR = "/etc/molam/kafka-tls"
 KAFKA_TLS_VOLUME = "kafka-tls"
-# The workloads whose settings include Kafka's (they connect, or check the broker is up).
-KAFKA_COMPONENTS = ("api", "consumer")
+# The workloads whose settings include Kafka's (they connect, or check the broker is up; the
+# alerts evaluator asks the topic's lag when no batch came for a while: a stale ingestion).
+KAFKA_COMPONENTS = ("api", "consumer", "alerts")
 
 Component = Literal["api", "consumer", "alerts"]
 COMPONENTS: tuple[Component, ...] = ("api", "consumer", "alerts")

@@ -1,6 +1,6 @@
 """The alerts evaluator's egress NetworkPolicy: off by default; when on, it selects exactly the
-pods the operator labels as the pipeline's alerts evaluator and lets them reach DNS, public
-webhook ports and the listed extra peers only."""
+pods the operator labels as the pipeline's alerts evaluator and lets them reach DNS, its
+database, the brokers (the topic's lag), public webhook ports and the listed extra peers only."""
 
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ def test_on_it_selects_the_alerts_pods_and_refuses_internal_ranges(render: Rende
     # The very labels the operator puts on the alerts Deployment's pods.
     assert spec["podSelector"]["matchLabels"] == selector_labels("payments", "alerts")
     assert spec["policyTypes"] == ["Egress"]
-    dns, database, public, listed = spec["egress"]
+    dns, database, kafka, public, listed = spec["egress"]
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
     assert database == {"ports": [{"port": 5432, "protocol": "TCP"}]}  # networkPolicy.database
+    assert kafka == {"ports": [{"port": 9092, "protocol": "TCP"}]}  # networkPolicy.kafka: the lag
     block = public["to"][0]["ipBlock"]
     assert block["cidr"] == "0.0.0.0/0"
     blocked = [ipaddress.ip_network(c) for c in block["except"]]

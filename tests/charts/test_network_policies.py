@@ -125,17 +125,21 @@ def test_egress_is_dns_and_the_services_the_workload_uses(
     assert got == [expected[s] for s in ("database", "redis", "kafka") if s in services]
 
 
-def test_the_alerts_policy_reaches_its_database(render: Renderer) -> None:
+def test_the_alerts_policy_reaches_its_database_and_brokers(render: Renderer) -> None:
     values = {**ALL_ON, "networkPolicy": {
         "alertsEgress": {"enabled": True},
         "database": {"to": [{"ipBlock": {"cidr": "10.20.0.5/32"}}], "ports": [{"port": 5432}]},
+        "kafka": {"to": [{"ipBlock": {"cidr": "10.20.0.9/32"}}], "ports": [{"port": 9093}]},
     }}  # fmt: skip
     egress = find(render(values), "NetworkPolicy", "payments-alerts-egress")["spec"]["egress"]
-    database = egress[1]
+    database, kafka = egress[1], egress[2]
     assert _ports(database) == {(5432, "TCP")}
     assert database["to"] == [{"ipBlock": {"cidr": "10.20.0.5/32"}}]
-    # Neither Redis nor Kafka: the evaluator uses neither.
-    assert not [r for r in egress if _ports(r) & {(6379, "TCP"), (9092, "TCP")}]
+    # The brokers: the evaluator asks the topic's lag (a stale ingestion is no data).
+    assert _ports(kafka) == {(9093, "TCP")}
+    assert kafka["to"] == [{"ipBlock": {"cidr": "10.20.0.9/32"}}]
+    # Not Redis: the evaluator does not use it.
+    assert not [r for r in egress if _ports(r) & {(6379, "TCP")}]
 
 
 @pytest.mark.parametrize(

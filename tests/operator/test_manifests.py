@@ -303,7 +303,7 @@ def test_sasl_ssl_reaches_the_pods_that_talk_to_kafka() -> None:
         "KAFKA_SSL_CERT_FILE": "/etc/molam/kafka-tls/tls.crt",
         "KAFKA_SSL_KEY_FILE": "/etc/molam/kafka-tls/tls.key",
     }
-    for component in ("api", "consumer"):
+    for component in ("api", "consumer", "alerts"):
         obj = ch[f"Deployment/analytics-{component}"]
         env = env_of(container(obj))
         assert env["KAFKA_SASL_USERNAME"] == {
@@ -323,9 +323,9 @@ def test_sasl_ssl_reaches_the_pods_that_talk_to_kafka() -> None:
         init = pod_spec(obj)["initContainers"][0]
         assert [e["name"] for e in init["env"]] == ["DATABASE_URL"]
         assert [m["name"] for m in init["volumeMounts"]] == ["tmp"]
-    for key in ("Deployment/analytics-alerts", "CronJob/analytics-refresh-views"):
-        assert "KAFKA_SASL_PASSWORD" not in env_of(container(ch[key]))
-        assert [v["name"] for v in pod_spec(ch[key])["volumes"]] == ["tmp"]
+    refresh = ch["CronJob/analytics-refresh-views"]
+    assert "KAFKA_SASL_PASSWORD" not in env_of(container(refresh))
+    assert [v["name"] for v in pod_spec(refresh)["volumes"]] == ["tmp"]
 
 
 def test_kafka_secrets_are_digested_and_named_in_the_checksum() -> None:
