@@ -28,9 +28,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
 
 import asyncpg
 from redis.asyncio import Redis
@@ -86,6 +88,7 @@ class LiveCounters:
         # True from a failed write until a rebuild succeeds: what Redis holds may be behind.
         self._behind = False
         self.rebuilds = 0  # rebuilds done (a test and the log read it)
+        self._tried_at = 0.0  # time.monotonic() of the last refresh that went to Redis
 
     async def refresh(
         self, pool: asyncpg.Pool, merchants: Iterable[str | None], now: datetime | None = None
@@ -95,16 +98,22 @@ class LiveCounters:
         ``merchants``: those with transactions counted today (``aggregation.merchants_on``); the
         platform's hash (``None``) is rewritten whenever any is. When Redis lost its data, or a
         write failed since the last rebuild, every merchant's hash is rewritten instead. While
-        Redis is away nothing is written and 0 returned (the wait is logged by ``outage``):
-        the next refresh after it returns rebuilds everything.
+        Redis is away nothing is written and 0 returned (the wait is logged by ``outage``);
+        it is tried again with the capped backoff, by a PING before any PostgreSQL read, and
+        the first refresh after it answers rebuilds everything.
         """
         now = now or datetime.now(UTC)
         today = now.date()
         touched = set(merchants)
         if not touched and not self._behind:
             return 0
+        if self.outage.waiting and time.monotonic() - self._tried_at < self.outage.delay():
+            return 0  # Redis away: not every batch pays for a timeout or a full-day read
+        self._tried_at = time.monotonic()
         try:
             if self._behind:
+                if self.outage.waiting:
+                    await self._redis.ping()  # type: ignore[misc]  # redis-py: sync|async
                 return await self._rebuild(pool, now)
             async with pool.acquire() as conn:
                 totals = await read_totals(
@@ -122,6 +131,8 @@ class LiveCounters:
         """Rebuild every hash of today if Redis lost them or a write failed; how many were
         rewritten (None: nothing was lost, or Redis is still away)."""
         try:
+            if self.outage.waiting:
+                await self._redis.ping()  # type: ignore[misc]  # before any PostgreSQL read
             if not self._behind and await self._redis.exists(LIVE_EPOCH_KEY):
                 self.outage.recovered()
                 return None
@@ -151,7 +162,7 @@ class LiveCounters:
         """Rewrite today's hash of every merchant with transactions today (and the platform's),
         then mark Redis as complete; how many hashes were written."""
         today = now.date()
-        start = datetime.combine(today, time(), tzinfo=UTC)
+        start = datetime.combine(today, clock_time(), tzinfo=UTC)
         async with pool.acquire() as conn:
             rows = await conn.fetch(_MERCHANTS_TODAY, start, start + timedelta(days=1))
             totals = await read_totals(conn, today, [r[0] for r in rows], self._reporting, now)
