@@ -45,7 +45,7 @@ BACKTEST_FIRINGS_SHOWN = 10  # the latest ones; firingsTotal counts them all
 # The set-wise twin of molam_workloads.core.rules.rule_status (same columns, same state rule).
 _STATES_SQL = """
     SELECT r.name, r.is_active, s.state, s.last_value, s.last_evaluated_at, s.last_fired_at,
-           s.current_alert_id, d.at AS delivery_at, d.kind AS delivery_kind,
+           s.current_alert_id, s.no_data_reason, d.at AS delivery_at, d.kind AS delivery_kind,
            d.destination AS delivery_destination, d.error AS delivery_error
     FROM analytics_alert_rules r
     LEFT JOIN analytics_alert_rule_state s ON s.rule_id = r.id
@@ -328,6 +328,7 @@ async def _load_states(ctx: OperatorContext, dsn: str) -> dict[str, RuleStatus]:
             last_fired_at=r["last_fired_at"],
             current_alert_id=r["current_alert_id"],
             last_delivery=_delivery(r),
+            no_data_reason=r["no_data_reason"] if r["is_active"] else None,
         )
         for r in rows
     }
@@ -388,6 +389,7 @@ async def mirror_status(
         "lastFired": iso(st.last_fired_at),
         "currentAlertId": st.current_alert_id,
         "lastDelivery": st.last_delivery,
+        "noDataReason": st.no_data_reason,
     }
     for key, value in wanted.items():
         if status.get(key) != value:

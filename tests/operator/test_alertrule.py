@@ -127,6 +127,22 @@ async def test_rule_follows_the_custom_resource(
     line = kubectl("get", "ar", "-n", namespace).stdout.splitlines()[1].split()
     assert line[:5] == ["high-failure-rate-sn", "Firing", "failure_rate", "0.35", "0.42"]
 
+    # No data (a rate of nothing): the state NoData and why, in the status and `kubectl get ar`.
+    await db.execute(
+        "UPDATE analytics_alert_rule_state SET state = 'nodata', last_value = NULL, "
+        "no_data_reason = 'no_denominator' WHERE rule_id = $1",
+        got["id"],
+    )
+    await eventually(
+        "NoData in status",
+        lambda: (ar(namespace).get("status") or {}).get("state") == "NoData",
+        timeout=15,
+    )
+    st = ar(namespace)["status"]
+    assert st["noDataReason"] == "no_denominator" and "lastValue" not in st
+    line = kubectl("get", "ar", "-n", namespace).stdout.splitlines()[1].split()
+    assert line[:4] == ["high-failure-rate-sn", "NoData", "failure_rate", "0.35"]
+
     # Delete: the finalizer holds the CR until the row is gone.
     kubectl("delete", "alertrule", "high-failure-rate-sn", "-n", namespace, "--wait=false")
 
