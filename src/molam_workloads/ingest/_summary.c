@@ -11,7 +11,8 @@
  *   definition of a valid event; tests check that feed() only takes what the model takes,
  *   with the same values).
  * - Summary.add() takes an event the model validated, as plain fields.
- * Both end in accumulate(): dedupe by txn_id (first wins), then the event's measures added to
+ * Both end in accumulate(): dedupe by txn_id (first wins; a later copy whose content differs is
+ * a conflicting duplicate, which the caller dead-letters), then the event's measures added to
  * its hourly bucket and, from ``since`` on (always, without one), to its minute bucket, as
  * exact integers of storage's smallest unit of money (an event fits in 64 bits, a batch's
  * sums in 128).
@@ -74,7 +75,7 @@ typedef struct {
     PyObject_HEAD
     int has_since;
     int64_t since;
-    PyObject *txns; /* txn ids taken so far */
+    PyObject *txns; /* txn id taken so far -> its record's position in recs */
     Rec *recs;
     Py_ssize_t n, cap;
     Table hourly, minute;
@@ -586,13 +587,42 @@ static int table_copy(Table *dst, const Table *src) {
 
 static int in_window(const Summary *s, int64_t at) { return !s->has_since || at >= s->since; }
 
-/* Takes over r's references. 1: counted, 0: a repeat of a txn_id already taken. */
+/* Whether two records of one txn_id say the same (the event id aside: a copy sent again under
+ * a new event id is still the same transaction). Exact str only, so no Python code runs. */
+static int same_content(const Rec *a, const Rec *b) {
+    if (a->at != b->at || a->amount != b->amount || a->fee != b->fee || a->status != b->status ||
+        a->type != b->type)
+        return 0;
+    PyObject *x[4] = {a->merchant, a->country, a->currency, a->channel};
+    PyObject *y[4] = {b->merchant, b->country, b->currency, b->channel};
+    for (int i = 0; i < 4; i++) {
+        if (x[i] == y[i]) continue;
+        if (x[i] == Py_None || y[i] == Py_None) return 0;
+        int eq = PyUnicode_Compare(x[i], y[i]);
+        if (eq != 0) return PyErr_Occurred() ? -1 : 0;
+    }
+    return 1;
+}
+
+/* Takes over r's references. 1: counted, 0: a repeat of a txn_id already taken, with the same
+ * content; 2: a repeat with other content (a conflicting duplicate, not counted). */
 static int accumulate(Summary *s, Rec *r) {
-    Py_ssize_t before = PySet_GET_SIZE(s->txns);
-    if (PySet_Add(s->txns, r->txn) < 0 || PySet_GET_SIZE(s->txns) == before) {
-        int failed = PyErr_Occurred() != NULL; /* one set lookup: a repeat leaves the size */
+    PyObject *at = PyLong_FromSsize_t(s->n);
+    if (!at) {
         rec_clear(r);
-        return failed ? -1 : 0;
+        return -1;
+    }
+    PyObject *taken = PyDict_SetDefault(s->txns, r->txn, at); /* borrowed */
+    Py_DECREF(at);
+    if (!taken) {
+        rec_clear(r);
+        return -1;
+    }
+    if (taken != at) { /* one dict lookup: a repeat finds the first copy's position */
+        Py_ssize_t first = PyLong_AsSsize_t(taken);
+        int same = first == -1 && PyErr_Occurred() ? -1 : same_content(&s->recs[first], r);
+        rec_clear(r);
+        return same < 0 ? -1 : same ? 0 : 2;
     }
     void *recs = s->recs;
     if (room_for_one(&recs, s->n, &s->cap, sizeof(Rec), 1024) < 0) {
@@ -776,7 +806,7 @@ static Summary *summary_new(int has_since, int64_t since) {
     s->hourly.index = s->minute.index = NULL;
     s->hourly.groups = s->minute.groups = NULL;
     s->hourly.n = s->hourly.cap = s->minute.n = s->minute.cap = 0;
-    s->txns = PySet_New(NULL);
+    s->txns = PyDict_New();
     if (!s->txns || table_init(&s->hourly) < 0 || table_init(&s->minute) < 0) {
         Py_DECREF(s);
         return NULL;
@@ -826,8 +856,11 @@ static PyObject *Summary_feed(Summary *s, PyObject *args) {
         int ok = scan_event(PyBytes_AS_STRING(v), PyBytes_GET_SIZE(v), lo, hi, &r);
         if (ok < 0) return NULL;
         if (ok == 0) break;
-        if (r.at > newest) newest = r.at;
-        if (accumulate(s, &r) < 0) return NULL;
+        int64_t at = r.at;
+        int got = accumulate(s, &r);
+        if (got < 0) return NULL;
+        if (got == 2) break; /* a conflicting duplicate: the caller dead-letters it */
+        if (at > newest) newest = at;
     }
     if (newest == INT64_MIN) return Py_BuildValue("nO", i, Py_None);
     return Py_BuildValue("nL", i, (long long)newest);
@@ -882,6 +915,7 @@ static PyObject *Summary_add(Summary *s, PyObject *args) {
     r.type = (uint8_t)type;
     int counted = accumulate(s, &r);
     if (counted < 0) return NULL;
+    if (counted == 2) return PyLong_FromLong(2);
     return PyBool_FromLong(counted);
 }
 
@@ -898,7 +932,7 @@ static PyObject *Summary_without(Summary *s, PyObject *arg) {
     }
     Py_ssize_t dropped = 0;
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        int drop = PySet_Contains(seen, s->recs[i].txn);
+        int drop = PySequence_Contains(seen, s->recs[i].txn);
         if (drop < 0) return NULL;
         dropped += drop;
     }
@@ -916,7 +950,7 @@ static PyObject *Summary_without(Summary *s, PyObject *arg) {
     if (room_for_one(&recs, 0, &out->cap, sizeof(Rec), s->n - dropped + 1) < 0) goto fail;
     out->recs = recs;
     for (Py_ssize_t i = 0; i < s->n; i++) {
-        int drop = PySet_Contains(seen, s->recs[i].txn);
+        int drop = PySequence_Contains(seen, s->recs[i].txn);
         if (drop < 0) goto fail;
         /* After the lookup: a set member's __eq__ may have run Python code that added to this
          * summary (moving its records), and may answer otherwise than in the first pass. */
@@ -931,7 +965,11 @@ static PyObject *Summary_without(Summary *s, PyObject *arg) {
         recs = out->recs;
         if (room_for_one(&recs, out->n, &out->cap, sizeof(Rec), 1024) < 0) goto fail;
         out->recs = recs;
-        if (PySet_Add(out->txns, r->txn) < 0) goto fail;
+        PyObject *pos = PyLong_FromSsize_t(out->n);
+        if (!pos) goto fail;
+        int added = PyDict_SetItem(out->txns, r->txn, pos);
+        Py_DECREF(pos);
+        if (added < 0) goto fail;
         Rec *kept = &out->recs[out->n++];
         *kept = *r;
         rec_hold(kept);
@@ -942,14 +980,50 @@ fail:
     return NULL;
 }
 
+/* FNV-1a, 64 bits, over n bytes, continuing from h. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+    const unsigned char *c = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * UINT64_C(1099511628211);
+    return h;
+}
+
+/* A record's content (what same_content compares) as one 64-bit hash: what the ledger keeps
+ * beside a txn_id, so that a copy arriving in a later batch with other content is told apart. */
+static int content_hash(const Rec *r, int64_t *out) {
+    uint64_t h = UINT64_C(14695981039346656037);
+    int64_t at = r->at;
+    uint64_t nums[2] = {r->amount, r->fee};
+    unsigned char kinds[2] = {r->status, r->type};
+    h = fnv(h, &at, sizeof at);
+    h = fnv(h, nums, sizeof nums);
+    h = fnv(h, kinds, sizeof kinds);
+    PyObject *texts[4] = {r->merchant, r->country, r->currency, r->channel};
+    for (int i = 0; i < 4; i++) {
+        if (texts[i] == Py_None) {
+            h = fnv(h, "\xff", 1); /* never in UTF-8: None differs from every string */
+            continue;
+        }
+        Py_ssize_t n;
+        const char *u = PyUnicode_AsUTF8AndSize(texts[i], &n);
+        if (!u) return -1;
+        h = fnv(h, u, (size_t)n + 1); /* with its NUL: "ab","c" differs from "a","bc" */
+    }
+    *out = (int64_t)h;
+    return 0;
+}
+
 static PyObject *Summary_ledger_json(Summary *s, PyObject *unused) {
     Buf b = {0};
     if (put(&b, "[", 1) < 0) goto fail;
     for (Py_ssize_t i = 0; i < s->n; i++) {
         const Rec *r = &s->recs[i];
+        int64_t hash;
+        char num[24];
+        if (content_hash(r, &hash) < 0) goto fail;
+        int len = snprintf(num, sizeof num, ",%lld]", (long long)hash);
         if ((i && put(&b, ",", 1) < 0) || put(&b, "[", 1) < 0 || put_str(&b, r->txn) < 0 ||
             put(&b, ",", 1) < 0 || put_str(&b, r->event) < 0 || put(&b, ",", 1) < 0 ||
-            put_time(&b, r->at, 1) < 0 || put(&b, "]", 1) < 0)
+            put_time(&b, r->at, 1) < 0 || put(&b, num, (size_t)len) < 0)
             goto fail;
     }
     if (put(&b, "]", 1) < 0) goto fail;

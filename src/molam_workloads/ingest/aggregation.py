@@ -27,6 +27,7 @@ from molam_workloads.core.events import (
     MAX_LABEL_CHARS,
     MAX_MONEY,
     MAX_MONEY_EXPONENT,
+    InvalidEvent,
     TransactionEvent,
     TxnStatus,
     TxnType,
@@ -87,9 +88,15 @@ def _units(amount: Decimal) -> int:
     return int(units)
 
 
+# Summary.add's answer for a copy of a transaction already taken with other content.
+CONFLICTING = 2
+
+
 def add_event(summary: Summary, ev: TransactionEvent) -> bool:
-    """Add a validated event; False when its transaction was already in the summary."""
-    return summary.add(
+    """Add a validated event; False when its transaction was already in the summary with the
+    same content. Another content raises InvalidEvent ``conflicting_duplicate`` (the first
+    copy stays counted)."""
+    got = summary.add(
         ev.txn_id,
         ev.event_id,
         ev.merchant_id,
@@ -102,6 +109,13 @@ def add_event(summary: Summary, ev: TransactionEvent) -> bool:
         _units(ev.amount),
         _units(ev.fee),
     )
+    if got == CONFLICTING:
+        raise InvalidEvent(
+            "conflicting_duplicate",
+            f"txn_id {ev.txn_id!r} came before in this batch with other content;"
+            " the first copy is counted",
+        )
+    return bool(got)
 
 
 def summarize(events: Iterable[TransactionEvent], minute_since: datetime | None) -> Summary:

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import (
@@ -122,6 +123,14 @@ UNREADABLE_IDLE_READS = 20
 _Letter = tuple[int, bytes | None, bytes]
 
 
+class _TxnId(msgspec.Struct):
+    txn_id: str
+
+
+# Reads only a value's txn_id (to find the copies of a conflicting duplicate).
+_txn_id_of = msgspec.json.Decoder(_TxnId).decode
+
+
 @dataclass
 class UnreadableRecords(ConsumerRecord[bytes, bytes]):  # type: ignore[misc]
     """Stands in a batch for offsets ``first_offset``..``offset`` of a partition that could not
@@ -191,6 +200,9 @@ class PreparedBatch:
     dead_letters: list[asyncio.Future[Any]] = field(default_factory=list)
     watermark: datetime | None = None  # newest event time seen in the batch
     newest: dict[int, datetime] = field(default_factory=dict)  # per partition
+    # The fetched records, kept for the rare conflicting duplicate the ledger finds at write.
+    source: Mapping[TopicPartition, list[ConsumerRecord]] = field(default_factory=dict)
+    conflicts: int = 0  # of its transactions, those the ledger held with other content
     # Set by commit(): True once the batch's transaction committed, False if it never will.
     written: asyncio.Future[bool] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -562,6 +574,7 @@ class Ingestor:
             summary=Summary(None if since is None else micros(since)),
         )
         oldest = ledger.oldest_accepted(now, self.settings.ledger_retention_days)
+        prepared.source = batch
         letters: list[_Letter] = []
         for tp, records in batch.items():
             if not records:
@@ -744,7 +757,7 @@ class Ingestor:
                 summary = summary.without(previous.summary)
                 after = previous.written
             started = time.perf_counter()
-            report.counted = await self._write(summary, prepared.next_offsets, after)
+            report.counted = await self._write(prepared, summary, after)
             # Before taking the lock: the next batch's COMMIT waits for this, not for the
             # Kafka offset commit below (it queues for the lock behind this batch anyway).
             prepared.written.set_result(True)
@@ -769,7 +782,9 @@ class Ingestor:
             if not prepared.written.done():  # failed before its COMMIT: the next may not commit
                 prepared.written.set_result(False)
             self._writing.discard(task)
-        report.duplicates = prepared.accepted - len(report.counted)
+        # Conflicting duplicates were dead-lettered, not counted as plain duplicates.
+        report.dead += prepared.conflicts
+        report.duplicates = prepared.accepted - len(report.counted) - prepared.conflicts
         for key, n in (
             ("records", report.records),
             ("counted", len(report.counted)),
@@ -804,13 +819,45 @@ class Ingestor:
         await self._refresh_live()
 
     async def _write(
-        self, batch: Summary, next_offsets: dict[int, int], after: asyncio.Future[bool] | None
+        self, prepared: PreparedBatch, batch: Summary, after: asyncio.Future[bool] | None
     ) -> Summary:
+        async def conflicting(txn_ids: list[str]) -> None:
+            await self._conflicting(prepared, txn_ids)
+
         async def write(conn: Any) -> Summary:
+            prepared.conflicts = 0  # found again by a retried attempt
             await self.writer.ensure_partitions(conn, hours(batch))
-            return await self.writer.write(conn, batch, next_offsets, after)
+            return await self.writer.write(conn, batch, prepared.next_offsets, after, conflicting)
 
         return await self._retry_db("writing a batch", write)
+
+    async def _conflicting(self, prepared: PreparedBatch, txn_ids: list[str]) -> None:
+        """Dead-letter the batch's copies of transactions the ledger already counted with other
+        content (conflicting duplicates), and wait until the broker has them: called inside
+        the batch's transaction, so a crash before its COMMIT meets them again."""
+        wanted = set(txn_ids)
+        letters: list[_Letter] = []
+        for records in prepared.source.values():
+            for rec in records:
+                if type(rec) is UnreadableRecords or rec.value is None:
+                    continue
+                try:
+                    txn_id = _txn_id_of(rec.value).txn_id
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue
+                if txn_id in wanted:
+                    exc = InvalidEvent(
+                        "conflicting_duplicate",
+                        f"txn_id {txn_id!r} is already counted with other content;"
+                        " the first copy stays counted",
+                    )
+                    letters.append(self._dead_letter(rec, exc, prepared.now))
+        prepared.conflicts = len(txn_ids)
+        log.warning(
+            "%d conflicting duplicate(s) (txn_id counted before with other content) sent to %s",
+            len(letters), self.settings.dlq_topic,
+        )  # fmt: skip
+        await self._deliver_letters(letters, [])
 
     async def _retry_db(self, doing: str, call: Callable[[Any], Awaitable[T]]) -> T:
         """``call`` with a pooled connection until PostgreSQL lets it finish: while it is down,
@@ -876,17 +923,24 @@ class Ingestor:
             await reader.stop()
 
     async def _deliver(self, prepared: PreparedBatch) -> None:
-        """Wait until the broker holds the batch's dead letters, sending them again while it is
-        away (a copy twice in the DLQ is allowed; a letter lost is not)."""
+        await self._deliver_letters(prepared.letters, prepared.dead_letters)
+        prepared.dead_letters = []
+
+    async def _deliver_letters(
+        self, letters: list[_Letter], sent: list[asyncio.Future[Any]]
+    ) -> None:
+        """Wait until the broker holds ``letters`` (``sent``: their deliveries under way, if
+        any), sending them again while it is away (a copy twice in the DLQ is allowed; a
+        letter lost is not)."""
         outage = self.health.kafka
         while True:
             try:
-                if not prepared.dead_letters:
-                    prepared.dead_letters = await self._send_dead_letters(prepared.letters)
-                await asyncio.gather(*prepared.dead_letters)
+                if not sent:
+                    sent = await self._send_dead_letters(letters)
+                await asyncio.gather(*sent)
             except KafkaError as exc:
                 outage.failed(exc, "delivering dead letters")
-                prepared.dead_letters = []
+                sent = []
                 await asyncio.sleep(outage.delay())
                 continue
             outage.recovered()

@@ -14,7 +14,7 @@ several times more CPU than the whole encoding.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -25,8 +25,9 @@ from molam_workloads.core.measures import KEYS, MEASURES, MONEY_MEASURES
 from molam_workloads.ingest.aggregation import Summary, hours, months
 
 # Reads ``Summary.ledger_json()``. Returns the batch's transactions that were already in
-# the ledger (usually none; an index probe each), so only the exceptions travel back, and inserts
-# the others. A plain INSERT, not ON CONFLICT: should another consumer or backfill insert one of
+# the ledger (usually none; an index probe each), so only the exceptions travel back, each with
+# whether its stored copy's content differs (a conflicting duplicate), and inserts the others.
+# A plain INSERT, not ON CONFLICT: should another consumer or backfill insert one of
 # these ids meanwhile, the INSERT waits for it and fails with a unique violation, and
 # ``BatchWriter.write`` runs the batch again, seeing it this time (cheaper than a speculative
 # insertion per row). In txn_id order: two writers inserting overlapping ids lock them in the
@@ -34,17 +35,19 @@ from molam_workloads.ingest.aggregation import Summary, hours, months
 # order, "C", is the cheapest to sort).
 _LEDGER_SQL = """
 WITH batch AS (
-    SELECT r->>0 AS txn_id, r->>1 AS event_id, (r->>2)::timestamptz AS occurred_at
+    SELECT r->>0 AS txn_id, r->>1 AS event_id, (r->>2)::timestamptz AS occurred_at,
+        (r->>3)::bigint AS content_hash
     FROM jsonb_array_elements($1::jsonb) AS r),
 seen AS MATERIALIZED (
-    SELECT txn_id FROM ingested_transactions
+    SELECT txn_id, content_hash FROM ingested_transactions
     WHERE txn_id = ANY ((SELECT array_agg(txn_id) FROM batch)::text[])),
 ledger AS (
-    INSERT INTO ingested_transactions (txn_id, event_id, occurred_at, source)
-    SELECT txn_id, event_id, occurred_at, 'stream' FROM batch b
+    INSERT INTO ingested_transactions (txn_id, event_id, occurred_at, source, content_hash)
+    SELECT txn_id, event_id, occurred_at, 'stream', content_hash FROM batch b
     WHERE NOT EXISTS (SELECT 1 FROM seen s WHERE s.txn_id = b.txn_id)
     ORDER BY txn_id COLLATE "C")
-SELECT txn_id FROM seen
+SELECT s.txn_id, coalesce(s.content_hash <> b.content_hash, false) AS conflict
+FROM seen s JOIN batch b ON b.txn_id = s.txn_id
 """
 _LEDGER_KEY = "ingested_transactions_pkey"
 # A batch that keeps meeting concurrent inserts of its ids gives up after this many runs (the
@@ -142,8 +145,13 @@ class BatchWriter:
         batch: Summary,
         next_offsets: Mapping[int, int],
         after: Awaitable[bool] | None = None,
+        on_conflicts: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> Summary:
         """Commit one batch; returns the part of it that was newly counted.
+
+        ``on_conflicts``: awaited, before COMMIT, with the batch's transactions the ledger holds
+        with other content (conflicting duplicates: not counted); a crash before COMMIT meets
+        them again.
 
         ``after``: the previous batch's outcome (True once committed), when that batch is
         still being written. This one's ledger is written meanwhile, but its aggregates and
@@ -153,7 +161,7 @@ class BatchWriter:
         """
         for run in range(1, LEDGER_RACES + 1):
             try:
-                return await self._write_once(conn, batch, next_offsets, after)
+                return await self._write_once(conn, batch, next_offsets, after, on_conflicts)
             except asyncpg.UniqueViolationError as exc:
                 if exc.constraint_name != _LEDGER_KEY or run == LEDGER_RACES:
                     raise
@@ -165,6 +173,7 @@ class BatchWriter:
         batch: Summary,
         next_offsets: Mapping[int, int],
         after: Awaitable[bool] | None,
+        on_conflicts: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> Summary:
         async with conn.transaction():
             # Per-day shared locks, ascending (see core.db.INGEST_LOCK): backfill rebuilding
@@ -178,9 +187,12 @@ class BatchWriter:
                 days,
             )
             if len(batch):
-                seen = {r[0] for r in await conn.fetch(_LEDGER_SQL, batch.ledger_json())}
-                if seen:
-                    batch = batch.without(seen)
+                rows = await conn.fetch(_LEDGER_SQL, batch.ledger_json())
+                if rows:
+                    batch = batch.without({r[0] for r in rows})
+                    conflicts = [r[0] for r in rows if r[1]]
+                    if conflicts and on_conflicts is not None:
+                        await on_conflicts(conflicts)
             # Encoded before waiting for the previous batch: the wait ends when it commits, and
             # PostgreSQL should get this batch's rows at once.
             hourly, minute = batch.hourly_json(), batch.minute_json()
