@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers.database import drop_database
 from helpers.polling import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.timeout(1200)]
@@ -104,12 +105,7 @@ class MakeRun:
 def database() -> Iterator[str]:
     name = f"molam_run_{uuid.uuid4().hex[:8]}"
     yield name
-    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-    subprocess.run(
-        ["psql", os.environ["DATABASE_URL"], "-qc", drop],
-        capture_output=True,
-        check=False,
-    )
+    drop_database(os.environ["DATABASE_URL"], name)
 
 
 def api(path: str, token: str, **params: Any) -> Any:

@@ -5,6 +5,7 @@ database number of this run."""
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,9 +43,19 @@ async def scratch_database(
         try:
             # A test may have closed it to connections (the database made unreachable).
             await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(_drop(name))
         finally:
             await conn.close()
+
+
+def _drop(name: str) -> str:
+    return f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+
+
+def drop_database(admin_dsn: str, name: str) -> None:
+    """Drop ``name``, connections and all, from a synchronous test (through ``psql``); a
+    database that is not there is no error."""
+    subprocess.run(["psql", admin_dsn, "-qc", _drop(name)], capture_output=True, check=False)
 
 
 def own_redis_url(base_url: str) -> str:
