@@ -7,8 +7,9 @@ The loop runs four independent tasks on one pool: evaluation cycles every
 the Alertmanager pusher and housekeeping. ``--once`` runs one cycle, sends what it queued (one
 attempt each; failures stay queued for the next run), pushes one round to the Alertmanagers,
 housekeeps once and exits: scheduled as a job, it keeps the
-tables bounded like the loop does. Metrics are served on ``METRICS_PORT`` (9103) by the
-loop only, so several ``--once`` runs never fight over the port.
+tables bounded like the loop does. Metrics (and ``/health``: what the loop waits for) are
+served on ``METRICS_PORT`` (9103) by the loop only, so several ``--once`` runs never fight over
+the port.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from molam_workloads.alerts.settings import AlertsSettings
 from molam_workloads.core.backtest import backtest, load_rule
 from molam_workloads.core.db import create_pool
 from molam_workloads.core.errors import ConfigError
-from molam_workloads.core.faults import POSTGRES_DOWN, outage
+from molam_workloads.core.faults import POSTGRES_DOWN, health, outage
 from molam_workloads.core.metrics import ALERT_RULE_FAILURES, observe_pool, serve_metrics
 from molam_workloads.core.settings import load_settings
 
@@ -137,7 +138,11 @@ async def run(args: argparse.Namespace) -> int:
                 f" {kept.minute_rows_deleted} txn_minute_agg row(s) deleted"
             )
             return 0
-        serve_metrics(settings.metrics_port, settings.metrics_address)
+        # /health beside /metrics: what the loop waits for (always 200: an outage of
+        # PostgreSQL is no reason for Kubernetes to restart the evaluator).
+        serve_metrics(
+            settings.metrics_port, settings.metrics_address, health=lambda: health("alerts")
+        )
         await _until_signalled(loop(pool, settings))
     log.info("alerts evaluator stopped cleanly")
     return 0

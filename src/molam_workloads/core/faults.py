@@ -176,3 +176,16 @@ def outage(component: str, service: str) -> Outage:
 def waiting(component: str) -> list[str]:
     """The services ``component`` is waiting for now (its shared outages)."""
     return sorted(s for (c, s), o in _OUTAGES.items() if c == component and o.waiting)
+
+
+def health(component: str) -> dict[str, object]:
+    """A ``/health`` document of ``component``'s shared outages (``metrics.serve_metrics``'s
+    ``health``): ``status`` ok or waiting, and for each service waited for, how long and how
+    many errors (names and counts only: the errors' text, which names hosts, is in the log)."""
+    now = time.monotonic()
+    waits = {
+        s: {"seconds": round(now - o.since, 1), "errors": o.errors}
+        for (c, s), o in list(_OUTAGES.items())
+        if c == component and o.since is not None
+    }
+    return {"status": "waiting" if waits else "ok", "waiting_for": waits}

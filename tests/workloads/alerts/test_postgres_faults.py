@@ -13,8 +13,10 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from helpers.services import OwnedPostgres, free_port, owned_postgres, scrape
 
@@ -85,11 +87,15 @@ async def test_the_evaluator_rides_through_a_restart_and_60s_down(
         await asyncio.sleep(max(0.0, DOWN_SECONDS - (time.monotonic() - down_at)))
         assert proc.returncode is None, log_path.read_text()
         assert await scrape(port, *WAITING) == 1.0
+        health = await _health(port)
+        assert health["status"] == "waiting", health
+        assert health["waiting_for"]["postgresql"]["seconds"] >= DOWN_SECONDS - 2
         back = datetime.now(UTC)
         await pg.start()
         # Evaluation resumes within the capped backoff, not after a restart by hand.
         await wait_for(lambda: _evaluated_after(pg.dsn, back), BACKOFF_CAP + 10)
         await wait_for(lambda: _is(port, 0.0), 10)
+        assert await _health(port) == {"status": "ok", "waiting_for": {}}
 
         # Everything works again: data that breaks the rule fires it and the webhook goes out.
         conn = await asyncpg.connect(pg.dsn)
@@ -122,3 +128,10 @@ async def _is(port: int, value: float) -> bool:
 
 async def _received(hook: object) -> bool:
     return bool(getattr(hook, "received", None))
+
+
+async def _health(port: int) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=2) as client:
+        answer = await client.get(f"http://127.0.0.1:{port}/health")
+    assert answer.status_code == 200  # an outage is no reason to restart the evaluator
+    return dict(answer.json())
