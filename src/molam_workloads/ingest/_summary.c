@@ -1068,6 +1068,33 @@ static PyObject *Summary_merchants(Summary *s, PyObject *args) {
     return out;
 }
 
+/* The txn ids this summary and ``arg`` (another summary) both took, with other content. */
+static PyObject *Summary_conflicts(Summary *s, PyObject *arg) {
+    if (!PyObject_TypeCheck(arg, &SummaryType)) {
+        PyErr_SetString(PyExc_TypeError, "conflicts() takes a Summary");
+        return NULL;
+    }
+    const Summary *o = (const Summary *)arg;
+    PyObject *out = PyList_New(0);
+    if (!out) return NULL;
+    for (Py_ssize_t i = 0; i < s->n; i++) {
+        const Rec *r = &s->recs[i];
+        PyObject *pos = PyDict_GetItemWithError(o->txns, r->txn); /* borrowed; exact str keys */
+        if (!pos) {
+            if (PyErr_Occurred()) goto fail;
+            continue;
+        }
+        Py_ssize_t j = PyLong_AsSsize_t(pos);
+        if (j == -1 && PyErr_Occurred()) goto fail;
+        int same = same_content(&o->recs[j], r);
+        if (same < 0 || (!same && PyList_Append(out, r->txn) < 0)) goto fail;
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyObject *Summary_txn_ids(Summary *s, PyObject *unused) {
     PyObject *out = PyList_New(s->n);
     if (!out) return NULL;
@@ -1095,6 +1122,7 @@ static PyMethodDef Summary_methods[] = {
     {"hours", (PyCFunction)Summary_hours, METH_NOARGS, NULL},
     {"merchants", (PyCFunction)Summary_merchants, METH_VARARGS, NULL},
     {"txn_ids", (PyCFunction)Summary_txn_ids, METH_NOARGS, NULL},
+    {"conflicts", (PyCFunction)Summary_conflicts, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };
 

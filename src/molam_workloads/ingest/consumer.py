@@ -750,10 +750,14 @@ class Ingestor:
                 self.totals["abandoned"] += report.records
                 log.info("batch of %d record(s) abandoned after a rebalance", report.records)
                 return report
-            summary, after = prepared.summary, None
+            summary, after, clashes = prepared.summary, None, 0
             if previous is not None and not previous.written.done():
                 # Its transactions count when it commits, and this batch commits only after
-                # it: leaving them out here keeps the two ledger inserts from colliding.
+                # it: leaving them out here keeps the two ledger inserts from colliding. Those
+                # this batch carries with other content are conflicting duplicates.
+                clash = summary.conflicts(previous.summary)
+                if clash:
+                    clashes = await self._conflicting(prepared, clash)
                 summary = summary.without(previous.summary)
                 after = previous.written
             started = time.perf_counter()
@@ -783,8 +787,9 @@ class Ingestor:
                 prepared.written.set_result(False)
             self._writing.discard(task)
         # Conflicting duplicates were dead-lettered, not counted as plain duplicates.
-        report.dead += prepared.conflicts
-        report.duplicates = prepared.accepted - len(report.counted) - prepared.conflicts
+        conflicts = prepared.conflicts + clashes
+        report.dead += conflicts
+        report.duplicates = prepared.accepted - len(report.counted) - conflicts
         for key, n in (
             ("records", report.records),
             ("counted", len(report.counted)),
@@ -822,7 +827,7 @@ class Ingestor:
         self, prepared: PreparedBatch, batch: Summary, after: asyncio.Future[bool] | None
     ) -> Summary:
         async def conflicting(txn_ids: list[str]) -> None:
-            await self._conflicting(prepared, txn_ids)
+            prepared.conflicts = await self._conflicting(prepared, txn_ids)
 
         async def write(conn: Any) -> Summary:
             prepared.conflicts = 0  # found again by a retried attempt
@@ -831,10 +836,11 @@ class Ingestor:
 
         return await self._retry_db("writing a batch", write)
 
-    async def _conflicting(self, prepared: PreparedBatch, txn_ids: list[str]) -> None:
-        """Dead-letter the batch's copies of transactions the ledger already counted with other
-        content (conflicting duplicates), and wait until the broker has them: called inside
-        the batch's transaction, so a crash before its COMMIT meets them again."""
+    async def _conflicting(self, prepared: PreparedBatch, txn_ids: list[str]) -> int:
+        """Dead-letter the batch's copies of transactions counted before with other content
+        (conflicting duplicates: in the ledger, or in the batch still writing before this one)
+        and wait until the broker has them, before this batch's COMMIT (a crash meets them
+        again); how many transactions."""
         wanted = set(txn_ids)
         letters: list[_Letter] = []
         for records in prepared.source.values():
@@ -852,12 +858,12 @@ class Ingestor:
                         " the first copy stays counted",
                     )
                     letters.append(self._dead_letter(rec, exc, prepared.now))
-        prepared.conflicts = len(txn_ids)
         log.warning(
             "%d conflicting duplicate(s) (txn_id counted before with other content) sent to %s",
             len(letters), self.settings.dlq_topic,
         )  # fmt: skip
         await self._deliver_letters(letters, [])
+        return len(txn_ids)
 
     async def _retry_db(self, doing: str, call: Callable[[Any], Awaitable[T]]) -> T:
         """``call`` with a pooled connection until PostgreSQL lets it finish: while it is down,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import asyncpg
@@ -20,6 +21,7 @@ from helpers.ingest import (
 )
 
 from molam_workloads.core.events import TxnStatus, encode_event
+from molam_workloads.ingest.aggregation import summarize
 
 
 async def _consumed(db: asyncpg.Connection, topic: str, n: int) -> bool:
@@ -66,3 +68,21 @@ async def test_conflicting_duplicates_are_dead_lettered_and_the_first_copy_count
     assert len(await read_topic(stack.bootstrap, stack.dlq, 4, timeout=3)) == 3  # no more
     assert ingestor.totals["dead"] == 3
     assert ingestor.totals["duplicates"] == 3  # e[1], e[5], e[3]
+
+
+def test_a_summary_names_the_transactions_another_took_with_other_content() -> None:
+    # What commit() checks while the batch before it is still writing (its transactions are
+    # left to it, so the ledger never sees this batch's copies of them).
+    e = make_events(4, seed=82)
+    older = summarize(e[:3], None)
+    newer = summarize(
+        [
+            e[0],  # the same: a plain duplicate
+            e[1].model_copy(update={"fee": e[1].fee + Decimal("0.01")}),
+            e[2].model_copy(update={"occurred_at": e[2].occurred_at - timedelta(seconds=1)}),
+            e[3],  # new
+        ],
+        None,
+    )
+    assert newer.conflicts(older) == [e[1].txn_id, e[2].txn_id]
+    assert older.conflicts(older) == []
