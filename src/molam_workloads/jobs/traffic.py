@@ -74,15 +74,20 @@ class Spike:
         return t < self.end
 
 
-def merchants(n: int, rnd: random.Random) -> list[Merchant]:
-    """``n`` merchants ``M-0001``… with Zipf-distributed traffic shares (exponent 1.1)."""
+def merchants(
+    n: int,
+    rnd: random.Random,
+    markets: tuple[tuple[str, str, Decimal, float], ...] = MARKETS,
+) -> list[Merchant]:
+    """``n`` merchants ``M-0001``… with Zipf-distributed traffic shares (exponent 1.1), each in
+    one of ``markets`` (shaped like MARKETS), drawn by its share of merchants."""
     raw = [1 / (i + 1) ** 1.1 for i in range(n)]
     total = sum(raw)
-    markets = [m[:3] for m in MARKETS]
-    shares = [m[3] for m in MARKETS]
+    places = [m[:3] for m in markets]
+    shares = [m[3] for m in markets]
     out = []
     for i in range(n):
-        currency, country, ticket = rnd.choices(markets, shares)[0]
+        currency, country, ticket = rnd.choices(places, shares)[0]
         mix = (rnd.uniform(2, 6), rnd.uniform(0.5, 2), rnd.uniform(0.1, 1), rnd.uniform(0.3, 2))
         out.append(Merchant(f"M-{i + 1:04d}", currency, country, ticket, mix, raw[i] / total))
     return out
