@@ -2,7 +2,7 @@
 and the shared core's ``group_lag`` measure it, with the Kafka clients kept between polls.
 
 A partition the group has not committed on yet is read by the consumer from its log start
-(``auto_offset_reset="earliest"``, CONSUMER_OFFSET_RESET): its lag counts from the log start
+(it seeks there, CONSUMER_START): its lag counts from the log start
 offset, as KEDA's Kafka scaler does with ``offsetResetPolicy: earliest`` (KEDA counts from 0;
 the log start is exact once retention has deleted the oldest records).
 
@@ -45,9 +45,9 @@ from molam_workloads.core.kafka import (
 )
 
 METADATA_MAX_AGE_MS = 30_000
-# Where the ingest consumer starts on a partition without a committed offset (its
-# auto_offset_reset; tests/operator/test_lagprobe.py checks the two agree).
-CONSUMER_OFFSET_RESET = "earliest"
+# Where the ingest consumer starts on a partition without a committed offset (it seeks to the
+# log start; tests/operator/test_lagprobe.py checks the two agree).
+CONSUMER_START = "log start"
 
 
 def positions(lag: GroupLag, starts: Mapping[int, int]) -> dict[int, int]:
@@ -200,7 +200,7 @@ class LagProber:
         if uncommitted:
             message += (
                 f" ({uncommitted} partition(s) without a committed offset counted from the log "
-                f"start, where the consumer begins: auto_offset_reset={CONSUMER_OFFSET_RESET})"
+                f"start, where the consumer begins: the {CONSUMER_START})"
             )
         return result, message
 

@@ -6,33 +6,30 @@ base offset of the last batch + 1 (LOCAL-STACK.md), exact only for single-record
 
 from __future__ import annotations
 
-import types
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from helpers.ingest import read_topic, running_consumer
 
 from molam_operator.kafka_access import KafkaAccess
-from molam_operator.lagprobe import CONSUMER_OFFSET_RESET, LagProber
+from molam_operator.lagprobe import CONSUMER_START, LagProber
 from molam_operator.scaling import LagObservation
-from molam_workloads.core.settings import load_settings
-from molam_workloads.ingest.consumer import Ingestor
-from molam_workloads.ingest.settings import IngestSettings
 
 
 async def test_the_probe_assumes_where_the_ingest_consumer_starts(
-    kafka_env: Callable[..., dict[str, str]],
+    kafka_env: Callable[..., dict[str, str]], database_url: str, redis_url: str
 ) -> None:
     """The lag of a group without commits counts from the log start only because the ingest
-    consumer starts there: the two must agree."""
-    kafka_env()
-    stand_in = types.SimpleNamespace(settings=load_settings(IngestSettings))
-    consumer: AIOKafkaConsumer = Ingestor.new_consumer(stand_in)  # type: ignore[arg-type]
-    try:
-        assert consumer._auto_offset_reset == CONSUMER_OFFSET_RESET == "earliest"
-    finally:
-        await consumer.stop()
+    consumer starts there: records published before the group's first start are all read
+    (here undecodable ones, so each shows as a dead letter)."""
+    assert CONSUMER_START == "log start"
+    env = kafka_env()
+    await produce(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_TOPIC"], {0: 3})
+    async with running_consumer():
+        dead = await read_topic(env["KAFKA_BOOTSTRAP_SERVERS"], env["DLQ_TOPIC"], expect=3)
+    assert len(dead) == 3
 
 
 async def produce(bootstrap: str, topic: str, per_partition: dict[int, int]) -> None:
