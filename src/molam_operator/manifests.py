@@ -193,6 +193,9 @@ def _env(cfg: PipelineConfig, component: str) -> list[dict[str, Any]]:
         env.append(_secret_env("ANALYTICS_JWT_SECRET", cfg.jwt_secret))
     if component == "consumer":
         env.append({"name": "METRICS_PORT", "value": str(CONSUMER_METRICS_PORT)})
+        # The pod's name turns on static group membership: a restarted container rejoins
+        # without a rebalance (docs/decisions/023-static-membership.md).
+        env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
     if component == "alerts":
         env.append({"name": "METRICS_PORT", "value": str(ALERTS_METRICS_PORT)})
         if cfg.webhook_secret is not None:

@@ -78,7 +78,7 @@ def test_deployment_container(component: str, args: list[str], secrets: set[str]
     assert c["command"] == ["molam-analytics"]
     assert c["args"] == args
     env = env_of(c)
-    assert {k for k, v in env.items() if isinstance(v, dict)} == secrets
+    assert {k for k, v in env.items() if isinstance(v, dict) and "secretKeyRef" in v} == secrets
     assert env["DATABASE_URL"] == {"secretKeyRef": {"name": "analytics-db", "key": "url"}}
     assert c["envFrom"] == [{"configMapRef": {"name": "analytics-config"}}]
     assert c["readinessProbe"] and c["livenessProbe"]
@@ -115,6 +115,16 @@ def test_consumer_and_alerts_probe_their_metrics_port() -> None:
         assert c["livenessProbe"]["httpGet"]["port"] == "metrics"
         assert c["ports"][0]["containerPort"] == port
         assert env_of(c)["METRICS_PORT"] == str(port)
+
+
+def test_only_the_consumer_knows_its_pod_name_for_static_membership() -> None:
+    ch = children()
+    for comp in ("api", "consumer", "alerts"):
+        env = env_of(container(ch[f"Deployment/analytics-{comp}"]))
+        if comp == "consumer":
+            assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        else:
+            assert "POD_NAME" not in env
 
 
 def test_replicas() -> None:
