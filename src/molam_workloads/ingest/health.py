@@ -22,7 +22,7 @@ KEPT_REPORTS = 20
 
 class ConsumerHealth:
     def __init__(self) -> None:
-        self.postgres = Outage(COMPONENT, "postgres", log)
+        self.postgres = Outage(COMPONENT, "postgresql", log)
         self.kafka = Outage(COMPONENT, "kafka", log)
         self.offset_loss: list[dict[str, Any]] = []
 

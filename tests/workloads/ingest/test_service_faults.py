@@ -176,22 +176,22 @@ async def test_postgres_restart_down_60s_and_read_only_lose_and_double_nothing(
         down_at = time.monotonic()
         await publish(stack.bootstrap, stack.topic, parts[1])
         sent += len(parts[1])
-        await wait_until(lambda: consumer.waiting_for("postgres"), 30)
-        gauge = 'analytics_waiting_for{component="consume",service="postgres"}'
+        await wait_until(lambda: consumer.waiting_for("postgresql"), 30)
+        gauge = 'analytics_waiting_for{component="consume",service="postgresql"}'
         assert await consumer.metric(gauge) == 1.0
         await asyncio.sleep(max(0.0, POSTGRES_DOWN_SECONDS - (time.monotonic() - down_at)))
         assert consumer.alive(), consumer.tail()
         assert (await consumer.health())["status"] == "waiting"
         await pg.start()
         await _consumed(url, stack.topic, sent, 60)
-        await wait_until(lambda: _not(consumer.waiting_for("postgres")), 20)
+        await wait_until(lambda: _not(consumer.waiting_for("postgresql")), 20)
         assert await consumer.metric(gauge) == 0.0
 
         # 2. Read-only (as a standby promoted away, or a disk-full guard): waited out too.
         await _set_read_only(pg, True)
         await publish(stack.bootstrap, stack.topic, parts[2])
         sent += len(parts[2])
-        await wait_until(lambda: consumer.waiting_for("postgres"), 30)
+        await wait_until(lambda: consumer.waiting_for("postgresql"), 30)
         assert await _offsets_total(url, stack.topic) < sent
         await _set_read_only(pg, False)
         await _consumed(url, stack.topic, sent, 60)
@@ -207,9 +207,9 @@ async def test_postgres_restart_down_60s_and_read_only_lose_and_double_nothing(
     assert code == 0, consumer.tail()
     await _assert_exact(url, len(events))
     log = consumer.log.read_text()
-    assert "waiting for postgres" in log and "postgres is back after" in log
+    assert "waiting for postgresql" in log and "postgresql is back after" in log
     # One line per interval, not one per attempt: a 60 s outage is a handful of lines.
-    assert log.count("still waiting for postgres") <= 4, log[-3000:]
+    assert log.count("still waiting for postgresql") <= 4, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
 
 
