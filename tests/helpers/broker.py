@@ -4,7 +4,8 @@ Clients only ever learn the relay's address (the broker advertises it), so the t
 broker unreachable without stopping it (``unreachable()``/``reachable()``: the relay stops
 listening and drops every connection, as a network partition or a broker pod gone does), or
 make it lose its whole log (``lose_log()``: a fresh Tansu behind the same address, as a memory
-broker restarted or a topic re-created does). A new Tansu gets a new private port each time:
+broker restarted or a topic re-created does), or stop it for a while (``down()``, then ``up()``
+at the same address). A new Tansu gets a new private port each time:
 Tansu binds without SO_REUSEADDR, and its old port lingers in TIME_WAIT.
 """
 
@@ -80,6 +81,16 @@ class OwnedBroker:
         """A fresh, empty broker behind the same address: every topic and group is gone."""
         await self.unreachable()
         await self._stop_broker()
+        await self._start_broker()
+        await self.reachable()
+
+    async def down(self) -> None:
+        """The broker stopped: nothing answers at its address, and its log (memory) is gone."""
+        await self.unreachable()
+        await self._stop_broker()
+
+    async def up(self) -> None:
+        """A broker started again at the same address, empty: topics must be created again."""
         await self._start_broker()
         await self.reachable()
 
