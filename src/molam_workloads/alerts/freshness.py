@@ -6,7 +6,9 @@ The consumer stores each batch's next offsets with its aggregates (``consumer_of
 ``updated_at`` moves with every batch); the lag is the broker's (``core.kafka.group_lag``),
 asked only when no batch came for that long. A pipeline that never stored a batch has nothing
 to be stale against. When the broker cannot be asked, the lag is unknown and the ingestion is
-not called stale (logged): the issue's rule needs the lag.
+not called stale: the issue's rule needs the lag. That wait is ``core.faults.outage("alerts",
+"kafka")`` (logged once per interval, ``analytics_waiting_for``, the evaluator's ``/health``);
+while it lasts the lag is asked every cycle, quiet or not, so that the broker's return ends it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import logging
 import asyncpg
 
 from molam_workloads.alerts.settings import AlertsSettings
-from molam_workloads.core.errors import MolamError
+from molam_workloads.core.errors import MolamError, ServiceUnavailable
+from molam_workloads.core.faults import outage
 from molam_workloads.core.kafka import group_lag
 
 log = logging.getLogger(__name__)
@@ -36,16 +39,23 @@ async def ingestion_stale(pool: asyncpg.Pool, settings: AlertsSettings) -> bool:
         return False
     group, topic = settings.kafka_consumer_group, settings.kafka_topic
     quiet = await pool.fetchval(_QUIET_SQL, group, topic, minutes * 60)
-    if not quiet:  # a recent batch, or none ever stored (NULL)
+    broker = outage("alerts", "kafka")
+    if not quiet and not broker.waiting:  # a recent batch, or none ever stored (NULL)
         return False
     try:
         lag = await group_lag(settings, group, topic, timeout=LAG_TIMEOUT_SECONDS)
-    except (MolamError, OSError) as exc:  # unreachable, refused, no such topic
-        log.warning(
-            "no batch for %g min from group %s, and its lag is unknown: %s", minutes, group, exc
-        )
+    except (ServiceUnavailable, OSError) as exc:  # unreachable, or answering with errors
+        broker.failed(exc, f"the lag of group {group}")
         return False
-    if lag.total > 0:
+    except MolamError as exc:  # the broker answered: no such topic
+        broker.recovered()
+        if quiet:
+            log.warning(
+                "no batch for %g min from group %s, and its lag is unknown: %s", minutes, group, exc
+            )
+        return False
+    broker.recovered()
+    if quiet and lag.total > 0:
         log.warning(
             "ingestion is stale: no batch for %g min from group %s while %s has lag %d; "
             "every rule has no data",
