@@ -36,6 +36,7 @@ from molam_operator.scaling import Decision, LagObservation, ProbeFailure, Reaso
 from molam_operator.settings import GROUP, VERSION
 from molam_operator.spec import InvalidSpec, PipelineConfig, parse_spec
 from molam_workloads.core.errors import ServiceUnavailable
+from molam_workloads.core.faults import outage
 
 KIND = "AnalyticsPipeline"
 PLURAL = "analyticspipelines"
@@ -353,6 +354,21 @@ async def last_refresh(
     return str(value) if value else None
 
 
+def broker_wait(
+    namespace: str, name: str, observation: LagObservation | ProbeFailure, message: str
+) -> None:
+    """The operator's wait for a pipeline's broker (``analytics_waiting_for{component=
+    "operator", service="kafka <namespace>/pipeline/<name>"}``; Kopf's /healthz lists it): a
+    poll that cannot reach it is reported once per interval, not once per poll, and one the
+    broker answered (a lag, or no such topic) ends the wait. Replicas are held meanwhile
+    (``scaling.decide``)."""
+    wait = outage("operator", f"kafka {namespace}/pipeline/{name}")
+    if observation is ProbeFailure.broker_unreachable:
+        wait.failed(ServiceUnavailable(message), "lag probe")
+    elif isinstance(observation, LagObservation) or observation is ProbeFailure.topic_not_found:
+        wait.recovered()
+
+
 async def scale_once(
     ctx: OperatorContext,
     body: kopf.Body,
@@ -376,6 +392,7 @@ async def scale_once(
             cfg.topic,
             timeout=ctx.settings.operator_kafka_timeout_seconds,
         )
+    broker_wait(namespace, name, observation, probe_message)
     consumer = await _consumer(ctx, namespace, name)
     if consumer is None:  # being (re)created: check the children next time round
         rt.recheck = True
