@@ -9,6 +9,7 @@ import kopf
 from molam_operator.context import MEMO_KEY, OperatorContext
 from molam_operator.kube import Kube
 from molam_operator.settings import GROUP, OperatorSettings
+from molam_workloads.core.faults import quiet_kafka_reconnects
 from molam_workloads.core.metrics import serve_metrics
 from molam_workloads.core.settings import load_settings
 
@@ -55,6 +56,7 @@ def tune(settings: kopf.OperatorSettings) -> None:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger) -> None:
     """The startup handler: tune Kopf, connect to the API server, open the metrics port."""
     tune(settings)
+    quiet_kafka_reconnects()  # the lag probe's clients, while a pipeline's broker is away
     ops = load_settings(OperatorSettings)
     kube = Kube.connect()
     # batch/v1 CronJob from Kubernetes 1.21; 1.20 (the local control plane) serves v1beta1 only.

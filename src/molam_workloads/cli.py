@@ -80,6 +80,10 @@ def _configure_logging() -> None:
         stream=sys.stderr,
     )
     logging.getLogger("asyncpg.pool").addFilter(_OneLineRetries())
+    # Imported here: the core's service clients load only for a command that runs.
+    from molam_workloads.core.faults import quiet_kafka_reconnects
+
+    quiet_kafka_reconnects()
 
 
 def main(argv: list[str] | None = None) -> int:

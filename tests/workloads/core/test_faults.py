@@ -10,7 +10,14 @@ import logging
 import pytest
 from prometheus_client import REGISTRY
 
-from molam_workloads.core.faults import BACKOFF_CAP, Outage, backoff, outage, waiting
+from molam_workloads.core.faults import (
+    BACKOFF_CAP,
+    Outage,
+    QuietReconnects,
+    backoff,
+    outage,
+    waiting,
+)
 
 
 class Clock:
@@ -105,3 +112,28 @@ async def test_the_probe_ends_a_wait_nobody_else_would_notice() -> None:
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.05)
     assert wait.errors == 0 and _gauge("test", "probe") == 0
+
+
+def test_aiokafka_reconnect_errors_once_per_interval_and_address() -> None:
+    """aiokafka's own ERROR per failed connection (its format strings): the first for an
+    address, then one per interval with the count left out; other messages untouched."""
+    clock = Clock()
+    quiet = QuietReconnects(every=30, clock=clock)
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("aiokafka", logging.ERROR, "client.py", 1, msg, args, None)
+
+    refused = ConnectionRefusedError(111, "refused")
+    kept = []
+    for _ in range(60):  # one attempt a second for 60 s, to two brokers
+        for port in (9092, 9093):
+            r = record('Unable connect to "%s:%s": %s', "10.0.0.1", port, refused)
+            if quiet.filter(r):
+                kept.append(r.getMessage())
+        clock.now += 1
+    assert len(kept) == 4, kept  # at 0 s and 30 s, for each address
+    assert kept[0].startswith('Unable connect to "10.0.0.1:9092"')
+    assert "29 more like it in 30 s" in kept[2]
+    assert quiet.filter(record("Unable connect to node with id %s: %s", 1, refused))
+    assert quiet.filter(record("Heartbeat failed for group %s", "g"))
+    assert quiet.filter(record("Heartbeat failed for group %s", "g"))
