@@ -36,7 +36,7 @@ from molam_operator.scaling import Decision, LagObservation, ProbeFailure, Reaso
 from molam_operator.settings import GROUP, VERSION
 from molam_operator.spec import InvalidSpec, PipelineConfig, parse_spec
 from molam_workloads.core.errors import ServiceUnavailable
-from molam_workloads.core.faults import outage
+from molam_workloads.core.faults import forget, outage
 
 KIND = "AnalyticsPipeline"
 PLURAL = "analyticspipelines"
@@ -354,6 +354,10 @@ async def last_refresh(
     return str(value) if value else None
 
 
+def broker_service(namespace: str, name: str) -> str:
+    return f"kafka {namespace}/pipeline/{name}"
+
+
 def broker_wait(
     namespace: str, name: str, observation: LagObservation | ProbeFailure, message: str
 ) -> None:
@@ -362,7 +366,7 @@ def broker_wait(
     poll that cannot reach it is reported once per interval, not once per poll, and one the
     broker answered (a lag, or no such topic) ends the wait. Replicas are held meanwhile
     (``scaling.decide``)."""
-    wait = outage("operator", f"kafka {namespace}/pipeline/{name}")
+    wait = outage("operator", broker_service(namespace, name))
     if observation is ProbeFailure.broker_unreachable:
         wait.failed(ServiceUnavailable(message), "lag probe")
     elif isinstance(observation, LagObservation) or observation is ProbeFailure.topic_not_found:
@@ -548,3 +552,4 @@ async def run(
             stopped.reason
         ):
             ctx.forget(namespace, name)
+            forget("operator", broker_service(namespace, name))  # no broker left to wait for

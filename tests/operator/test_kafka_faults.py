@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from helpers.broker import OwnedBroker, owned_broker
-from helpers.kube import apply, eventually, kubectl_json
+from helpers.kube import apply, eventually, kubectl, kubectl_json
 from prometheus_client import REGISTRY
 
 from molam_operator.main import waiting_for
@@ -138,3 +138,10 @@ async def test_the_operator_holds_replicas_through_30s_without_the_broker(
     # way: the first for an address, then one per interval (core.faults.QuietReconnects).
     noise = [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")]
     assert len(noise) <= 3 * (DOWN_SECONDS / LOG_EVERY_SECONDS + 1), noise
+
+    # A pipeline deleted while its broker is away: the wait goes with it (not left in /healthz).
+    await broker.down()
+    await eventually("waiting again", lambda: service in waiting_for(), timeout=20)
+    kubectl("delete", "analyticspipeline", "analytics", "-n", namespace, "--wait=false")
+    await eventually("forgotten", lambda: service not in waiting_for(), timeout=30)
+    assert REGISTRY.get_sample_value("analytics_waiting_for", labels) is None

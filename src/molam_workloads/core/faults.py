@@ -221,6 +221,13 @@ def outage(component: str, service: str) -> Outage:
     return found
 
 
+def forget(component: str, service: str) -> None:
+    """Drop a wait whose subject is gone (the operator's, for a deleted pipeline): it is no
+    longer reported, and its gauge goes with it."""
+    if _OUTAGES.pop((component, service), None) is not None:
+        metrics.WAITING_FOR.remove(component, service)
+
+
 def waiting(component: str) -> list[str]:
     """The services ``component`` is waiting for now (its shared outages)."""
     return sorted(s for (c, s), o in _OUTAGES.items() if c == component and o.waiting)

@@ -15,6 +15,7 @@ from molam_workloads.core.faults import (
     Outage,
     QuietReconnects,
     backoff,
+    forget,
     outage,
     waiting,
 )
@@ -137,3 +138,15 @@ def test_aiokafka_reconnect_errors_once_per_interval_and_address() -> None:
     assert quiet.filter(record("Unable connect to node with id %s: %s", 1, refused))
     assert quiet.filter(record("Heartbeat failed for group %s", "g"))
     assert quiet.filter(record("Heartbeat failed for group %s", "g"))
+
+
+def test_a_forgotten_wait_is_no_longer_reported() -> None:
+    """The subject of a wait is gone (a deleted pipeline): not listed, and its gauge removed."""
+    wait = outage("test-forget", "kafka ns/pipeline/p")
+    wait.failed(ConnectionRefusedError(111, "refused"))
+    assert waiting("test-forget") == ["kafka ns/pipeline/p"]
+    assert _gauge("test-forget", "kafka ns/pipeline/p") == 1
+    forget("test-forget", "kafka ns/pipeline/p")
+    assert waiting("test-forget") == []
+    assert _gauge("test-forget", "kafka ns/pipeline/p") is None
+    forget("test-forget", "kafka ns/pipeline/p")  # twice: nothing to do
