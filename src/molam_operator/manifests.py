@@ -194,8 +194,11 @@ def _env(cfg: PipelineConfig, component: str) -> list[dict[str, Any]]:
     if component == "consumer":
         env.append({"name": "METRICS_PORT", "value": str(CONSUMER_METRICS_PORT)})
         # The pod's name turns on static group membership: a restarted container rejoins
-        # without a rebalance (docs/decisions/023-static-membership.md).
-        env.append({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        # without a rebalance (docs/decisions/023-static-membership.md). Opt-in: a broker that
+        # never evicts a static member (Tansu 0.6) stalls the group at the next scale-down.
+        if cfg.scaling.static_membership:
+            field = {"fieldRef": {"fieldPath": "metadata.name"}}
+            env.append({"name": "POD_NAME", "valueFrom": field})
     if component == "alerts":
         env.append({"name": "METRICS_PORT", "value": str(ALERTS_METRICS_PORT)})
         if cfg.webhook_secret is not None:

@@ -74,6 +74,7 @@ class ConsumerScaling:
     scale_down_stabilization_seconds: int = 300
     target_drain_seconds: int | None = None
     paused: bool = False
+    static_membership: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ def parse_spec(spec: Mapping[str, Any]) -> PipelineConfig:
         scale_down_stabilization_seconds=int(consumer.get("scaleDownStabilizationSeconds", 300)),
         target_drain_seconds=int(target) if target is not None else None,
         paused=bool(consumer.get("paused", False)),
+        static_membership=bool(consumer.get("staticMembership", False)),
     )
     if scaling.min_replicas > scaling.max_replicas:
         raise InvalidSpec(

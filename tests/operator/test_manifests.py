@@ -117,14 +117,18 @@ def test_consumer_and_alerts_probe_their_metrics_port() -> None:
         assert env_of(c)["METRICS_PORT"] == str(port)
 
 
-def test_only_the_consumer_knows_its_pod_name_for_static_membership() -> None:
-    ch = children()
+@pytest.mark.parametrize("static", [False, True])
+def test_static_membership_gives_only_the_consumer_its_pod_name(static: bool) -> None:
+    spec = sample_spec()
+    spec["consumer"] = {**spec.get("consumer", {}), "staticMembership": static}
+    ch = children(spec)
     for comp in ("api", "consumer", "alerts"):
         env = env_of(container(ch[f"Deployment/analytics-{comp}"]))
-        if comp == "consumer":
+        if comp == "consumer" and static:
             assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
         else:
             assert "POD_NAME" not in env
+    assert "POD_NAME" not in env_of(container(children()["Deployment/analytics-consumer"]))
 
 
 def test_replicas() -> None:
