@@ -250,9 +250,9 @@ def _http_probe(path: str, port: int | str, *, period: int, failures: int) -> di
 def _probes(component: str) -> dict[str, Any]:
     if component == "api":
         return {
-            # /health answers 503 while PostgreSQL, Redis or Kafka is down: take the pod out of
-            # the Service then, but do not restart it for someone else's outage.
-            "readinessProbe": _http_probe("/health", "http", period=10, failures=3),
+            # /ready answers 503 while PostgreSQL, the one service an answer needs, is down: take
+            # the pod out of the Service then, but do not restart it for someone else's outage.
+            "readinessProbe": _http_probe("/ready", "http", period=10, failures=3),
             "livenessProbe": {
                 "tcpSocket": {"port": "http"},
                 "initialDelaySeconds": 10,

@@ -96,10 +96,10 @@ def test_deployment_container(component: str, args: list[str], secrets: set[str]
     assert "app.kubernetes.io/managed-by" not in sel
 
 
-def test_api_probes_health_and_service_port() -> None:
+def test_api_probes_readiness_and_service_port() -> None:
     ch = children()
     c = container(ch["Deployment/analytics-api"])
-    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
     assert c["ports"] == [{"name": "http", "containerPort": 8082, "protocol": "TCP"}]
     svc = ch["Service/analytics-api"]
     assert svc["spec"]["ports"][0]["port"] == 8082

@@ -59,6 +59,24 @@ async def test_health_with_a_service_down(
         assert answer.json()["checks"][down] == {"status": "down"}
 
 
+@pytest.mark.parametrize("down", ["redis", "kafka"])
+async def test_ready_needs_postgresql_alone(
+    module_db: str, module_redis_url: str, down: str
+) -> None:
+    """The readiness probe's answer: Redis or Kafka away leaves the pod in its Service
+    (PostgreSQL away makes it 503: tests/workloads/api/test_postgres_faults.py)."""
+    port = closed_port()
+    redis_url = f"redis://127.0.0.1:{port}/0" if down == "redis" else module_redis_url
+    overrides = {"kafka_bootstrap_servers": f"127.0.0.1:{port}"} if down == "kafka" else {}
+    settings = api_settings(module_db, redis_url, **overrides)
+    async with running_api(settings) as api:
+        r = await api.client.get("/ready")
+        health = await api.client.get("/health")
+    assert health.status_code == 503
+    assert r.status_code == 200, r.text
+    assert r.json() == {"status": "ok", "checks": {"postgresql": {"status": "up"}}}
+
+
 @pytest.mark.parametrize("right_ca", [True, False])
 async def test_health_checks_kafka_over_tls(
     module_db: str, module_redis_url: str, tls_kafka: TlsBroker, tls_files: TlsFiles,

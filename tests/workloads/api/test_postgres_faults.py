@@ -69,6 +69,9 @@ async def test_the_api_rides_through_a_restart_and_60s_down(
             anonymous = await api.client.get("/health")
             assert anonymous.status_code == 503
             assert anonymous.json()["checks"]["postgresql"] == {"status": "down"}
+            not_ready = await api.client.get("/ready")
+            assert not_ready.status_code == 503
+            assert not_ready.json()["checks"] == {"postgresql": {"status": "down"}}
             ops = (await api.client.get("/health", headers=auth("ops"))).json()
             assert ops["checks"]["postgresql"]["waiting_seconds"] >= DOWN_SECONDS - 1
             assert ops["checks"]["redis"]["status"] == "up"
@@ -81,6 +84,7 @@ async def test_the_api_rides_through_a_restart_and_60s_down(
                 await asyncio.sleep(0.2)
             await _until(api, "/v1/kpis", 200, 5)
             assert (await api.client.get("/health")).status_code == 200
+            assert (await api.client.get("/ready")).status_code == 200
     waits = [
         m for r in caplog.records if (m := r.getMessage()).startswith("api: ") and "postgresql" in m
     ]

@@ -1,4 +1,7 @@
 """``GET /health`` (no auth): PostgreSQL, Redis and Kafka each checked; 503 if one is down.
+``GET /ready`` (no auth, the pods' readiness probe): PostgreSQL alone, the one service an answer
+needs (Redis is a cache with a fallback and Kafka is off the request path), so that their
+outages do not take every API pod out of its Service.
 
 Anyone may ask, so the answer says only up or down: why a check failed (an error's text names
 hosts, users and certificates) goes to the log, and into the answer only for an admin or ops
@@ -100,7 +103,22 @@ async def health(
         _timed(resources.outage("redis"), redis.ping()),
         _timed(resources.outage("kafka"), _kafka(kafka)),
     )
-    checks = {"postgresql": pg, "redis": rd, "kafka": kf}
+    return _answer(request, {"postgresql": pg, "redis": rd, "kafka": kf})
+
+
+@router.get(
+    "/ready",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "PostgreSQL is down"}},
+)
+async def ready(request: Request, pool: PoolDep) -> JSONResponse:
+    """Whether this pod can answer: PostgreSQL's check alone, with the same detail rules."""
+    pg = await _timed(get_resources(request).outage("postgresql"), pool.fetchval("SELECT 1"))
+    return _answer(request, {"postgresql": pg})
+
+
+def _answer(request: Request, checks: dict[str, Check]) -> JSONResponse:
+    """200 when every check is up, else 503; statuses only unless an admin or ops token asks."""
     ok = all(c.status == "up" for c in checks.values())
     if not _sees_details(request):
         checks = {name: Check(status=c.status) for name, c in checks.items()}
