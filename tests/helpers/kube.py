@@ -82,6 +82,44 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def pipeline_with_db(
+    namespace: str,
+    database_url: str,
+    *,
+    kafka: dict[str, Any] | None = None,
+    consumer: dict[str, Any] | None = None,
+    secret: str = "analytics-db",
+    redis_secret: str = "analytics-redis",
+    **spec: Any,
+) -> list[dict[str, Any]]:
+    """The AnalyticsPipeline ``analytics`` and the Secret holding its database URL.
+
+    Without ``kafka`` the broker address is a closed port and the consumer polls once a minute:
+    tests of the database side are not disturbed by lag probes. ``spec`` adds fields (api, ...).
+    """
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": secret, "namespace": namespace},
+            "stringData": {"url": database_url},
+        },
+        {
+            "apiVersion": "analytics.molam.io/v1",
+            "kind": "AnalyticsPipeline",
+            "metadata": {"name": "analytics", "namespace": namespace},
+            "spec": {
+                "image": "molam-analytics:test",
+                "kafka": kafka or {"bootstrapServers": "127.0.0.1:1"},
+                "database": {"secretRef": {"name": secret}},
+                "redis": {"secretRef": {"name": redis_secret}},
+                "consumer": consumer or {"pollSeconds": 60},
+                **spec,
+            },
+        },
+    ]
+
+
 @contextmanager
 def running_operator(namespace: str) -> Iterator[KopfRunner]:
     """The operator, in a thread of this process, watching ``namespace`` only."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers.kube import apply, eventually, kubectl, kubectl_json, sample
+from helpers.kube import apply, eventually, kubectl, kubectl_json, pipeline_with_db, sample
 from pydantic import ValidationError
 
 from molam_operator.alertrule import (
@@ -39,29 +39,6 @@ def synced(namespace: str, name: str = "high-failure-rate-sn") -> dict[str, Any]
 
 async def row(db: asyncpg.Connection, name: str) -> asyncpg.Record | None:
     return await db.fetchrow("SELECT * FROM analytics_alert_rules WHERE name = $1", name)
-
-
-def pipeline_with_db(namespace: str, database_url: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "analytics-db", "namespace": namespace},
-            "stringData": {"url": database_url},
-        },
-        {
-            "apiVersion": "analytics.molam.io/v1",
-            "kind": "AnalyticsPipeline",
-            "metadata": {"name": "analytics", "namespace": namespace},
-            "spec": {
-                "image": "molam-analytics:test",
-                "kafka": {"bootstrapServers": "127.0.0.1:1"},
-                "database": {"secretRef": {"name": "analytics-db"}},
-                "redis": {"secretRef": {"name": "analytics-redis"}},
-                "consumer": {"pollSeconds": 60},
-            },
-        },
-    ]
 
 
 async def test_rule_follows_the_custom_resource(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from helpers.kube import apply, eventually
+from helpers.kube import apply, eventually, pipeline_with_db
 
 pytestmark = pytest.mark.kube
 
@@ -82,30 +82,14 @@ async def test_operator_process_serves_liveness_and_metrics(
     try:
         await eventually("liveness", lambda: fetch(f"http://127.0.0.1:{live}/healthz"), 20)
         apply(
-            [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {"name": "db", "namespace": namespace},
-                    "stringData": {"url": database_url},
-                },
-                {
-                    "apiVersion": "analytics.molam.io/v1",
-                    "kind": "AnalyticsPipeline",
-                    "metadata": {"name": "analytics", "namespace": namespace},
-                    "spec": {
-                        "image": "molam-analytics:test",
-                        "kafka": {
-                            "bootstrapServers": kafka_bootstrap,
-                            "topic": topic,
-                            "consumerGroup": group,
-                        },
-                        "database": {"secretRef": {"name": "db"}},
-                        "redis": {"secretRef": {"name": "redis"}},
-                        "consumer": {"pollSeconds": 1, "lagThreshold": 5},
-                    },
-                },
-            ]
+            pipeline_with_db(
+                namespace,
+                database_url,
+                kafka={"bootstrapServers": kafka_bootstrap, "topic": topic, "consumerGroup": group},
+                consumer={"pollSeconds": 1, "lagThreshold": 5},
+                secret="db",
+                redis_secret="redis",
+            )
         )
         line = (
             f'analytics_operator_consumer_lag{{namespace="{namespace}",pipeline="analytics"}} 6.0'

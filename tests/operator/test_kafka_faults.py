@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from helpers.broker import OwnedBroker, owned_broker
-from helpers.kube import apply, eventually, kubectl, kubectl_json
+from helpers.kube import apply, eventually, kubectl, kubectl_json, pipeline_with_db
 from prometheus_client import REGISTRY
 
 from molam_operator.main import waiting_for
@@ -38,35 +38,21 @@ async def broker() -> AsyncIterator[OwnedBroker]:
 
 
 def _pipeline(namespace: str, bootstrap: str, database_url: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "analytics-db", "namespace": namespace},
-            "stringData": {"url": database_url},
+    return pipeline_with_db(
+        namespace,
+        database_url,
+        kafka={"bootstrapServers": bootstrap, "topic": TOPIC, "consumerGroup": "g"},
+        consumer={
+            "minReplicas": 1,
+            "maxReplicas": PARTITIONS,
+            "lagThreshold": 10,
+            "pollSeconds": 1,
+            "scaleDownStabilizationSeconds": 3,
+            "resources": UNSCHEDULABLE,
         },
-        {
-            "apiVersion": "analytics.molam.io/v1",
-            "kind": "AnalyticsPipeline",
-            "metadata": {"name": "analytics", "namespace": namespace},
-            "spec": {
-                "image": "molam-analytics:test",
-                "kafka": {"bootstrapServers": bootstrap, "topic": TOPIC, "consumerGroup": "g"},
-                "database": {"secretRef": {"name": "analytics-db"}},
-                "redis": {"secretRef": {"name": "analytics-redis"}},
-                "api": {"resources": UNSCHEDULABLE},
-                "alerts": {"resources": UNSCHEDULABLE},
-                "consumer": {
-                    "minReplicas": 1,
-                    "maxReplicas": PARTITIONS,
-                    "lagThreshold": 10,
-                    "pollSeconds": 1,
-                    "scaleDownStabilizationSeconds": 3,
-                    "resources": UNSCHEDULABLE,
-                },
-            },
-        },
-    ]
+        api={"resources": UNSCHEDULABLE},
+        alerts={"resources": UNSCHEDULABLE},
+    )
 
 
 async def _backlog(broker: OwnedBroker, per_partition: int) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers.kube import apply, eventually, kubectl, kubectl_json, sample
+from helpers.kube import apply, eventually, kubectl, kubectl_json, pipeline_with_db, sample
 from helpers.services import OwnedPostgres, owned_postgres
 from prometheus_client import REGISTRY
 
@@ -33,29 +33,6 @@ async def pg() -> AsyncIterator[OwnedPostgres]:
     async with owned_postgres() as server:
         await migrate(server.dsn)
         yield server
-
-
-def _pipeline(namespace: str, database_url: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "analytics-db", "namespace": namespace},
-            "stringData": {"url": database_url},
-        },
-        {
-            "apiVersion": "analytics.molam.io/v1",
-            "kind": "AnalyticsPipeline",
-            "metadata": {"name": "analytics", "namespace": namespace},
-            "spec": {
-                "image": "molam-analytics:test",
-                "kafka": {"bootstrapServers": "127.0.0.1:1"},
-                "database": {"secretRef": {"name": "analytics-db"}},
-                "redis": {"secretRef": {"name": "analytics-redis"}},
-                "consumer": {"pollSeconds": 60},
-            },
-        },
-    ]
 
 
 async def _threshold(dsn: str, name: str) -> str | None:
@@ -87,7 +64,7 @@ async def test_the_operator_rides_through_a_restart_and_60s_down(
     labels = {"component": "operator", "service": service}
     name = f"{namespace}/{RULE}"
     caplog.set_level(logging.INFO)
-    apply(_pipeline(namespace, pg.dsn))
+    apply(pipeline_with_db(namespace, pg.dsn))
     apply(sample("alertrule.yaml", namespace))
     await eventually("synced", lambda: _threshold(pg.dsn, name), timeout=20)
 
