@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from helpers.kafka_tls import tansu_binary
+from helpers.kafka_tls import pipe, start_tansu
 from helpers.services import free_port
 
 
@@ -37,24 +36,7 @@ class OwnedBroker:
 
     async def _start_broker(self) -> None:
         self._upstream = free_port()
-        self._proc = await asyncio.create_subprocess_exec(
-            str(tansu_binary()), "broker",
-            "--listener-url", f"tcp://127.0.0.1:{self._upstream}",
-            "--advertised-listener-url", f"tcp://127.0.0.1:{self.port}",
-            "--storage-engine", "memory://tansu/",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", self._upstream)
-            except OSError:
-                if self._proc.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the owned Tansu broker did not start") from None
-                await asyncio.sleep(0.05)
-                continue
-            w.close()
-            return
+        self._proc = await start_tansu(self._upstream, self.port)
 
     async def _stop_broker(self) -> None:
         if self._proc is not None and self._proc.returncode is None:
@@ -113,23 +95,13 @@ class OwnedBroker:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._upstream)
             try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
             finally:
                 up_writer.close()
         except (OSError, asyncio.CancelledError):
             pass
         finally:
             self._pipes.discard(task)
-            writer.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
             writer.close()
 
 

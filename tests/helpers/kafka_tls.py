@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -28,6 +27,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from helpers.services import free_port
 from helpers.stack import load_stack
 
 
@@ -83,10 +83,30 @@ def tansu_binary() -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+async def start_tansu(port: int, advertised: int) -> asyncio.subprocess.Process:
+    """A Tansu broker (memory storage) listening on ``port`` and advertising ``advertised`` (a
+    relay's port: clients only ever learn that one), returned once it accepts connections."""
+    proc = await asyncio.create_subprocess_exec(
+        str(tansu_binary()), "broker",
+        "--listener-url", f"tcp://127.0.0.1:{port}",
+        "--advertised-listener-url", f"tcp://127.0.0.1:{advertised}",
+        "--storage-engine", "memory://tansu/",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if proc.returncode is not None or time.monotonic() > deadline:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+                raise RuntimeError(f"the test's Tansu broker did not start on {port}") from None
+            await asyncio.sleep(0.05)
+            continue
+        w.close()
+        return proc
 
 
 @dataclass
@@ -119,7 +139,7 @@ class TlsProxy:
         self._pipes.add(task)
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         except (OSError, asyncio.CancelledError):
             pass
         finally:
@@ -127,7 +147,8 @@ class TlsProxy:
             writer.close()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy ``reader`` to ``writer`` until end of stream, then close ``writer``."""
     try:
         while data := await reader.read(65536):
             writer.write(data)
@@ -154,33 +175,15 @@ async def tls_broker(
     if client_certificates:
         context.load_verify_locations(files.ca)
         context.verify_mode = ssl.CERT_REQUIRED
-    plain, public = _free_port(), _free_port()
+    plain, public = free_port(), free_port()
     proxy = TlsProxy(context, upstream=plain, port=public)
     await proxy.start()
-    broker = await asyncio.create_subprocess_exec(
-        str(tansu_binary()),
-        "broker",
-        "--listener-url",
-        f"tcp://127.0.0.1:{plain}",
-        "--advertised-listener-url",
-        f"tcp://127.0.0.1:{public}",
-        "--storage-engine",
-        "memory://tansu/",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                _, w = await asyncio.open_connection("127.0.0.1", plain)
-            except OSError:
-                if broker.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the TLS test broker did not start") from None
-                await asyncio.sleep(0.05)
-                continue
-            w.close()
-            break
+        broker = await start_tansu(plain, public)
+    except BaseException:
+        await proxy.stop()
+        raise
+    try:
         yield TlsBroker(f"127.0.0.1:{public}", proxy)
     finally:
         await proxy.stop()
