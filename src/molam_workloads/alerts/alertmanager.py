@@ -36,7 +36,7 @@ import asyncpg
 import httpx
 
 from molam_workloads.alerts.delivery import Attempt, Outcome, post_once, record
-from molam_workloads.alerts.egress import guarded_client, url_host
+from molam_workloads.alerts.egress import LazyClient, guarded_client, url_host
 from molam_workloads.alerts.notifier import backoff_seconds
 from molam_workloads.alerts.payload import alertmanager_alert, firing_ends_at
 from molam_workloads.alerts.settings import AlertsSettings
@@ -112,21 +112,21 @@ class AlertmanagerPusher:
     ) -> None:
         self.pool = pool
         self.settings = settings
-        self._client = client
-        self._own_client = client is None
+        self._http = LazyClient(
+            client,
+            lambda: guarded_client(
+                self.settings.egress_policy(),
+                timeout=self.settings.alertmanager_timeout_seconds,
+                max_connections=64,
+            ),
+        )
         self._wake = asyncio.Event()
         self._busy: dict[str, asyncio.Task[list[Outcome]]] = {}
         self._database = outage("alerts", "postgresql")
 
     @property
     def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = guarded_client(
-                self.settings.egress_policy(),
-                timeout=self.settings.alertmanager_timeout_seconds,
-                max_connections=64,
-            )
-        return self._client
+        return self._http.get()
 
     def wake(self) -> None:
         """Post now (a cycle just opened or closed alerts)."""
@@ -138,9 +138,7 @@ class AlertmanagerPusher:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._busy.clear()
-        if self._own_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._http.aclose()
 
     async def run(self) -> None:
         """A round every resend delay, or sooner when woken, until cancelled."""

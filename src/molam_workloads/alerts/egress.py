@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -185,6 +185,28 @@ def guarded_client(
         headers={"User-Agent": "molam-analytics-alerts"},
         trust_env=False,
     )
+
+
+class LazyClient:
+    """A sender's HTTP client: the one it was given (the giver's to close), or one made on first
+    use and closed by :meth:`aclose`, so a sender that never sends opens no connection pool."""
+
+    def __init__(
+        self, client: httpx.AsyncClient | None, make: Callable[[], httpx.AsyncClient]
+    ) -> None:
+        self._client = client
+        self._make = make
+        self._own = client is None
+
+    def get(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = self._make()
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._own and self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
 
 def hosts_of(urls: Sequence[str]) -> list[str]:

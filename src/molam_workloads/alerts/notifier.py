@@ -42,7 +42,7 @@ import httpx
 from asyncpg.pool import PoolConnectionProxy
 
 from molam_workloads.alerts.delivery import Attempt, Outcome, post_once, record
-from molam_workloads.alerts.egress import guarded_client, url_host
+from molam_workloads.alerts.egress import LazyClient, guarded_client, url_host
 from molam_workloads.alerts.payload import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -120,8 +120,14 @@ class Notifier:
     ) -> None:
         self.pool = pool
         self.settings = settings
-        self._client = client
-        self._own_client = client is None
+        self._http = LazyClient(
+            client,
+            lambda: guarded_client(
+                self.settings.egress_policy(),
+                timeout=self.settings.alerts_webhook_timeout_seconds,
+                max_connections=self.settings.alerts_notify_concurrency,
+            ),
+        )
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._tests: asyncio.Task[int] | None = None
@@ -129,13 +135,7 @@ class Notifier:
 
     @property
     def client(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = guarded_client(
-                self.settings.egress_policy(),
-                timeout=self.settings.alerts_webhook_timeout_seconds,
-                max_connections=self.settings.alerts_notify_concurrency,
-            )
-        return self._client
+        return self._http.get()
 
     async def aclose(self) -> None:
         tasks = [*self._inflight, *([self._tests] if self._tests else [])]
@@ -144,9 +144,7 @@ class Notifier:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._tests = None
-        if self._own_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._http.aclose()
 
     def wake(self) -> None:
         """Look for due deliveries now (the evaluator just queued some)."""
