@@ -16,9 +16,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaProducer
 from helpers.alerts import alerts_health, alerts_process
 from helpers.broker import OwnedBroker, owned_broker
+from helpers.ingest import publish
 from helpers.services import free_port, scrape
 
 from molam_workloads.core.faults import BACKOFF_CAP, LOG_EVERY_SECONDS
@@ -40,13 +40,8 @@ async def broker() -> AsyncIterator[OwnedBroker]:
 async def _backlog(broker: OwnedBroker) -> None:
     """The topic created with 3 records the group has not read (lag 3)."""
     await broker.create_topic(TOPIC)
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
-    await producer.start()
-    try:
-        for i in range(3):  # one record per batch (Tansu's end offsets, LOCAL-STACK.md)
-            await producer.send_and_wait(TOPIC, b"{}", key=b"%d" % i)
-    finally:
-        await producer.stop()
+    # One record per batch (Tansu's end offsets, LOCAL-STACK.md).
+    await publish(broker.bootstrap, TOPIC, [b"{}"] * 3, one_per_batch=True)
 
 
 async def _no_data_reason(dsn: str) -> str | None:

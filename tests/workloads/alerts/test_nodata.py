@@ -14,7 +14,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from helpers.ingest import publish
 
 from molam_workloads.alerts.evaluator import run_cycle
 from molam_workloads.alerts.freshness import ingestion_stale
@@ -117,13 +118,8 @@ async def pipeline(
 ) -> AlertsSettings:
     """A topic holding 3 records, and settings naming it and a consumer group of its own."""
     topic = await create_topic("wallet")
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-    await producer.start()
-    try:
-        for i in range(3):  # one record per batch (Tansu's end offsets, LOCAL-STACK.md)
-            await producer.send_and_wait(topic, b"{}", key=b"%d" % i)
-    finally:
-        await producer.stop()
+    # One record per batch (Tansu's end offsets, LOCAL-STACK.md).
+    await publish(kafka_bootstrap, topic, [b"{}"] * 3, one_per_batch=True)
     return settings.model_copy(
         update={
             "kafka_bootstrap_servers": kafka_bootstrap,
