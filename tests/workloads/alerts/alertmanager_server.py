@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers.services import free_port
 
 CONFIG = """
 global:
@@ -36,12 +36,6 @@ def _binary(*names: str) -> str:
         if path:
             return path
     pytest.fail(f"{names[0]} not found: run stack/system-deps.sh (Debian prometheus-alertmanager)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
