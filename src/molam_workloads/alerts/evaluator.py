@@ -45,6 +45,7 @@ from molam_workloads.alerts.freshness import ingestion_stale
 from molam_workloads.alerts.payload import (
     alert_annotations,
     alert_labels,
+    rule_scope,
     webhook_payload,
 )
 from molam_workloads.alerts.settings import AlertsSettings
@@ -273,12 +274,7 @@ class RuleEval:
             for_seconds=r["for_seconds"],
             no_data_state=r["no_data_state"],
             severity=r["severity"],
-            scope={
-                "merchant_id": r["scope_merchant_id"],
-                "country": r["scope_country"],
-                "currency": r["scope_currency"],
-                "channel": r["scope_channel"],
-            },
+            scope=rule_scope(r),
             value=None if value is None else Decimal(value),
             unconverted=r["unconverted"],
             state=State(r["state"]),

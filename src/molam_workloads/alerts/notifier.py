@@ -48,6 +48,7 @@ from molam_workloads.alerts.payload import (
     SIGNATURE_HEADER,
     alert_labels,
     alertmanager_alert,
+    rule_scope,
     sign,
     webhook_payload,
 )
@@ -389,12 +390,7 @@ class Notifier:
             source=rule["source"],
             metric=rule["metric"],
             severity=rule["severity"],
-            scope={
-                "merchant_id": rule["scope_merchant_id"],
-                "country": rule["scope_country"],
-                "currency": rule["scope_currency"],
-                "channel": rule["scope_channel"],
-            },
+            scope=rule_scope(rule),
         ) | {"test": "true"}
         annotations = {
             "summary": f"Test notification of alert rule {rule_name}",

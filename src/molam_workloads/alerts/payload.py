@@ -36,6 +36,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+
 SIGNATURE_HEADER = "X-Molam-Signature"
 DELIVERY_HEADER = "X-Molam-Delivery"
 ZERO_TIME = "0001-01-01T00:00:00Z"  # Alertmanager's endsAt of an alert still firing
@@ -61,6 +63,11 @@ def fmt_number(v: Decimal | None) -> str:
     if abs(v) >= 1:
         return format(v.quantize(Decimal("0.01")).normalize(), "f")
     return format(v.normalize(), ".4g")
+
+
+def rule_scope(rule: asyncpg.Record | Mapping[str, Any]) -> dict[str, str | None]:
+    """The scope of an ``analytics_alert_rules`` row, keyed as its labels name it."""
+    return {key: rule[f"scope_{key}"] for key in _SCOPE_LABELS}
 
 
 def alert_labels(
