@@ -60,6 +60,15 @@ def kubectl_json(*args: str) -> Any:
     return json.loads(proc.stdout)
 
 
+def condition(namespace: str, kind: str, name: str, type_: str) -> dict[str, Any]:
+    """The ``type_`` condition in the status of ``kind`` ``name``; {} while it has none."""
+    obj = kubectl_json("get", kind, name, "-n", namespace) or {}
+    for c in (obj.get("status") or {}).get("conditions", []):
+        if c["type"] == type_:
+            return dict(c)
+    return {}
+
+
 def apply(doc: dict[str, Any] | list[dict[str, Any]], *extra: str) -> str:
     docs = doc if isinstance(doc, list) else [doc]
     return kubectl("apply", *extra, "-f", "-", stdin=yaml.safe_dump_all(docs)).stdout

@@ -11,7 +11,15 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers.kube import apply, eventually, kubectl, kubectl_json, pipeline_with_db, sample
+from helpers.kube import (
+    apply,
+    condition,
+    eventually,
+    kubectl,
+    kubectl_json,
+    pipeline_with_db,
+    sample,
+)
 from pydantic import ValidationError
 
 from molam_operator.alertrule import (
@@ -31,10 +39,7 @@ def ar(namespace: str, name: str = "high-failure-rate-sn") -> Any:
 
 
 def synced(namespace: str, name: str = "high-failure-rate-sn") -> dict[str, Any]:
-    for c in ((ar(namespace, name) or {}).get("status") or {}).get("conditions", []):
-        if c["type"] == "Synced":
-            return dict(c)
-    return {}
+    return condition(namespace, "alertrule", name, "Synced")
 
 
 async def row(db: asyncpg.Connection, name: str) -> asyncpg.Record | None:

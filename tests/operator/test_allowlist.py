@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers.kube import apply, eventually, kubectl, kubectl_json, running_operator
+from helpers.kube import apply, condition, eventually, kubectl, kubectl_json, running_operator
 from kopf.testing import KopfRunner
 
 from molam_operator.allowlist import AllowLists, image_repository
@@ -134,14 +134,6 @@ def _pipeline(namespace: str, name: str, image: str, database: str) -> dict[str,
     }
 
 
-def _condition(namespace: str, kind: str, name: str, type_: str) -> dict[str, Any]:
-    obj = kubectl_json("get", kind, name, "-n", namespace) or {}
-    for c in (obj.get("status") or {}).get("conditions", []):
-        if c["type"] == type_:
-            return dict(c)
-    return {}
-
-
 def _exists(namespace: str, kind: str, name: str) -> bool:
     return kubectl_json("get", kind, name, "-n", namespace) is not None
 
@@ -180,8 +172,8 @@ async def test_refused_pipelines_and_rules_get_a_condition_and_nothing_else(
     hub = await eventually(
         "hub refused",
         lambda: (
-            _condition(namespace, "ap", "hub", "Ready").get("reason") == "ImageNotAllowed"
-            and _condition(namespace, "ap", "hub", "Ready")
+            condition(namespace, "ap", "hub", "Ready").get("reason") == "ImageNotAllowed"
+            and condition(namespace, "ap", "hub", "Ready")
         ),
     )
     assert hub["status"] == "False"
@@ -189,8 +181,8 @@ async def test_refused_pipelines_and_rules_get_a_condition_and_nothing_else(
     bank = await eventually(
         "bank refused",
         lambda: (
-            _condition(namespace, "ap", "bank", "Ready").get("reason") == "SecretNotAllowed"
-            and _condition(namespace, "ap", "bank", "Ready")
+            condition(namespace, "ap", "bank", "Ready").get("reason") == "SecretNotAllowed"
+            and condition(namespace, "ap", "bank", "Ready")
         ),
     )
     assert "bank-db" in bank["message"] and "analytics-redis" not in bank["message"]
@@ -230,8 +222,8 @@ async def test_refused_pipelines_and_rules_get_a_condition_and_nothing_else(
     synced = await eventually(
         "rule refused",
         lambda: (
-            _condition(namespace, "ar", "signed", "Synced").get("reason") == "SecretNotAllowed"
-            and _condition(namespace, "ar", "signed", "Synced")
+            condition(namespace, "ar", "signed", "Synced").get("reason") == "SecretNotAllowed"
+            and condition(namespace, "ar", "signed", "Synced")
         ),
     )
     assert synced["status"] == "False" and "hook-keys" in synced["message"]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from helpers.broker import OwnedBroker, owned_broker
-from helpers.kube import apply, eventually, kubectl, kubectl_json, pipeline_with_db
+from helpers.kube import apply, condition, eventually, kubectl, kubectl_json, pipeline_with_db
 from prometheus_client import REGISTRY
 
 from molam_operator.main import waiting_for
@@ -75,11 +75,7 @@ def _replicas(namespace: str) -> int | None:
 
 
 def _condition(namespace: str, type_: str) -> dict[str, Any]:
-    ap = kubectl_json("get", "analyticspipeline", "analytics", "-n", namespace) or {}
-    for c in (ap.get("status") or {}).get("conditions", []):
-        if c["type"] == type_:
-            return dict(c)
-    return {}
+    return condition(namespace, "analyticspipeline", "analytics", type_)
 
 
 @pytest.mark.timeout(180)

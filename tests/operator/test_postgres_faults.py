@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers.kube import apply, eventually, kubectl, kubectl_json, pipeline_with_db, sample
+from helpers.kube import apply, condition, eventually, kubectl, pipeline_with_db, sample
 from helpers.services import OwnedPostgres, owned_postgres
 from prometheus_client import REGISTRY
 
@@ -50,11 +50,7 @@ async def _threshold(dsn: str, name: str) -> str | None:
 
 
 def _synced(namespace: str) -> dict[str, Any]:
-    rule = kubectl_json("get", "alertrule", RULE, "-n", namespace) or {}
-    for c in (rule.get("status") or {}).get("conditions", []):
-        if c["type"] == "Synced":
-            return dict(c)
-    return {}
+    return condition(namespace, "alertrule", RULE, "Synced")
 
 
 async def test_the_operator_rides_through_a_restart_and_60s_down(
