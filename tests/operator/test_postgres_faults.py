@@ -76,7 +76,7 @@ async def test_the_operator_rides_through_a_restart_and_60s_down(
     await eventually(
         "DatabaseUnavailable", lambda: _synced(namespace).get("reason") == "DatabaseUnavailable"
     )
-    await eventually("waiting", lambda: waiting_for() == [service], timeout=20)
+    await eventually("waiting", lambda: _database_waits() == [service], timeout=20)
     assert REGISTRY.get_sample_value("analytics_waiting_for", labels) == 1
     while time.monotonic() - down_at < DOWN_SECONDS:
         assert operator._thread.is_alive()  # the operator goes on (Kopf's runner thread)
@@ -87,7 +87,7 @@ async def test_the_operator_rides_through_a_restart_and_60s_down(
         "edit made while down", lambda: _is(pg.dsn, name, "0.35"), timeout=BACKOFF_CAP + 10
     )
     await eventually("Synced", lambda: _synced(namespace).get("status") == "True", timeout=15)
-    assert waiting_for() == []
+    assert _database_waits() == []
     assert REGISTRY.get_sample_value("analytics_waiting_for", labels) == 0
     waits = [m for r in caplog.records if (m := r.getMessage()).startswith(f"operator: {service}")
              or m.startswith(f"operator: waiting for {service}")
@@ -95,6 +95,11 @@ async def test_the_operator_rides_through_a_restart_and_60s_down(
     # A line as each wait began, one per interval, one as each ended; not one per retry.
     assert 2 <= len(waits) <= 2 * 2 + DOWN_SECONDS / LOG_EVERY_SECONDS + 1, waits
     assert any(f"{service} is back after" in m for m in waits), waits
+
+
+def _database_waits() -> list[str]:
+    # The pipeline's broker (127.0.0.1:1) is unreachable on purpose: its wait is not under test.
+    return [w for w in waiting_for() if w.startswith("postgresql ")]
 
 
 async def _is(dsn: str, name: str, value: str) -> bool:
