@@ -167,8 +167,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         rid = _request_id()
         where = f"{request.method} {loggable(request.url.path)}"
-        # PostgreSQL away: one line per interval with a count, not one per request.
-        if not get_resources(request).database_unavailable(exc, where):
+        # PostgreSQL away: one line per interval with a count, not one per request; the line
+        # names the request that opened the wait (or the interval), the others only answer it.
+        if not get_resources(request).database_unavailable(exc, f"{where}, request {rid}"):
             log.warning(
                 "%s: a dependency is unavailable (request %s): %s",
                 where,

@@ -91,7 +91,7 @@ async def test_the_api_rides_through_a_restart_and_60s_down(
     # A line as the wait began, one per interval, one as it ended: not one per request.
     assert len(answers) > 100
     assert 2 <= len(waits) <= 2 + DOWN_SECONDS / LOG_EVERY_SECONDS + 1, waits
-    assert "waiting for postgresql (GET /v1/kpis)" in waits[0]
+    assert "waiting for postgresql (GET /v1/kpis, request " in waits[0]
     assert "postgresql is back after" in waits[-1]
     # asyncpg's own reconnection lines carry a traceback, which the command line's logging cuts
     # to one line (cli._OneLineRetries; test_cli checks it); none of the API's own lines does.
