@@ -60,7 +60,7 @@ POLL_SECONDS = 3
 WINDOW_SECONDS = 30
 # Held at 0 replicas by hand: the rule would want ceil(30,000 / 20,000) = 2.
 HELD_BACKLOG = 30_000
-# The consumer's Kafka session timeout (30 s) bounds how long a dead member holds partitions;
+# The consumer's Kafka session timeout (10 s) bounds how long a dead member holds partitions;
 # Tansu holds a join for about half of it.
 GROUP_SECONDS = 90
 PLACES = (("XOF", "SN"), ("XOF", "CI"), ("GHS", "GH"), ("NGN", "NG"), ("KES", "KE"))
@@ -497,7 +497,7 @@ async def test_kubectl_scale_to_zero_holds_against_the_lag(
     # Down from the backlog's replicas (held by the 900 s window) one pod at a time, each time
     # until the group has settled: when several members leave Tansu 0.6.0's group at once, it
     # can keep one that left as the leader, and the members left wait on it and consume nothing
-    # (a broker defect; reproduced with plain aiokafka consumers).
+    # (a broker defect, seen with plain aiokafka consumers: docs/decisions/024).
     for n in range(consumer_replicas(release) - 1, 0, -1):
         kubectl("scale", "deployment", "analytics-consumer", f"--replicas={n}",
                 "-n", release.namespace)  # fmt: skip
