@@ -225,7 +225,7 @@ async def cached_dataset(merchants: int, days: int, fresh: bool) -> tuple[str, d
                     usable = await db.fetchval(
                         "SELECT count(*) FROM analytics_prefix_state s JOIN "
                         "analytics_fx_version v ON v.version = s.fx_version "
-                        "WHERE s.cutoff = $1",
+                        "WHERE s.cutoff = $1 AND s.intraday_rows IS NOT NULL",
                         meta["dataset_end"],
                     )
                     if not usable:

@@ -482,6 +482,18 @@ async def test_sources_and_freshness(database_url: str, db: asyncpg.Connection) 
     assert platform.data_as_of == T0 + DAYS * 24 * H  # end of the newest hour (no minute rows)
     _, merchant = await run(db, Query(q.start, q.end, Filters(merchant_id="M-1"), "", "UTC"))
     assert merchant.daily_source == prefix.DAILY and merchant.daily_days == 4
+    # a merchant's days in a zone whose midnights are not UTC ones: within-day totals too
+    india = Query(q.start, q.end, Filters(merchant_id="M-1"), "day", "Asia/Kolkata")
+    got, by_day = await run(db, india)
+    assert by_day.daily_source == prefix.DAILY
+    assert got == reference(rows, await rate_table(db), india)[0]
+
+    # totals built before migration 100 (no within-day ones): merchants are read as before
+    await db.execute("UPDATE analytics_prefix_state SET intraday_rows = NULL")
+    assert (await prefix.state(db, QUOTE)).cutoff_for(merchants=True) is None
+    old, before_100 = await run(db, india)
+    assert before_100.daily_source != prefix.DAILY and old == got
+    await db.execute("UPDATE analytics_prefix_state SET intraday_rows = 0")
 
     # an event at the cutoff's hour, late: counted at once, without a rebuild
     late = Query(T0, T0 + DAYS * 24 * H, Filters(), "", "UTC")

@@ -180,7 +180,6 @@ def _prefix_plan(
     keys: Sequence[Key],
     extra_params: Sequence[Any],
     merchantless: bool,
-    mv_allowed: bool,
 ) -> prefix.Plan | None:
     """The running totals' plan for this query, or None when it cannot use them: none built
     for this currency and rates, or a key they do not hold (hourly buckets)."""
@@ -192,8 +191,6 @@ def _prefix_plan(
             day_buckets = zone(str(extra_params[0]))
         elif k.hourly not in prefix.KEY_COLUMNS or (k.hourly == "merchant_id" and merchantless):
             return None
-    if day_buckets is not None and not merchantless and not mv_allowed:
-        return None  # merchants' whole days are UTC days
     return prefix.plan(start, end, cutoff, merchants=not merchantless, day_buckets=day_buckets)
 
 
@@ -266,9 +263,10 @@ async def grouped(
     daily_days = 0
     merchantless = not per_merchant and filters.merchant_id is None and only_merchants is None
     merchantless = merchantless and not named_merchants_only
-    pl = _prefix_plan(start, end, state.cutoff, keys, extra_params, merchantless, mv_allowed)
+    cutoff = state.cutoff_for(merchants=not merchantless)
+    pl = _prefix_plan(start, end, cutoff, keys, extra_params, merchantless)
     if pl is not None:
-        ctes.append(prefix.probes_cte(pl, where_prefix, p.add(pl.probes), p.add(pl.labels)))
+        ctes.append(prefix.probes_cte(pl, where_prefix, p.add))
         selects.append(prefix.bucket_select(pl, [_prefix_key(k) for k in keys]))
         parts = [Part("hourly", a, b) for a, b in pl.hourly]
         daily_days, daily_table = pl.days, pl.table
@@ -473,8 +471,8 @@ async def top_merchants(
     those alone. Exact, whatever the rates: volatile rates only keep more candidates. Run it in
     a REPEATABLE READ transaction so that both queries read one snapshot.
 
-    With running totals per merchant (``prefix``, migration 070) for the reporting currency
-    and current rates, one ``grouped`` query ranks every merchant exactly instead.
+    With running totals per merchant (``prefix``, migrations 070 and 100) for the reporting
+    currency and current rates, one ``grouped`` query ranks every merchant exactly instead.
 
     Otherwise, whole days of the first query come from the merchant totals (``_TOTALS_PART``,
     two rows per merchant whatever the range) when they were built from the view's current
@@ -484,11 +482,10 @@ async def top_merchants(
     """
     order = RANKINGS[by]
     state = await prefix.state(conn, reporting_currency)
-    if state.cutoff is not None and prefix.plan(
-        start, end, state.cutoff, merchants=True, day_buckets=None
-    ):
-        # Running totals per merchant: every merchant's exact sums cost two probes per cell
-        # plus its partial days' hourly rows, so rank them all in one query.
+    cutoff = state.cutoff_for(merchants=True)
+    if cutoff is not None and prefix.plan(start, end, cutoff, merchants=True, day_buckets=None):
+        # Running totals per merchant: every merchant's exact sums cost up to four probes per
+        # cell, so rank them all in one query.
         return await grouped(
             conn,
             start=start,

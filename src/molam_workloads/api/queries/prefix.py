@@ -1,43 +1,50 @@
-"""Ranges from running totals (migration 070): a few index probes per group, whatever the length.
+"""Ranges from running totals (migrations 070, 100): a few index probes per group, whatever the
+length.
 
 ``analytics_prefix_hourly`` (merchants folded, per country, channel and currency) answers
 whatever names no merchant, hour by hour, so partial days and day buckets in any time zone
-come from it too. ``analytics_prefix_daily`` (per merchant, country, channel and currency)
-answers whole UTC days of whatever names merchants; their partial first and last days come
-from ``txn_hourly_agg``. Hours at or after the totals' cutoff always come from
-``txn_hourly_agg``.
+come from it too. Whatever names merchants is answered per (merchant, country, channel,
+currency) cell by ``analytics_prefix_daily`` (running totals through each UTC day) plus
+``analytics_prefix_intraday`` (running totals within each UTC day, through each hour): the
+total before any hour boundary is one or two probes. Hours at or after the totals' cutoff
+always come from ``txn_hourly_agg``.
 
-A bucket [t_i, t_i+1) of a cell is the running total through t_i+1 - step minus the one through
-t_i - step, each probed at the totals' last hour (day) at most: the tables are dense from a
-cell's first hour (day) to the last one, so a cell without a row at the earlier probe had
-nothing before it. ``plan`` computes the probes; ``aggregates.grouped`` sums what they give
-with the hourly rows of the remaining parts.
+A bucket [t_i, t_i+1) of a cell is the running total before t_i+1 minus the one before t_i,
+each probed at the totals' last hour (day) at most: the tables are dense from a cell's first
+hour (day) to the last one (the within-day table, to the end of each day), so a cell without a
+row at the earlier probe had nothing before it. ``plan`` computes the probes;
+``aggregates.grouped`` sums what they give with the hourly rows of the remaining parts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from molam_workloads.api.queries import Conn
 
 HOURLY = "analytics_prefix_hourly"
 DAILY = "analytics_prefix_daily"
+INTRADAY = "analytics_prefix_intraday"
 H = timedelta(hours=1)
 D = timedelta(days=1)
 
 # The totals' cutoff if they were built for this reporting currency with the current FX rates
-# (else NULL: they are not used), and the data's event-time watermark: the end of the newest
-# minute (else hour) bucket counted, never ahead of the clock.
+# (else NULL: they are not used), whether they hold the within-day totals per merchant (migration
+# 100), and the data's event-time watermark: the end of the newest minute (else hour) bucket
+# counted, never ahead of the clock.
 _STATE = """
-SELECT (SELECT s.cutoff FROM analytics_prefix_state s JOIN analytics_fx_version v
-          ON v.version = s.fx_version WHERE s.quote = $1::bpchar) AS cutoff,
+SELECT s.cutoff, s.intraday_rows IS NOT NULL AS intraday,
        (SELECT CASE WHEN w IS NOT NULL THEN least(w, now()) END  -- least() skips a NULL
         FROM (SELECT coalesce((SELECT max(minute) FROM txn_minute_agg) + interval '1 minute',
                               (SELECT max(hour) FROM txn_hourly_agg) + interval '1 hour') AS w)
              newest) AS data_as_of
+FROM (SELECT NULL) one
+LEFT JOIN (analytics_prefix_state s JOIN analytics_fx_version v ON v.version = s.fx_version)
+  ON s.quote = $1::bpchar
 """
 
 
@@ -45,12 +52,17 @@ SELECT (SELECT s.cutoff FROM analytics_prefix_state s JOIN analytics_fx_version 
 class State:
     cutoff: datetime | None  # the totals hold the hours before it; None: not usable
     data_as_of: datetime | None
+    intraday: bool = False  # the within-day totals per merchant were built with them
+
+    def cutoff_for(self, merchants: bool) -> datetime | None:
+        """The cutoff for a query that names merchants or not (None: not usable for it)."""
+        return self.cutoff if self.intraday or not merchants else None
 
 
 async def state(conn: Conn, reporting_currency: str) -> State:
     row = await conn.fetchrow(_STATE, reporting_currency)
     assert row is not None
-    return State(row["cutoff"], row["data_as_of"])
+    return State(row["cutoff"], row["data_as_of"], bool(row["intraday"]))
 
 
 def ceil_hour(t: datetime) -> datetime:
@@ -74,13 +86,18 @@ def first_hour_of(day: date, tz: ZoneInfo) -> datetime:
 
 @dataclass
 class Plan:
-    """Probes of one prefix table, plus the ranges still read from hourly rows."""
+    """Probes of the running totals at each bucket boundary, plus the ranges still read from
+    hourly rows. ``HOURLY``: one probe per boundary. ``DAILY``: the day totals through the day
+    before each boundary, plus the within-day totals (``INTRADAY``) through the hour before it
+    when the boundary is not a UTC midnight."""
 
     table: str
     probes: list[datetime] | list[date]  # running totals through each of these
-    labels: list[date | None]  # bucket label of the bucket ending at probe i (i >= 1)
+    labels: list[date | None]  # bucket label of the bucket ending at boundary i (i >= 1)
     hourly: list[tuple[datetime, datetime]] = field(default_factory=list)
     served: tuple[datetime, datetime] | None = None  # the span the totals answer
+    intraday: list[datetime] = field(default_factory=list)  # DAILY: within-day probes
+    intraday_bounds: list[int] = field(default_factory=list)  # boundary (1-based) of each
 
     @property
     def days(self) -> int:
@@ -101,10 +118,8 @@ def plan(
     day_buckets: ZoneInfo | None,
 ) -> Plan | None:
     """Where [start, end) comes from; None when the totals cannot help (the caller reads as
-    before). ``merchants``: the query names merchants (keys or filters): daily totals.
-    ``day_buckets``: group by local day in that zone (else one group per key)."""
-    if merchants:
-        return _plan_daily(start, end, cutoff, day_buckets)
+    before). ``merchants``: the query names merchants (keys or filters): daily and within-day
+    totals. ``day_buckets``: group by local day in that zone (else one group per key)."""
     t0, tn = ceil_hour(start), ceil_hour(end)
     if t0 >= cutoff or t0 >= tn:
         return None
@@ -123,46 +138,19 @@ def plan(
     else:
         labels.append(None)
     bounds.append(tn)
-    probes = [min(b, cutoff) - H for b in bounds]
+    capped = [min(b, cutoff).astimezone(UTC) for b in bounds]
     tail_start = max(start, cutoff)
     hourly = [(tail_start, end)] if tail_start < end else []
-    return Plan(HOURLY, probes, labels, hourly, (t0, min(tn, cutoff)))
-
-
-def _plan_daily(
-    start: datetime, end: datetime, cutoff: datetime, day_buckets: ZoneInfo | None
-) -> Plan | None:
-    first = start.astimezone(UTC).date()
-    if datetime.combine(first, time(0), UTC) < start:
-        first += D
-    last = min(end.astimezone(UTC).date(), cutoff.astimezone(UTC).date())  # exclusive
-    if last <= first:
-        return None
-    if day_buckets is not None and not _utc_days(day_buckets, first, last):
-        return None
-    if day_buckets is not None:
-        days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
-        labels: list[date | None] = [None, *days[:-1]]
-    else:
-        days, labels = [first, last], [None, None]
-    hourly = []
-    first_ts = datetime.combine(first, time(0), UTC)
-    last_ts = datetime.combine(last, time(0), UTC)
-    if start < first_ts:
-        hourly.append((start, first_ts))
-    if last_ts < end:
-        hourly.append((last_ts, end))
-    return Plan(DAILY, [d - D for d in days], labels, hourly, (first_ts, last_ts))
-
-
-def _utc_days(tz: ZoneInfo, first: date, last: date) -> bool:
-    """Local days in ``tz`` are UTC days over [first, last] (plus a day either side)."""
-    day = first - D
-    while day <= last + D:
-        if tz.utcoffset(datetime.combine(day, time(0))) != timedelta(0):
-            return False
-        day += D
-    return True
+    served = (t0, min(tn, cutoff))
+    if not merchants:
+        return Plan(HOURLY, [b - H for b in capped], labels, hourly, served)
+    # P(b) = daily(day(b) - 1) + intraday(b - 1 hour), the second only off midnight
+    pl = Plan(DAILY, [b.date() - D for b in capped], labels, hourly, served)
+    for i, b in enumerate(capped, 1):
+        if b.time() != time(0):
+            pl.intraday.append(b - H)
+            pl.intraday_bounds.append(i)
+    return pl
 
 
 # Columns of a cell (the totals' key besides time), per table.
@@ -190,15 +178,34 @@ KEY_COLUMNS = {
 }
 
 
-def probes_cte(pl: Plan, where: str, probes_param: str, labels_param: str) -> str:
-    """``pb``: the running totals of every cell matching ``where`` at each probe, numbered."""
-    time_col, typ = ("hour", "timestamptz") if pl.table == HOURLY else ("day", "date")
-    cols = ", ".join(f"x.{c}" for c in (*CELLS[pl.table], "n_rows", *COUNTS, *CONVERTED))
+def probes_cte(pl: Plan, where: str, add: Callable[[Any], str]) -> str:
+    """``pb``: the running totals of every cell matching ``where`` at each boundary ``i``,
+    labelled; ``add`` binds a parameter and returns its placeholder."""
+    cells = ", ".join(f"x.{c}" for c in CELLS[pl.table])
+    measures = ("n_rows", *COUNTS, *CONVERTED)
+    labels = add(pl.labels)
+    if pl.table == HOURLY:
+        cols = ", ".join(f"x.{c}" for c in measures)
+        return (
+            f"pb AS (SELECT b.i, b.label, {cells}, {cols} "
+            f"FROM unnest({add(pl.probes)}::timestamptz[], {labels}::date[]) "
+            f"WITH ORDINALITY AS b(at, label, i) "
+            f"JOIN {HOURLY} x ON x.hour = b.at WHERE true {where})"
+        )
+    # DAILY: per boundary and cell, the day totals plus the within-day ones (a sum ignores a
+    # NULL: converted sums stay NULL only where the currency has no rate at all)
+    cols = ", ".join(f"x.{c}" for c in measures)
+    sums = ", ".join(f"sum({c}) AS {c}" for c in measures)
     return (
-        f"pb AS (SELECT b.i, b.label, {cols} "
-        f"FROM unnest({probes_param}::{typ}[], {labels_param}::date[]) "
-        f"WITH ORDINALITY AS b(at, label, i) "
-        f"JOIN {pl.table} x ON x.{time_col} = b.at WHERE true {where})"
+        f"pb AS (SELECT p.i, ({labels}::date[])[p.i] AS label, "
+        f"{', '.join(f'p.{c}' for c in CELLS[pl.table])}, {sums} FROM ("
+        f"SELECT b.i, {cells}, {cols} "
+        f"FROM unnest({add(pl.probes)}::date[]) WITH ORDINALITY AS b(at, i) "
+        f"JOIN {DAILY} x ON x.day = b.at WHERE true {where} "
+        f"UNION ALL SELECT b.i, {cells}, {cols} "
+        f"FROM unnest({add(pl.intraday)}::timestamptz[], {add(pl.intraday_bounds)}::int[]) "
+        f"AS b(at, i) JOIN {INTRADAY} x ON x.hour = b.at WHERE true {where}"
+        f") p GROUP BY p.i, {', '.join(f'p.{c}' for c in CELLS[pl.table])})"
     )
 
 
