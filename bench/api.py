@@ -194,6 +194,7 @@ async def build_totals(conn: asyncpg.Connection, end: datetime) -> None:
         )
     await conn.execute("VACUUM ANALYZE analytics_prefix_hourly")
     await conn.execute("VACUUM ANALYZE analytics_prefix_daily")
+    await conn.execute("VACUUM ANALYZE analytics_prefix_intraday")
     print(f"running totals: {time.perf_counter() - t0:.1f} s, {built:,} rows", flush=True)
 
 

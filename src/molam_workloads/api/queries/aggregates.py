@@ -267,7 +267,7 @@ async def grouped(
     pl = _prefix_plan(start, end, cutoff, keys, extra_params, merchantless)
     if pl is not None:
         ctes.append(prefix.probes_cte(pl, where_prefix, p.add))
-        selects.append(prefix.bucket_select(pl, [_prefix_key(k) for k in keys]))
+        selects.append(prefix.bucket_select(pl, [_prefix_key(k) for k in keys], p.add))
         parts = [Part("hourly", a, b) for a, b in pl.hourly]
         daily_days, daily_table = pl.days, pl.table
         sources = None

@@ -179,51 +179,48 @@ KEY_COLUMNS = {
 
 
 def probes_cte(pl: Plan, where: str, add: Callable[[Any], str]) -> str:
-    """``pb``: the running totals of every cell matching ``where`` at each boundary ``i``,
-    labelled; ``add`` binds a parameter and returns its placeholder."""
-    cells = ", ".join(f"x.{c}" for c in CELLS[pl.table])
-    measures = ("n_rows", *COUNTS, *CONVERTED)
-    labels = add(pl.labels)
+    """``pb``: the running totals of every cell matching ``where`` at each boundary ``i``
+    (1-based; a DAILY boundary gives a day row and, off midnight, a within-day row);
+    ``add`` binds a parameter and returns its placeholder."""
+    cols = ", ".join(f"x.{c}" for c in (*CELLS[pl.table], "n_rows", *COUNTS, *CONVERTED))
     if pl.table == HOURLY:
-        cols = ", ".join(f"x.{c}" for c in measures)
         return (
-            f"pb AS (SELECT b.i, b.label, {cells}, {cols} "
-            f"FROM unnest({add(pl.probes)}::timestamptz[], {labels}::date[]) "
-            f"WITH ORDINALITY AS b(at, label, i) "
+            f"pb AS (SELECT b.i, {cols} "
+            f"FROM unnest({add(pl.probes)}::timestamptz[]) WITH ORDINALITY AS b(at, i) "
             f"JOIN {HOURLY} x ON x.hour = b.at WHERE true {where})"
         )
-    # DAILY: per boundary and cell, the day totals plus the within-day ones (a sum ignores a
-    # NULL: converted sums stay NULL only where the currency has no rate at all)
-    cols = ", ".join(f"x.{c}" for c in measures)
-    sums = ", ".join(f"sum({c}) AS {c}" for c in measures)
     return (
-        f"pb AS (SELECT p.i, ({labels}::date[])[p.i] AS label, "
-        f"{', '.join(f'p.{c}' for c in CELLS[pl.table])}, {sums} FROM ("
-        f"SELECT b.i, {cells}, {cols} "
+        f"pb AS (SELECT b.i, {cols} "
         f"FROM unnest({add(pl.probes)}::date[]) WITH ORDINALITY AS b(at, i) "
         f"JOIN {DAILY} x ON x.day = b.at WHERE true {where} "
-        f"UNION ALL SELECT b.i, {cells}, {cols} "
+        f"UNION ALL SELECT b.i, {cols} "
         f"FROM unnest({add(pl.intraday)}::timestamptz[], {add(pl.intraday_bounds)}::int[]) "
-        f"AS b(at, i) JOIN {INTRADAY} x ON x.hour = b.at WHERE true {where}"
-        f") p GROUP BY p.i, {', '.join(f'p.{c}' for c in CELLS[pl.table])})"
+        f"AS b(at, i) JOIN {INTRADAY} x ON x.hour = b.at WHERE true {where})"
     )
 
 
-def bucket_select(pl: Plan, key_exprs: Sequence[str]) -> str:
-    """One ``s`` branch: per cell and bucket, the later probe minus the earlier one, in the
-    column order of ``aggregates.grouped``'s hourly branches."""
-    same = " AND ".join(f"f.{c} = e.{c}" for c in CELLS[pl.table])
+def bucket_select(pl: Plan, key_exprs: Sequence[str], add: Callable[[Any], str]) -> str:
+    """One ``s`` branch: per cell and bucket k = [boundary k, boundary k + 1), the totals at
+    the later boundary minus those at the earlier one, in the column order of
+    ``aggregates.grouped``'s hourly branches. One aggregate: each probe row counts + in the
+    bucket it ends and - in the bucket it starts (a self-join of the probes costs twice as
+    much). A sum ignores NULLs: converted sums stay NULL only where the currency has no rate."""
     keys = "".join(f"{k}, " for k in key_exprs)
+    cells = ", ".join(f"e.{c}" for c in CELLS[pl.table])
+    buckets = len(pl.labels) - 1
 
-    def diff(c: str) -> str:
-        return f"e.{c} - coalesce(f.{c}, 0)"
+    def diff(c: str, cast: str = "") -> str:  # a negation, not a product: numerics are long
+        return f"sum(CASE WHEN e.sign > 0 THEN e.{c} ELSE -e.{c} END){cast}"
 
-    counts = {c: diff(c) for c in COUNTS}
+    counts = {c: diff(c, "::bigint") for c in COUNTS}
     return (
         f"SELECT {keys}e.currency, NULL::date AS fx_day, {diff('n_rows')} AS n, "
         f"{counts['tx_count']}, {counts['succeeded_count']}, {counts['failed_count']}, "
         f"{counts['pending_count']}, {counts['payment_count']}, NULL::numeric, "
         f"{counts['refund_count']}, NULL::numeric, NULL::numeric, "
         f"{diff('gross')}, {diff('refunds')}, {diff('fees')}, true "
-        f"FROM pb e LEFT JOIN pb f ON f.i = e.i - 1 AND {same} WHERE e.i > 1"
+        f"FROM (SELECT t.k, ({add(pl.labels)}::date[])[t.k + 1] AS label, t.sign, p.* "
+        f"FROM pb p CROSS JOIN LATERAL (VALUES (p.i - 1, 1), (p.i, -1)) AS t(k, sign) "
+        f"WHERE t.k BETWEEN 1 AND {buckets:d}) e "
+        f"GROUP BY e.k, e.label, {cells}"
     )
