@@ -513,6 +513,70 @@ async def test_sources_and_freshness(database_url: str, db: asyncpg.Connection) 
     del rows
 
 
+async def test_a_rebuild_redoes_only_the_days_that_changed(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """Within-day totals are rebuilt per day: nothing when no hourly row changed, the one day
+    of a deleted or a newly written row, every day when the rates change; exact each time."""
+    rows, rates = await setup(database_url)
+    held = await db.fetchval("SELECT count(*) FROM analytics_prefix_intraday_days")
+    assert held == (CUTOFF - T0).days + 1  # the cutoff's day up to its hour
+
+    async def rebuild_and_check(data: list[dict[str, Any]]) -> int:
+        await db.execute("SELECT analytics_rebuild_prefix_totals($1, cutoff => $2)", QUOTE, CUTOFF)
+        for q in (
+            Query(T0 + 29 * H, T0 + 5 * 24 * H + 7 * H, Filters(), "merchant", "UTC"),
+            Query(T0 + 2 * H, CUTOFF + 5 * H, Filters(merchant_id="M-3"), "day", "Asia/Kolkata"),
+        ):
+            got, result = await run(db, q)
+            assert result.daily_source == prefix.DAILY
+            check(got, reference(data, rates, q)[0], q)
+        days: int = await db.fetchval("SELECT intraday_days FROM analytics_prefix_state")
+        return days
+
+    # rows written more than an hour before the last build began: nothing to redo
+    await db.execute("UPDATE txn_hourly_agg SET updated_at = updated_at - interval '3 hours'")
+    assert await rebuild_and_check(rows) == 0
+
+    gone = next(r for r in rows if r["hour"] >= T0 + 3 * 24 * H and r["merchant_id"] == "M-3")
+    await db.execute(
+        "DELETE FROM txn_hourly_agg WHERE hour = $1 AND merchant_id = $2 AND country = $3"
+        " AND currency = $4 AND channel = $5",
+        *(gone[k] for k in ("hour", "merchant_id", "country", "currency", "channel")),
+    )
+    rows = [r for r in rows if r is not gone]
+    assert await rebuild_and_check(rows) == 1
+
+    # added to an existing row: the day's count of rows stays, only updated_at tells
+    to = next(r for r in rows if r["hour"] >= T0 + 4 * 24 * H and r["currency"] == "EUR")
+    late = [
+        hourly(
+            to["hour"],
+            "M-2",
+            country="FR",
+            currency="EUR",
+            channel="card",
+            tx_count=3,
+            succeeded_count=3,
+            payment_count=2,
+            payment_volume_local=Decimal("41.5"),
+        )
+    ]
+    await upsert_late(db, late)  # as the consumer writes: updated_at = now()
+    await db.execute(
+        "UPDATE txn_hourly_agg SET updated_at = now() WHERE hour = $1", late[0]["hour"]
+    )
+    rows = add_late(rows, late)
+    assert await rebuild_and_check(rows) == 1
+
+    await db.execute(
+        "INSERT INTO fx_rates (day, currency, quote, rate)"
+        " VALUES ('2025-07-03', 'NGN', 'USD', 0.0007)"
+    )
+    rates = await rate_table(db)
+    assert await rebuild_and_check(rows) == held
+
+
 def test_day_boundaries_across_a_dst_change() -> None:
     tz = ZoneInfo("America/Havana")  # DST starts at midnight: 00:00 does not exist
     day = date(2025, 3, 9)

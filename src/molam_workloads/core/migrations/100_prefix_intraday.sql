@@ -29,15 +29,32 @@ CREATE TABLE IF NOT EXISTS analytics_prefix_intraday (
     PRIMARY KEY (hour, merchant_id, country, channel, currency)
 );
 
+-- The days analytics_prefix_intraday holds, and what each was built from: a rebuild redoes a
+-- day only when its hourly rows changed since (docs/decisions/026-intraday-totals.md).
+CREATE TABLE IF NOT EXISTS analytics_prefix_intraday_days (
+    day     date PRIMARY KEY,
+    upto    timestamptz NOT NULL,  -- built from the day's hourly rows before this
+    n_rows  bigint NOT NULL        -- how many there were
+);
+
 -- NULL: the totals were built before this migration, without the intraday ones (the API then
--- does not use them for merchants until the next rebuild).
+-- does not use them for merchants until the next rebuild). Else the rows and days the last
+-- rebuild (re)wrote.
 ALTER TABLE analytics_prefix_state ADD COLUMN IF NOT EXISTS intraday_rows bigint;
+ALTER TABLE analytics_prefix_state ADD COLUMN IF NOT EXISTS intraday_days integer;
 
 -- 070's builder keeps building the merchant-folded hourly and the daily totals; the function
--- of the same name now runs it, then adds the intraday totals in the same transaction.
+-- of the same name now runs it, then brings the intraday totals up to date in the same
+-- transaction.
 ALTER FUNCTION analytics_rebuild_prefix_totals(char, interval, timestamptz)
     RENAME TO analytics_rebuild_prefix_totals_070;
 
+-- A day is rebuilt when it is new, its hours reach further, its count of hourly rows changed
+-- (a row deleted), or a row of it was written since the last build began, less one hour: a
+-- writer (the consumer's batch, a backfill's day) sets updated_at to its transaction's start
+-- and is assumed to commit within the hour. Everything is rebuilt when the reporting currency
+-- or the FX rates changed; DELETE FROM analytics_prefix_intraday_days forces it too (after a
+-- hand edit of hourly rows that left updated_at as it was).
 CREATE OR REPLACE FUNCTION analytics_rebuild_prefix_totals(
     quote char(3), margin interval DEFAULT interval '1 hour', cutoff timestamptz DEFAULT NULL
 ) RETURNS bigint
@@ -46,15 +63,21 @@ SET jit = off
 AS $$
 DECLARE
     started timestamptz := clock_timestamp();
+    prev analytics_prefix_state%ROWTYPE;
     n bigint;
-    upto timestamptz;
-    first_day date;
+    held_to timestamptz;  -- the cutoff the 070 builder used
+    fxv bigint;
     d date;
+    d_start timestamptz;
+    d_end timestamptz;
+    n_held bigint;
     n_day bigint;
     n_intraday bigint := 0;
+    n_days integer := 0;
 BEGIN
+    SELECT * INTO prev FROM analytics_prefix_state;  -- before the 070 builder replaces it
     n := analytics_rebuild_prefix_totals_070(quote, margin, cutoff);
-    SELECT s.cutoff INTO upto FROM analytics_prefix_state s;
+    SELECT s.cutoff, s.fx_version INTO held_to, fxv FROM analytics_prefix_state s;
     -- 070 writes the daily totals cell by cell, so a day's cells lie on as many pages as there
     -- are cells; the API reads all cells of a day at once: rewrite them in day order (a copy of
     -- ~1/24 of the hourly rows; a day's probe then reads a few pages, not one per cell).
@@ -63,21 +86,44 @@ BEGIN
     DELETE FROM analytics_prefix_daily;
     INSERT INTO analytics_prefix_daily SELECT * FROM _prefix_d;
     DROP TABLE _prefix_d;
-    DELETE FROM analytics_prefix_intraday;
-    first_day := (SELECT (min(hour) AT TIME ZONE 'UTC')::date FROM txn_hourly_agg);
-    -- One statement per UTC day: each sorts a day's rows in memory, where one statement over
-    -- the whole history sorts every hourly row twice on disk. _prefix_rates is the rate of each
+
+    IF prev.intraday_rows IS NULL OR prev.quote <> quote OR prev.fx_version <> fxv THEN
+        DELETE FROM analytics_prefix_intraday;
+        DELETE FROM analytics_prefix_intraday_days;
+    END IF;
+    CREATE TEMPORARY TABLE _prefix_days ON COMMIT DROP AS
+        SELECT (hour AT TIME ZONE 'UTC')::date AS day, count(*) AS n_rows,
+               max(updated_at) AS written
+        FROM txn_hourly_agg WHERE hour < held_to GROUP BY 1;
+    -- days that have no hourly row before the cutoff any more
+    DELETE FROM analytics_prefix_intraday x USING analytics_prefix_intraday_days b
+    WHERE x.hour >= (b.day::timestamp AT TIME ZONE 'UTC')
+      AND x.hour < ((b.day + 1)::timestamp AT TIME ZONE 'UTC')
+      AND NOT EXISTS (SELECT 1 FROM _prefix_days h WHERE h.day = b.day);
+    DELETE FROM analytics_prefix_intraday_days b
+    WHERE NOT EXISTS (SELECT 1 FROM _prefix_days h WHERE h.day = b.day);
+
+    -- One statement per day: each sorts a day's rows in memory, where one statement over the
+    -- whole history sorts every hourly row twice on disk. _prefix_rates is the rate of each
     -- (currency, UTC day) the 070 builder left in this transaction.
-    FOR d IN SELECT g::date FROM generate_series(first_day, (upto AT TIME ZONE 'UTC')::date,
-                                                 interval '1 day') g LOOP
+    FOR d, n_held IN
+        SELECT h.day, h.n_rows FROM _prefix_days h
+        LEFT JOIN analytics_prefix_intraday_days b ON b.day = h.day
+        WHERE b.day IS NULL OR b.n_rows <> h.n_rows
+           OR b.upto <> least(((h.day + 1)::timestamp AT TIME ZONE 'UTC'), held_to)
+           OR h.written >= prev.built_at - interval '1 hour'
+        ORDER BY h.day
+    LOOP
+        d_start := d::timestamp AT TIME ZONE 'UTC';
+        d_end := least(((d + 1)::timestamp AT TIME ZONE 'UTC'), held_to);
+        DELETE FROM analytics_prefix_intraday
+        WHERE hour >= d_start AND hour < ((d + 1)::timestamp AT TIME ZONE 'UTC');
         INSERT INTO analytics_prefix_intraday
         WITH r AS (
             SELECT hour, coalesce(merchant_id, '') AS merchant_id, country, channel, currency,
                    tx_count, succeeded_count, failed_count, pending_count, payment_count,
                    refund_count, payment_volume_local, refund_volume_local, fee_local
-            FROM txn_hourly_agg
-            WHERE hour >= (d::timestamp AT TIME ZONE 'UTC')
-              AND hour < least(((d + 1)::timestamp AT TIME ZONE 'UTC'), upto)
+            FROM txn_hourly_agg WHERE hour >= d_start AND hour < d_end
         ), h AS (
             SELECT r.hour, r.merchant_id, r.country, r.channel, r.currency, 1 AS n_rows,
                    r.tx_count, r.succeeded_count, r.failed_count, r.pending_count,
@@ -90,9 +136,8 @@ BEGIN
             FROM (SELECT merchant_id, country, channel, currency, min(hour) AS first,
                          array_agg(hour) AS held
                   FROM r GROUP BY 1, 2, 3, 4) c
-            CROSS JOIN LATERAL generate_series(
-                c.first, least(((d + 1)::timestamp AT TIME ZONE 'UTC'), upto) - interval '1 hour',
-                interval '1 hour') AS t(hour)
+            CROSS JOIN LATERAL generate_series(c.first, d_end - interval '1 hour',
+                                               interval '1 hour') AS t(hour)
             WHERE t.hour <> ALL (c.held)
         )
         SELECT hour, merchant_id, country, channel, currency, sum(n_rows) OVER w,
@@ -103,10 +148,14 @@ BEGIN
         WINDOW w AS (PARTITION BY merchant_id, country, channel, currency ORDER BY hour)
         ORDER BY 1, 2, 3, 4, 5;  -- an hour's cells on few pages: the API reads them together
         GET DIAGNOSTICS n_day = ROW_COUNT;
+        INSERT INTO analytics_prefix_intraday_days (day, upto, n_rows) VALUES (d, d_end, n_held)
+        ON CONFLICT (day) DO UPDATE SET upto = excluded.upto, n_rows = excluded.n_rows;
         n_intraday := n_intraday + n_day;
+        n_days := n_days + 1;
     END LOOP;
+    DROP TABLE _prefix_days;
     ANALYZE analytics_prefix_intraday;
-    UPDATE analytics_prefix_state SET intraday_rows = n_intraday,
+    UPDATE analytics_prefix_state SET intraday_rows = n_intraday, intraday_days = n_days,
         duration_ms = round(extract(epoch FROM clock_timestamp() - started) * 1000);
     RETURN n + n_intraday;
 END $$;
