@@ -510,7 +510,15 @@ async def test_sources_and_freshness(database_url: str, db: asyncpg.Connection) 
         "('2025-07-03', 'NGN', 'USD', 0.0007)"
     )
     assert (await prefix.state(db, QUOTE)).cutoff is None
-    del rows
+    # a query planned with the state last seen (the totals usable) finds it changed in its
+    # answer, and is planned again: figures at the new rate
+    at_cutoff = hourly(CUTOFF, "M-1", channel="card", tx_count=7, succeeded_count=7)
+    at_cutoff |= {"payment_count": 7, "payment_volume_local": Decimal("1")}
+    for asked in (late, Query(q.start, q.end, Filters(), "merchant", "UTC")):
+        got, result = await run(db, asked)
+        assert result.daily_source not in (prefix.HOURLY, prefix.DAILY)
+        want = reference(add_late(rows, [at_cutoff]), await rate_table(db), asked)[0]
+        check(got, want, asked)
 
 
 async def test_a_rebuild_redoes_only_the_days_that_changed(

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
+from molam_workloads.api.errors import Unavailable
 from molam_workloads.api.queries import Conn, prefix, rollup
 from molam_workloads.api.queries.rollup import DailySources, daily_sources
 from molam_workloads.core import catalogue, fx
@@ -168,6 +169,13 @@ def _rates_cte(start: datetime, end: datetime, quote: str, p: _Params) -> str:
 )"""
 
 
+# The running totals' state last seen per reporting currency, in this process. A query is
+# planned with it and reads the state back in the same statement (one snapshot), so a request
+# costs one round trip; when the state changed under it (a rebuild, new FX rates), the query is
+# planned again with the new state and run again.
+_STATES: dict[str, prefix.State] = {}
+STATE_ATTEMPTS = 3
+
 # The day-bucket key of time series (``routers.timeseries``): local days in the time zone
 # named by the first extra parameter.
 DAY_BUCKET = "(hour AT TIME ZONE $1)::date"
@@ -241,7 +249,55 @@ async def grouped(
     the hours they do not hold come from hourly rows; otherwise whole days come from the daily
     view or its rollup (``plan_parts``).
     """
-    state = await prefix.state(conn, reporting_currency)
+    rc = reporting_currency
+    state = _STATES.get(rc) or await prefix.state(conn, rc)
+    for _ in range(STATE_ATTEMPTS):
+        result, seen = await _grouped_with(
+            conn,
+            state,
+            start=start,
+            end=end,
+            filters=filters,
+            keys=keys,
+            reporting_currency=rc,
+            mv_allowed=mv_allowed,
+            extra_params=extra_params,
+            order_limit=order_limit,
+            per_merchant=per_merchant,
+            only_merchants=only_merchants,
+            sources=sources,
+            named_merchants_only=named_merchants_only,
+        )
+        if result.rows and seen == state.token:
+            _STATES[rc] = state
+            return result
+        fresh = await prefix.state(conn, rc)  # no row to read it from, or it changed
+        if not result.rows and fresh.token == state.token:
+            result.data_as_of = fresh.data_as_of
+            _STATES[rc] = state
+            return result
+        state = fresh
+    raise Unavailable("the running totals changed during every try; try again")
+
+
+async def _grouped_with(
+    conn: Conn,
+    state: prefix.State,
+    *,
+    start: datetime,
+    end: datetime,
+    filters: Filters,
+    keys: Sequence[Key],
+    reporting_currency: str,
+    mv_allowed: bool = True,
+    extra_params: Sequence[Any] = (),
+    order_limit: str = "",
+    per_merchant: bool = False,
+    only_merchants: Sequence[str] | None = None,
+    sources: DailySources | None = None,
+    named_merchants_only: bool = False,
+) -> tuple[Grouped, str | None]:
+    """``grouped`` planned with ``state``; the answer and the state token read with it."""
     p = _Params()
     for value in extra_params:
         p.add(value)
@@ -362,21 +418,23 @@ SELECT {outer_keys}
   coalesce(sum(g.refund_count) FILTER (WHERE NOT g.unconverted), 0)::bigint AS refund_count,
   coalesce(sum(g.refunds), 0) AS refund_volume,
   coalesce(sum(g.fees), 0) AS fees,
-  array_agg(g.currency::text) FILTER (WHERE g.unconverted) AS unconverted
+  array_agg(g.currency::text) FILTER (WHERE g.unconverted) AS unconverted,
+  {prefix.token_sql(quote)} AS state_token, {prefix.DATA_AS_OF} AS data_as_of
 FROM c g
 {outer_group}
 {order_limit}
 """
     rows = await conn.fetch(sql, *p.values)
     unconverted = sorted({c.strip() for row in rows for c in (row["unconverted"] or [])})
-    return Grouped(
+    grouped_ = Grouped(
         rows=rows,
         unconverted=unconverted,
         daily_days=daily_days,
         daily_source=daily_table if daily_days else None,
         rollup_behind=merchantless and sources is not None and sources.rollup_behind,
-        data_as_of=state.data_as_of,
+        data_as_of=rows[0]["data_as_of"] if rows else None,
     )
+    return grouped_, rows[0]["state_token"] if rows else None
 
 
 # Orders of the merchant ranking, over the outputs of ``grouped`` (and of ``_RANK``).
@@ -481,7 +539,8 @@ async def top_merchants(
     rows, in both queries. ``rollup_behind`` of the answer: the totals lag the view (rebuild them).
     """
     order = RANKINGS[by]
-    state = await prefix.state(conn, reporting_currency)
+    # the last state seen is enough to choose: ``grouped`` checks it against the answer's
+    state = _STATES.get(reporting_currency) or await prefix.state(conn, reporting_currency)
     cutoff = state.cutoff_for(merchants=True)
     if cutoff is not None and prefix.plan(start, end, cutoff, merchants=True, day_buckets=None):
         # Running totals per merchant: every merchant's exact sums cost up to four probes per
@@ -533,7 +592,8 @@ async def top_merchants(
     candidates = [row["merchant_id"] for row in await conn.fetch(sql, *p.values)]
     behind = sources.totals_behind
     if not candidates:
-        return Grouped(rows=[], rollup_behind=behind, data_as_of=state.data_as_of)
+        as_of = (await prefix.state(conn, reporting_currency)).data_as_of
+        return Grouped(rows=[], rollup_behind=behind, data_as_of=as_of)
     result = await grouped(
         conn,
         start=start,

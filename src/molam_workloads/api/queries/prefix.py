@@ -32,16 +32,29 @@ INTRADAY = "analytics_prefix_intraday"
 H = timedelta(hours=1)
 D = timedelta(days=1)
 
-# The totals' cutoff if they were built for this reporting currency with the current FX rates
-# (else NULL: they are not used), whether they hold the within-day totals per merchant (migration
-# 100), and the data's event-time watermark: the end of the newest minute (else hour) bucket
-# counted, never ahead of the clock.
-_STATE = """
-SELECT s.cutoff, s.intraday_rows IS NOT NULL AS intraday,
-       (SELECT CASE WHEN w IS NOT NULL THEN least(w, now()) END  -- least() skips a NULL
-        FROM (SELECT coalesce((SELECT max(minute) FROM txn_minute_agg) + interval '1 minute',
-                              (SELECT max(hour) FROM txn_hourly_agg) + interval '1 hour') AS w)
-             newest) AS data_as_of
+# The data's event-time watermark: the end of the newest minute (else hour) bucket counted,
+# never ahead of the clock.
+DATA_AS_OF = """(SELECT CASE WHEN w IS NOT NULL THEN least(w, now()) END  -- least() skips a NULL
+ FROM (SELECT coalesce((SELECT max(minute) FROM txn_minute_agg) + interval '1 minute',
+                       (SELECT max(hour) FROM txn_hourly_agg) + interval '1 hour') AS w) newest)"""
+
+
+def token_sql(quote: str) -> str:
+    """What a plan over the totals depends on, as one text (NULL: none usable for ``quote``):
+    their cutoff and within-day totals, if built for this reporting currency with the current
+    FX rates. A query reads it back with its answer (``aggregates.grouped``)."""
+    return (
+        "(SELECT concat_ws(' ', s.cutoff, s.fx_version, s.intraday_rows IS NOT NULL) "
+        "FROM analytics_prefix_state s JOIN analytics_fx_version v "
+        f"ON v.version = s.fx_version WHERE s.quote = {quote}::bpchar)"
+    )
+
+
+# The totals' cutoff and within-day totals (migration 100) if usable for the reporting currency
+# (else NULL), the token of that, and the data's watermark.
+_STATE = f"""
+SELECT s.cutoff, s.intraday_rows IS NOT NULL AS intraday, {token_sql("$1")} AS token,
+       {DATA_AS_OF} AS data_as_of
 FROM (SELECT NULL) one
 LEFT JOIN (analytics_prefix_state s JOIN analytics_fx_version v ON v.version = s.fx_version)
   ON s.quote = $1::bpchar
@@ -53,6 +66,7 @@ class State:
     cutoff: datetime | None  # the totals hold the hours before it; None: not usable
     data_as_of: datetime | None
     intraday: bool = False  # the within-day totals per merchant were built with them
+    token: str | None = None  # ``token_sql``'s value when read
 
     def cutoff_for(self, merchants: bool) -> datetime | None:
         """The cutoff for a query that names merchants or not (None: not usable for it)."""
@@ -62,7 +76,7 @@ class State:
 async def state(conn: Conn, reporting_currency: str) -> State:
     row = await conn.fetchrow(_STATE, reporting_currency)
     assert row is not None
-    return State(row["cutoff"], row["data_as_of"], bool(row["intraday"]))
+    return State(row["cutoff"], row["data_as_of"], bool(row["intraday"]), row["token"])
 
 
 def ceil_hour(t: datetime) -> datetime:
