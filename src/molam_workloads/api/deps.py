@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from molam_workloads.api.auth import Principal, TokenCache, TokenPolicy, authenticate
 from molam_workloads.api.cache import ResponseCache
+from molam_workloads.api.queries.prefix import StateCache
 from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.settings import ApiSettings
 from molam_workloads.core.faults import POSTGRES_DOWN, Outage
@@ -35,6 +36,7 @@ class Resources:
     kafka: dict[str, Any] = field(repr=False)
     token_policy: TokenPolicy
     tokens: TokenCache = field(default_factory=TokenCache)  # verified under token_policy
+    states: StateCache = field(default_factory=StateCache)  # of the running totals
     # The API's waits for PostgreSQL and Kafka (Redis: ``cache.outage``), which /health and
     # the 503 answers report: one log line per interval, ``analytics_waiting_for``.
     postgres_outage: Outage = field(default_factory=lambda: Outage("api", "postgresql", log))
@@ -85,6 +87,10 @@ async def get_rollup(request: Request) -> RollupRefresher:
     return get_resources(request).rollup
 
 
+async def get_states(request: Request) -> StateCache:
+    return get_resources(request).states
+
+
 async def get_kafka_options(request: Request) -> dict[str, Any]:
     return get_resources(request).kafka
 
@@ -101,5 +107,6 @@ PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 CacheDep = Annotated[ResponseCache, Depends(get_cache)]
 RollupDep = Annotated[RollupRefresher, Depends(get_rollup)]
+StatesDep = Annotated[StateCache, Depends(get_states)]
 KafkaOptionsDep = Annotated[dict[str, Any], Depends(get_kafka_options)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -169,11 +169,8 @@ def _rates_cte(start: datetime, end: datetime, quote: str, p: _Params) -> str:
 )"""
 
 
-# The running totals' state last seen per reporting currency, in this process. A query is
-# planned with it and reads the state back in the same statement (one snapshot), so a request
-# costs one round trip; when the state changed under it (a rebuild, new FX rates), the query is
-# planned again with the new state and run again.
-_STATES: dict[str, prefix.State] = {}
+# A query planned with a state (``prefix.StateCache``) reads the state's token back in the same
+# statement; a changed state (a rebuild, new FX rates) plans it again, at most this many times.
 STATE_ATTEMPTS = 3
 
 # The day-bucket key of time series (``routers.timeseries``): local days in the time zone
@@ -235,6 +232,7 @@ async def grouped(
     only_merchants: Sequence[str] | None = None,
     sources: DailySources | None = None,
     named_merchants_only: bool = False,
+    states: prefix.StateCache | None = None,
 ) -> Grouped:
     """Sum the measures over [start, end) by ``keys``, converted to ``reporting_currency``.
 
@@ -244,13 +242,15 @@ async def grouped(
     converting them would not reduce them (it is skipped). ``only_merchants``: only these
     merchants' rows (on top of ``filters``). ``sources``: ``daily_sources`` already read in
     this transaction. ``named_merchants_only``: leave out the rows without a merchant.
+    ``states``: the running totals' states last seen (the API's): planned with one, the query
+    checks it in its answer, saving a round trip; without, the state is read first.
 
     Where running totals (``prefix``, migration 070) can answer the range, they do, and only
     the hours they do not hold come from hourly rows; otherwise whole days come from the daily
     view or its rollup (``plan_parts``).
     """
     rc = reporting_currency
-    state = _STATES.get(rc) or await prefix.state(conn, rc)
+    state = (states.get(rc) if states else None) or await prefix.state(conn, rc)
     for _ in range(STATE_ATTEMPTS):
         result, seen = await _grouped_with(
             conn,
@@ -269,12 +269,14 @@ async def grouped(
             named_merchants_only=named_merchants_only,
         )
         if result.rows and seen == state.token:
-            _STATES[rc] = state
+            if states is not None:
+                states.put(rc, state)
             return result
         fresh = await prefix.state(conn, rc)  # no row to read it from, or it changed
         if not result.rows and fresh.token == state.token:
+            if states is not None:
+                states.put(rc, fresh)
             result.data_as_of = fresh.data_as_of
-            _STATES[rc] = state
             return result
         state = fresh
     raise Unavailable("the running totals changed during every try; try again")
@@ -419,7 +421,7 @@ SELECT {outer_keys}
   coalesce(sum(g.refunds), 0) AS refund_volume,
   coalesce(sum(g.fees), 0) AS fees,
   array_agg(g.currency::text) FILTER (WHERE g.unconverted) AS unconverted,
-  {prefix.token_sql(quote)} AS state_token, {prefix.DATA_AS_OF} AS data_as_of
+  {prefix.token_sql(quote)} AS state_token, analytics_data_as_of() AS data_as_of
 FROM c g
 {outer_group}
 {order_limit}
@@ -519,6 +521,7 @@ async def top_merchants(
     reporting_currency: str,
     by: str,
     limit: int,
+    states: prefix.StateCache | None = None,
 ) -> Grouped:
     """The ``limit`` merchants first by ``by`` (``RANKINGS``), each with every KPI sum: the
     rows ``grouped`` gives per merchant, ordered and cut at ``limit``.
@@ -540,7 +543,9 @@ async def top_merchants(
     """
     order = RANKINGS[by]
     # the last state seen is enough to choose: ``grouped`` checks it against the answer's
-    state = _STATES.get(reporting_currency) or await prefix.state(conn, reporting_currency)
+    state = (states.get(reporting_currency) if states else None) or await prefix.state(
+        conn, reporting_currency
+    )
     cutoff = state.cutoff_for(merchants=True)
     if cutoff is not None and prefix.plan(start, end, cutoff, merchants=True, day_buckets=None):
         # Running totals per merchant: every merchant's exact sums cost up to four probes per
@@ -555,6 +560,7 @@ async def top_merchants(
             per_merchant=True,
             named_merchants_only=True,
             order_limit=f"ORDER BY {order}, g.merchant_id LIMIT {limit:d}",
+            states=states,
         )
     keep, bound = _KEEP[by]
     sources = await daily_sources(conn)
@@ -605,6 +611,7 @@ async def top_merchants(
         only_merchants=candidates,
         order_limit=f"ORDER BY {order}, g.merchant_id LIMIT {limit:d}",
         sources=sources,
+        states=states,
     )
     result.rollup_behind = behind
     return result

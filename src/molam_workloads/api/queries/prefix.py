@@ -32,12 +32,6 @@ INTRADAY = "analytics_prefix_intraday"
 H = timedelta(hours=1)
 D = timedelta(days=1)
 
-# The data's event-time watermark: the end of the newest minute (else hour) bucket counted,
-# never ahead of the clock.
-DATA_AS_OF = """(SELECT CASE WHEN w IS NOT NULL THEN least(w, now()) END  -- least() skips a NULL
- FROM (SELECT coalesce((SELECT max(minute) FROM txn_minute_agg) + interval '1 minute',
-                       (SELECT max(hour) FROM txn_hourly_agg) + interval '1 hour') AS w) newest)"""
-
 
 def token_sql(quote: str) -> str:
     """What a plan over the totals depends on, as one text (NULL: none usable for ``quote``):
@@ -54,7 +48,7 @@ def token_sql(quote: str) -> str:
 # (else NULL), the token of that, and the data's watermark.
 _STATE = f"""
 SELECT s.cutoff, s.intraday_rows IS NOT NULL AS intraday, {token_sql("$1")} AS token,
-       {DATA_AS_OF} AS data_as_of
+       analytics_data_as_of() AS data_as_of
 FROM (SELECT NULL) one
 LEFT JOIN (analytics_prefix_state s JOIN analytics_fx_version v ON v.version = s.fx_version)
   ON s.quote = $1::bpchar
@@ -71,6 +65,21 @@ class State:
     def cutoff_for(self, merchants: bool) -> datetime | None:
         """The cutoff for a query that names merchants or not (None: not usable for it)."""
         return self.cutoff if self.intraday or not merchants else None
+
+
+class StateCache:
+    """The state last seen per reporting currency (one per API process, ``deps.Resources``).
+    A query planned with it checks it in its own answer (``aggregates.grouped``), so the cache
+    never makes an answer wrong; it only saves the round trip of reading the state first."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, State] = {}
+
+    def get(self, reporting_currency: str) -> State | None:
+        return self._seen.get(reporting_currency)
+
+    def put(self, reporting_currency: str, seen: State) -> None:
+        self._seen[reporting_currency] = seen
 
 
 async def state(conn: Conn, reporting_currency: str) -> State:

@@ -14,6 +14,7 @@ from molam_workloads.api.cache import ResponseCache, cache_key, cached_response
 from molam_workloads.api.fastpath import learn
 from molam_workloads.api.params import TimeRange
 from molam_workloads.api.queries.aggregates import Filters, Grouped, grouped
+from molam_workloads.api.queries.prefix import StateCache
 from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.schemas.analytics import FiltersOut, RangeOut
 
@@ -51,6 +52,7 @@ def echo(rng: TimeRange, filters: Filters) -> tuple[RangeOut, FiltersOut]:
 async def run_grouped(
     pool: asyncpg.Pool,
     rollup: RollupRefresher | None,
+    states: StateCache,
     rng: TimeRange,
     filters: Filters,
     **query: Any,
@@ -58,7 +60,9 @@ async def run_grouped(
     """``grouped`` over the request's range and filters; a stale merchant-less rollup found on
     the way is queued for rebuilding (off the request)."""
     async with pool.acquire() as conn:
-        result = await grouped(conn, start=rng.start, end=rng.end, filters=filters, **query)
+        result = await grouped(
+            conn, start=rng.start, end=rng.end, filters=filters, states=states, **query
+        )
     if result.rollup_behind and rollup is not None:
         rollup.request()
     return result

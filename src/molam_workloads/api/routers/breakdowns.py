@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
+from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, StatesDep
 from molam_workloads.api.params import FiltersDep, RangeDep
 from molam_workloads.api.permissions import Reader
 from molam_workloads.api.queries.aggregates import Key, kpis_of
@@ -43,6 +43,7 @@ async def get_breakdown(
     cache: CacheDep,
     settings: SettingsDep,
     rollup: RollupDep,
+    states: StatesDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most rows returned.")] = 100,
 ) -> Response:
     """KPIs per value of the dimension, largest gross volume first. A merchant token is scoped
@@ -53,6 +54,7 @@ async def get_breakdown(
         result = await run_grouped(
             pool,
             rollup,
+            states,
             rng,
             filters,
             keys=(_KEYS[dimension],),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
+from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, StatesDep
 from molam_workloads.api.params import FiltersDep, RangeDep
 from molam_workloads.api.permissions import Reader
 from molam_workloads.api.queries.aggregates import kpis_of
@@ -24,6 +24,7 @@ async def get_kpis(
     cache: CacheDep,
     settings: SettingsDep,
     rollup: RollupDep,
+    states: StatesDep,
 ) -> Response:
     """Counts, gross and net volume, refunds, fees, success, failure and refund rates and
     average ticket over [from, to), amounts in the reporting currency (the KPIs of
@@ -31,7 +32,9 @@ async def get_kpis(
     currency = settings.reporting_currency
 
     async def compute() -> KpiResponse:
-        result = await run_grouped(pool, rollup, rng, filters, keys=(), reporting_currency=currency)
+        result = await run_grouped(
+            pool, rollup, states, rng, filters, keys=(), reporting_currency=currency
+        )
         return KpiResponse(
             **header(rng, filters, currency, result),
             kpis=Kpis(**kpis_of(result.rows[0] if result.rows else None, currency)),

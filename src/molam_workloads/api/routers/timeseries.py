@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
+from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, StatesDep
 from molam_workloads.api.errors import InvalidParams
 from molam_workloads.api.params import FiltersDep, RangeDep, TimeRange
 from molam_workloads.api.permissions import Reader
@@ -54,6 +54,7 @@ async def get_timeseries(
     cache: CacheDep,
     settings: SettingsDep,
     rollup: RollupDep,
+    states: StatesDep,
     granularity: Annotated[Granularity, Query(description="hour or day (days in `tz`).")] = (
         Granularity.day
     ),
@@ -72,6 +73,7 @@ async def get_timeseries(
         result = await run_grouped(
             pool,
             rollup,
+            states,
             rng,
             filters,
             keys=(key,),

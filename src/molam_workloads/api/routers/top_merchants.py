@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep
+from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, StatesDep
 from molam_workloads.api.params import RangeDep
 from molam_workloads.api.permissions import StaffReader
 from molam_workloads.api.queries.aggregates import Filters, kpis_of, top_merchants
@@ -31,6 +31,7 @@ async def get_top_merchants(
     cache: CacheDep,
     settings: SettingsDep,
     rollup: RollupDep,
+    states: StatesDep,
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
     channel: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
@@ -55,6 +56,7 @@ async def get_top_merchants(
                 reporting_currency=reporting,
                 by=by.value,
                 limit=limit,
+                states=states,
             )
         if result.rollup_behind:  # the merchant totals lag the view: rebuilt off the request
             rollup.request()

@@ -43,6 +43,18 @@ CREATE TABLE IF NOT EXISTS analytics_prefix_intraday_days (
 ALTER TABLE analytics_prefix_state ADD COLUMN IF NOT EXISTS intraday_rows bigint;
 ALTER TABLE analytics_prefix_state ADD COLUMN IF NOT EXISTS intraday_days integer;
 
+-- The data's event-time watermark: the end of the newest minute (else hour) bucket counted,
+-- never ahead of the clock (NULL: no data). A function, so that a session plans its probes of
+-- the hourly partitions once (PL/pgSQL keeps the plan), not in every statement that asks.
+CREATE OR REPLACE FUNCTION analytics_data_as_of() RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    newest timestamptz := coalesce((SELECT max(minute) FROM txn_minute_agg) + interval '1 minute',
+                                   (SELECT max(hour) FROM txn_hourly_agg) + interval '1 hour');
+BEGIN
+    RETURN CASE WHEN newest IS NOT NULL THEN least(newest, now()) END;  -- least() skips a NULL
+END $$;
+
 -- 070's builder keeps building the merchant-folded hourly and the daily totals; the function
 -- of the same name now runs it, then brings the intraday totals up to date in the same
 -- transaction.
