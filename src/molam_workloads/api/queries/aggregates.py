@@ -245,7 +245,7 @@ async def grouped(
     ``states``: the running totals' states last seen (the API's): planned with one, the query
     checks it in its answer, saving a round trip; without, the state is read first.
 
-    Where running totals (``prefix``, migration 070) can answer the range, they do, and only
+    Where running totals (``prefix``, migrations 070, 100) can answer the range, they do, and only
     the hours they do not hold come from hourly rows; otherwise whole days come from the daily
     view or its rollup (``plan_parts``).
     """
@@ -428,7 +428,7 @@ FROM c g
 """
     rows = await conn.fetch(sql, *p.values)
     unconverted = sorted({c.strip() for row in rows for c in (row["unconverted"] or [])})
-    grouped_ = Grouped(
+    answer = Grouped(
         rows=rows,
         unconverted=unconverted,
         daily_days=daily_days,
@@ -436,7 +436,7 @@ FROM c g
         rollup_behind=merchantless and sources is not None and sources.rollup_behind,
         data_as_of=rows[0]["data_as_of"] if rows else None,
     )
-    return grouped_, rows[0]["state_token"] if rows else None
+    return answer, rows[0]["state_token"] if rows else None
 
 
 # Orders of the merchant ranking, over the outputs of ``grouped`` (and of ``_RANK``).

@@ -208,8 +208,9 @@ def probes_cte(pl: Plan, where: str, add: Callable[[Any], str]) -> str:
     cols = ", ".join(f"x.{c}" for c in (*CELLS[pl.table], "n_rows", *COUNTS, *CONVERTED))
     if pl.table == HOURLY:
         return (
-            f"pb AS (SELECT b.i, {cols} "
-            f"FROM unnest({add(pl.probes)}::timestamptz[]) WITH ORDINALITY AS b(at, i) "
+            f"pb AS (SELECT b.i, b.label, {cols} "
+            f"FROM unnest({add(pl.probes)}::timestamptz[], {add(pl.labels)}::date[]) "
+            f"WITH ORDINALITY AS b(at, label, i) "
             f"JOIN {HOURLY} x ON x.hour = b.at WHERE true {where})"
         )
     return (
@@ -222,27 +223,46 @@ def probes_cte(pl: Plan, where: str, add: Callable[[Any], str]) -> str:
     )
 
 
+# The columns of an ``s`` branch after its keys, from ``diff(column)`` (the bucket's sum of a
+# measure), in the column order of ``aggregates.grouped``'s hourly branches.
+def _measures(diff: Callable[[str], str], n: str) -> str:
+    counts = ", ".join(diff(c) for c in COUNTS[:5])
+    return (
+        f"e.currency, NULL::date AS fx_day, {n} AS n, {counts}, NULL::numeric, "
+        f"{diff('refund_count')}, NULL::numeric, NULL::numeric, "
+        f"{diff('gross')}, {diff('refunds')}, {diff('fees')}, true"
+    )
+
+
 def bucket_select(pl: Plan, key_exprs: Sequence[str], add: Callable[[Any], str]) -> str:
     """One ``s`` branch: per cell and bucket k = [boundary k, boundary k + 1), the totals at
-    the later boundary minus those at the earlier one, in the column order of
-    ``aggregates.grouped``'s hourly branches. One aggregate: each probe row counts + in the
-    bucket it ends and - in the bucket it starts (a self-join of the probes costs twice as
-    much). A sum ignores NULLs: converted sums stay NULL only where the currency has no rate."""
+    the later boundary minus those at the earlier one.
+
+    HOURLY has one probe row per boundary and cell: each bucket is a row minus the row before
+    it (a self-join). DAILY has one or two (day and within-day totals): one aggregate, where
+    each probe row counts + in the bucket it ends and - in the bucket it starts, which also
+    sums the two; grouping the probes per boundary first, then self-joining, cost 1.4x as much
+    at 1M hourly rows. A sum ignores NULLs: converted sums stay NULL only where the currency
+    has no rate at all."""
     keys = "".join(f"{k}, " for k in key_exprs)
+    if pl.table == HOURLY:
+        same = " AND ".join(f"f.{c} = e.{c}" for c in CELLS[HOURLY])
+        return (
+            f"SELECT {keys}"
+            + _measures(lambda c: f"e.{c} - coalesce(f.{c}, 0)", "e.n_rows - coalesce(f.n_rows, 0)")
+            + f" FROM pb e LEFT JOIN pb f ON f.i = e.i - 1 AND {same} WHERE e.i > 1"
+        )
     cells = ", ".join(f"e.{c}" for c in CELLS[pl.table])
     buckets = len(pl.labels) - 1
 
-    def diff(c: str, cast: str = "") -> str:  # a negation, not a product: numerics are long
-        return f"sum(CASE WHEN e.sign > 0 THEN e.{c} ELSE -e.{c} END){cast}"
+    def diff(c: str) -> str:  # a negation, not a product: the converted numerics are long
+        total = f"sum(CASE WHEN e.sign > 0 THEN e.{c} ELSE -e.{c} END)"
+        return f"{total}::bigint" if c in COUNTS else total
 
-    counts = {c: diff(c, "::bigint") for c in COUNTS}
     return (
-        f"SELECT {keys}e.currency, NULL::date AS fx_day, {diff('n_rows')} AS n, "
-        f"{counts['tx_count']}, {counts['succeeded_count']}, {counts['failed_count']}, "
-        f"{counts['pending_count']}, {counts['payment_count']}, NULL::numeric, "
-        f"{counts['refund_count']}, NULL::numeric, NULL::numeric, "
-        f"{diff('gross')}, {diff('refunds')}, {diff('fees')}, true "
-        f"FROM (SELECT t.k, ({add(pl.labels)}::date[])[t.k + 1] AS label, t.sign, p.* "
+        f"SELECT {keys}"
+        + _measures(diff, diff("n_rows"))
+        + f" FROM (SELECT t.k, ({add(pl.labels)}::date[])[t.k + 1] AS label, t.sign, p.* "
         f"FROM pb p CROSS JOIN LATERAL (VALUES (p.i - 1, 1), (p.i, -1)) AS t(k, sign) "
         f"WHERE t.k BETWEEN 1 AND {buckets:d}) e "
         f"GROUP BY e.k, e.label, {cells}"
