@@ -62,13 +62,16 @@ STATEMENT_TIMEOUT_MS = 15_000
 # - work_mem 32MB: a 90-day top-merchants aggregation hashes ~50k groups without spilling;
 # - no merge joins: the planner cannot see that the day rates (a few hundred rows, already
 #   ordered by currency) are best hashed, and sorts a 90-day range to merge them instead;
-# - statement_timeout: one runaway query cannot hold a connection (answered 503).
+# - statement_timeout: one runaway query cannot hold a connection (answered 503);
+# - generic plans: a ranged query's text repeats with new parameters, and planning it afresh
+#   each time was half of a KPI query's cost.
 # The figures behind these: docs/decisions/014-api-session-settings.md.
 SESSION_SETTINGS = {
     "jit": "off",
     "max_parallel_workers_per_gather": "0",
     "work_mem": "32MB",
     "enable_mergejoin": "off",
+    "plan_cache_mode": "force_generic_plan",
     "statement_timeout": str(STATEMENT_TIMEOUT_MS),
 }
 

@@ -204,22 +204,34 @@ KEY_COLUMNS = {
 def probes_cte(pl: Plan, where: str, add: Callable[[Any], str]) -> str:
     """``pb``: the running totals of every cell matching ``where`` at each boundary ``i``
     (1-based; a DAILY boundary gives a day row and, off midnight, a within-day row);
-    ``add`` binds a parameter and returns its placeholder."""
+    ``add`` binds a parameter and returns its placeholder.
+
+    Each probe is a LATERAL subquery fenced by OFFSET 0, so it stays an index scan per probe
+    whatever the planner guesses of the probe arrays: the API's generic plans take an array
+    parameter for 10 elements and chose a sequential scan of the daily totals (45k rows at 1M
+    hourly rows, 2M at 50M) over two index probes (docs/decisions/014-api-session-settings.md).
+    """
     cols = ", ".join(f"x.{c}" for c in (*CELLS[pl.table], "n_rows", *COUNTS, *CONVERTED))
+
+    def probe(table: str, column: str) -> str:
+        return (
+            f"CROSS JOIN LATERAL (SELECT {cols} FROM {table} x "
+            f"WHERE x.{column} = b.at {where} OFFSET 0) x"
+        )
+
     if pl.table == HOURLY:
         return (
-            f"pb AS (SELECT b.i, b.label, {cols} "
+            f"pb AS (SELECT b.i, b.label, x.* "
             f"FROM unnest({add(pl.probes)}::timestamptz[], {add(pl.labels)}::date[]) "
-            f"WITH ORDINALITY AS b(at, label, i) "
-            f"JOIN {HOURLY} x ON x.hour = b.at WHERE true {where})"
+            f"WITH ORDINALITY AS b(at, label, i) {probe(HOURLY, 'hour')})"
         )
     return (
-        f"pb AS (SELECT b.i, {cols} "
+        f"pb AS (SELECT b.i, x.* "
         f"FROM unnest({add(pl.probes)}::date[]) WITH ORDINALITY AS b(at, i) "
-        f"JOIN {DAILY} x ON x.day = b.at WHERE true {where} "
-        f"UNION ALL SELECT b.i, {cols} "
+        f"{probe(DAILY, 'day')} "
+        f"UNION ALL SELECT b.i, x.* "
         f"FROM unnest({add(pl.intraday)}::timestamptz[], {add(pl.intraday_bounds)}::int[]) "
-        f"AS b(at, i) JOIN {INTRADAY} x ON x.hour = b.at WHERE true {where})"
+        f"AS b(at, i) {probe(INTRADAY, 'hour')})"
     )
 
 
