@@ -80,10 +80,11 @@ async def test_a_refresh_of_many_merchants_in_small_chunks_writes_postgresqls_fi
     monkeypatch.setattr(live_counters, "WRITE_CHUNK", 3)
     now = datetime.now(UTC)
     hour = now.replace(minute=0, second=0, microsecond=0)
-    merchants = [f"M-{i:02}" for i in range(10)]
+    # An id that JSON escapes (quotes, a backslash, non-ASCII) among them.
+    merchants = [*(f"M-{i:02}" for i in range(7)), 'M-"q\\uote"-é', "M-08", "M-09"]
     cols = ("hour", *KEYS, *MEASURES)
     rows = []
-    for i, m in enumerate(merchants[:8]):  # M-08 and M-09: no transaction today
+    for i, m in enumerate(merchants[:8]):  # the last two: no transaction today
         keys = {"merchant_id": m, "country": "SN", "currency": "XOF", "channel": "card"}
         measures = {"tx_count": i + 1, "succeeded_count": i + 1, "gross_volume_local": i + 0.5}
         values = {
