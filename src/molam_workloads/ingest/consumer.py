@@ -4,7 +4,7 @@ Per batch (up to ``INGEST_BATCH_MAX_RECORDS`` records, fetched in chunks): decod
 publish the malformed ones to the DLQ and wait until the broker has them; write ledger +
 aggregates + offsets in one transaction (``BatchWriter``); then, best effort, commit the offsets
 to Kafka (what lag tools read), let SIRA look at the batch and, at most every
-``LIVE_REFRESH_SECONDS`` (at once when idle), set the live counters in Redis. PostgreSQL is the
+``live_interval`` (at once when idle), set the live counters in Redis. PostgreSQL is the
 source of truth for offsets: on every assignment each partition is sought to the offset stored
 beside the data, and a batch read before a rebalance is abandoned rather than written (its
 partitions are re-read by their owner from those offsets).
@@ -99,9 +99,22 @@ YIELD_EVERY = 50
 # aiokafka parses one getmany's records in a single piece (docs/decisions/001-fetch-chunk.md).
 FETCH_CHUNK = 2000
 # While batches keep coming, live counters are refreshed at most this often, and as soon as
-# the consumer is idle: Redis trails PostgreSQL by at most this plus one batch
-# (docs/decisions/003-live-refresh.md).
+# the consumer is idle (docs/decisions/003-live-refresh.md).
 LIVE_REFRESH_SECONDS = 0.5
+# ... and no sooner than this many times the last refresh took, so that refreshes of thousands
+# of merchants take at most a quarter of the time while a backlog drains, capped so that Redis
+# trails PostgreSQL by at most LIVE_REFRESH_MAX_SECONDS plus one refresh and one batch
+# (docs/decisions/025-live-refresh-adaptive.md).
+LIVE_REFRESH_BUSY_FACTOR = 4.0
+LIVE_REFRESH_MAX_SECONDS = 5.0
+
+
+def live_interval(took: float) -> float:
+    """Seconds from the start of one live-counter refresh to the next while batches keep
+    coming, given how long the last one ``took``."""
+    return min(max(LIVE_REFRESH_SECONDS, LIVE_REFRESH_BUSY_FACTOR * took), LIVE_REFRESH_MAX_SECONDS)
+
+
 # What a write is retried on (the batch kept in memory). InternalClientError: a connection that
 # lost its server mid-operation fails its reset when released; the pool has terminated it.
 _RETRYABLE_DB = (
@@ -280,6 +293,7 @@ class Ingestor:
         self._follow_up: asyncio.Task[None] | None = None
         self._live_due: set[str | None] = set()  # merchants whose live counters are behind
         self._live_at = 0.0  # time.monotonic() of the last live-counter refresh
+        self.live_interval = LIVE_REFRESH_SECONDS  # the next one's, from the last one's duration
         self._trimming: asyncio.Task[None] | None = None  # ledger retention, in the background
         self._trimmed_at = -ledger.TRIM_EVERY_SECONDS  # time.monotonic() of the last trim
         # Running totals of this consumer (records, counted, duplicates, dead, abandoned).
@@ -1044,7 +1058,7 @@ class Ingestor:
             return
         if self.live is not None:
             self._live_due |= merchants_on(report.counted, datetime.now(UTC).date())
-            if time.monotonic() - self._live_at >= LIVE_REFRESH_SECONDS:
+            if time.monotonic() - self._live_at >= self.live_interval:
                 await self._refresh_live()
         if self.detector is not None:
             merchants = report.counted.merchants()
@@ -1095,6 +1109,7 @@ class Ingestor:
             # Best effort as well: a bug here must not stop the aggregates.
             self._live_due |= due
             log.exception("live counters not updated")
+        self.live_interval = live_interval(time.monotonic() - self._live_at)
 
     def _observe(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():

@@ -1,4 +1,5 @@
-"""How often the consumer refreshes live counters: coalesced under a backlog, at once when idle.
+"""How often the consumer refreshes live counters: coalesced under a backlog (the longer the
+last refresh took, the longer the next waits), at once when idle.
 
 A stand-in for ``LiveCounters`` records the calls (what a refresh writes to Redis is covered
 against the real Redis in test_consumer and test_crash_recovery); the Ingestor is real.
@@ -6,6 +7,7 @@ against the real Redis in test_consumer and test_crash_recovery); the Ingestor i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +16,14 @@ from redis.exceptions import RedisError
 
 from molam_workloads.core.events import TransactionEvent
 from molam_workloads.ingest.aggregation import summarize
-from molam_workloads.ingest.consumer import BatchReport, Ingestor
+from molam_workloads.ingest.consumer import (
+    LIVE_REFRESH_BUSY_FACTOR,
+    LIVE_REFRESH_MAX_SECONDS,
+    LIVE_REFRESH_SECONDS,
+    BatchReport,
+    Ingestor,
+    live_interval,
+)
 from molam_workloads.ingest.settings import IngestSettings
 
 
@@ -65,3 +74,33 @@ async def test_refreshes_coalesce_while_batches_come_and_a_failed_one_stays_due(
     assert live.calls == [{"M-1"}, {"M-1", "M-2"}]
     await ingestor.drain()  # nothing due: no call
     assert len(live.calls) == 2
+
+
+def test_the_interval_is_a_multiple_of_the_last_refresh_within_its_bounds() -> None:
+    assert live_interval(0.01) == LIVE_REFRESH_SECONDS
+    assert live_interval(0.4) == 0.4 * LIVE_REFRESH_BUSY_FACTOR
+    assert live_interval(60.0) == LIVE_REFRESH_MAX_SECONDS
+
+
+class SlowLive(RecordingLive):
+    async def refresh(self, pool: Any, merchants: Iterable[str | None], now: Any = None) -> int:
+        await asyncio.sleep(0.4)
+        return await super().refresh(pool, merchants, now)
+
+
+async def test_a_slow_refresh_puts_the_next_one_off_while_batches_come() -> None:
+    live = SlowLive(failures=0)
+    ingestor = Ingestor(
+        IngestSettings(sira_enabled=False),
+        pool=None,  # type: ignore[arg-type]
+        producer=None,  # type: ignore[arg-type]
+        live=live,  # type: ignore[arg-type]
+    )
+    await ingestor._after_commit(counted("a", "M-1"))
+    assert live.calls == [{"M-1"}]
+    assert ingestor.live_interval >= 0.4 * LIVE_REFRESH_BUSY_FACTOR
+    await asyncio.sleep(0.2)  # ~0.6 s since it started: past LIVE_REFRESH_SECONDS, not 1.6 s
+    await ingestor._after_commit(counted("b", "M-2"))
+    assert live.calls == [{"M-1"}]
+    await ingestor.drain()  # idle: at once, whatever the interval
+    assert live.calls == [{"M-1"}, {"M-2"}]
