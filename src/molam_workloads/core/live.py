@@ -2,8 +2,8 @@
 
 The consumer writes these hashes to Redis after committed batches (``ingest/live_counters.py``,
 from ``read_hashes``: PostgreSQL writes the fields) and the API falls back to ``read_totals``
-(``fold`` writes them) when a hash is missing; both give the same fields and values, decimals
-written as Python's ``str(Decimal)`` does (tests/workloads/core/test_live.py):
+(the same documents, decoded) when a hash is missing; decimals are written as Python's
+``str(Decimal)`` does (tests/workloads/core/test_live.py holds them to a Python reference):
 
 - ``tx_count``, ``succeeded_count``, ``failed_count``, ``pending_count`` — every transaction;
 - ``payment_count``, ``refund_count``, ``payout_count``, ``transfer_count`` — succeeded ones;
@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal, localcontext
-from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -42,75 +40,13 @@ _SUMS = ", ".join(f"sum(a.{c})::bigint AS {c}" for c in COUNT_FIELDS)
 
 OWNER_FIELD = "owner"
 
-# Enough digits for any sum of numeric(24, 4) x numeric(30, 12) products to stay exact.
-EXACT_DIGITS = 1000
-
 # A connection of its own or one lent by the pool.
 Conn = asyncpg.Connection | PoolConnectionProxy
-
-
-def _totals_sql(owner: str, where: str) -> str:
-    # [$1, $2) is one UTC day, which has one rate per currency: the sums are converted once
-    # per (owner, currency), not once per hourly row (numeric products are exact, so the
-    # figure is the same).
-    return f"""
-SELECT g.*, g.gross * {rate_expr("g", "$3")} AS gross_reporting,
-       {rate_expr("g", "$3")} IS NULL AS unconverted
-FROM (SELECT {owner} AS owner, a.currency, {_SUMS},
-             sum(a.gross_volume_local) AS gross, sum(a.fee_local) AS fee
-      FROM txn_hourly_agg a
-      WHERE a.hour >= $1 AND a.hour < $2 {where}
-      GROUP BY 1, a.currency) g
-{rate_join("g", "$1::timestamptz", "$3")}
-"""
-
-
-_MERCHANTS_SQL = _totals_sql("a.merchant_id", "AND a.merchant_id = ANY($4::text[])")
-_PLATFORM_SQL = _totals_sql("NULL::text", "")
 
 
 def owner_tag(merchant_id: str | None) -> str:
     """The ``owner`` field of a hash: ``platform``, or ``merchant:<id>``."""
     return "platform" if merchant_id is None else f"merchant:{merchant_id}"
-
-
-def fold(
-    rows: Iterable[asyncpg.Record],
-    reporting: str,
-    now: datetime,
-    owners: Iterable[str | None] = (),
-) -> dict[str | None, dict[str, str]]:
-    """Per-currency total rows (``owner``, ``currency``, sums) -> hash fields per owner; each of
-    ``owners`` is present even without a row (zero counts: no transaction today)."""
-    acc: dict[str | None, dict[str, Any]] = {}
-
-    def blank() -> dict[str, Any]:
-        return {c: 0 for c in COUNT_FIELDS} | {"_rep": Decimal(0)}
-
-    for owner in owners:
-        acc[owner] = blank()
-    for r in rows:
-        h = acc.setdefault(r["owner"], blank())
-        for c in COUNT_FIELDS:
-            h[c] += r[c]
-        h[f"gross_volume:{r['currency'].strip()}"] = r["gross"]
-        h[f"fee:{r['currency'].strip()}"] = r["fee"]
-        if r["unconverted"]:
-            h["_unconverted"] = True
-        else:
-            # Exact, as PostgreSQL's sum (read_hashes): the default context rounds to 28 digits.
-            with localcontext(prec=EXACT_DIGITS):
-                h["_rep"] += r["gross_reporting"]
-    out: dict[str | None, dict[str, str]] = {}
-    for owner, h in acc.items():
-        fields = {k: str(v) for k, v in h.items() if not k.startswith("_")}
-        if not h.get("_unconverted"):
-            fields["gross_volume_reporting"] = str(h["_rep"])
-        fields["reporting_currency"] = reporting
-        fields["as_of"] = now.isoformat()
-        fields[OWNER_FIELD] = owner_tag(owner)
-        out[owner] = fields
-    return out
 
 
 def _py_text(x: str) -> str:
@@ -131,12 +67,12 @@ def _json_str(x: str) -> str:
 
 
 def _hashes_sql(owner: str, where: str, owners: str, join: str) -> str:
-    # The fields ``fold`` makes of ``_totals_sql``'s rows, written by PostgreSQL as one JSON
-    # array per chunk of owners ([tx_count, owner tag, [field, value, ...]] each, in ``owners``'
-    # order): the consumer hands it to Redis as it is, with no Python per merchant. The JSON is
-    # concatenated text: numbers and counts need no escaping, names go through to_json. Each
-    # currency's rate is looked up once (``r``), not once per owner: the day has one rate per
-    # currency, so the figures are the same.
+    # Each hash's fields, from per (owner, currency) sums of the day, written by PostgreSQL as
+    # one JSON array per chunk of owners ([tx_count, owner tag, [field, value, ...]] each, in
+    # ``owners``' order): the consumer hands it to Redis as it is, with no Python per merchant.
+    # The JSON is concatenated text: numbers and counts need no escaping, names go through
+    # to_json. Each currency's rate is looked up once (``r``), not once per owner: the day has
+    # one rate per currency, so the figures are the same.
     sums = ", ".join(f"sum(t.{c})::bigint AS {c}" for c in COUNT_FIELDS)
     counts = " || ',' || ".join(
         f"'\"{c}\",\"' || coalesce(h.{c}, 0)::text || '\"'" for c in COUNT_FIELDS
@@ -211,9 +147,9 @@ async def read_hashes(
     owners, the owners (merchants sorted, then the platform's ``None``) and one JSON array of
     ``[tx_count, owner tag, [field, value, ...]]``, one per owner in that order.
 
-    The same fields and values as ``fold`` (tests/workloads/core/test_live.py holds them
-    equal), without decoding a row in Python: a refresh of thousands of merchants costs the
-    consumer a few strings, not thousands of records.
+    Decimals are written as Python's ``str(Decimal)`` does (tests/workloads/core/test_live.py
+    holds every field to a Python reference), without decoding a row in Python: a refresh of
+    thousands of merchants costs the consumer a few strings, not thousands of records.
     """
     start = datetime.combine(day, time(), tzinfo=UTC)
     end = start + timedelta(days=1)
@@ -240,18 +176,24 @@ async def read_totals(
     *,
     platform: bool = True,
 ) -> dict[str | None, dict[str, str]]:
-    """Hash fields of ``day`` for each merchant given, plus the platform's under ``None``.
+    """Hash fields of ``day`` for each merchant given, plus the platform's under ``None``:
+    ``read_hashes``' documents, decoded (the API's reader when a hash is missing).
 
     Transactions without a merchant (wallet-to-wallet) count in the platform's hash only: the
     key scheme gives them none of their own.
     """
-    start = datetime.combine(day, time(), tzinfo=UTC)
-    end = start + timedelta(days=1)
     names = sorted(set(merchants))
-    rows: list[asyncpg.Record] = []
-    if platform:
-        rows += await conn.fetch(_PLATFORM_SQL, start, end, reporting)
-    if names:
-        rows += await conn.fetch(_MERCHANTS_SQL, start, end, reporting, names)
-    owners: list[str | None] = [*names, *([None] if platform else [])]
-    return fold(rows, reporting, now or datetime.now(UTC), owners)
+    chunks = await read_hashes(
+        conn,
+        day,
+        names,
+        reporting,
+        now or datetime.now(UTC),
+        max(1, len(names)),
+        platform=platform,
+    )
+    out: dict[str | None, dict[str, str]] = {}
+    for owners, doc in chunks:
+        for owner, (_, _, flat) in zip(owners, json.loads(doc), strict=True):
+            out[owner] = dict(zip(flat[::2], flat[1::2], strict=True))
+    return out

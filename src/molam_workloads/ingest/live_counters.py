@@ -13,8 +13,8 @@ a refresh takes over 125 ms, as with thousands of merchants per refresh), and, u
 over 1.25 s, refreshes take at most a quarter of the time while a backlog drains
 (docs/decisions/025-live-refresh-adaptive.md).
 
-Cost: PostgreSQL writes each hash's fields (``core.live.read_hashes``: the very fields and
-values of ``core.live.fold``), as one JSON document per ``WRITE_CHUNK`` merchants, and one
+Cost: PostgreSQL writes each hash's fields (``core.live.read_hashes``, which the API's reader
+decodes too), as one JSON document per ``WRITE_CHUNK`` merchants, and one
 script call per document sets its hashes; the consumer handles a few strings per refresh, not a
 record and a command per merchant.
 

@@ -1,17 +1,18 @@
-"""``core.live.read_hashes`` (PostgreSQL builds each live hash's fields, for the consumer) gives
-exactly what ``fold`` gives the API's reader, decimals written the same way, against real
-PostgreSQL."""
+"""``core.live.read_hashes`` (PostgreSQL builds each live hash's fields, for the consumer and,
+decoded by ``read_totals``, for the API's reader) gives exactly what a Python reference folds
+from the day's sums, decimals written as ``str(Decimal)`` writes them, against real PostgreSQL."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal, localcontext
 from typing import Any
 
 import asyncpg
 
-from molam_workloads.core.live import COUNT_FIELDS, read_hashes, read_totals
+from molam_workloads.core.fx import rate_expr, rate_join
+from molam_workloads.core.live import COUNT_FIELDS, owner_tag, read_hashes, read_totals
 from molam_workloads.core.measures import KEYS, MEASURES, MONEY_MEASURES
 
 # The largest numeric(24, 4): its figure in USD has 37 digits, past Decimal's default 28.
@@ -70,7 +71,55 @@ async def _seed(db: asyncpg.Connection, hour: datetime) -> None:
     )
 
 
-async def test_postgresql_builds_exactly_the_fields_fold_makes(db: asyncpg.Connection) -> None:
+# The reference: per (owner, currency) sums of the day, converted at the day's rate, folded into
+# hash fields in Python (exact: Decimal's default context would round past 28 digits).
+_SUMS = ", ".join(f"sum(a.{c})::bigint AS {c}" for c in COUNT_FIELDS)
+_PER_CURRENCY = f"""
+SELECT g.*, g.gross * {rate_expr("g", "$3")} AS gross_reporting,
+       {rate_expr("g", "$3")} IS NULL AS unconverted
+FROM (SELECT a.merchant_id AS owner, a.currency, {_SUMS},
+             sum(a.gross_volume_local) AS gross, sum(a.fee_local) AS fee
+      FROM txn_hourly_agg a WHERE a.hour >= $1 AND a.hour < $2 AND a.merchant_id IS NOT NULL
+      GROUP BY 1, a.currency
+      UNION ALL
+      SELECT NULL, a.currency, {_SUMS}, sum(a.gross_volume_local), sum(a.fee_local)
+      FROM txn_hourly_agg a WHERE a.hour >= $1 AND a.hour < $2 GROUP BY 2) g
+{rate_join("g", "$1::timestamptz", "$3")}
+"""
+
+
+async def reference(
+    db: asyncpg.Connection, day: date, merchants: list[str], reporting: str, now: datetime
+) -> dict[str | None, dict[str, str]]:
+    start = datetime.combine(day, time(), tzinfo=UTC)
+    acc: dict[str | None, dict[str, Any]] = {
+        o: {c: 0 for c in COUNT_FIELDS} | {"_rep": Decimal(0)} for o in [*merchants, None]
+    }
+    for r in await db.fetch(_PER_CURRENCY, start, start + timedelta(days=1), reporting):
+        if r["owner"] not in acc:
+            continue
+        h = acc[r["owner"]]
+        for c in COUNT_FIELDS:
+            h[c] += r[c]
+        h[f"gross_volume:{r['currency'].strip()}"] = r["gross"]
+        h[f"fee:{r['currency'].strip()}"] = r["fee"]
+        if r["unconverted"]:
+            h["_unconverted"] = True
+        else:
+            with localcontext(prec=1000):
+                h["_rep"] += r["gross_reporting"]
+    out: dict[str | None, dict[str, str]] = {}
+    for owner, h in acc.items():
+        fields = {k: str(v) for k, v in h.items() if not k.startswith("_")}
+        if not h.get("_unconverted"):
+            fields["gross_volume_reporting"] = str(h["_rep"])
+        fields |= {"reporting_currency": reporting, "as_of": now.isoformat()}
+        fields["owner"] = owner_tag(owner)
+        out[owner] = fields
+    return out
+
+
+async def test_postgresql_builds_exactly_the_fields_python_folds(db: asyncpg.Connection) -> None:
     now = datetime.now(UTC).replace(minute=30)
     hour = now.replace(minute=0, second=0, microsecond=0)
     if hour.hour == 0:  # both seeded hours within today
@@ -78,8 +127,8 @@ async def test_postgresql_builds_exactly_the_fields_fold_makes(db: asyncpg.Conne
     await _seed(db, hour)
     merchants = ["M-two", "M-unconverted", "M-zero", "M-tiny", "M-huge", 'M-"q\\uote"-é']
     merchants.append("M-none-today")  # no row today: zero counts
-    expected = await read_totals(db, now.date(), merchants, "USD", now)
-    # The cases this test is for are there (written as fold writes them).
+    expected = await reference(db, now.date(), merchants, "USD", now)
+    # The cases this test is for are there (written as str(Decimal) writes them).
     assert "gross_volume_reporting" not in expected["M-unconverted"]
     assert expected["M-zero"]["gross_volume_reporting"] == "0E-16"
     assert expected["M-tiny"]["gross_volume_reporting"] == "1.2340E-12"
@@ -106,6 +155,7 @@ async def test_postgresql_builds_exactly_the_fields_fold_makes(db: asyncpg.Conne
             got[owner] = fields
     assert got == expected
     assert set(COUNT_FIELDS) <= set(got[None])
+    assert await read_totals(db, now.date(), merchants, "USD", now) == expected  # the API's
 
 
 async def test_no_merchant_and_no_platform_reads_nothing(db: asyncpg.Connection) -> None:
@@ -117,5 +167,6 @@ async def test_no_merchant_and_no_platform_reads_nothing(db: asyncpg.Connection)
     assert (tx_count, tag) == ("0", "platform")
     assert (
         dict(zip(flat[::2], flat[1::2], strict=True))
+        == (await reference(db, now.date(), [], "USD", now))[None]
         == (await read_totals(db, now.date(), [], "USD", now))[None]
     )

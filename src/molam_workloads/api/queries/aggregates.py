@@ -250,7 +250,7 @@ async def grouped(
     view or its rollup (``plan_parts``).
     """
     rc = reporting_currency
-    state = (states.get(rc) if states else None) or await prefix.state(conn, rc)
+    state = await prefix.last_state(conn, rc, states)
     for _ in range(STATE_ATTEMPTS):
         result, seen = await _grouped_with(
             conn,
@@ -543,9 +543,7 @@ async def top_merchants(
     """
     order = RANKINGS[by]
     # the last state seen is enough to choose: ``grouped`` checks it against the answer's
-    state = (states.get(reporting_currency) if states else None) or await prefix.state(
-        conn, reporting_currency
-    )
+    state = await prefix.last_state(conn, reporting_currency, states)
     cutoff = state.cutoff_for(merchants=True)
     if cutoff is not None and prefix.plan(start, end, cutoff, merchants=True, day_buckets=None):
         # Running totals per merchant: every merchant's exact sums cost up to four probes per

@@ -88,6 +88,16 @@ async def state(conn: Conn, reporting_currency: str) -> State:
     return State(row["cutoff"], row["data_as_of"], bool(row["intraday"]), row["token"])
 
 
+async def last_state(conn: Conn, reporting_currency: str, states: StateCache | None) -> State:
+    """The state last seen in ``states``, else the current one (read and remembered)."""
+    seen = states.get(reporting_currency) if states is not None else None
+    if seen is None:
+        seen = await state(conn, reporting_currency)
+        if states is not None:
+            states.put(reporting_currency, seen)
+    return seen
+
+
 def ceil_hour(t: datetime) -> datetime:
     t = t.astimezone(UTC)
     floor = t.replace(minute=0, second=0, microsecond=0)
