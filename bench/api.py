@@ -71,7 +71,13 @@ import jwt
 
 from molam_workloads.api.app import SESSION_SETTINGS
 from molam_workloads.api.queries import rollup
-from molam_workloads.api.queries.aggregates import Filters, Key, grouped, top_merchants
+from molam_workloads.api.queries.aggregates import (
+    Filters,
+    Key,
+    Ranking,
+    grouped,
+    top_merchants,
+)
 from molam_workloads.api.queries.prefix import StateCache
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -274,7 +280,7 @@ ENDPOINTS: dict[str, dict[str, Any]] = {
         "extra": "&limit=10",
         "keys": (Key("key", "merchant_id", "merchant_id"),),
         "per_merchant": True,
-        "order_limit": "ORDER BY gross_volume DESC, tx_count DESC, g.key LIMIT 10",
+        "ranking": Ranking("gross_volume", 10),  # as routers.breakdowns asks
     },
     "top merchants": {
         "path": "/v1/top-merchants",
@@ -316,7 +322,7 @@ async def bare_sql(dsn: str, name: str, end: datetime, samples: int) -> list[flo
                     reporting_currency="USD",
                     extra_params=spec.get("params", ()),
                     per_merchant=spec.get("per_merchant", False),
-                    order_limit=spec.get("order_limit", ""),
+                    ranking=spec.get("ranking"),
                     states=states,
                 )
             if i >= 5:  # the first few warm the caches

@@ -24,8 +24,10 @@ from hypothesis import strategies as st
 from molam_workloads.api.queries import prefix
 from molam_workloads.api.queries.aggregates import (
     DAY_BUCKET,
+    RANKINGS,
     Filters,
     Key,
+    Ranking,
     grouped,
     top_merchants,
     utc_aligned,
@@ -469,6 +471,110 @@ def test_late_events_after_the_cutoff_count_without_a_rebuild(
             await conn.close()
 
     asyncio.run(body())
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    q=queries(),
+    by=st.sampled_from(sorted(RANKINGS)),
+    limit=st.integers(min_value=1, max_value=3),
+    late=late_rows(first_hour=int((CUTOFF - T0) / H)),
+)
+def test_a_merchant_ranking_sums_its_winners_alone(
+    dataset: Dataset, q: Query, by: str, limit: int, late: list[dict[str, Any]]
+) -> None:
+    """The breakdown by merchant, first ``limit`` by a ranking: the merchants are ranked on the
+    ranking's sums alone, then summed in full; the same rows, in the same order, as ranking
+    every merchant's full sums (the rows without merchant included, whose key is null and
+    comes last among ties), late events after the cutoff included."""
+    dsn, rows, rates = dataset
+    q = Query(q.start, q.end, q.filters, "merchant", "UTC")
+    measure, other = ("gross", "tx_count") if by == "gross_volume" else ("tx_count", "gross")
+
+    async def body() -> None:
+        conn = await asyncpg.connect(dsn)
+        tr = conn.transaction()
+        await tr.start()
+        try:
+            await upsert_late(conn, late)
+            result = await grouped(
+                conn,
+                start=q.start,
+                end=q.end,
+                filters=q.filters,
+                keys=(DIMENSIONS["merchant"],),
+                reporting_currency=QUOTE,
+                per_merchant=True,
+                ranking=Ranking(by, limit),
+            )
+            want, _ = reference(add_late(rows, late), rates, q)
+            ranked = sorted(
+                want, key=lambda m: (-want[m][measure], -want[m][other], m is None, m or "")
+            )[:limit]
+            assert [r["key"] for r in result.rows] == ranked, q
+            check(as_groups(result.rows, "merchant"), {m: want[m] for m in ranked}, q)
+        finally:
+            await tr.rollback()
+            await conn.close()
+
+    asyncio.run(body())
+
+
+async def test_a_merchant_ranking_counts_what_decides_it(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    """Cases a random draw rarely meets. The hours after the cutoff can change who wins. A
+    merchant with no row in range (but running totals, from earlier days) does not take the
+    place of one whose volume in range is negative."""
+    rows, rates = await setup(database_url)
+    ranking = Ranking("gross_volume", 1)
+    q = Query(T0 + 2 * 24 * H, CUTOFF + 20 * H, Filters(), "merchant", "UTC")
+
+    async def ask(data: list[dict[str, Any]], limit: int) -> None:
+        result = await grouped(
+            db,
+            start=q.start,
+            end=q.end,
+            filters=q.filters,
+            keys=(DIMENSIONS["merchant"],),
+            reporting_currency=QUOTE,
+            per_merchant=True,
+            ranking=Ranking(ranking.by, limit),
+        )
+        want, _ = reference(data, rates, q)
+        ranked = sorted(want, key=lambda m: (-want[m]["gross"], -want[m]["tx_count"]))[:limit]
+        assert [r["key"] for r in result.rows] == ranked
+        check(as_groups(result.rows, "merchant"), {m: want[m] for m in ranked}, q)
+
+    # the last merchant before the cutoff wins with its hours after it
+    before, _ = reference(rows, rates, Query(q.start, CUTOFF, q.filters, "merchant", "UTC"))
+    last = min((m for m in before if m), key=lambda m: before[m]["gross"])
+    big = hourly(CUTOFF + 3 * H, last, country="US", currency="USD", channel="card",
+                 tx_count=1, succeeded_count=1, payment_count=1,
+                 payment_volume_local=Decimal(10**9))  # fmt: skip
+    await upsert_late(db, [big])
+    rows = add_late(rows, [big])
+    await ask(rows, 1)
+
+    # M-8 has a negative volume in range; M-9 has rows on the first day only; another
+    # merchant's huge volume before the range changes nothing
+    other = next(m for m in before if m and m != last)
+    extra = [
+        hourly(T0, "M-9", tx_count=1, succeeded_count=1, payment_volume_local=Decimal(5)),
+        hourly(q.start + 5 * H, "M-8", tx_count=1, payment_volume_local=Decimal(-50)),
+        hourly(T0 + H, other, country="US", currency="USD", channel="card",
+               tx_count=1, payment_volume_local=Decimal(10**12)),
+    ]  # fmt: skip
+    await upsert_late(db, extra)
+    rows = add_late(rows, extra)
+    await db.execute("SELECT analytics_rebuild_prefix_totals($1, cutoff => $2)", QUOTE, CUTOFF)
+    active = reference(rows, rates, q)[0]
+    assert "M-8" in active and "M-9" not in active
+    await ask(rows, len(active))
 
 
 async def test_sources_and_freshness(database_url: str, db: asyncpg.Connection) -> None:

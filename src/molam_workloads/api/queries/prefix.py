@@ -211,17 +211,24 @@ KEY_COLUMNS = {
 }
 
 
-def probes_cte(pl: Plan, where: str, add: Callable[[Any], str]) -> str:
-    """``pb``: the running totals of every cell matching ``where`` at each boundary ``i``
-    (1-based; a DAILY boundary gives a day row and, off midnight, a within-day row);
-    ``add`` binds a parameter and returns its placeholder.
+def probes_cte(
+    pl: Plan,
+    where: str,
+    add: Callable[[Any], str],
+    name: str = "pb",
+    columns: Sequence[str] = (*COUNTS, *CONVERTED),
+) -> str:
+    """``pb`` (or ``name``): the running totals (``columns``, besides the cell and ``n_rows``)
+    of every cell matching ``where`` at each boundary ``i`` (1-based; a DAILY boundary gives a
+    day row and, off midnight, a within-day row); ``add`` binds a parameter and returns its
+    placeholder.
 
     Each probe is a LATERAL subquery fenced by OFFSET 0, so it stays an index scan per probe
     whatever the planner guesses of the probe arrays: the API's generic plans take an array
     parameter for 10 elements and chose a sequential scan of the daily totals (45k rows at 1M
     hourly rows, 2M at 50M) over two index probes (docs/decisions/014-api-session-settings.md).
     """
-    cols = ", ".join(f"x.{c}" for c in (*CELLS[pl.table], "n_rows", *COUNTS, *CONVERTED))
+    cols = ", ".join(f"x.{c}" for c in (*CELLS[pl.table], "n_rows", *columns))
 
     def probe(table: str, column: str) -> str:
         return (
@@ -231,12 +238,12 @@ def probes_cte(pl: Plan, where: str, add: Callable[[Any], str]) -> str:
 
     if pl.table == HOURLY:
         return (
-            f"pb AS (SELECT b.i, b.label, x.* "
+            f"{name} AS (SELECT b.i, b.label, x.* "
             f"FROM unnest({add(pl.probes)}::timestamptz[], {add(pl.labels)}::date[]) "
             f"WITH ORDINALITY AS b(at, label, i) {probe(HOURLY, 'hour')})"
         )
     return (
-        f"pb AS (SELECT b.i, x.* "
+        f"{name} AS (SELECT b.i, x.* "
         f"FROM unnest({add(pl.probes)}::date[]) WITH ORDINALITY AS b(at, i) "
         f"{probe(DAILY, 'day')} "
         f"UNION ALL SELECT b.i, x.* "

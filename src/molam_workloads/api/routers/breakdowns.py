@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path, Query, Response
 from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, StatesDep
 from molam_workloads.api.params import FiltersDep, RangeDep
 from molam_workloads.api.permissions import Reader
-from molam_workloads.api.queries.aggregates import Key, kpis_of
+from molam_workloads.api.queries.aggregates import Key, Ranking, kpis_of
 from molam_workloads.api.routers._summary import cached_answer, header, run_grouped
 from molam_workloads.api.schemas.analytics import BreakdownResponse, BreakdownRow
 from molam_workloads.api.schemas.common import READ_ERRORS
@@ -60,7 +60,7 @@ async def get_breakdown(
             keys=(_KEYS[dimension],),
             reporting_currency=currency,
             per_merchant=dimension is Dimension.merchant,
-            order_limit=f"ORDER BY gross_volume DESC, tx_count DESC, g.key LIMIT {limit:d}",
+            ranking=Ranking("gross_volume", limit),
         )
         return BreakdownResponse(
             **header(rng, filters, currency, result),
