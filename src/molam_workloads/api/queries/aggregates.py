@@ -464,7 +464,10 @@ async def _grouped_with(
     sums_cols = ", ".join(_SUMS)
     # r: the rates (``_rates_cte``).
     # c: sums per (keys, currency), money converted; a currency left without rate is flagged.
-    # The outer query folds the currencies of each group and lists the unconverted ones.
+    # The outer query folds the currencies of each group and lists the unconverted ones. The
+    # state and the watermark are subqueries, run once per statement, not once per row: the
+    # watermark probes every hourly partition (22 us at 4 partitions), a tenth of a breakdown's
+    # SQL when called for each of its rows.
     sql = f"""
 WITH RECURSIVE {prelude}{rates}{extra_ctes}, s ({key_names_s}currency, fx_day, n,
     {sums_cols}, gross_c, refunds_c, fees_c, pre) AS (
@@ -494,7 +497,7 @@ SELECT {outer_keys}
   coalesce(sum(g.refunds), 0) AS refund_volume,
   coalesce(sum(g.fees), 0) AS fees,
   array_agg(g.currency::text) FILTER (WHERE g.unconverted) AS unconverted,
-  {prefix.token_sql(quote)} AS state_token, analytics_data_as_of() AS data_as_of
+  {prefix.token_sql(quote)} AS state_token, (SELECT analytics_data_as_of()) AS data_as_of
 FROM c g
 {outer_group}
 {order_limit}
