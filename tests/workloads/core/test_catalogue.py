@@ -11,13 +11,15 @@ from __future__ import annotations
 import re
 import types
 import typing
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from molam_workloads.api.schemas.analytics import Kpis
 from molam_workloads.core import catalogue
@@ -103,6 +105,25 @@ def test_shown_rounds_for_the_unit() -> None:
     assert rate({"succeeded_count": 1, "failed_count": 127}, cents) == 0.007812
     assert rate({"succeeded_count": 399, "failed_count": 241}, cents) == 0.623438
     assert rate({"succeeded_count": 0, "failed_count": 0}, cents) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    a=st.integers(min_value=0, max_value=10**15),
+    b=st.integers(min_value=0, max_value=10**15),
+    tie=st.booleans(),
+)
+def test_rates_of_counts_round_as_the_decimal_quotient(a: int, b: int, tie: bool) -> None:
+    """The rates round their counts' quotient in integers: the same float as rounding the
+    Decimal quotient half to even, ties (b dividing 2 a 10**6) included."""
+    if tie:  # a quotient with a 5 in the 7th decimal and nothing after it
+        b = 2 ** (b % 8) * 5 ** (a % 8)
+        a = a % (b * 3)
+    sums = {"succeeded_count": a, "failed_count": b - a if b >= a else b}
+    rate = METRICS["success_rate"]
+    exact = rate.value(sums)
+    want = None if exact is None else float(exact.quantize(RATIO_EXP, rounding=ROUND_HALF_EVEN))
+    assert rate.shown(sums, Decimal("0.01")) == want
 
 
 def test_sums_as_ints_give_the_same_figures() -> None:
