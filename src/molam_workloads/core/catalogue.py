@@ -264,7 +264,7 @@ def _counts_ratio(num: Evaluate, den: Evaluate) -> Show:
     """``a / b`` of counts rounded half to even to ``RATIO_EXP``, in integers: the same float
     as rounding the Decimal quotient (whose 28 digits cannot reach a tie that the exact
     quotient does not have, for counts below 10**20), in a third of the time: the rates were
-    most of a KPI document's cost (docs/decisions/028-merchant-ranking-first.md)."""
+    most of a KPI document's cost (docs/decisions/029-kpi-rows.md)."""
 
     def show(sums: Sums, exp: Decimal) -> Any:
         x, y = num(sums), den(sums)

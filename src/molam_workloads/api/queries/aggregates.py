@@ -228,7 +228,8 @@ def _ranking_ctes(
     conditions narrowed to those merchants, so the full sums cost a few probes per winner.
 
     Summing all 13 measures of every merchant's cells is what a ranking over running totals
-    spent its time on: ranking on three of them first cost a quarter of it at 600 merchants.
+    spent its time on: ranking on three of them first cost a third of it at 500 and 600
+    merchants (docs/decisions/028-merchant-ranking-first.md).
     """
     assert len(pl.labels) == 2, "one bucket: merchant keys have no day buckets"
     probes = prefix.probes_cte(pl, where_prefix, p.add, "rk_pb", ("tx_count", "gross"))

@@ -74,8 +74,7 @@ M = TypeVar("M", bound=BaseModel)
 def row(model: type[M], **fields: Any) -> M:
     """One row of an answer (a KPI document and its key), built without validation: its
     fields come from ``kpis_of`` and the query, typed by the catalogue, and validating them
-    cost 3 us a row, a tenth of a 90-day series' time in the API (the JSON is the same:
-    ``tests/workloads/api/test_kpis.py``)."""
+    cost 3 us a row (docs/decisions/029-kpi-rows.md); a test checks the JSON is the same."""
     return model.model_construct(**fields)
 
 
