@@ -473,6 +473,36 @@ def test_late_events_after_the_cutoff_count_without_a_rebuild(
     asyncio.run(body())
 
 
+async def check_ranked(
+    conn: asyncpg.Connection,
+    q: Query,
+    ranking: Ranking,
+    data: list[dict[str, Any]],
+    rates: dict[str, list[tuple[date, Decimal]]],
+) -> None:
+    """The breakdown by merchant ranked by ``ranking``: the first merchants of the reference
+    by the ranking's sums, then key (no merchant last), each with every sum."""
+    result = await grouped(
+        conn,
+        start=q.start,
+        end=q.end,
+        filters=q.filters,
+        keys=(DIMENSIONS["merchant"],),
+        reporting_currency=QUOTE,
+        per_merchant=True,
+        ranking=ranking,
+    )
+    want, _ = reference(data, rates, q)
+    measure, other = (
+        ("gross", "tx_count") if ranking.by == "gross_volume" else ("tx_count", "gross")
+    )
+    ranked = sorted(want, key=lambda m: (-want[m][measure], -want[m][other], m is None, m or ""))[
+        : ranking.limit
+    ]
+    assert [r["key"] for r in result.rows] == ranked, q
+    check(as_groups(result.rows, "merchant"), {m: want[m] for m in ranked}, q)
+
+
 @settings(
     max_examples=60,
     deadline=None,
@@ -493,7 +523,6 @@ def test_a_merchant_ranking_sums_its_winners_alone(
     comes last among ties), late events after the cutoff included."""
     dsn, rows, rates = dataset
     q = Query(q.start, q.end, q.filters, "merchant", "UTC")
-    measure, other = ("gross", "tx_count") if by == "gross_volume" else ("tx_count", "gross")
 
     async def body() -> None:
         conn = await asyncpg.connect(dsn)
@@ -501,22 +530,7 @@ def test_a_merchant_ranking_sums_its_winners_alone(
         await tr.start()
         try:
             await upsert_late(conn, late)
-            result = await grouped(
-                conn,
-                start=q.start,
-                end=q.end,
-                filters=q.filters,
-                keys=(DIMENSIONS["merchant"],),
-                reporting_currency=QUOTE,
-                per_merchant=True,
-                ranking=Ranking(by, limit),
-            )
-            want, _ = reference(add_late(rows, late), rates, q)
-            ranked = sorted(
-                want, key=lambda m: (-want[m][measure], -want[m][other], m is None, m or "")
-            )[:limit]
-            assert [r["key"] for r in result.rows] == ranked, q
-            check(as_groups(result.rows, "merchant"), {m: want[m] for m in ranked}, q)
+            await check_ranked(conn, q, Ranking(by, limit), add_late(rows, late), rates)
         finally:
             await tr.rollback()
             await conn.close()
@@ -531,24 +545,10 @@ async def test_a_merchant_ranking_counts_what_decides_it(
     merchant with no row in range (but running totals, from earlier days) does not take the
     place of one whose volume in range is negative."""
     rows, rates = await setup(database_url)
-    ranking = Ranking("gross_volume", 1)
     q = Query(T0 + 2 * 24 * H, CUTOFF + 20 * H, Filters(), "merchant", "UTC")
 
     async def ask(data: list[dict[str, Any]], limit: int) -> None:
-        result = await grouped(
-            db,
-            start=q.start,
-            end=q.end,
-            filters=q.filters,
-            keys=(DIMENSIONS["merchant"],),
-            reporting_currency=QUOTE,
-            per_merchant=True,
-            ranking=Ranking(ranking.by, limit),
-        )
-        want, _ = reference(data, rates, q)
-        ranked = sorted(want, key=lambda m: (-want[m]["gross"], -want[m]["tx_count"]))[:limit]
-        assert [r["key"] for r in result.rows] == ranked
-        check(as_groups(result.rows, "merchant"), {m: want[m] for m in ranked}, q)
+        await check_ranked(db, q, Ranking("gross_volume", limit), data, rates)
 
     # the last merchant before the cutoff wins with its hours after it
     before, _ = reference(rows, rates, Query(q.start, CUTOFF, q.filters, "merchant", "UTC"))

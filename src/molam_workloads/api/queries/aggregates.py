@@ -307,7 +307,7 @@ async def grouped(
     ``states``: the running totals' states last seen (the API's): planned with one, the query
     checks it in its answer, saving a round trip; without, the state is read first.
     ``ranking``: only the first groups by that ranking (``order_limit`` is then derived from it);
-    ranking merchants from running totals, the query first ranks them on the two sums the order
+    ranking merchants from running totals, the query first ranks them on the sums the order
     needs, then sums every measure of the winners alone (``_ranking_ctes``).
 
     Where running totals (``prefix``, migrations 070, 100) can answer the range, they do, and only

@@ -81,7 +81,7 @@ async def get_timeseries(
             mv_allowed=mv_allowed,
             extra_params=extra,
         )
-        by_bucket = {row["bucket"]: row for row in result.rows}
+        by_bucket = {r["bucket"]: r for r in result.rows}
         points = [
             row(Point, bucket=_bucket_start(b, rng), **kpis_of(by_bucket.get(b), currency))
             for b in buckets
