@@ -223,8 +223,8 @@ def _ranking_ctes(
 ) -> tuple[list[str], str, str]:
     """``rk``: the merchants first by ``ranking``, from their running totals' transaction count,
     rows and converted payment volume alone (plus the hours after the cutoff), as the full
-    query would sum and order them: per (merchant, currency), only those with hourly rows in
-    range, a currency without rate counted in the transactions only. Returns the CTEs and both
+    query would sum and order them: only merchants with hourly rows in range, a currency
+    without rate counted in the transactions only. Returns the CTEs and both
     conditions narrowed to those merchants, so the full sums cost a few probes per winner.
 
     Summing all 13 measures of every merchant's cells is what a ranking over running totals
@@ -248,12 +248,13 @@ def _ranking_ctes(
             + where_filters.replace("AND ", "AND h.")
         )
     union = " UNION ALL ".join(parts)
+    # One level, per merchant: a currency without rows in range adds exactly nothing (equal
+    # running totals at both ends), so leaving it out per currency, as the full query does,
+    # changes no sum; only a merchant with no rows in range at all is left out.
     rank = (
         f"rk AS (SELECT merchant_id FROM (SELECT merchant_id, "
         f"coalesce(sum(gross), 0) AS gross_volume, coalesce(sum(tx), 0) AS tx_count "
-        f"FROM (SELECT merchant_id, currency, sum(tx) AS tx, sum(gross) AS gross "
-        f"FROM ({union}) e GROUP BY merchant_id, currency HAVING sum(n) > 0) mc "
-        f"GROUP BY merchant_id) m "
+        f"FROM ({union}) e GROUP BY merchant_id HAVING sum(n) > 0) m "
         f"ORDER BY {RANKINGS[ranking.by]}, nullif(merchant_id, '') LIMIT {ranking.limit:d})"
     )
     winners = "(SELECT array_agg(merchant_id) FROM rk)::text[]"
