@@ -554,31 +554,3 @@ async def test_daily_rates_are_those_of_fx_rate_ranges(db: asyncpg.Connection) -
             )
             assert sorted(map(tuple, built)) == sorted(map(tuple, expected))
             assert len(built) > days
-
-
-@pytest.mark.parametrize("currency", ["USD", "XOF", "KWD"])
-def test_answer_rows_built_without_validation_serialise_as_validated_ones(currency: str) -> None:
-    """The routes build their rows with ``_summary.row`` (no validation): the same JSON as the
-    validated models, for a group with sums, one without denominators and an empty one."""
-    from molam_workloads.api.queries.aggregates import kpis_of
-    from molam_workloads.api.routers._summary import row
-    from molam_workloads.api.schemas.analytics import BreakdownRow, MerchantRow, Point
-
-    full = {
-        "tx_count": 17, "succeeded_count": 12, "failed_count": 4, "pending_count": 1,
-        "payment_count": 9, "gross_volume": Decimal("70.4045"), "refund_count": 1,
-        "refund_volume": Decimal("1.65"), "fees": Decimal("1.415"),
-    }  # fmt: skip
-    empty = {**full, "succeeded_count": 0, "failed_count": 0, "payment_count": 0}
-    at = datetime(2025, 7, 1, tzinfo=UTC)
-    for sums in (full, empty, None):
-        doc = kpis_of(sums, currency)
-        for model, keys in (
-            (BreakdownRow, {"key": "SN"}),
-            (BreakdownRow, {"key": None}),
-            (MerchantRow, {"rank": 1, "merchant_id": "M-1"}),
-            (Point, {"bucket": at}),
-        ):
-            built = row(model, **keys, **doc)
-            validated = model(**keys, **doc)
-            assert built.model_dump_json() == validated.model_dump_json()

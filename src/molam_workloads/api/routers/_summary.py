@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 from fastapi import Response
@@ -66,16 +66,6 @@ async def run_grouped(
     if result.rollup_behind and rollup is not None:
         rollup.request()
     return result
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def row(model: type[M], **fields: Any) -> M:
-    """One row of an answer (a KPI document and its key), built without validation: its
-    fields come from ``kpis_of`` and the query, typed by the catalogue, and validating them
-    cost 3 us a row (docs/decisions/029-kpi-rows.md); a test checks the JSON is the same."""
-    return model.model_construct(**fields)
 
 
 def header(rng: TimeRange, filters: Filters, currency: str, result: Grouped) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, 
 from molam_workloads.api.params import FiltersDep, RangeDep
 from molam_workloads.api.permissions import Reader
 from molam_workloads.api.queries.aggregates import Key, Ranking, kpis_of
-from molam_workloads.api.routers._summary import cached_answer, header, row, run_grouped
+from molam_workloads.api.routers._summary import cached_answer, header, run_grouped
 from molam_workloads.api.schemas.analytics import BreakdownResponse, BreakdownRow
 from molam_workloads.api.schemas.common import READ_ERRORS
 
@@ -65,7 +65,7 @@ async def get_breakdown(
         return BreakdownResponse(
             **header(rng, filters, currency, result),
             dimension=dimension.value,
-            rows=[row(BreakdownRow, key=r["key"], **kpis_of(r, currency)) for r in result.rows],
+            rows=[BreakdownRow(key=r["key"], **kpis_of(r, currency)) for r in result.rows],
         )
 
     params = {

@@ -13,7 +13,7 @@ from molam_workloads.api.errors import InvalidParams
 from molam_workloads.api.params import FiltersDep, RangeDep, TimeRange
 from molam_workloads.api.permissions import Reader
 from molam_workloads.api.queries.aggregates import Key, kpis_of, utc_aligned
-from molam_workloads.api.routers._summary import cached_answer, header, row, run_grouped
+from molam_workloads.api.routers._summary import cached_answer, header, run_grouped
 from molam_workloads.api.schemas.analytics import Point, TimeseriesResponse
 from molam_workloads.api.schemas.common import READ_ERRORS
 
@@ -83,7 +83,7 @@ async def get_timeseries(
         )
         by_bucket = {r["bucket"]: r for r in result.rows}
         points = [
-            row(Point, bucket=_bucket_start(b, rng), **kpis_of(by_bucket.get(b), currency))
+            Point(bucket=_bucket_start(b, rng), **kpis_of(by_bucket.get(b), currency))
             for b in buckets
         ]
         return TimeseriesResponse(

@@ -11,7 +11,7 @@ from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, 
 from molam_workloads.api.params import RangeDep
 from molam_workloads.api.permissions import StaffReader
 from molam_workloads.api.queries.aggregates import Filters, kpis_of, top_merchants
-from molam_workloads.api.routers._summary import cached_answer, header, row
+from molam_workloads.api.routers._summary import cached_answer, header
 from molam_workloads.api.schemas.analytics import MerchantRow, TopMerchantsResponse
 from molam_workloads.api.schemas.common import READ_ERRORS
 
@@ -64,7 +64,7 @@ async def get_top_merchants(
             **header(rng, filters, reporting, result),
             by=by.value,
             merchants=[
-                row(MerchantRow, rank=i, merchant_id=r["merchant_id"], **kpis_of(r, reporting))
+                MerchantRow(rank=i, merchant_id=r["merchant_id"], **kpis_of(r, reporting))
                 for i, r in enumerate(result.rows, start=1)
             ],
         )
