@@ -36,6 +36,8 @@ M = timedelta(minutes=1)
     ],
 )
 def test_internal_addresses_are_refused_by_default(address: str, why: str) -> None:
+    # Classified only: nothing is sent to these addresses (the delivery tests use loopback
+    # listeners and assert the refusal).
     reason = EgressPolicy.parse(["public"]).refusal("hooks.example", ipaddress.ip_address(address))
     assert reason is not None and why in reason
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -342,6 +343,22 @@ def dataset(database_url: str) -> Iterator[Dataset]:
     yield Dataset((database_url, rows, rates))
 
 
+@asynccontextmanager
+async def rolled_back(
+    dsn: str, isolation: str = "read_committed"
+) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction rolled back at the end: late rows and rebuilds made in it
+    leave the dataset as it was for the next example."""
+    conn = await asyncpg.connect(dsn)
+    tr = conn.transaction(isolation=isolation)
+    await tr.start()
+    try:
+        yield conn
+    finally:
+        await tr.rollback()
+        await conn.close()
+
+
 def check(got: dict[Any, dict[str, Any]], want: dict[Any, dict[str, Any]], q: Query) -> None:
     assert got.keys() == want.keys(), q
     for key, w in want.items():
@@ -360,10 +377,7 @@ def test_running_totals_equal_the_hourly_sums(
     dsn, rows, rates = dataset
 
     async def body() -> None:
-        conn = await asyncpg.connect(dsn)
-        tr = conn.transaction()
-        await tr.start()
-        try:
+        async with rolled_back(dsn) as conn:
             got, result = await run(conn, q)
             if result.daily_days:  # some whole days were answered by running totals
                 assert result.daily_source in (prefix.HOURLY, prefix.DAILY)
@@ -379,9 +393,6 @@ def test_running_totals_equal_the_hourly_sums(
                 got, _ = await run(conn, q)
                 want, _ = reference(add_late(rows, late), rates, q)
                 check(got, want, q)
-        finally:
-            await tr.rollback()
-            await conn.close()
 
     asyncio.run(body())
 
@@ -425,10 +436,8 @@ def test_top_merchants_from_running_totals(
         check(got, want, q)
 
     async def body() -> None:
-        conn = await asyncpg.connect(dsn)
-        tr = conn.transaction(isolation="repeatable_read")  # one snapshot, as the route reads
-        await tr.start()
-        try:
+        # one snapshot, as the route reads
+        async with rolled_back(dsn, isolation="repeatable_read") as conn:
             await ask(conn, rows)
             if late:  # late events, then the refresh's rebuild: exact again
                 await upsert_late(conn, late)
@@ -436,9 +445,6 @@ def test_top_merchants_from_running_totals(
                     "SELECT analytics_rebuild_prefix_totals($1, cutoff => $2)", QUOTE, CUTOFF
                 )
                 await ask(conn, add_late(rows, late))
-        finally:
-            await tr.rollback()
-            await conn.close()
 
     asyncio.run(body())
 
@@ -457,18 +463,12 @@ def test_late_events_after_the_cutoff_count_without_a_rebuild(
     dsn, rows, rates = dataset
 
     async def body() -> None:
-        conn = await asyncpg.connect(dsn)
-        tr = conn.transaction()
-        await tr.start()
-        try:
+        async with rolled_back(dsn) as conn:
             await upsert_late(conn, late)
             got, result = await run(conn, q)
             want, unconverted = reference(add_late(rows, late), rates, q)
             check(got, want, q)
             assert result.unconverted == unconverted
-        finally:
-            await tr.rollback()
-            await conn.close()
 
     asyncio.run(body())
 
@@ -525,15 +525,9 @@ def test_a_merchant_ranking_sums_its_winners_alone(
     q = Query(q.start, q.end, q.filters, "merchant", "UTC")
 
     async def body() -> None:
-        conn = await asyncpg.connect(dsn)
-        tr = conn.transaction()
-        await tr.start()
-        try:
+        async with rolled_back(dsn) as conn:
             await upsert_late(conn, late)
             await check_ranked(conn, q, Ranking(by, limit), add_late(rows, late), rates)
-        finally:
-            await tr.rollback()
-            await conn.close()
 
     asyncio.run(body())
 
