@@ -94,8 +94,14 @@ _HTTP_CODES = {
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: ApiSettings = app.state.settings
+    # No reset round trip when a request returns its connection: the API leaves no session
+    # state (its locks are transaction-scoped; it sets, listens and declares nothing outside a
+    # transaction), which tests/workloads/api/test_sessions.py checks.
     async with create_pool(
-        settings, min_size=min(4, settings.db_pool_max), server_settings=SESSION_SETTINGS
+        settings,
+        min_size=min(4, settings.db_pool_max),
+        server_settings=SESSION_SETTINGS,
+        reset_sessions=False,
     ) as pool:
         redis = Redis.from_url(
             settings.redis_url,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from molam_workloads.api.app import create_app
 from molam_workloads.api.settings import ApiSettings
@@ -30,6 +31,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=None, help="address to bind (default: API_HOST)")
 
 
+class _OneWritePerStep:
+    """A connection's transport whose writes within one event-loop step leave as one.
+
+    uvicorn writes a response's head and its body separately: two system calls and two TCP
+    segments where one does (docs/decisions/030-api-request-overhead.md). The writes are
+    joined and sent at the loop's next step, in order; closing sends what is pending first.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # the rest is the transport's own
+        return getattr(self._transport, name)
+
+
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing through ``_OneWritePerStep``."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        joined = _OneWritePerStep(transport, self.loop)
+        super().connection_made(cast(asyncio.Transport, joined))
+
+
 def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
     """uvicorn's settings for the API (``bench/api.py`` serves its bare baseline app with the
     same ones)."""
@@ -40,7 +83,8 @@ def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
         log_config=None,  # the CLI configured logging
         access_log=False,  # /metrics counts requests; logs keep denials and errors
         proxy_headers=True,
-        http="httptools",
+        http=_HttpProtocol,
+        ws="none",  # no WebSocket routes (an upgrade would hand over the joined transport)
     )
 
 

@@ -67,6 +67,13 @@ def get_resources(request: Request) -> Resources:
     return resources
 
 
+async def resources(request: Request) -> Resources:
+    """All of the process's resources in one dependency: FastAPI walks each dependency of a
+    route on every request (~20 µs apiece here), so a route that needs several takes this one
+    (docs/decisions/030-api-request-overhead.md)."""
+    return get_resources(request)
+
+
 async def get_settings(request: Request) -> ApiSettings:
     return get_resources(request).settings
 
@@ -83,14 +90,6 @@ async def get_cache(request: Request) -> ResponseCache:
     return get_resources(request).cache
 
 
-async def get_rollup(request: Request) -> RollupRefresher:
-    return get_resources(request).rollup
-
-
-async def get_states(request: Request) -> StateCache:
-    return get_resources(request).states
-
-
 async def get_kafka_options(request: Request) -> dict[str, Any]:
     return get_resources(request).kafka
 
@@ -102,11 +101,10 @@ async def get_principal(request: Request) -> Principal:
     return principal
 
 
+ResourcesDep = Annotated[Resources, Depends(resources)]
 SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 CacheDep = Annotated[ResponseCache, Depends(get_cache)]
-RollupDep = Annotated[RollupRefresher, Depends(get_rollup)]
-StatesDep = Annotated[StateCache, Depends(get_states)]
 KafkaOptionsDep = Annotated[dict[str, Any], Depends(get_kafka_options)]
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

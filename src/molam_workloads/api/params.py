@@ -15,10 +15,10 @@ from functools import cache
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, available_timezones
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 from pydantic import BeforeValidator, WithJsonSchema
 
-from molam_workloads.api.deps import SettingsDep
+from molam_workloads.api.deps import get_resources
 from molam_workloads.api.errors import InvalidParams
 from molam_workloads.api.permissions import ScopedMerchant
 from molam_workloads.api.queries.aggregates import Filters
@@ -101,7 +101,7 @@ def _aware(value: datetime, tz: ZoneInfo, param: str) -> datetime:
 
 
 async def time_range(
-    settings: SettingsDep,
+    request: Request,
     from_: Annotated[
         RangeBound | None,
         Query(
@@ -128,6 +128,7 @@ async def time_range(
         ),
     ] = "UTC",
 ) -> TimeRange:
+    max_days = get_resources(request).settings.api_max_range_days  # not a dependency: one less
     zone = parse_tz(tz)
     if to is None:
         now = datetime.now(UTC)
@@ -140,8 +141,8 @@ async def time_range(
             "'from' must be before 'to'",
             {"param": "from", "rule": "range", "from": str(start), "to": str(end)},
         )
-    if end - start > timedelta(days=settings.api_max_range_days):
-        raise _range_error(f"the range may span at most {settings.api_max_range_days} days", "from")
+    if end - start > timedelta(days=max_days):
+        raise _range_error(f"the range may span at most {max_days} days", "from")
     return TimeRange(start=start, end=end, tz_name=tz, tz=zone)
 
 

@@ -35,6 +35,11 @@ async def connect(dsn: str) -> asyncpg.Connection:
         raise ServiceUnavailable(f"PostgreSQL at {redact_url(dsn)} is unreachable: {exc}") from None
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's ``reset`` that sends nothing (asyncpg has already rolled back an open
+    transaction by then)."""
+
+
 @asynccontextmanager
 async def create_pool(
     settings: DatabaseSettings,
@@ -42,10 +47,15 @@ async def create_pool(
     min_size: int = 1,
     max_size: int | None = None,
     server_settings: dict[str, str] | None = None,
+    reset_sessions: bool = True,
 ) -> AsyncIterator[asyncpg.Pool]:
     """The process's pool, opened for the lifetime of the ``async with`` and always closed.
 
     ``server_settings`` are session parameters of every connection (e.g. ``{"jit": "off"}``).
+    ``reset_sessions``: a released connection is reset (``RESET ALL``, advisory locks and
+    ``LISTEN`` dropped, cursors closed: asyncpg's default, one more round trip per use); False
+    for a process that never leaves session state behind, whose connections then only have an
+    open transaction rolled back.
     """
     try:
         pool = await asyncpg.create_pool(
@@ -55,6 +65,7 @@ async def create_pool(
             timeout=10,
             command_timeout=60,
             server_settings=server_settings,
+            reset=None if reset_sessions else _keep_session,
         )
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise ServiceUnavailable(

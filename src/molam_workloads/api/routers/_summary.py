@@ -5,17 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import asyncpg
 from fastapi import Response
 from pydantic import BaseModel
 
 from molam_workloads.api.auth import Principal
 from molam_workloads.api.cache import ResponseCache, cache_key, cached_response
+from molam_workloads.api.deps import Resources
 from molam_workloads.api.fastpath import learn
 from molam_workloads.api.params import TimeRange
 from molam_workloads.api.queries.aggregates import Filters, Grouped, grouped
-from molam_workloads.api.queries.prefix import StateCache
-from molam_workloads.api.queries.rollup import RollupRefresher
 from molam_workloads.api.schemas.analytics import FiltersOut, RangeOut
 
 
@@ -50,21 +48,19 @@ def echo(rng: TimeRange, filters: Filters) -> tuple[RangeOut, FiltersOut]:
 
 
 async def run_grouped(
-    pool: asyncpg.Pool,
-    rollup: RollupRefresher | None,
-    states: StateCache,
+    res: Resources,
     rng: TimeRange,
     filters: Filters,
     **query: Any,
 ) -> Grouped:
     """``grouped`` over the request's range and filters; a stale merchant-less rollup found on
     the way is queued for rebuilding (off the request)."""
-    async with pool.acquire() as conn:
+    async with res.pool.acquire() as conn:
         result = await grouped(
-            conn, start=rng.start, end=rng.end, filters=filters, states=states, **query
+            conn, start=rng.start, end=rng.end, filters=filters, states=res.states, **query
         )
-    if result.rollup_behind and rollup is not None:
-        rollup.request()
+    if result.rollup_behind:
+        res.rollup.request()
     return result
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, StatesDep
+from molam_workloads.api.deps import ResourcesDep
 from molam_workloads.api.params import FiltersDep, RangeDep
 from molam_workloads.api.permissions import Reader
 from molam_workloads.api.queries.aggregates import Key, Ranking, kpis_of
@@ -39,22 +39,16 @@ async def get_breakdown(
     dimension: Annotated[Dimension, Path(description="merchant, country, channel, currency")],
     rng: RangeDep,
     filters: FiltersDep,
-    pool: PoolDep,
-    cache: CacheDep,
-    settings: SettingsDep,
-    rollup: RollupDep,
-    states: StatesDep,
+    res: ResourcesDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Most rows returned.")] = 100,
 ) -> Response:
     """KPIs per value of the dimension, largest gross volume first. A merchant token is scoped
     to its own merchant, so its breakdown by merchant holds its own row only."""
-    currency = settings.reporting_currency
+    currency = res.settings.reporting_currency
 
     async def compute() -> BreakdownResponse:
         result = await run_grouped(
-            pool,
-            rollup,
-            states,
+            res,
             rng,
             filters,
             keys=(_KEYS[dimension],),
@@ -74,4 +68,4 @@ async def get_breakdown(
         "dimension": dimension.value,
         "limit": limit,
     }
-    return await cached_answer(cache, principal, "breakdown", params, compute)
+    return await cached_answer(res.cache, principal, "breakdown", params, compute)

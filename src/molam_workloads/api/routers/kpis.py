@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, StatesDep
+from molam_workloads.api.deps import ResourcesDep
 from molam_workloads.api.params import FiltersDep, RangeDep
 from molam_workloads.api.permissions import Reader
 from molam_workloads.api.queries.aggregates import kpis_of
@@ -20,21 +20,15 @@ async def get_kpis(
     principal: Reader,
     rng: RangeDep,
     filters: FiltersDep,
-    pool: PoolDep,
-    cache: CacheDep,
-    settings: SettingsDep,
-    rollup: RollupDep,
-    states: StatesDep,
+    res: ResourcesDep,
 ) -> Response:
     """Counts, gross and net volume, refunds, fees, success, failure and refund rates and
     average ticket over [from, to), amounts in the reporting currency (the KPIs of
     ``core.catalogue``). A merchant token sees its own merchant."""
-    currency = settings.reporting_currency
+    currency = res.settings.reporting_currency
 
     async def compute() -> KpiResponse:
-        result = await run_grouped(
-            pool, rollup, states, rng, filters, keys=(), reporting_currency=currency
-        )
+        result = await run_grouped(res, rng, filters, keys=(), reporting_currency=currency)
         return KpiResponse(
             **header(rng, filters, currency, result),
             kpis=Kpis(**kpis_of(result.rows[0] if result.rows else None, currency)),
@@ -43,4 +37,4 @@ async def get_kpis(
         )
 
     params = {**rng.as_dict(), **filters.as_dict()}
-    return await cached_answer(cache, principal, "kpis", params, compute)
+    return await cached_answer(res.cache, principal, "kpis", params, compute)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, StatesDep
+from molam_workloads.api.deps import ResourcesDep
 from molam_workloads.api.errors import InvalidParams
 from molam_workloads.api.params import FiltersDep, RangeDep, TimeRange
 from molam_workloads.api.permissions import Reader
@@ -50,17 +50,13 @@ async def get_timeseries(
     principal: Reader,
     rng: RangeDep,
     filters: FiltersDep,
-    pool: PoolDep,
-    cache: CacheDep,
-    settings: SettingsDep,
-    rollup: RollupDep,
-    states: StatesDep,
+    res: ResourcesDep,
     granularity: Annotated[Granularity, Query(description="hour or day (days in `tz`).")] = (
         Granularity.day
     ),
 ) -> Response:
     """KPIs per bucket over [from, to); empty buckets are present with zeros."""
-    currency = settings.reporting_currency
+    currency = res.settings.reporting_currency
     buckets = _buckets(rng, granularity)
 
     async def compute() -> TimeseriesResponse:
@@ -71,9 +67,7 @@ async def get_timeseries(
             key = Key("bucket", "(hour AT TIME ZONE $1)::date", "day")
             extra, mv_allowed = (rng.tz_name,), utc_aligned(rng.tz, rng.start, rng.end)
         result = await run_grouped(
-            pool,
-            rollup,
-            states,
+            res,
             rng,
             filters,
             keys=(key,),
@@ -93,4 +87,4 @@ async def get_timeseries(
         )
 
     params = {**rng.as_dict(), **filters.as_dict(), "granularity": granularity.value}
-    return await cached_answer(cache, principal, "timeseries", params, compute)
+    return await cached_answer(res.cache, principal, "timeseries", params, compute)

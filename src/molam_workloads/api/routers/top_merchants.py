@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from molam_workloads.api.deps import CacheDep, PoolDep, RollupDep, SettingsDep, StatesDep
+from molam_workloads.api.deps import ResourcesDep
 from molam_workloads.api.params import RangeDep
 from molam_workloads.api.permissions import StaffReader
 from molam_workloads.api.queries.aggregates import Filters, kpis_of, top_merchants
@@ -27,11 +27,7 @@ class RankBy(StrEnum):
 async def get_top_merchants(
     principal: StaffReader,
     rng: RangeDep,
-    pool: PoolDep,
-    cache: CacheDep,
-    settings: SettingsDep,
-    rollup: RollupDep,
-    states: StatesDep,
+    res: ResourcesDep,
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
     channel: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
@@ -39,13 +35,13 @@ async def get_top_merchants(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> Response:
     """Ranks every merchant, so it needs a role that reads all merchants (403 for a merchant)."""
-    reporting = settings.reporting_currency
+    reporting = res.settings.reporting_currency
     filters = Filters(country=country, channel=channel, currency=currency)
 
     async def compute() -> TopMerchantsResponse:
         # One snapshot for the ranking and the winners' sums (aggregates.top_merchants).
         async with (
-            pool.acquire() as conn,
+            res.pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             result = await top_merchants(
@@ -56,10 +52,10 @@ async def get_top_merchants(
                 reporting_currency=reporting,
                 by=by.value,
                 limit=limit,
-                states=states,
+                states=res.states,
             )
         if result.rollup_behind:  # the merchant totals lag the view: rebuilt off the request
-            rollup.request()
+            res.rollup.request()
         return TopMerchantsResponse(
             **header(rng, filters, reporting, result),
             by=by.value,
@@ -70,4 +66,4 @@ async def get_top_merchants(
         )
 
     params = {**rng.as_dict(), **filters.as_dict(), "by": by.value, "limit": limit}
-    return await cached_answer(cache, principal, "top-merchants", params, compute)
+    return await cached_answer(res.cache, principal, "top-merchants", params, compute)
