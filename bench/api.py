@@ -35,8 +35,9 @@ to free the disk: ~0.3 GB per million hourly rows), with the running totals (mig
 the daily view and its rollups built as ``refresh-views`` and the API build them.
 
 The floor, in the same run: ``/v1/alerts?limit=10`` (an empty page, the cheapest request that
-reads the database) against the uncached server, same wrk settings, before and after the
-endpoints; each uncached closed-loop row prints its throughput as a ratio to it.
+reads the database) against the uncached server, same wrk settings, warmed for 3 s, then
+measured before and after the endpoints; each uncached closed-loop row prints its throughput as
+a ratio to the better of the two.
 ``--rate R`` runs every open-loop row at R requests/s (the same at every size) instead of a
 fraction of the closed-loop throughput. ``--uncached-only`` skips the cached and bare rows.
 
@@ -121,6 +122,21 @@ CROSS JOIN LATERAL (
                   + 0 * extract(epoch FROM h))::numeric, 4) AS vol) v
 """
 
+# The consumer writes minute buckets beside the hourly ones, and keeps the last hours of them
+# (MINUTE_AGG_RETENTION_HOURS): the dataset's last hour again as minute rows, each hourly row's
+# events in its last minute. Without any, the API's watermark (analytics_data_as_of) takes its
+# fallback through every hourly partition, which no live system does.
+MINUTES = """
+INSERT INTO txn_minute_agg (minute, merchant_id, country, currency, channel, tx_count,
+    succeeded_count, failed_count, pending_count, gross_volume_local, payment_count,
+    payment_volume_local, refund_count, refund_volume_local, fee_local)
+SELECT hour + interval '59 minutes', merchant_id, country, currency, channel, tx_count,
+       succeeded_count, failed_count, pending_count, gross_volume_local, payment_count,
+       payment_volume_local, refund_count, refund_volume_local, fee_local
+FROM txn_hourly_agg WHERE hour = (SELECT max(hour) FROM txn_hourly_agg)
+  AND NOT EXISTS (SELECT 1 FROM txn_minute_agg)
+"""
+
 # A rate per currency and day, within 3% of the seeded one (which is constant otherwise), so
 # that conversion by the day's rate is exercised as in production.
 FX_DAILY = """
@@ -180,6 +196,7 @@ async def build_dataset(dsn: str, merchants: int, days: int, end: datetime) -> i
             flush=True,
         )
         await build_totals(conn, end)
+        await conn.execute(MINUTES)
         await conn.execute(
             "CREATE TABLE bench_meta (merchants int, days int, dataset_end timestamptz, "
             "hourly_rows bigint)"
@@ -238,6 +255,7 @@ async def cached_dataset(merchants: int, days: int, fresh: bool) -> tuple[str, d
                     )
                     if not usable:
                         await build_totals(db, meta["dataset_end"])
+                    await db.execute(MINUTES)  # datasets kept from before it
                 finally:
                     await db.close()
                 print(f"dataset: kept database {name}, {meta['hourly_rows']:,} hourly rows")
@@ -681,7 +699,11 @@ async def main() -> int:
             print("  ".join(rows[-1]), flush=True)
             return res
 
+        # A fresh server's first seconds are slower (statements prepared, pool filled, caches
+        # cold): warmed first, so that the floor is not understated, nor the ratios flattered.
+        await asyncio.to_thread(run_wrk, uncached, lua_floor, args.concurrency, 3)
         await floor()
+        saturations: dict[str, float] = {}
         for name, spec in endpoints.items():
             sql = await bare_sql(dsn, name, end, args.sql_samples)
             sql_cells = [fmt(statistics.median(sql)), fmt(pct(sql, 95))]
@@ -729,11 +751,7 @@ async def main() -> int:
                     ]
                 )
                 print("  ".join(rows[-1]), flush=True)
-            ratios.append(
-                f"  {name}: uncached c={args.concurrency} {saturation['uncached']:.0f} req/s"
-                f" = {saturation['uncached'] / floors[0]['rps']:.2f}x the floor's "
-                f"{floors[0]['rps']:.0f}"
-            )
+            saturations[name] = saturation["uncached"]
             if not args.uncached_only:
                 ceiling.append(
                     f"  {name}: cached c={args.concurrency} {saturation['cached']:.0f} "
@@ -772,6 +790,13 @@ async def main() -> int:
                 )
                 print("  ".join(rows[-1]), flush=True)
         last = await floor()
+        # Against the better of the two floors: a ratio is never flattered by a slow spell.
+        best = max(floors[0]["rps"], last["rps"])
+        for name, rps in saturations.items():
+            ratios.append(
+                f"  {name}: uncached c={args.concurrency} {rps:.0f} req/s"
+                f" = {rps / best:.2f}x the floor's {best:.0f}"
+            )
         ratios.append(
             f"  floor before / after the endpoints: {floors[0]['rps']:.0f} / "
             f"{last['rps']:.0f} req/s"
