@@ -69,7 +69,7 @@ def get_resources(request: Request) -> Resources:
 
 async def resources(request: Request) -> Resources:
     """All of the process's resources in one dependency: FastAPI walks each dependency of a
-    route on every request (~20 µs apiece here), so a route that needs several takes this one
+    route on every request (~7.5 µs apiece here), so a route that needs several takes this one
     (docs/decisions/030-api-request-overhead.md)."""
     return get_resources(request)
 
