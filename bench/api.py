@@ -85,6 +85,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import env, table, with_database
 
 from molam_workloads.core.db import migrate
+from molam_workloads.core.measures import KEYS, MEASURES
 
 SIZES = {"1m": (500, 90), "10m": (600, 730), "50m": (2850, 730)}
 
@@ -126,13 +127,10 @@ CROSS JOIN LATERAL (
 # (MINUTE_AGG_RETENTION_HOURS): the dataset's last hour again as minute rows, each hourly row's
 # events in its last minute. Without any, the API's watermark (analytics_data_as_of) takes its
 # fallback through every hourly partition, which no live system does.
-MINUTES = """
-INSERT INTO txn_minute_agg (minute, merchant_id, country, currency, channel, tx_count,
-    succeeded_count, failed_count, pending_count, gross_volume_local, payment_count,
-    payment_volume_local, refund_count, refund_volume_local, fee_local)
-SELECT hour + interval '59 minutes', merchant_id, country, currency, channel, tx_count,
-       succeeded_count, failed_count, pending_count, gross_volume_local, payment_count,
-       payment_volume_local, refund_count, refund_volume_local, fee_local
+_BUCKET = ", ".join((*KEYS, *MEASURES))
+MINUTES = f"""
+INSERT INTO txn_minute_agg (minute, {_BUCKET})
+SELECT hour + interval '59 minutes', {_BUCKET}
 FROM txn_hourly_agg WHERE hour = (SELECT max(hour) FROM txn_hourly_agg)
   AND NOT EXISTS (SELECT 1 FROM txn_minute_agg)
 """

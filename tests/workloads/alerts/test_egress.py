@@ -4,10 +4,12 @@ connect time; allowed when the setting names them. Every listener is on loopback
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from datetime import timedelta
 
 import asyncpg
 import pytest
+from helpers.loopback import loopback_only, refuse_beyond_loopback
 
 from molam_workloads.alerts.alertmanager import AlertmanagerPusher
 from molam_workloads.alerts.egress import EgressPolicy
@@ -18,6 +20,14 @@ from molam_workloads.alerts.settings import AlertsSettings
 from .conftest import T0, MakeReceiver, add_minutes, add_rule
 
 M = timedelta(minutes=1)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_leaves_loopback() -> Iterator[None]:
+    """The addresses below are classified, never dialled: a connection anywhere but loopback
+    fails the test before it is made."""
+    with loopback_only():
+        yield
 
 
 @pytest.mark.parametrize(
@@ -172,3 +182,15 @@ async def test_a_rules_alertmanager_is_checked_but_the_configured_ones_are_trust
     refused = await db.fetch("SELECT attempt FROM analytics_alert_deliveries WHERE NOT ok")
     assert [r["attempt"] for r in refused] == [1]  # not retried
     assert configured_am.received[0].json[0]["labels"]["alertname"] == "r"
+
+
+def test_the_guard_stops_a_connection_beyond_loopback_before_it_is_made() -> None:
+    # The guard's check alone, on a documentation address (RFC 5737): no socket is opened.
+    with pytest.raises(AssertionError, match="tests reach loopback only"):
+        refuse_beyond_loopback(("192.0.2.1", 80))
+    with pytest.raises(AssertionError):
+        refuse_beyond_loopback(
+            ("hooks.example", 443)
+        )  # a name would be resolved first: refused too
+    refuse_beyond_loopback(("127.0.0.1", 80))
+    refuse_beyond_loopback(("::1", 80, 0, 0))
