@@ -84,6 +84,7 @@ from molam_workloads.api.queries.prefix import StateCache
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import env, table, with_database
 
+from molam_workloads.core import ranks
 from molam_workloads.core.db import migrate
 from molam_workloads.core.measures import KEYS, MEASURES
 
@@ -214,10 +215,13 @@ async def build_totals(conn: asyncpg.Connection, end: datetime) -> None:
         built = await conn.fetchval(
             "SELECT analytics_rebuild_prefix_totals('USD', cutoff => $1)", end
         )
+        blocks = await ranks.rebuild(conn)
     await conn.execute("VACUUM ANALYZE analytics_prefix_hourly")
     await conn.execute("VACUUM ANALYZE analytics_prefix_daily")
     await conn.execute("VACUUM ANALYZE analytics_prefix_intraday")
-    print(f"running totals: {time.perf_counter() - t0:.1f} s, {built:,} rows", flush=True)
+    await conn.execute("VACUUM ANALYZE analytics_prefix_ranks")
+    seconds = time.perf_counter() - t0
+    print(f"running totals: {seconds:.1f} s, {built:,} rows, {blocks:,} ranking blocks", flush=True)
 
 
 async def cached_dataset(merchants: int, days: int, fresh: bool) -> tuple[str, datetime, int]:
@@ -253,6 +257,8 @@ async def cached_dataset(merchants: int, days: int, fresh: bool) -> tuple[str, d
                     )
                     if not usable:
                         await build_totals(db, meta["dataset_end"])
+                    async with db.transaction():  # a dataset kept from before migration 140
+                        await ranks.rebuild(db)
                     await db.execute(MINUTES)  # datasets kept from before it
                 finally:
                     await db.close()

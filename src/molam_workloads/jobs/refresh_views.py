@@ -13,7 +13,8 @@ The same transaction rebuilds the running totals of every KPI sum
 (``analytics_rebuild_prefix_totals``, migration 070) for the hours that ended an hour before it
 started: the API answers any range from them plus the hourly rows of the hours after. That
 bounds their freshness: an event more than an hour late is counted from the next refresh on
-(the CronJob's schedule, ``views.refreshSchedule``, plus the refresh's own duration).
+(the CronJob's schedule, ``views.refreshSchedule``, plus the refresh's own duration). Then the
+kept merchant rankings of the days it rewrote (``core.ranks``, migration 140).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import time
 
 import asyncpg
 
+from molam_workloads.core import ranks
 from molam_workloads.core.db import connect
 from molam_workloads.core.settings import DatabaseSettings, ReportingSettings, load_settings
 
@@ -68,6 +70,7 @@ async def refresh(
                         await conn.execute(
                             "SELECT analytics_rebuild_prefix_totals($1)", reporting_currency
                         )
+                        await ranks.rebuild(conn)
                 except asyncpg.PostgresError as exc:
                     log.warning("could not rebuild the running totals: %r", exc)
     return seconds, bool(populated)

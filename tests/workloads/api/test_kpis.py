@@ -322,7 +322,7 @@ class SqlSpy:
 async def test_top_merchants_ranks_first_like_one_full_query(db: asyncpg.Connection) -> None:
     """``top_merchants`` ranks on two measures, then sums everything for the winners: the same
     merchants, order and sums as ranking the full KPI query of every merchant (ties, a currency
-    without rate, merchant-less rows, negative volumes, merchants in two currencies or starting
+    without rate, merchant-less rows, hours without volume, merchants in two currencies or starting
     late, daily view plus hourly edges included), whether whole days are ranked from the view
     or from the merchant running totals (current, then behind the view after a new refresh,
     then rebuilt)."""
@@ -353,8 +353,8 @@ async def test_top_merchants_ranks_first_like_one_full_query(db: asyncpg.Connect
             # merchants 0 and 3 (and 1 and 4) get identical rows: ties on both measures
             r = random.Random(m % 3).random() if m < 6 else rnd.random()
             volume = Decimal(int(r * 100000)) / 100
-            if m % 7 == 6 and h % 3 == 0:  # refunds beyond payments: negative hours and days
-                volume = -3 * volume
+            if m % 7 == 6 and h % 3 == 0:  # hours without payment volume
+                volume = Decimal(0)
             cur = "EUR" if m % 5 == 2 and h % 2 else currency  # some in two currencies
             rows.append(
                 hourly(
@@ -474,14 +474,15 @@ async def test_top_merchants_ranks_first_like_one_full_query(db: asyncpg.Connect
 async def test_merchant_totals_are_the_running_sums_of_the_view(db: asyncpg.Connection) -> None:
     """``analytics_rebuild_merchant_totals`` (migration 040): a row per (merchant, currency)
     and day from its first day to the view's last merchant day, with the running sums of its
-    transactions and of its positive and negative days' payment volume; recorded as built from
-    the view's current refresh."""
+    transactions and of its positive and negative days' payment volume (none is negative: the
+    hourly rows' payment volumes are not, migration 140); recorded as built from the view's
+    current refresh."""
     rows = [
         hourly(D1 + timedelta(hours=1), "M-1", tx_count=2, payment_volume_local="10.5"),
         hourly(
-            D1 + timedelta(hours=2), "M-1", channel="card", tx_count=1, payment_volume_local="-4"
+            D1 + timedelta(hours=2), "M-1", channel="card", tx_count=1, payment_volume_local="4"
         ),
-        hourly(D1 + timedelta(hours=26), "M-1", tx_count=1, payment_volume_local="-20"),
+        hourly(D1 + timedelta(hours=26), "M-1", tx_count=1, payment_volume_local="20"),
         hourly(
             D1 + timedelta(hours=27), "M-1", currency="USD", tx_count=3, payment_volume_local="7"
         ),
@@ -504,10 +505,10 @@ async def test_merchant_totals_are_the_running_sums_of_the_view(db: asyncpg.Conn
         ("M-1", "USD", d[1], 3, Decimal("7"), 0),
         ("M-1", "USD", d[2], 3, Decimal("7"), 0),
         ("M-1", "USD", d[3], 3, Decimal("7"), 0),
-        ("M-1", "XOF", d[0], 3, Decimal("6.5"), 0),  # 10.5 - 4: one day, one sign
-        ("M-1", "XOF", d[1], 4, Decimal("6.5"), Decimal("-20")),
-        ("M-1", "XOF", d[2], 4, Decimal("6.5"), Decimal("-20")),
-        ("M-1", "XOF", d[3], 4, Decimal("6.5"), Decimal("-20")),
+        ("M-1", "XOF", d[0], 3, Decimal("14.5"), 0),  # 10.5 + 4: one day
+        ("M-1", "XOF", d[1], 4, Decimal("34.5"), 0),
+        ("M-1", "XOF", d[2], 4, Decimal("34.5"), 0),
+        ("M-1", "XOF", d[3], 4, Decimal("34.5"), 0),
         ("M-2", "XOF", d[3], 4, Decimal("1"), 0),
     ]
     state = await db.fetchval(

@@ -28,7 +28,7 @@ import asyncpg
 from molam_workloads.api.errors import Unavailable
 from molam_workloads.api.queries import Conn, prefix, rollup
 from molam_workloads.api.queries.rollup import DailySources, daily_sources
-from molam_workloads.core import catalogue, fx
+from molam_workloads.core import catalogue, fx, ranks
 from molam_workloads.core.currencies import CURRENCIES
 
 MV_NAME = "mv_txn_daily_agg"
@@ -218,8 +218,69 @@ def _ranks_merchants(keys: Sequence[Key]) -> bool:
     return len(keys) == 1 and keys[0].hourly == "merchant_id"
 
 
+def _rank_blocks(pl: prefix.Plan | None) -> list[tuple[date, date]] | None:
+    """The kept ranking blocks (``core.ranks``) that cover a merchant ranking's range, if the
+    running totals answer all of it: whole days by the fewest blocks, a partial first or last
+    day by its own day (a merchant's sum over part of a day is at most that over the day)."""
+    if pl is None or pl.table != prefix.DAILY or pl.hourly or pl.served is None:
+        return None
+    t0, tn = pl.served
+    first, last = t0.astimezone(UTC), (tn - prefix.H).astimezone(UTC)
+    nodes = {(d, d + timedelta(days=1)) for d in {first.date(), last.date()}}
+    whole = first.date() + timedelta(days=first.time() != time(0))
+    end = last.date() + timedelta(days=tn.astimezone(UTC).time() == time(0))
+    nodes -= {(d, d + timedelta(days=1)) for d in (first.date(), last.date()) if whole <= d < end}
+    nodes.update(ranks.blocks(whole, end))
+    return sorted(nodes)
+
+
+def _prune_ctes(
+    nodes: Sequence[tuple[date, date]], ranking: Ranking, quote: str, p: _Params
+) -> tuple[list[str], str]:
+    """``pr``: the candidates of a ranking from its blocks (the first ``ranks.depth`` merchants
+    of each), whether the blocks are usable (all there, built from the running totals this
+    statement reads, long enough) and the bound of every other merchant's sum (the sum of the
+    blocks' next amounts). Returns the CTEs and the candidates' array expression (empty when
+    not usable)."""
+    depth = p.add(ranks.depth(ranking.limit))  # not None: ``grouped`` checked it
+    ctes = [
+        # a block before the first day of the running totals is never built: nothing there
+        f"prb AS MATERIALIZED (SELECT r.merchants[1:{depth}::int] AS ms, "
+        f"coalesce(r.amounts[{depth}::int + 1], 0) AS bound, "
+        "r.lo IS NOT NULL OR n.hi <= (SELECT min(day) FROM analytics_prefix_daily) AS found "
+        f"FROM unnest({p.add([a for a, _ in nodes])}::date[], "
+        f"{p.add([b for _, b in nodes])}::date[]) AS n(lo, hi) "
+        f"LEFT JOIN analytics_prefix_ranks r ON r.measure = {p.add(ranking.by)} "
+        "AND r.lo = n.lo AND r.hi = n.hi)",
+        "pr AS MATERIALIZED (SELECT o.ok, (SELECT sum(bound) FROM prb) AS bound, "
+        "CASE WHEN o.ok THEN ARRAY(SELECT DISTINCT m FROM prb, unnest(prb.ms) AS m) "
+        "ELSE '{}'::text[] END AS cands "
+        "FROM (SELECT (SELECT bool_and(found) FROM prb) AND EXISTS ("
+        "SELECT FROM analytics_prefix_state s JOIN analytics_prefix_ranks_state k "
+        f"ON k.built_from = s.built_at WHERE s.quote = {quote}::bpchar "
+        f"AND k.size >= {depth}::int) AS ok) o)",
+    ]
+    return ctes, "(SELECT cands FROM pr)::text[]"
+
+
+def _pruned_holds(result: Grouped, ranking: Ranking) -> bool:
+    """The candidates' first ``limit`` are the first of all merchants: there are that many,
+    and the last of them has more than any other merchant can have (``_prune_ctes``)."""
+    rows = result.rows
+    return (
+        len(rows) == ranking.limit
+        and bool(rows[0]["prune_ok"])
+        and rows[-1][ranking.by] > rows[0]["prune_bound"]
+    )
+
+
 def _ranking_ctes(
-    pl: prefix.Plan, ranking: Ranking, where_prefix: str, where_filters: str, p: _Params
+    pl: prefix.Plan,
+    ranking: Ranking,
+    where_prefix: str,
+    where_filters: str,
+    p: _Params,
+    candidates: str = "",
 ) -> tuple[list[str], str, str]:
     """``rk``: the merchants first by ``ranking``, from their running totals' transaction count,
     rows and converted payment volume alone (plus the hours after the cutoff), as the full
@@ -232,7 +293,8 @@ def _ranking_ctes(
     merchants (docs/decisions/028-merchant-ranking-first.md).
     """
     assert len(pl.labels) == 2, "one bucket: merchant keys have no day buckets"
-    probes = prefix.probes_cte(pl, where_prefix, p.add, "rk_pb", ("tx_count", "gross"))
+    rank_where = where_prefix + (f" AND x.merchant_id = ANY({candidates})" if candidates else "")
+    probes = prefix.probes_cte(pl, rank_where, p.add, "rk_pb", ("tx_count", "gross"))
     last = len(pl.labels)
     parts = [
         f"SELECT merchant_id, currency, CASE WHEN i = {last} THEN n_rows ELSE -n_rows END AS n, "
@@ -317,6 +379,30 @@ async def grouped(
     """
     rc = reporting_currency
     state = await prefix.last_state(conn, rc, states)
+    blocks = None
+    depth = ranks.depth(ranking.limit) if ranking else None
+    if depth and _ranks_merchants(keys) and filters == Filters() and only_merchants is None:
+        cutoff = state.cutoff_for(merchants=True)  # merchant keys: the merchants' totals
+        blocks = _rank_blocks(_prefix_plan(start, end, cutoff, keys, extra_params, False))
+    if blocks:
+        # The kept ranking's candidates first; every merchant, as below, unless it holds.
+        result, seen = await _grouped_with(
+            conn,
+            state,
+            start=start,
+            end=end,
+            filters=filters,
+            keys=keys,
+            reporting_currency=rc,
+            per_merchant=per_merchant,
+            named_merchants_only=named_merchants_only,
+            ranking=ranking,
+            prune=blocks,
+        )
+        if ranking is not None and _pruned_holds(result, ranking) and seen == state.token:
+            if states is not None:
+                states.put(rc, state)
+            return result
     for _ in range(STATE_ATTEMPTS):
         result, seen = await _grouped_with(
             conn,
@@ -366,8 +452,10 @@ async def _grouped_with(
     sources: DailySources | None = None,
     named_merchants_only: bool = False,
     ranking: Ranking | None = None,
+    prune: Sequence[tuple[date, date]] = (),
 ) -> tuple[Grouped, str | None]:
-    """``grouped`` planned with ``state``; the answer and the state token read with it."""
+    """``grouped`` planned with ``state``; the answer and the state token read with it.
+    ``prune``: rank only the candidates of these kept ranking blocks (``_prune_ctes``)."""
     if ranking is not None:
         order_limit = ranking.order_limit(keys[0].name)
     p = _Params()
@@ -393,10 +481,15 @@ async def _grouped_with(
     merchantless = merchantless and not named_merchants_only
     cutoff = state.cutoff_for(merchants=not merchantless)
     pl = _prefix_plan(start, end, cutoff, keys, extra_params, merchantless)
+    extra_cols, candidates = "", ""
+    if prune and ranking is not None:  # the ranking's plan has no hourly rows (``_rank_blocks``)
+        prune_ctes, candidates = _prune_ctes(prune, ranking, quote, p)
+        ctes.extend(prune_ctes)
+        extra_cols = ", (SELECT ok FROM pr) AS prune_ok, (SELECT bound FROM pr) AS prune_bound"
     if pl is not None:
         if ranking is not None and pl.table == prefix.DAILY and _ranks_merchants(keys):
             rank_ctes, where_prefix, where_filters = _ranking_ctes(
-                pl, ranking, where_prefix, where_filters, p
+                pl, ranking, where_prefix, where_filters, p, candidates
             )
             ctes.extend(rank_ctes)
         ctes.append(prefix.probes_cte(pl, where_prefix, p.add))
@@ -500,6 +593,7 @@ SELECT {outer_keys}
   coalesce(sum(g.fees), 0) AS fees,
   array_agg(g.currency::text) FILTER (WHERE g.unconverted) AS unconverted,
   {prefix.token_sql(quote)} AS state_token, (SELECT analytics_data_as_of()) AS data_as_of
+  {extra_cols}
 FROM c g
 {outer_group}
 {order_limit}
