@@ -70,9 +70,14 @@ async def refresh(
                         await conn.execute(
                             "SELECT analytics_rebuild_prefix_totals($1)", reporting_currency
                         )
-                        await ranks.rebuild(conn)
                 except asyncpg.PostgresError as exc:
                     log.warning("could not rebuild the running totals: %r", exc)
+                # Its own savepoint: blocks left behind the totals are not used by the API.
+                try:
+                    async with conn.transaction():
+                        await ranks.rebuild(conn)
+                except asyncpg.PostgresError as exc:
+                    log.warning("could not rebuild the merchant rankings: %r", exc)
     return seconds, bool(populated)
 
 

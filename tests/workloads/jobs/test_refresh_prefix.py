@@ -1,4 +1,5 @@
-"""refresh-views also rebuilds the running totals (migration 070), in its own transaction."""
+"""refresh-views also rebuilds the running totals (migration 070), then the kept merchant
+rankings (migration 140), each in its own savepoint."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ async def test_refresh_rebuilds_the_running_totals(db: asyncpg.Connection) -> No
     )
     assert last == 4
     assert await db.fetchval("SELECT max(tx_count) FROM analytics_prefix_daily") == 4
+    # the rankings of the days held, built from these totals: M-1 first in its 1-day block
+    built_from = await db.fetchval("SELECT built_from FROM analytics_prefix_ranks_state")
+    assert built_from == state["built_at"]
+    day = (now - timedelta(hours=50)).date()
+    block = await db.fetchrow(
+        "SELECT merchants, amounts FROM analytics_prefix_ranks"
+        " WHERE measure = 'tx_count' AND lo = $1 AND hi = $1 + 1",
+        day,
+    )
+    assert block is not None and (block["merchants"], block["amounts"]) == (["M-1"], [4])
 
 
 async def test_a_failed_rebuild_of_the_running_totals_keeps_the_refresh(
@@ -53,3 +64,15 @@ async def test_a_failed_rebuild_of_the_running_totals_keeps_the_refresh(
         "SELECT refreshed_at FROM analytics_view_refreshes WHERE view_name = 'mv_txn_daily_agg'"
     )
     assert await db.fetchval("SELECT count(*) FROM analytics_prefix_state") == 0
+
+
+async def test_a_failed_rebuild_of_the_rankings_keeps_the_running_totals(
+    db: asyncpg.Connection,
+) -> None:
+    await db.execute(
+        "CREATE OR REPLACE FUNCTION analytics_rebuild_prefix_ranks(size integer, levels integer)"
+        " RETURNS integer LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'broken'; END $$"
+    )
+    await refresh(db, reporting_currency="USD")
+    assert await db.fetchval("SELECT count(*) FROM analytics_prefix_state") == 1
+    assert await db.fetchval("SELECT count(*) FROM analytics_prefix_ranks_state") == 0

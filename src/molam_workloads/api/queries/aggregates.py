@@ -371,7 +371,10 @@ async def grouped(
     checks it in its answer, saving a round trip; without, the state is read first.
     ``ranking``: only the first groups by that ranking (``order_limit`` is then derived from it);
     ranking merchants from running totals, the query first ranks them on the sums the order
-    needs, then sums every measure of the winners alone (``_ranking_ctes``).
+    needs, then sums every measure of the winners alone (``_ranking_ctes``); unfiltered and
+    before the totals' cutoff, it first ranks only the candidates of the kept lists of the
+    range's blocks, and ranks every merchant only if their bound does not show the answer
+    (``_prune_ctes``, docs/decisions/031-merchant-ranking-lists.md).
 
     Where running totals (``prefix``, migrations 070, 100) can answer the range, they do, and only
     the hours they do not hold come from hourly rows; otherwise whole days come from the daily
