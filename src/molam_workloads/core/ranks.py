@@ -18,6 +18,10 @@ SIZE = 200
 # Blocks of 1, 2, 4 ... 2^LEVELS days: any range of up to ~22 years is a few dozen blocks.
 LEVELS = 12
 EPOCH = date(1970, 1, 1)
+# The lists pay off only when merchants outnumber a ranking's candidates this many times: at
+# 600 merchants, ~60 candidates saved a third of the statement's cost, ~130 nothing
+# (docs/decisions/031-merchant-ranking-lists.md).
+PAYS_OFF = 8
 
 
 def blocks(first: date, end: date) -> list[tuple[date, date]]:
@@ -34,12 +38,13 @@ def blocks(first: date, end: date) -> list[tuple[date, date]]:
     return out
 
 
-def depth(limit: int) -> int | None:
-    """How many of each block's merchants a ranking of the first ``limit`` takes as
-    candidates: a few times the limit, so that the next amounts fall below the limit-th
-    merchant's sum (docs/decisions/031-merchant-ranking-lists.md). None: too long a ranking
-    for the kept lists to help."""
-    return min(SIZE, max(4 * limit, 50)) if 2 * limit <= SIZE else None
+def depth(limit: int, merchants: int) -> int | None:
+    """How many of each block's merchants a ranking of the first ``limit`` out of
+    ``merchants`` takes as candidates: several times the limit, so that the next amounts fall
+    below the limit-th merchant's sum (docs/decisions/031-merchant-ranking-lists.md). None:
+    the kept lists would not help (too long a ranking, too few merchants)."""
+    n = min(SIZE, max(8 * limit, 100))
+    return n if 2 * limit <= SIZE and merchants >= PAYS_OFF * n else None
 
 
 async def rebuild(conn: asyncpg.Connection) -> int:

@@ -30,14 +30,22 @@ RATES = [(date(2025, 7, 2) + timedelta(days=i), "XOF", Decimal(f"0.0016{i}")) fo
 RATES.append((date(2025, 7, 5), "EUR", Decimal("1.1")))
 
 
+@pytest.fixture(autouse=True)
+def few_merchants_pay_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lists are tried whatever the number of merchants (``ranks.PAYS_OFF``, tested on
+    its own below): these datasets hold tens of merchants, not thousands."""
+    monkeypatch.setattr(ranks, "PAYS_OFF", 0)
+
+
 class Counting:
     """A connection that counts its ``fetch`` calls: one per statement of ``grouped``."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn, self.fetches = conn, 0
+        self.conn, self.fetches, self.texts = conn, 0, []
 
     async def fetch(self, *args: Any) -> list[asyncpg.Record]:
         self.fetches += 1
+        self.texts.append(args[0])
         return await self.conn.fetch(*args)
 
     def __getattr__(self, name: str) -> Any:
@@ -111,6 +119,7 @@ async def ranked(
         counting, start=start, end=end, filters=Filters(), keys=MERCHANT,  # type: ignore[arg-type]
         reporting_currency=QUOTE, per_merchant=True, named_merchants_only=named, ranking=ranking,
     )  # fmt: skip
+    assert counting.fetches == 1 or "prb AS" in counting.texts[0]
     return rows_of(result.rows), counting.fetches
 
 
@@ -139,16 +148,18 @@ async def test_rankings_from_kept_blocks_equal_ranking_every_merchant(
 
 async def test_a_merchant_second_in_every_block_is_found(db: asyncpg.Connection) -> None:
     """The first merchants of each block differ, and the merchant that wins the range is only
-    51st in each: it is no candidate, but the blocks' bound shows that a candidate's sum may
-    be beaten, so every merchant is ranked and it wins."""
+    next after the candidates in each: it is no candidate, but the blocks' bound shows that a
+    candidate's sum may be beaten, so every merchant is ranked and it wins."""
     day_a = T0 + 3 * 24 * H  # 2025-07-04 and 07-05: two blocks of one day (07-04 is odd)
     assert ranks.blocks(day_a.date(), day_a.date() + timedelta(days=2)) == [
         (day_a.date(), day_a.date() + timedelta(days=1)),
         (day_a.date() + timedelta(days=1), day_a.date() + timedelta(days=2)),
     ]
+    depth = ranks.depth(1, 10**6)
+    assert depth is not None
     rows = []
-    for i in range(50):
-        for day, name in ((day_a, f"A-{i:02d}"), (day_a + 24 * H, f"B-{i:02d}")):
+    for i in range(depth):
+        for day, name in ((day_a, f"A-{i:03d}"), (day_a + 24 * H, f"B-{i:03d}")):
             rows.append(hourly(day + 5 * H, name, currency="USD", country="US", tx_count=1,
                                payment_count=1, payment_volume_local=1000 + i))  # fmt: skip
     for day in (day_a, day_a + 24 * H):
@@ -159,10 +170,10 @@ async def test_a_merchant_second_in_every_block_is_found(db: asyncpg.Connection)
     got, statements = await ranked(db, day_a, day_a + 48 * H, ranking, True)
     assert got == await every_merchant(db, day_a, day_a + 48 * H, ranking, True)
     assert got[0][0] == "Z" and got[0][4] == Decimal(1998)
-    assert statements == 2  # the candidates' first (B-49, 1049) could not be shown the first
+    assert statements == 2  # the candidates' first (B-099, 1099) could not be shown the first
     # One day alone: the candidates' answer holds
     got, statements = await ranked(db, day_a, day_a + 24 * H, ranking, True)
-    assert [r[0] for r in got] == ["A-49"] and statements == 1
+    assert [r[0] for r in got] == [f"A-{depth - 1:03d}"] and statements == 1
 
 
 async def test_blocks_hold_the_first_merchants_of_their_days(db: asyncpg.Connection) -> None:
@@ -261,3 +272,21 @@ async def test_blocks_are_used_only_with_the_totals_they_were_built_from(
     assert not await db.fetchval("SELECT count(*) FROM analytics_prefix_ranks")
     got, statements = await ranked(db, start, end, ranking, False)
     assert statements == 2 and got == await every_merchant(db, start, end, ranking, False)
+
+
+async def test_the_lists_are_tried_only_where_merchants_outnumber_the_candidates(
+    db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 60 merchants and the lists' own rule, a ranking of 10 ranks every merchant at
+    once; with the rule at 0, the candidates first."""
+    await build(db, make_rows(60, 3))
+    assert await db.fetchval("SELECT merchants FROM analytics_prefix_ranks_state") == 60
+    start, end = T0 + 2 * 24 * H + 5 * H, T0 + 9 * 24 * H + 2 * H
+    for pays_off, tried in ((8, False), (0, True)):
+        monkeypatch.setattr(ranks, "PAYS_OFF", pays_off)
+        counting = Counting(db)
+        await grouped(
+            counting, start=start, end=end, filters=Filters(), keys=MERCHANT,  # type: ignore[arg-type]
+            reporting_currency=QUOTE, per_merchant=True, ranking=Ranking("gross_volume", 10),
+        )  # fmt: skip
+        assert ("prb AS" in counting.texts[0]) is tried

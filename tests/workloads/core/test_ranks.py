@@ -35,9 +35,12 @@ def test_blocks_cover_a_range_exactly_with_few_aligned_blocks(first: date, days:
     assert len(blocks) <= 2 * ranks.LEVELS + days // largest + 1
 
 
-def test_a_candidate_depth_grows_with_the_limit_up_to_the_kept_size() -> None:
-    assert ranks.depth(1) == 50
-    assert ranks.depth(10) == 50
-    assert ranks.depth(40) == 160
-    assert ranks.depth(ranks.SIZE // 2) == ranks.SIZE
-    assert ranks.depth(ranks.SIZE // 2 + 1) is None
+def test_a_candidate_depth_grows_with_the_limit_where_merchants_outnumber_it() -> None:
+    many = 10**6
+    assert ranks.depth(1, many) == 100
+    assert ranks.depth(12, many) == 100
+    assert ranks.depth(20, many) == 160
+    assert ranks.depth(ranks.SIZE // 2, many) == ranks.SIZE
+    assert ranks.depth(ranks.SIZE // 2 + 1, many) is None
+    assert ranks.depth(10, ranks.PAYS_OFF * 100) == 100
+    assert ranks.depth(10, ranks.PAYS_OFF * 100 - 1) is None

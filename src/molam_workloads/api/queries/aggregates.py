@@ -235,18 +235,18 @@ def _rank_blocks(pl: prefix.Plan | None) -> list[tuple[date, date]] | None:
 
 
 def _prune_ctes(
-    nodes: Sequence[tuple[date, date]], ranking: Ranking, quote: str, p: _Params
+    nodes: Sequence[tuple[date, date]], depth: int, ranking: Ranking, quote: str, p: _Params
 ) -> tuple[list[str], str]:
-    """``pr``: the candidates of a ranking from its blocks (the first ``ranks.depth`` merchants
-    of each), whether the blocks are usable (all there, built from the running totals this
-    statement reads, long enough) and the bound of every other merchant's sum (the sum of the
-    blocks' next amounts). Returns the CTEs and the candidates' array expression (empty when
-    not usable)."""
-    depth = p.add(ranks.depth(ranking.limit))  # not None: ``grouped`` checked it
+    """``pr``: the candidates of a ranking from its blocks (the first ``depth`` merchants of
+    each, ``ranks.depth``), whether the blocks are usable (all there, built from the running
+    totals this statement reads, long enough) and the bound of every other merchant's sum (the
+    sum of the blocks' next amounts). Returns the CTEs and the candidates' array expression
+    (empty when not usable)."""
+    n = p.add(depth)
     ctes = [
         # a block before the first day of the running totals is never built: nothing there
-        f"prb AS MATERIALIZED (SELECT r.merchants[1:{depth}::int] AS ms, "
-        f"coalesce(r.amounts[{depth}::int + 1], 0) AS bound, "
+        f"prb AS MATERIALIZED (SELECT r.merchants[1:{n}::int] AS ms, "
+        f"coalesce(r.amounts[{n}::int + 1], 0) AS bound, "
         "r.lo IS NOT NULL OR n.hi <= (SELECT min(day) FROM analytics_prefix_daily) AS found "
         f"FROM unnest({p.add([a for a, _ in nodes])}::date[], "
         f"{p.add([b for _, b in nodes])}::date[]) AS n(lo, hi) "
@@ -258,7 +258,7 @@ def _prune_ctes(
         "FROM (SELECT (SELECT bool_and(found) FROM prb) AND EXISTS ("
         "SELECT FROM analytics_prefix_state s JOIN analytics_prefix_ranks_state k "
         f"ON k.built_from = s.built_at WHERE s.quote = {quote}::bpchar "
-        f"AND k.size >= {depth}::int) AS ok) o)",
+        f"AND k.size >= {n}::int) AS ok) o)",
     ]
     return ctes, "(SELECT cands FROM pr)::text[]"
 
@@ -383,7 +383,7 @@ async def grouped(
     rc = reporting_currency
     state = await prefix.last_state(conn, rc, states)
     blocks = None
-    depth = ranks.depth(ranking.limit) if ranking else None
+    depth = ranks.depth(ranking.limit, state.ranked) if ranking else None
     if depth and _ranks_merchants(keys) and filters == Filters() and only_merchants is None:
         cutoff = state.cutoff_for(merchants=True)  # merchant keys: the merchants' totals
         blocks = _rank_blocks(_prefix_plan(start, end, cutoff, keys, extra_params, False))
@@ -401,6 +401,7 @@ async def grouped(
             named_merchants_only=named_merchants_only,
             ranking=ranking,
             prune=blocks,
+            depth=depth or 0,
         )
         if ranking is not None and _pruned_holds(result, ranking) and seen == state.token:
             if states is not None:
@@ -456,9 +457,11 @@ async def _grouped_with(
     named_merchants_only: bool = False,
     ranking: Ranking | None = None,
     prune: Sequence[tuple[date, date]] = (),
+    depth: int = 0,
 ) -> tuple[Grouped, str | None]:
     """``grouped`` planned with ``state``; the answer and the state token read with it.
-    ``prune``: rank only the candidates of these kept ranking blocks (``_prune_ctes``)."""
+    ``prune``: rank only the first ``depth`` candidates of these kept ranking blocks
+    (``_prune_ctes``)."""
     if ranking is not None:
         order_limit = ranking.order_limit(keys[0].name)
     p = _Params()
@@ -486,7 +489,7 @@ async def _grouped_with(
     pl = _prefix_plan(start, end, cutoff, keys, extra_params, merchantless)
     extra_cols, candidates = "", ""
     if prune and ranking is not None:  # the ranking's plan has no hourly rows (``_rank_blocks``)
-        prune_ctes, candidates = _prune_ctes(prune, ranking, quote, p)
+        prune_ctes, candidates = _prune_ctes(prune, depth, ranking, quote, p)
         ctes.extend(prune_ctes)
         extra_cols = ", (SELECT ok FROM pr) AS prune_ok, (SELECT bound FROM pr) AS prune_bound"
     if pl is not None:

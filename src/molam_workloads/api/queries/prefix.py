@@ -48,7 +48,9 @@ def token_sql(quote: str) -> str:
 # (else NULL), the token of that, and the data's watermark.
 _STATE = f"""
 SELECT s.cutoff, s.intraday_rows IS NOT NULL AS intraday, {token_sql("$1")} AS token,
-       analytics_data_as_of() AS data_as_of
+       analytics_data_as_of() AS data_as_of,
+       (SELECT k.merchants FROM analytics_prefix_ranks_state k WHERE k.built_from = s.built_at)
+         AS ranked
 FROM (SELECT NULL) one
 LEFT JOIN (analytics_prefix_state s JOIN analytics_fx_version v ON v.version = s.fx_version)
   ON s.quote = $1::bpchar
@@ -61,6 +63,7 @@ class State:
     data_as_of: datetime | None
     intraday: bool = False  # the within-day totals per merchant were built with them
     token: str | None = None  # ``token_sql``'s value when read
+    ranked: int = 0  # merchants of the kept rankings built with them (migration 140), if any
 
     def cutoff_for(self, merchants: bool) -> datetime | None:
         """The cutoff for a query that names merchants or not (None: not usable for it)."""
@@ -85,7 +88,9 @@ class StateCache:
 async def state(conn: Conn, reporting_currency: str) -> State:
     row = await conn.fetchrow(_STATE, reporting_currency)
     assert row is not None
-    return State(row["cutoff"], row["data_as_of"], bool(row["intraday"]), row["token"])
+    return State(
+        row["cutoff"], row["data_as_of"], bool(row["intraday"]), row["token"], row["ranked"] or 0
+    )
 
 
 async def last_state(conn: Conn, reporting_currency: str, states: StateCache | None) -> State:

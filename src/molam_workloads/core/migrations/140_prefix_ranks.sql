@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS analytics_prefix_ranks_state (
     levels      integer NOT NULL,
     built_at    timestamptz NOT NULL,
     duration_ms integer NOT NULL,
-    blocks      integer NOT NULL  -- blocks (re)built by the last build
+    blocks      integer NOT NULL,  -- blocks (re)built by the last build
+    merchants   integer NOT NULL   -- merchants of the totals' last day (all of them, dense)
 );
 
 -- The days whose running totals were rewritten since the last build: every rewrite of the
@@ -151,12 +152,14 @@ BEGIN
     END IF;
 
     INSERT INTO analytics_prefix_ranks_state AS s
-        (id, built_from, size, levels, built_at, duration_ms, blocks)
+        (id, built_from, size, levels, built_at, duration_ms, blocks, merchants)
     VALUES (true, st.built_at, $1, $2, now(),
-            round(extract(epoch FROM clock_timestamp() - started) * 1000), n)
+            round(extract(epoch FROM clock_timestamp() - started) * 1000), n,
+            (SELECT count(DISTINCT x.merchant_id) FROM analytics_prefix_daily x
+             WHERE x.day = end_day - 1))
     ON CONFLICT (id) DO UPDATE SET
         built_from = excluded.built_from, size = excluded.size, levels = excluded.levels,
         built_at = excluded.built_at, duration_ms = excluded.duration_ms,
-        blocks = excluded.blocks;
+        blocks = excluded.blocks, merchants = excluded.merchants;
     RETURN n;
 END $$;
