@@ -16,6 +16,7 @@ is left out of every money total and of the money counts (payments, refunds) and
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -387,44 +388,32 @@ async def grouped(
     if depth and _ranks_merchants(keys) and filters == Filters() and only_merchants is None:
         cutoff = state.cutoff_for(merchants=True)  # merchant keys: the merchants' totals
         blocks = _rank_blocks(_prefix_plan(start, end, cutoff, keys, extra_params, False))
-    if blocks:
+    asked = functools.partial(
+        _grouped_with,
+        conn,
+        start=start,
+        end=end,
+        filters=filters,
+        keys=keys,
+        reporting_currency=rc,
+        mv_allowed=mv_allowed,
+        extra_params=extra_params,
+        order_limit=order_limit,
+        per_merchant=per_merchant,
+        only_merchants=only_merchants,
+        sources=sources,
+        named_merchants_only=named_merchants_only,
+        ranking=ranking,
+    )
+    if blocks and depth:
         # The kept ranking's candidates first; every merchant, as below, unless it holds.
-        result, seen = await _grouped_with(
-            conn,
-            state,
-            start=start,
-            end=end,
-            filters=filters,
-            keys=keys,
-            reporting_currency=rc,
-            per_merchant=per_merchant,
-            named_merchants_only=named_merchants_only,
-            ranking=ranking,
-            prune=blocks,
-            depth=depth or 0,
-        )
+        result, seen = await asked(state, prune=blocks, depth=depth)
         if ranking is not None and _pruned_holds(result, ranking) and seen == state.token:
             if states is not None:
                 states.put(rc, state)
             return result
     for _ in range(STATE_ATTEMPTS):
-        result, seen = await _grouped_with(
-            conn,
-            state,
-            start=start,
-            end=end,
-            filters=filters,
-            keys=keys,
-            reporting_currency=rc,
-            mv_allowed=mv_allowed,
-            extra_params=extra_params,
-            order_limit=order_limit,
-            per_merchant=per_merchant,
-            only_merchants=only_merchants,
-            sources=sources,
-            named_merchants_only=named_merchants_only,
-            ranking=ranking,
-        )
+        result, seen = await asked(state)
         if result.rows and seen == state.token:
             if states is not None:
                 states.put(rc, state)
