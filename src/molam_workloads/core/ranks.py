@@ -25,8 +25,8 @@ PAYS_OFF = 8
 
 
 def blocks(first: date, end: date) -> list[tuple[date, date]]:
-    """The blocks [lo, hi) that cover the days [first, end) exactly, largest possible first:
-    at most two per size."""
+    """The blocks [lo, hi) that cover the days [first, end) exactly, in order, each as large
+    as its start's alignment and the end allow: at most two per size."""
     out = []
     a, b = (first - EPOCH).days, (end - EPOCH).days
     while a < b:
